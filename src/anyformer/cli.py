@@ -15,6 +15,13 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -44,6 +51,8 @@ def _print_results(run: Any) -> None:
 
 
 def _finish(run: Any) -> int:
+    if _rank() != 0:  # under torchrun only rank 0 prints
+        return EXIT_INTERRUPTED if run.result.interrupted else 0
     if run.result.interrupted:
         _console(stderr=True).print(
             f"interrupted at step {run.result.step}; checkpoint saved. "
@@ -119,6 +128,103 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from anyformer.lab.generate import decode_tokens, encode_prompt, is_byte_level, load_run_model
+
+    spec, model = load_run_model(args.run_dir)
+    text = is_byte_level(spec) and not args.ids
+    prompt = encode_prompt(args.prompt, model.spec.vocab_size or 0, text)
+    generator = torch.Generator().manual_seed(args.seed)
+    out = model.generate(
+        prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, eos=args.eos, generator=generator,
+    )  # fmt: skip
+    new = out[0, prompt.shape[1] :].tolist()
+    shown = args.prompt + decode_tokens(new, True) if text else decode_tokens(new, False)
+    sys.stdout.write(shown + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from anyformer.lab import load_experiment
+    from anyformer.lab.compare import compare, parse_axis, table_rows
+
+    if not args.vary:
+        raise _usage(
+            "compare needs at least one --vary KEY=A,B,... (e.g. --vary model.position=rope,alibi)"
+        )
+    base = load_experiment(args.experiment).with_overrides(args.overrides)
+    axes = [parse_axis(v) for v in args.vary]
+    lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else None
+    out = args.out or f"comparisons/{base.name}-{'-'.join(k.split('.')[-1] for k, _ in axes)}"
+    console = _console()
+    result = compare(
+        base, axes, out, seeds=args.seeds, match_params=args.match_params, lrs=lrs, jobs=args.jobs,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+    )  # fmt: skip
+    head, rows = table_rows(result)
+    table = Table(title=f"{base.name}: mean ± 95% interval over {args.seeds} seed(s)")
+    for col in head:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: [bold]{result.dir / 'report.md'}[/bold]")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from anyformer.lab.findings.reproduce import findings_markdown, reproduce
+
+    if not args.findings and not args.all:
+        raise _usage("name one or more findings, or --all (anyformer list finding shows them)")
+    console = _console()
+    reps = reproduce(args.findings, out=args.out, quick=args.quick,
+                     progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))  # fmt: skip
+    table = Table(
+        title="findings"
+        + (" (quick: pipeline check, verdicts not meaningful)" if args.quick else "")
+    )
+    for col in ("finding", "verdict", "deciding numbers", "report"):
+        table.add_column(col, overflow="fold")
+    for rep in reps:
+        table.add_row(rep.name, rep.verdict.label, rep.verdict.reason, str(rep.dir / "report.md"))
+    console.print(table)
+    if args.write_docs and not args.quick:
+        from pathlib import Path
+
+        from anyformer.spec import write_text_atomic
+
+        write_text_atomic(Path("docs/findings.md"), findings_markdown(args.out))
+        console.print("wrote docs/findings.md")
+    return 0
+
+
+def _usage(message: str) -> Exception:
+    from anyformer.errors import UserError
+
+    return UserError(message)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from anyformer.lab.elastic import extract_run
+
+    widths = args.widths[0] if len(args.widths) == 1 else args.widths
+    folder, nested, small = extract_run(args.run_dir, widths, args.out)
+    _console().print(
+        f"extracted widths {args.widths}: {small.num_params():,} parameters "
+        f"(nested model: {nested.num_params():,})\nrun folder: [bold]{folder}[/bold]  "
+        f"(evaluate it with: anyformer resume {folder})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anyformer",
@@ -148,6 +254,66 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("experiment", help="a built-in name or a .yaml spec")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+    ext = sub.add_parser(
+        "extract", help="write a MatFormer submodel of a run as a standalone run folder"
+    )
+    ext.add_argument("run_dir", help="the run's folder (its model uses ffn: matformer)")
+    ext.add_argument(
+        "--widths",
+        nargs="+",
+        type=float,
+        required=True,
+        metavar="W",
+        help="one FFN width fraction for every block, or one per distinct block (Mix'n'Match)",
+    )
+    ext.add_argument("--out", default=None, help="parent of the new folder (default: the run's)")
+    ext.set_defaults(func=cmd_extract)
+    gen = sub.add_parser("generate", help="continue a prompt with a trained run's model")
+    gen.add_argument("run_dir", help="the run's folder, e.g. runs/quickstart-1a2b3c4d")
+    gen.add_argument(
+        "--prompt",
+        required=True,
+        help="text for byte-level tasks, else space-separated token ids ('1 5 7')",
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to add (default 32)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    gen.add_argument("--eos", type=int, default=None, help="token id that ends generation")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    gen.add_argument(
+        "--ids", action="store_true", help="read --prompt as token ids even for a byte-level task"
+    )
+    gen.set_defaults(func=cmd_generate)
+    cmp = sub.add_parser("compare", help="train a grid of variants over seeds and aggregate")
+    cmp.add_argument("experiment", help="a built-in name or a .yaml spec")
+    cmp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every variant")
+    cmp.add_argument(
+        "--vary", action="append", default=[], metavar="KEY=A,B,C", help="an axis of the grid"
+    )
+    cmp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    cmp.add_argument(
+        "--match-params", action="store_true", help="adjust d_model to match parameter counts (5%%)"
+    )
+    cmp.add_argument(
+        "--lrs", default=None, help="learning-rate grid, e.g. 1e-3,3e-3 (best per variant counts)"
+    )
+    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    cmp.add_argument(
+        "--out", default=None, help="report folder (default comparisons/<name>-<axes>)"
+    )
+    cmp.set_defaults(func=cmd_compare)
+    rep = sub.add_parser("reproduce", help="reproduce published findings and check their claims")
+    rep.add_argument("findings", nargs="*", help="finding names (anyformer list finding)")
+    rep.add_argument("--all", action="store_true", help="every registered finding")
+    rep.add_argument(
+        "--quick", action="store_true", help="toy size: proves the pipeline in seconds"
+    )
+    rep.add_argument(
+        "--out", default="findings", help="parent folder of the reports (default findings)"
+    )
+    rep.add_argument("--write-docs", action="store_true", help="write docs/findings.md (full mode)")
+    rep.set_defaults(func=cmd_reproduce)
     return parser
 
 
@@ -174,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     _split_overrides(parser, args)
     import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if _rank() == 0 else logging.ERROR  # other ranks: errors only
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from anyformer.errors import RunError, UserError
 
     try:

@@ -33,7 +33,13 @@ from anyformer.errors import SpecError, did_you_mean
 T = TypeVar("T")
 
 #: Modules whose import registers the built-in variants.
-BUILTIN_MODULES = ("anyformer.components", "anyformer.tasks", "anyformer.objectives")
+BUILTIN_MODULES = (
+    "anyformer.components",
+    "anyformer.tasks",
+    "anyformer.objectives",
+    "anyformer.model.depth",
+    "anyformer.lab.findings",
+)
 
 #: The slots anyformer knows, in the order ``anyformer list`` shows them.
 SLOTS: dict[str, str] = {
@@ -42,8 +48,10 @@ SLOTS: dict[str, str] = {
     "norm": "normalisation layers",
     "ffn": "channel mixers (feed-forward networks)",
     "layout": "residual layouts: where norms sit and how mixer and FFN combine",
+    "depth": "depth schedules: which of the distinct blocks run, how often and in what order",
     "task": "data generators with ID/OOD splits, metrics and baselines",
     "objective": "losses",
+    "finding": "published claims with the experiment that tests them and a check",
 }
 
 

@@ -112,6 +112,10 @@ class LayoutRef(Ref):
     slot: ClassVar[str] = "layout"
 
 
+class DepthRef(Ref):
+    slot: ClassVar[str] = "depth"
+
+
 class TaskRef(Ref):
     slot: ClassVar[str] = "task"
 
@@ -159,6 +163,10 @@ class ModelSpec(_Frozen):
     residual layout (``pre``, ``post``, ``sandwich``, ``sandwich_norm``, ``macaron``,
     ``parallel``); ``layers`` overrides block slots per layer, e.g.
     ``{2: {attention: softmax}}`` (on the command line ``model.layers.2.attention=softmax``).
+    ``n_layers`` is the number of *distinct* blocks (each with its own weights) and
+    ``layers`` keys index them; ``depth`` is the schedule that runs them (``stack``: each
+    once, in order; ``looped``, ``recursive``, ...: some several times, see ``anyformer
+    list depth``).
     """
 
     kind: Literal["decoder", "encoder"] = "decoder"
@@ -182,6 +190,7 @@ class ModelSpec(_Frozen):
     bias: bool = True
     init_std: PositiveFloat = 0.02
     layers: dict[int, LayerOverride] = Field(default_factory=dict)
+    depth: DepthRef = Field("stack", validate_default=True)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -205,6 +214,10 @@ class ModelSpec(_Frozen):
                 raise ValueError(problem)
         if self.resolved_head == "lm" and self.embed != "tokens":
             raise ValueError("head='lm' needs embed='tokens'; use token_classify for vectors")
+        check_depth = getattr(self.depth.entry.cls, "check_spec", None)
+        problem = check_depth(self.depth.config, self) if check_depth is not None else None
+        if problem:
+            raise ValueError(f"depth='{self.depth.name}': {problem}")
         return self
 
     def layer(self, i: int) -> LayerSpec:
@@ -265,7 +278,15 @@ class ModelSpec(_Frozen):
 
 # --------------------------------------------------------------------------- training
 class TrainSpec(_Frozen):
-    """How to train: optimiser, schedule, evaluation, checkpoints and devices."""
+    """How to train: optimiser, schedule, evaluation, checkpoints and devices.
+
+    Speed and scale (see :mod:`anyformer.training.distributed`): ``compile`` compiles each
+    block with ``torch.compile`` (``None``: on for CUDA, off for CPU); ``precision`` is the
+    autocast dtype (``auto``: bf16 on CUDA, fp32 on CPU; ``fp16`` adds a gradient scaler);
+    ``activation_checkpointing`` recomputes each block's activations in the backward
+    pass; ``distributed`` is ``ddp`` or ``fsdp`` (FSDP2) under ``torchrun``, where
+    ``batch_size`` is the global batch, split evenly over the processes.
+    """
 
     steps: PositiveInt = 1000
     batch_size: PositiveInt = 32
@@ -283,6 +304,10 @@ class TrainSpec(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: PositiveInt | None = None
     progress: bool = True
+    compile: bool | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    activation_checkpointing: bool = False
+    distributed: Literal["none", "ddp", "fsdp"] = "none"
 
 
 # --------------------------------------------------------------------------- experiment

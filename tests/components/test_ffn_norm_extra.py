@@ -239,3 +239,15 @@ def test_batchnorm_encoder_padding_in_eval_gradients_and_overfit() -> None:
             _spec("encoder", norm={"name": "batchnorm", **extra}, attention="softmax")
         )
         assert last < 0.5 * first, (extra, first, last)
+
+
+def test_norm_none_is_the_identity_and_a_norm_free_model_trains() -> None:
+    from anyformer.components.norm_extra import NoNorm
+
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(NoNorm(DIMS, NoParams())(x), x)
+    spec = _spec(norm="none", attention="softmax")
+    model = build_model(spec)
+    assert not any("norm" in n for n, _ in model.named_parameters())
+    first, last = _overfit(spec)
+    assert last < 0.5 * first, (first, last)

@@ -197,3 +197,39 @@ def test_tiny_overfit() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --------------------------------------------------------------------------- un-normalised LSA
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_unnormalised_kernels_equal_the_masked_score_sum(chunk: int) -> None:
+    gen = torch.Generator().manual_seed(6)
+    q, k = torch.randn(2, 3, 19, 4, generator=gen), torch.randn(2, 3, 19, 4, generator=gen)
+    v = torch.randn(2, 3, 19, 5, generator=gen)
+    causal = (q @ k.transpose(-1, -2)).tril() @ v
+    torch.testing.assert_close(linear_attention_recurrent(q, k, v, normalize=False), causal, **TOL)
+    torch.testing.assert_close(
+        linear_attention_chunked(q, k, v, chunk, normalize=False), causal, **TOL
+    )
+    full = (q @ k.transpose(-1, -2)) @ v
+    torch.testing.assert_close(linear_attention_global(q, k, v, normalize=False), full, **TOL)
+
+
+def test_identity_lsa_component_forms_agree_and_compute_plain_sums() -> None:
+    lsa = mixer(feature_map="identity", normalize=False, chunk_size=4)
+    rec = mixer(feature_map="identity", normalize=False, impl="recurrent")
+    x = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(7))
+    y = lsa(x, ctx(11))
+    torch.testing.assert_close(y, rec(x, ctx(11)), **TOL)
+    state, steps = None, []
+    for t in range(11):
+        y_t, state = lsa.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y, **TOL)
+    q, k, v = (z.transpose(1, 2) for z in lsa._project(x))
+    expected = ((q @ k.transpose(-1, -2)).tril() @ v).transpose(1, 2).reshape(2, 11, 32)
+    torch.testing.assert_close(y, lsa.out(expected), **TOL)
+
+
+def test_identity_feature_map_requires_normalize_false() -> None:
+    with pytest.raises(SpecError, match="normalize=False"):
+        model({"name": "linear", "feature_map": "identity"})

@@ -7,6 +7,7 @@ from anyformer.components import (  # noqa: F401
     attention,
     ffn,
     ffn_extra,
+    ffn_matformer,
     layout,
     mixers,
     norm,

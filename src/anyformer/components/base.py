@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,17 +31,117 @@ class PositionScheme(nn.Module):
         return None
 
 
+class CacheSlot:
+    """The decoding state of one mixer *call*; the mixer reads and replaces ``state``."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+
+class Cache:
+    """Decoding state for incremental generation, one :class:`CacheSlot` per mixer call.
+
+    Slots are keyed by **call order** within one forward pass, not by module identity:
+    a mixer that supports caching asks ``ctx.cache.slot()`` once per call and gets the
+    next slot in order. So a weight-tied block applied several times in one pass (a
+    looped depth schedule) gets one slot per application. The model calls
+    :meth:`begin` at the start of every forward and :meth:`end` after it, which
+    advances ``offset`` (the absolute position of the next new token) and checks that
+    every forward made the same number of calls as the first (a depth that changes from
+    step to step, e.g. early exit, cannot reuse a cache and is refused with an error).
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._slots: list[CacheSlot] = []
+        self._cursor = 0
+        self._calls: int | None = None
+
+    def begin(self) -> None:
+        """Start a forward pass: the next :meth:`slot` is the first one again."""
+        self._cursor = 0
+
+    def slot(self) -> CacheSlot:
+        """The state of the next mixer call of this forward pass."""
+        if self._cursor == len(self._slots):
+            if self._calls is not None:
+                raise RuntimeError(
+                    f"a forward pass made more cached mixer calls than the first one "
+                    f"({self._calls}); a cache needs the same calls in every step"
+                )
+            self._slots.append(CacheSlot())
+        slot = self._slots[self._cursor]
+        self._cursor += 1
+        return slot
+
+    def end(self, n_new: int) -> None:
+        """Finish a forward pass over ``n_new`` new tokens."""
+        if self._calls is None:
+            self._calls = self._cursor
+        elif self._cursor != self._calls:
+            raise RuntimeError(
+                f"a forward pass made {self._cursor} cached mixer calls, the first made "
+                f"{self._calls}; a cache needs the same calls in every step"
+            )
+        self.offset += n_new
+
+
 @dataclass
 class Context:
     """What a mixer sees besides its input.
 
-    - ``positions``: absolute positions of the tokens, ``[T]``;
+    - ``positions``: absolute positions of the tokens, ``[T]``, or ``[B, T]`` in packed
+      rows (positions restart at 0 in every document); with a cache they start at
+      ``cache.offset``;
     - ``causal``: whether token i may only see tokens j <= i;
     - ``padding_mask``: ``[B, T]`` boolean, True at real tokens (``None``: all real);
-    - ``position``: the model's positional scheme, for rotation or score bias.
+    - ``position``: the model's positional scheme, for rotation or score bias;
+    - ``segments``: ``[B, T]`` integer document ids of packed rows (``None``: one document
+      per row); a token may attend only within its document. Only mixers whose class
+      sets ``supports_packing = True`` receive it (the model rejects the others);
+    - ``cache``: a :class:`Cache` during incremental decoding (``None`` otherwise); the
+      model accepts one only when every mixer's registry capabilities say ``kv_cache``.
     """
 
     positions: torch.Tensor
     causal: bool
     position: PositionScheme
     padding_mask: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    cache: Cache | None = None
+
+    def bias_positions(self) -> torch.Tensor:
+        """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.
+
+        ``positions`` when they are shared by the batch. In packed rows (``[B, T]``
+        positions that restart per document) the row index: query-key distances inside
+        a document are the same, and attention across documents is masked anyway.
+        """
+        if self.positions.dim() == 1:
+            return self.positions
+        return torch.arange(self.positions.shape[-1], device=self.positions.device)
+
+
+def step_through(mixer: nn.Module, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Run a recurrent mixer's ``step(x_t, state) -> (y_t, state)`` over ``x [B, T, D]``,
+    starting from (and storing back) the state in the context's next cache slot.
+
+    The forward of a mixer with a constant-size recurrent state delegates here when
+    ``ctx.cache`` is set: prefill and decoding both go token by token.
+    """
+    if not ctx.causal:
+        raise ValueError(f"{type(mixer).__name__}: a cache is for causal decoding")
+    if ctx.padding_mask is not None or ctx.segments is not None:
+        raise ValueError(
+            f"{type(mixer).__name__}: cached decoding takes unpadded, unpacked rows "
+            f"(padding_mask and segments must be None)"
+        )
+    slot = ctx.cache.slot()  # type: ignore[union-attr]
+    state, outputs = slot.state, []
+    for x_t in x.unbind(1):
+        y_t, state = mixer.step(x_t, state)  # type: ignore[operator]
+        outputs.append(y_t)
+    slot.state = state
+    return torch.stack(outputs, dim=1)

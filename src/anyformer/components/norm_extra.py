@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from torch import nn
 
-from anyformer.registry import Capabilities, Dims, Paper, register
+from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
 
 
 class CRMSNormParams(BaseModel):
@@ -192,3 +192,23 @@ class BatchNorm(nn.Module):
                 ln = F.layer_norm(x, (d,), self.ln_weight, self.ln_bias, self.eps)
                 y = gamma * ln + (1 - gamma) * y
         return y
+
+
+@register(
+    "norm",
+    "none",
+    paper=Paper("Transformers Learn In-Context by Gradient Descent", 2023, "von Oswald et al."),
+    summary="no normalisation (identity), for norm-free models such as linear self-attention",
+    params=NoParams,
+    caps=Capabilities(complexity="O(1)"),
+)
+class NoNorm(nn.Module):
+    """y = x. Lets a spec build the norm-free linear self-attention layer that von Oswald
+    et al. (2023) analyse, where one layer can implement one step of gradient descent on
+    the in-context regression loss. Deep stacks without norms may train unstably."""
+
+    def __init__(self, dims: Dims, params: NoParams) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -19,6 +19,7 @@ from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
 from anyformer.spec import ExperimentSpec, ModelSpec
 from anyformer.tasks.base import Task
+from anyformer.training.distributed import env_rank
 from anyformer.training.trainer import Trainer, TrainResult, seed_everything
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,20 @@ def run_experiment(
     folder = run_dir or run_folder(spec, out)
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / SPEC_FILE
-    if not saved.exists():
+    main = env_rank() == 0  # under torchrun only rank 0 writes the spec and the report
+    if main and not saved.exists():
         spec.save(saved)
     task = build_task(spec)
     model = prepare_model(spec)
     trainer = Trainer(
         model, task, build_objective(spec, task), spec.train, folder, info={"spec_hash": spec.hash}
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
     run = Run(folder, spec, result, task)
-    if not result.interrupted:
+    if main and not result.interrupted:
         write_report(run, model)
     return run
 
@@ -141,7 +146,9 @@ def load_run_spec(run_dir: Path | str) -> ExperimentSpec:
 def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
     """Continue a run from its last checkpoint, optionally with overrides such as
     ``train.steps=2000``. Only ``train.*`` fields that do not change what was already
-    computed (steps, evaluation and checkpoint cadence, progress, device, threads) may change."""
+    computed (steps, evaluation and checkpoint cadence, progress, device, threads, and how
+    it runs: compile, precision, activation checkpointing, distributed) may change; a run
+    saved on N processes resumes on M (``train.distributed=none`` for one)."""
     from anyformer.training.checkpoint import latest_checkpoint
 
     folder = Path(run_dir)
@@ -160,6 +167,10 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
             "progress",
             "device",
             "threads",
+            "compile",
+            "precision",
+            "activation_checkpointing",
+            "distributed",
         }
         for item in overrides:
             key = item.split("=", 1)[0]
@@ -170,6 +181,7 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
                     f"trained); resumable overrides: {', '.join('train.' + a for a in sorted(allowed))}"
                 )
         new = spec.with_overrides(overrides)
-        new.save(folder / SPEC_FILE)
+        if env_rank() == 0:
+            new.save(folder / SPEC_FILE)
         spec = new
     return run_experiment(spec, run_dir=folder)

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from anyformer.components.base import Context, PositionScheme
+from anyformer.components.base import Cache, Context, PositionScheme
 from anyformer.errors import SpecError
+from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
+from anyformer.nn.packing import positions_from_segments
 from anyformer.registry import Dims
 from anyformer.spec import LayerSpec, ModelSpec, parse
 
@@ -67,6 +69,54 @@ class Pool(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), last]
 
 
+def mixers(model: nn.Module) -> list[nn.Module]:
+    """The token mixers of ``model`` (each block's ``mixer``), each once, in module order."""
+    found: dict[int, nn.Module] = {}
+    for module in model.modules():
+        mixer = getattr(module, "mixer", None)
+        if isinstance(mixer, nn.Module):
+            found.setdefault(id(mixer), mixer)
+    return list(found.values())
+
+
+def mixer_name(mixer: nn.Module) -> str:
+    """The registry name of a mixer (its class name when it is not registered)."""
+    entry = getattr(type(mixer), "registry_entry", None)
+    return entry.name if entry is not None else type(mixer).__name__
+
+
+def check_packing(model: Transformer) -> None:
+    """Refuse packed rows (``segments`` or per-row ``positions``) for a model that cannot
+    keep documents apart: a pooled head, or a mixer whose class does not set
+    ``supports_packing = True``."""
+    if model.pool is not None:
+        raise SpecError(
+            f"packed rows (segments) need a per-token head; head='{model.head_kind}' pools "
+            f"each row into one output"
+        )
+    bad = sorted(
+        {mixer_name(m) for m in mixers(model) if not getattr(m, "supports_packing", False)}
+    )
+    if bad:
+        raise SpecError(
+            f"attention {', '.join(repr(b) for b in bad)} cannot keep packed documents apart "
+            f"(no supports_packing); pass padded rows (padding_mask) instead of segments"
+        )
+
+
+def check_cache(model: Transformer) -> None:
+    """Refuse a cache for a model with a mixer (or depth schedule) that cannot use one: it
+    would see only the new tokens and silently compute something else."""
+    from anyformer.model.generate import cache_blockers
+
+    blockers = cache_blockers(model)
+    if blockers:
+        raise SpecError(
+            f"{', '.join(blockers)} cannot decode with a cache (no kv_cache capability); "
+            f"recompute the full sequence instead (generate() falls back by itself)"
+        )
+
+
 class Transformer(nn.Module):
     """A decoder (causal) or encoder (bidirectional) Transformer built from a :class:`ModelSpec`.
 
@@ -74,6 +124,15 @@ class Transformer(nn.Module):
     ``[B, T, input_dim]`` with ``embed='vectors'``) and returns a tensor: per-token
     outputs ``[B, T, V]`` for ``lm``/``token_*`` heads, pooled ``[B, V]`` for
     ``classify``/``regress``. ``padding_mask`` is ``[B, T]``, True at real tokens.
+    ``blocks`` holds the ``n_layers`` distinct blocks; the depth schedule ``depth``
+    (:mod:`anyformer.model.depth`) decides which run, how often and in what order.
+
+    Keyword-only extras: ``segments`` ``[B, T]`` document ids of packed rows (see
+    :mod:`anyformer.nn.packing`; attention stays inside a document and positions restart
+    per document unless ``positions`` is given); ``positions`` ``[T]`` or ``[B, T]``
+    overrides the default ``offset + arange(T)``; ``cache`` (a
+    :class:`~anyformer.components.base.Cache`) decodes incrementally: the inputs are the
+    tokens after the ``cache.offset`` already seen (see :meth:`generate`).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -98,6 +157,7 @@ class Transformer(nn.Module):
         self.norm = _build(last.norm, spec.dims(spec.n_layers - 1)) if final else nn.Identity()
         self.pool = Pool(spec.pool) if self.head_kind in ("classify", "regress") else None
         self.head = nn.Linear(d, self._n_outputs(), bias=self.head_kind != "lm")
+        self.depth: DepthSchedule = spec.depth.entry.cls(spec, spec.depth.config)
         self.reset_parameters()
         if self.head_kind == "lm" and spec.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -112,7 +172,9 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         std = self.spec.init_std
-        residual_std = std / math.sqrt(2 * self.spec.n_layers)
+        # scaled by the block *executions* (== n_layers for a stack): a looped model adds
+        # loops x n_layers residual branches
+        residual_std = std / math.sqrt(2 * self.depth.executed_depth)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 s = residual_std if getattr(module, "residual_projection", False) else std
@@ -124,24 +186,102 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         t = inputs.shape[1]
-        if t > self.spec.max_len:
+        offset = 0 if cache is None else cache.offset
+        if offset + t > self.spec.max_len:
             raise SpecError(
-                f"input length {t} exceeds model.max_len={self.spec.max_len}; "
-                f"raise model.max_len to at least {t}"
+                f"input length {offset + t} exceeds model.max_len={self.spec.max_len}; "
+                f"raise model.max_len to at least {offset + t}"
             )
-        positions = torch.arange(t, device=inputs.device)
+        if cache is not None and (positions is not None or segments is not None):
+            raise ValueError("a cache sets positions itself; pass neither positions nor segments")
+        if cache is not None and cache.offset == 0:
+            check_cache(self)
+        if segments is not None or (positions is not None and positions.dim() == 2):
+            check_packing(self)
+        if positions is None and segments is not None:
+            positions = positions_from_segments(segments)
+        elif positions is None:
+            positions = torch.arange(offset, offset + t, device=inputs.device)
         x = self.position.embed(self.embed(inputs), positions)
         x = self.drop(x)
-        ctx = Context(positions, self.causal, self.position, padding_mask)
-        for block in self.blocks:
-            x = block(x, ctx)
-        x = self.norm(x)
+        ctx = Context(positions, self.causal, self.position, padding_mask, segments, cache)
+        if cache is not None:
+            cache.begin()
+        out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
+        if cache is not None:
+            cache.end(t)
+        return out
+
+    def readout(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        norm: nn.Module | None = None,
+        head: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Final norm, pooling (pooled heads) and head on the last hidden states; a depth
+        schedule with several exits passes each exit's own ``norm`` and ``head``."""
+        x = (self.norm if norm is None else norm)(x)
         if self.pool is not None:
             x = self.pool(x, padding_mask)
-        return self.head(x)
+        return (self.head if head is None else head)(x)
+
+    @property
+    def trains_several_outputs(self) -> bool:
+        """Whether training uses :meth:`training_outputs` (early exits or nested widths)
+        rather than the single output of :meth:`forward`."""
+        from anyformer.model.elastic import nested_ffns
+
+        return hasattr(self.depth, "exit_outputs") or bool(nested_ffns(self))
+
+    def training_outputs(
+        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, step: int = 0
+    ) -> list[tuple[float, torch.Tensor]]:
+        """``[(weight, outputs), ...]``: the Trainer minimises the weighted sum of the
+        objective over these. One ``(1.0, self(inputs))`` for most models; an
+        ``early_exit`` depth gives every exit weight ``1 / n_exits``; nested MatFormer FFNs
+        give each trained width its own forward (all of them, or one sampled by ``step``)."""
+        from anyformer.model.elastic import training_widths, widths_set
+
+        pairs: list[tuple[float, torch.Tensor]] = []
+        for weight, widths in training_widths(self, step):
+            with widths_set(self, widths):
+                out = self(inputs, padding_mask)
+            exits = list(getattr(self.depth, "exit_outputs", None) or [out])
+            if hasattr(self.depth, "exit_outputs"):
+                self.depth.exit_outputs = []  # do not keep the graph alive
+            pairs += [(weight / len(exits), o) for o in exits]
+        return pairs
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool | None = None,
+    ) -> torch.Tensor:
+        """Continue ``input_ids [B, T]`` by up to ``max_new_tokens`` tokens (greedy at
+        ``temperature=0``); see :func:`anyformer.model.generate.generate`."""
+        from anyformer.model.generate import generate
+
+        return generate(
+            self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, eos=eos, generator=generator, use_cache=use_cache,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ accounting
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -151,9 +291,10 @@ class Transformer(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> int:
         """Estimated training FLOPs per token at ``seq_len``: 3x the forward pass
-        (backward costs twice the forward), matrix products only."""
-        forward = sum(forward_flops_per_token(b, seq_len) for b in self.blocks)
-        forward += forward_flops_per_token(self.head, seq_len)
+        (backward costs twice the forward), matrix products only. The depth schedule
+        counts every block *execution* (a block looped T times counts T times) and the
+        heads; parameters shared by those executions are counted once by :meth:`num_params`."""
+        forward = self.depth.forward_flops(self, seq_len)
         if isinstance(self.embed, nn.Linear):
             forward += forward_flops_per_token(self.embed, seq_len)
         return 3 * forward

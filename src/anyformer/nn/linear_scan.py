@@ -10,6 +10,10 @@ Linear attention ("Transformers are RNNs", Katharopoulos et al., 2020)::
     S_t = S_{t-1} + phi(k_t) v_t^T,   z_t = z_{t-1} + phi(k_t),
     y_t = S_t^T phi(q_t) / (z_t . phi(q_t) + eps)
 
+With ``normalize=False`` the division is dropped (``y_t = S_t^T phi(q_t)``): the
+un-normalised linear self-attention of "Transformers Learn In-Context by Gradient
+Descent" (von Oswald et al., 2023).
+
 Delta rule ("Linear Transformers Are Secretly Fast Weight Programmers", Schlag et al.,
 2021; chunked form from "Parallelizing Linear Transformers with the Delta Rule over
 Sequence Length", Yang et al., 2024), with ``S`` stored as ``[Dk, Dv]``::
@@ -35,7 +39,11 @@ def _pad_time(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def linear_attention_recurrent(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = 1e-6,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Causal linear attention, one token at a time (reference form).
 
@@ -47,7 +55,7 @@ def linear_attention_recurrent(
     z = q.new_zeros(b, h, f)
     out = []
     for q_t, k_t, v_t in zip(q.unbind(2), k.unbind(2), v.unbind(2)):
-        y, (s, z) = linear_attention_step(q_t, k_t, v_t, (s, z), eps)
+        y, (s, z) = linear_attention_step(q_t, k_t, v_t, (s, z), eps, normalize)
         out.append(y)
     return torch.stack(out, dim=2)
 
@@ -58,12 +66,15 @@ def linear_attention_step(
     v: torch.Tensor,
     state: tuple[torch.Tensor, torch.Tensor],
     eps: float = 1e-6,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One decoding step: ``q``/``k`` ``[B, H, F]``, ``v`` ``[B, H, Dv]``, state ``(S, z)``."""
     s, z = state
     s = s + k.unsqueeze(-1) * v.unsqueeze(-2)
     z = z + k
     num = torch.einsum("bhf,bhfv->bhv", q, s)
+    if not normalize:
+        return num, (s, z)
     den = (q * z).sum(-1, keepdim=True)
     return num / (den + eps), (s, z)
 
@@ -74,6 +85,7 @@ def linear_attention_chunked(
     v: torch.Tensor,
     chunk_size: int = 64,
     eps: float = 1e-6,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Causal linear attention in chunks: masked quadratic inside a chunk, state across.
 
@@ -96,11 +108,17 @@ def linear_attention_chunked(
     kv = kc.transpose(-1, -2) @ vc  # [B, H, N, F, Dv+1]
     before = torch.cat((torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(dim=2)), dim=2)
     out = (intra + qc @ before).reshape(b, h, n * c, -1)[:, :, :t]
+    if not normalize:
+        return out[..., :-1]
     return out[..., :-1] / (out[..., -1:] + eps)
 
 
 def linear_attention_global(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = 1e-6,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Bidirectional linear attention: every query reads the sums over all keys.
 
@@ -108,6 +126,8 @@ def linear_attention_global(
     with zero features (padding) are thereby excluded.
     """
     kv = k.transpose(-1, -2) @ v  # [B, H, F, Dv]
+    if not normalize:
+        return q @ kv
     z = k.sum(dim=2)  # [B, H, F]
     den = (q * z.unsqueeze(2)).sum(-1, keepdim=True)
     return (q @ kv) / (den + eps)

@@ -3,4 +3,16 @@
 Importing this package registers the built-in tasks.
 """
 
-from anyformer.tasks import algorithmic, icl  # noqa: F401
+from anyformer.tasks import (  # noqa: F401
+    algorithmic,
+    graphs,
+    icl,
+    icl_boolean,
+    icl_functions,
+    icl_series,
+    icl_uncertainty,
+    knowledge,
+    recall,
+    symbolic,
+    text,
+)

@@ -18,12 +18,15 @@ Splits:
 - ``ood``: the longer lengths ``ood_min_len..ood_max_len`` (disjoint by length).
 
 Small prompt spaces (at most 65,536 prompts of one length, e.g. short parity strings or
-one-digit addition) are enumerated: the ID set then takes the test members without
-replacement, so it may hold fewer examples than asked, or none at a length whose
-prompts all hashed to training (that length is then absent from ``by_length``);
-training draws from the non-members of that length, and a training length whose
-prompts all hashed to test is never trained on. Larger spaces use rejection sampling
-and evaluation sets drop duplicate prompts.
+one-digit addition) of tasks whose raw rows are uniform strings are enumerated: the ID
+set then takes the test members without replacement, so it may hold fewer examples
+than asked, or none at a length whose prompts all hashed to training (that length is
+then absent from ``by_length``); training draws from the non-members of that length,
+and a training length whose prompts all hashed to test is never trained on. Larger
+spaces, and tasks with their own sampler, use rejection sampling; evaluation sets drop
+duplicate prompts, and each round of sampling for them draws twice as many candidates
+as the last; after a round of ``ENUMERATE_LIMIT`` candidates the set is taken as
+complete (a small space may then give fewer examples than asked).
 
 Scores are teacher-forced: an example is an exact match when the argmax of the model's
 logits is right at every loss-masked position.
@@ -83,12 +86,16 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 
 
 def prompt_hash(prompts: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per row of an integer array ``[N, P]`` (mixes the length too)."""
-    n, p = prompts.shape
+    """A 64-bit hash per row of an integer array ``[N, P]`` (mixes the length too).
+
+    ``PAD`` tokens are skipped, so a prompt hashes the same whatever trailing padding
+    its row carries (rows without ``PAD`` hash as they always did).
+    """
+    real = prompts != PAD
     tokens = prompts.astype(np.uint64)
-    h = _mix64(np.full(n, p, dtype=np.uint64) + _GOLDEN)
-    for j in range(p):
-        h = _mix64((h + _GOLDEN) ^ tokens[:, j])
+    h = _mix64(real.sum(axis=1).astype(np.uint64) + _GOLDEN)
+    for j in range(prompts.shape[1]):
+        h = np.where(real[:, j], _mix64((h + _GOLDEN) ^ tokens[:, j]), h)
     return h
 
 
@@ -150,6 +157,23 @@ class SymbolParams(LengthParams):
     n_symbols: int = Field(10, ge=2)
 
 
+class SortParams(SymbolParams):
+    """Sorting, optionally trained beside an auxiliary hint task in the same model.
+
+    - ``min_len``, ``max_len``, ``ood_min_len``, ``ood_max_len``, ``test_fraction``,
+      ``n_symbols``: as in :class:`SymbolParams`.
+    - ``hint``: the auxiliary task mixed into training: ``none`` (plain sorting),
+      ``successor`` (for each prompt element, the element that follows it in the
+      stable sorted order, or an end token for the last one) or ``rank`` (for each
+      prompt element, its 0-based position in the stable sorted order).
+    - ``hint_fraction``: the share of training rows that are hint examples, in [0, 1)
+      (used only when ``hint`` is not ``none``).
+    """
+
+    hint: Literal["none", "successor", "rank"] = "none"
+    hint_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+
+
 class ParityParams(LengthParams):
     """Lengths of the bit strings (see :class:`LengthParams`); the alphabet is {0, 1}."""
 
@@ -179,6 +203,21 @@ class SequenceTask(Task):
     A subclass sets ``alphabet`` (number of raw symbols), ``extra_tokens`` and
     implements :meth:`raw_len` (raw symbols drawn for length ``L``) and :meth:`render`
     (raw symbols to prompt and answer tokens).
+
+    Structured tasks (graphs, bracket strings, expressions) also override
+    :meth:`sample` (how raw rows are drawn; by default uniform symbols), set
+    ``enumerate_prompts = False`` (their raw rows are not uniform strings, so the
+    small-space enumeration does not apply) and may:
+
+    - return prompts and answers of different lengths per row from :meth:`render`,
+      right-padded with ``PAD``; each row is then written ``BOS prompt SEP answer EOS``
+      and right-padded with ``PAD`` (``padding_mask`` marks the real tokens when rows
+      differ in length), and :meth:`input_len` must be overridden with the longest row;
+    - score only part of the answer (e.g. the final result after a scratchpad) by
+      overriding :meth:`scored_answer`; the loss still covers the whole answer;
+    - build training rows differently from evaluation rows (e.g. auxiliary tasks) by
+      overriding :meth:`make_train_batch`;
+    - use other names for the length range by overriding :meth:`lengths`.
     """
 
     splits: ClassVar[tuple[str, ...]] = ("id", "ood")
@@ -186,18 +225,22 @@ class SequenceTask(Task):
     headline: ClassVar[str] = "exact_match"
     higher_is_better: ClassVar[bool] = True
     extra_tokens: ClassVar[int] = 0
+    #: Whether small prompt spaces are enumerated (raw rows uniform over ``alphabet``).
+    enumerate_prompts: ClassVar[bool] = True
+    #: What a "length" counts, the x axis of the curve (e.g. ``depth``).
+    length_name: ClassVar[str] = "length"
 
     params: LengthParams
 
     def __init__(self, params: LengthParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self._pools: dict[tuple[int, bool | None], np.ndarray] = {}
-        train = range(params.min_len, params.max_len + 1)
+        train = self.lengths("train")
         self._train_lengths = [L for L in train if self._has_training_prompts(L)]
         if not self._train_lengths:
             raise ValueError(
                 f"test_fraction={params.test_fraction} leaves no training prompts at lengths "
-                f"{params.min_len}..{params.max_len}; use longer lengths or a smaller "
+                f"{train.start}..{train.stop - 1}; use longer lengths or a smaller "
                 f"test_fraction"
             )
 
@@ -211,8 +254,22 @@ class SequenceTask(Task):
         return length
 
     def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of (prompt ``[N, P]``, answer ``[N, A]``) for raw symbols ``[N, m]``."""
+        """Token ids of (prompt ``[N, P]``, answer ``[N, A]``) for raw symbols ``[N, m]``.
+
+        Rows may be right-padded with ``PAD`` (see the class docstring).
+        """
         raise NotImplementedError
+
+    def sample(self, length: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` raw rows of ``length`` drawn from the task's distribution."""
+        return rng.integers(self.alphabet, size=(n, self.raw_len(length)))
+
+    def scored_answer(self, answer: np.ndarray, length: int) -> np.ndarray | None:
+        """Bool ``[N, A]``: the answer tokens that scores count (None: all of them).
+
+        The closing ``EOS`` always counts; the loss covers the whole answer regardless.
+        """
+        return None
 
     # ------------------------------------------------------------ interface
     @property
@@ -243,6 +300,10 @@ class SequenceTask(Task):
         rng = rng_for(self.seed, SPLIT_IDS["train"], step)
         length = int(self._train_lengths[rng.integers(len(self._train_lengths))])
         raw = self._draw(length, batch_size, rng, member=False, replace=True)
+        return self.make_train_batch(raw, length, rng)
+
+    def make_train_batch(self, raw: np.ndarray, length: int, rng: np.random.Generator) -> Batch:
+        """The training batch of raw rows (``rng`` continues the step's stream)."""
         return self.make_batch(raw, length)
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
@@ -268,43 +329,83 @@ class SequenceTask(Task):
     def make_batch(self, raw: np.ndarray, length: int) -> Batch:
         """The batch of raw symbols ``[N, m]`` drawn for ``length``."""
         prompt, answer = self.render(raw, length)
-        n = raw.shape[0]
-        seq = np.concatenate(
-            [
-                np.full((n, 1), BOS),
-                prompt,
-                np.full((n, 1), SEP),
-                answer,
-                np.full((n, 1), EOS),
-            ],
-            axis=1,
-        )
-        seq_t = torch.from_numpy(seq.astype(np.int64))
-        t = seq_t.shape[1] - 1
-        # targets[t] = seq[t + 1]; the first answer token is the target at the SEP input.
-        mask = torch.arange(t) >= prompt.shape[1] + 1
-        return Batch(
+        return self.batch_from_tokens(prompt, answer, length, self.scored_answer(answer, length))
+
+    @staticmethod
+    def batch_from_tokens(
+        prompt: np.ndarray,
+        answer: np.ndarray,
+        group: int | None,
+        scored: np.ndarray | None = None,
+    ) -> Batch:
+        """Rows ``BOS prompt SEP answer EOS`` (right-padded with ``PAD``) as a batch.
+
+        ``prompt`` ``[N, P]`` and ``answer`` ``[N, A]`` may carry trailing ``PAD``.
+        ``loss_mask`` is True where the target is an answer token or ``EOS``;
+        ``padding_mask`` is None when every row has the same length, else True at real
+        inputs (up to the one whose target is ``EOS``). With
+        ``scored`` (bool ``[N, A]``), ``extras['score_mask']`` marks the answer tokens
+        scores count, plus ``EOS``.
+        """
+        p_len = (prompt != PAD).sum(axis=1)
+        a_len = (answer != PAD).sum(axis=1)
+        prompt = prompt[:, : int(p_len.max(initial=0))]  # drop columns of PAD only
+        n, width = prompt.shape
+        total = int((p_len + a_len).max(initial=0)) + 3
+        rows = np.arange(n)
+        seq = np.full((n, total), PAD, dtype=np.int64)
+        seq[:, 0] = BOS
+        seq[:, 1 : 1 + width] = prompt
+        seq[rows, 1 + p_len] = SEP
+        real = np.arange(answer.shape[1])[None, :] < a_len[:, None]
+        r, j = np.nonzero(real)
+        seq[r, 2 + p_len[r] + j] = answer[r, j]
+        seq[rows, 2 + p_len + a_len] = EOS
+        # targets[t] = seq[t + 1]: answer token j is the target at input 1 + p_len + j,
+        # so the first one is predicted at the SEP input and EOS at 1 + p_len + a_len.
+        seq_t = torch.from_numpy(seq)
+        t = torch.arange(total - 1)
+        start = torch.from_numpy(1 + p_len)[:, None]
+        stop = torch.from_numpy(1 + p_len + a_len)[:, None]
+        batch = Batch(
             inputs=seq_t[:, :-1].contiguous(),
             targets=seq_t[:, 1:].contiguous(),
-            loss_mask=mask.unsqueeze(0).expand(n, t).clone(),
-            padding_mask=None,
-            group=length,
+            loss_mask=(t >= start) & (t <= stop),
+            padding_mask=None if bool((stop == stop[0]).all()) else t <= stop,
+            group=group,
         )
+        if scored is not None:
+            score_mask = np.zeros((n, total - 1), dtype=bool)
+            r, j = np.nonzero(scored & real)
+            score_mask[r, 1 + p_len[r] + j] = True
+            score_mask[rows, 1 + p_len + a_len] = True
+            batch.extras["score_mask"] = torch.from_numpy(score_mask)
+        return batch
+
+    @staticmethod
+    def row_exact(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int, int]:
+        """(exact ``[N]`` bool, right tokens, counted tokens) of one batch's outputs.
+
+        Counted positions are ``extras['score_mask']`` when present, else ``loss_mask``.
+        """
+        pred = out.argmax(-1) if out.dim() == 3 else out
+        mask = batch.extras.get("score_mask", batch.loss_mask)
+        right = (pred.to(batch.targets.device) == batch.targets) & mask
+        exact = (right | ~mask).all(dim=1)
+        return exact, int(right.sum()), int(mask.sum())
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """Teacher-forced exact match and token accuracy, overall and per length.
 
-        ``outputs`` are logits ``[B, T, V]`` (or predicted ids ``[B, T]``).
+        ``outputs`` are logits ``[B, T, V]`` (or predicted ids ``[B, T]``). Only scored
+        positions count (``extras['score_mask']`` when a batch has one).
         """
         rows: dict[int, list[int]] = {}
         tokens_right = tokens_total = 0
         for out, batch in zip(outputs, batches):
-            pred = out.argmax(-1) if out.dim() == 3 else out
-            mask = batch.loss_mask
-            right = (pred.to(batch.targets.device) == batch.targets) & mask
-            exact = (right | ~mask).all(dim=1)
-            tokens_right += int(right.sum())
-            tokens_total += int(mask.sum())
+            exact, right, total = self.row_exact(out, batch)
+            tokens_right += right
+            tokens_total += total
             key = int(batch.group) if batch.group is not None else -1
             counts = rows.setdefault(key, [0, 0])
             counts[0] += int(exact.sum())
@@ -316,7 +417,11 @@ class SequenceTask(Task):
             "exact_match": n_right / max(n_rows, 1),
             "token_accuracy": tokens_right / max(tokens_total, 1),
             "by_length": by_length,
-            "curve": {"x": "length", "y": "exact_match", "series": {"model": dict(by_length)}},
+            "curve": {
+                "x": self.length_name,
+                "y": "exact_match",
+                "series": {"model": dict(by_length)},
+            },
         }
 
     # ------------------------------------------------------------ sampling
@@ -337,8 +442,11 @@ class SequenceTask(Task):
             self._pools[key] = raw
         return self._pools[key]
 
+    def _enumerated(self, length: int) -> bool:
+        return self.enumerate_prompts and self._space(length) <= ENUMERATE_LIMIT
+
     def _has_training_prompts(self, length: int) -> bool:
-        if self._space(length) > ENUMERATE_LIMIT:
+        if not self._enumerated(length):
             return True
         return self._pool(length, member=False).shape[0] > 0
 
@@ -354,8 +462,7 @@ class SequenceTask(Task):
 
         ``member``: True keeps only test members, False only non-members, None any.
         """
-        m = self.raw_len(length)
-        if self._space(length) <= ENUMERATE_LIMIT:
+        if self._enumerated(length):
             pool = self._pool(length, member)
             if replace:
                 return pool[rng.integers(pool.shape[0], size=n)]
@@ -365,7 +472,7 @@ class SequenceTask(Task):
         share = self.params.test_fraction if member else 1 - self.params.test_fraction
         ask = int(n / share * 1.2) + 8 if member is not None else n
         for _ in range(MAX_ROUNDS):
-            cand = rng.integers(self.alphabet, size=(ask, m))
+            cand = self.sample(length, ask, rng)
             if member is not None:
                 keep = is_test_member(self.render(cand, length)[0], self.params.test_fraction)
                 cand = cand[keep == member]
@@ -376,6 +483,10 @@ class SequenceTask(Task):
                 kept, have = [merged], merged.shape[0]
             if have >= n:
                 break
+            if not replace:  # a thin space: look wider, until a round at the limit
+                if ask >= ENUMERATE_LIMIT:
+                    break
+                ask = min(2 * ask, ENUMERATE_LIMIT)
         return np.concatenate(kept)[:n]
 
 
@@ -441,19 +552,76 @@ class Reverse(Copy):
     "sort",
     paper=AWASTHI,
     summary="sort the prompt's symbols ascending; train short, test long",
-    params=SymbolParams,
+    params=SortParams,
     caps=Capabilities(),
 )
 class Sort(Copy):
     """Answer = the prompt's symbols in ascending order (symbols may repeat).
 
+    With ``hint`` other than ``none`` (task hinting), every prompt starts with a task
+    token after ``BOS``: ``SORT`` for the main task, ``HINT`` for the auxiliary one, and
+    a share ``hint_fraction`` of each training batch are hint examples built from the
+    same drawn strings (so a held-out test string never appears in a hint either).
+    The hint answers one token per prompt element: its successor in the stable sorted
+    order (``END`` after the largest) or its rank (``RANK_0 + r``). Evaluation sets hold
+    sort examples only. Tokens after the symbols: ``SORT``, ``HINT``, then ``END``
+    (successor) or ``max_len`` rank tokens (rank).
+
     Paper: Awasthi & Gupta, "Improving Length-Generalization in Transformers via Task
-    Hinting" (2023) (plain sorting, without their auxiliary hint tasks).
+    Hinting" (2023). Not supported: their length-dependent extra parameters and hint
+    tasks other than successor and rank.
     """
+
+    params: SortParams
+
+    @property
+    def sort_token(self) -> int:
+        return FIRST_SYMBOL + self.params.n_symbols
+
+    @property
+    def hint_token(self) -> int:
+        return self.sort_token + 1
+
+    @property
+    def vocab_size(self) -> int:
+        hint = self.params.hint
+        if hint == "none":
+            return FIRST_SYMBOL + self.alphabet
+        return self.hint_token + 1 + (1 if hint == "successor" else self.params.max_len)
 
     def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         prompt = _symbols(raw)
-        return prompt, np.sort(prompt, axis=1)
+        answer = np.sort(prompt, axis=1)
+        if self.params.hint != "none":
+            prompt = np.concatenate([np.full((raw.shape[0], 1), self.sort_token), prompt], 1)
+        return prompt, answer
+
+    def render_hint(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the hint examples (prompt ``[N, 1 + L]``, answer ``[N, L]``)."""
+        n, m = raw.shape
+        symbols = _symbols(raw)
+        order = np.argsort(raw, axis=1, kind="stable")  # sorted position -> prompt index
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(m), (n, m)), axis=1)
+        if self.params.hint == "successor":
+            ordered = np.take_along_axis(symbols, order, axis=1)
+            end = np.full((n, 1), self.hint_token + 1)
+            following = np.concatenate([ordered[:, 1:], end], axis=1)
+            answer = np.take_along_axis(following, rank, axis=1)
+        else:
+            answer = self.hint_token + 1 + rank
+        prompt = np.concatenate([np.full((n, 1), self.hint_token), symbols], axis=1)
+        return prompt, answer
+
+    def make_train_batch(self, raw: np.ndarray, length: int, rng: np.random.Generator) -> Batch:
+        if self.params.hint == "none":
+            return self.make_batch(raw, length)
+        is_hint = (rng.random(raw.shape[0]) < self.params.hint_fraction)[:, None]
+        sort_prompt, sort_answer = self.render(raw, length)
+        hint_prompt, hint_answer = self.render_hint(raw, length)
+        prompt = np.where(is_hint, hint_prompt, sort_prompt)
+        answer = np.where(is_hint, hint_answer, sort_answer)
+        return self.batch_from_tokens(prompt, answer, length)
 
 
 @register(

@@ -38,14 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, torch_generator
+from anyformer.tasks.icl_common import EVAL_BATCH_PROMPTS, interleave_pairs
 
 GARG = Paper(
     "What Can Transformers Learn In-Context? A Case Study of Simple Function Classes",
     2022,
     "Garg, Tsipras, Liang & Valiant",
 )
-#: Evaluation sets are cut into batches of at most this many prompts.
-EVAL_BATCH_PROMPTS = 256
 #: Baselines reported beside the model, in this order.
 BASELINES = ("least_squares", "ridge", "gd_one_step", "zero")
 
@@ -256,15 +255,7 @@ class ICLLinearRegression(Task):
 
     def make_batch(self, xs: torch.Tensor, ys: torch.Tensor) -> Batch:
         """Interleave ``x`` and ``y`` tokens (see the module docstring)."""
-        n, k, d = xs.shape
-        inputs = torch.zeros(n, 2 * k, d + 1)
-        inputs[:, 0::2, :d] = xs
-        inputs[:, 1::2, d] = ys
-        targets = torch.zeros(n, 2 * k)
-        targets[:, 0::2] = ys
-        loss_mask = torch.zeros(n, 2 * k, dtype=torch.bool)
-        loss_mask[:, 0::2] = True
-        return Batch(inputs=inputs, targets=targets, loss_mask=loss_mask)
+        return interleave_pairs(xs, ys)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         gen = torch_generator(self.seed, SPLIT_IDS["train"], step)

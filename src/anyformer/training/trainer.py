@@ -5,6 +5,13 @@ under :func:`seed_everything`), dropout (the global torch generator, saved in ev
 checkpoint) and data (the task draws batch ``step`` from ``(seed, step)``). A run of
 2N steps and a run of N steps resumed to 2N therefore see the same data, the same
 learning rates and the same optimizer state, and on CPU produce bit-identical losses.
+
+Speed and scale are flags of ``train`` applied around the single-device model (see
+:mod:`anyformer.training.distributed` for the order): ``precision`` (autocast),
+``activation_checkpointing``, ``compile`` and ``distributed`` (DDP or FSDP2 under
+``torchrun``; rank 0 alone logs, writes metrics and shows progress). Every logged
+training line carries ``tokens_per_s``, ``flops_per_s`` and, on a GPU whose peak is
+known, ``mfu`` (:mod:`anyformer.training.throughput`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,18 @@ from anyformer.errors import RunError, SpecError
 from anyformer.spec import TrainSpec
 from anyformer.tasks.base import Batch, Task
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from anyformer.training.distributed import (
+    close_distributed,
+    graph_breaks,
+    init_distributed,
+    loss_weight,
+    parallelize,
+    shard_batch,
+    sum_across,
+)
+from anyformer.training.precision import autocast, grad_scaler, resolve_precision
 from anyformer.training.schedule import lr_at
+from anyformer.training.throughput import Throughput, peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +79,11 @@ def make_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # the fused CUDA kernel for plain tensors on a GPU; foreach elsewhere (CPU, FSDP's DTensors)
+    params = decay + no_decay
+    fused = bool(params) and all(p.is_cuda and type(p) is nn.Parameter for p in params)
+    if fused:
+        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, foreach=True)
 
 
@@ -73,6 +96,7 @@ class TrainResult:
     interrupted: bool = False
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    tokens_per_s: float = 0.0  # mean training throughput of this session (all ranks)
 
 
 class Trainer:
@@ -92,20 +116,43 @@ class Trainer:
         info: dict[str, Any] | None = None,
     ) -> None:
         self.train = train
-        self.device = resolve_device(train.device)
+        device = resolve_device(train.device)
+        self.precision = resolve_precision(train.precision, device)
+        if self.precision == "fp16" and train.distributed == "fsdp":
+            raise SpecError(
+                "train.precision='fp16' is not supported with train.distributed='fsdp' (the "
+                "gradient scaler cannot see other ranks' shards); use train.precision=bf16"
+            )
+        self.compile = device.type == "cuda" if train.compile is None else train.compile
+        self.dist = init_distributed(train.distributed, device)
+        self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
         self.model = model.to(self.device)
+        # the module to evaluate and checkpoint is self.model (changed in place);
+        # the one to train is self.wrapped (the DDP wrapper under ddp, else the same module)
+        self.wrapped = parallelize(self.model, train, self.dist, self.compile)
         self.task = task
         self.objective = objective
-        self.run_dir = run_dir
+        self.run_dir = run_dir if self.dist.is_main else None
+        self.checkpoint_dir = run_dir / "checkpoint" if run_dir is not None else None
         self.info = info or {}
         self.optimizer = make_optimizer(self.model, train)
+        self.scaler = grad_scaler(self.device, self.precision)
+        flops = getattr(model, "flops_per_token", None)
+        self.meter = Throughput(
+            flops if callable(flops) else None,
+            peak_flops(self.device, self.precision),
+            self.dist.world_size,
+        )
+        self._graph_breaks: dict[str, int] = {}
         self.step = 0
         self.last_tokens = 0
+        self.last_seq_len = 0
 
     # ------------------------------------------------------------------ pieces
     def predict(self, batch: Batch) -> torch.Tensor:
         b = batch.to(self.device)
-        return self.model(b.inputs, padding_mask=b.padding_mask)
+        with autocast(self.device, self.precision):
+            return self.model(b.inputs, padding_mask=b.padding_mask)
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """Metrics of every split of the task at the current weights."""
@@ -126,21 +173,21 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def _checkpoint(self) -> None:
-        if self.run_dir is not None:
+        if self.checkpoint_dir is not None:
             save_checkpoint(
-                self.run_dir / "checkpoint", self.step, self.model, self.optimizer, self.info
+                self.checkpoint_dir, self.step, self.model, self.optimizer, self.info, self.dist
             )
 
     def _resume(self) -> None:
-        if self.run_dir is None:
+        if self.checkpoint_dir is None:
             return
-        path = latest_checkpoint(self.run_dir / "checkpoint")
+        path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return
-        state = load_checkpoint(path, self.model, self.optimizer)
+        state = load_checkpoint(path, self.model, self.optimizer, self.dist)
         self.step = state["step"]
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():  # drop lines logged after the checkpoint we resume from
+        metrics = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+        if metrics is not None and metrics.exists():  # drop lines logged after the checkpoint
             kept = [
                 line
                 for line in metrics.read_text().splitlines()
@@ -149,26 +196,84 @@ class Trainer:
             metrics.write_text("".join(line + "\n" for line in kept))
         log.info("resumed from %s at step %d", path, self.step)
 
+    def training_outputs(self, batch: Batch, step: int) -> list[tuple[float, torch.Tensor]]:
+        """``[(loss weight, outputs)]`` of one step: ``[(1.0, model(inputs))]``, or the
+        model's own ``training_outputs`` when it trains several outputs per step (exits of
+        an ``early_exit`` depth, widths of ``matformer`` FFNs); the loss is the weighted
+        sum of the objective over them."""
+        if getattr(self.model, "trains_several_outputs", False):
+            if self.wrapped is not self.model:
+                raise RunError(
+                    "train.distributed='ddp' cannot train several outputs per step (an "
+                    "early_exit depth or matformer FFNs); train without ddp"
+                )
+            return self.model.training_outputs(batch.inputs, batch.padding_mask, step)
+        return [(1.0, self.wrapped(batch.inputs, padding_mask=batch.padding_mask))]
+
     def train_step(self, step: int) -> float:
-        """One optimizer step on batch ``step``; returns the loss."""
+        """One optimizer step on batch ``step``; returns the loss of the global batch.
+
+        Under DDP/FSDP each rank trains on its slice of the global batch, its loss scaled
+        so that the ranks' averaged gradients are those of the global batch.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.train)
-        batch = self.task.train_batch(step, self.train.batch_size).to(self.device)
-        self.last_tokens = batch.n_tokens
-        outputs = self.model(batch.inputs, padding_mask=batch.padding_mask)
-        loss = self.objective(outputs, batch)
-        value = float(loss.detach())
+        batch = self.task.train_batch(step, self.train.batch_size)
+        self.last_tokens, self.last_seq_len = batch.n_tokens, int(batch.inputs.shape[1])
+        world, weight = self.dist.world_size, 1.0
+        if world > 1:
+            local = shard_batch(batch, self.dist.rank, world)
+            weight = loss_weight(batch, local, world)
+            batch = local
+        batch = batch.to(self.device)
+        with autocast(self.device, self.precision):
+            weighted = self.training_outputs(batch, step)
+        loss = sum(w * self.objective(outputs, batch) for w, outputs in weighted)
+        if weight != 1.0:
+            loss = loss * weight
+        value = float(sum_across(loss.detach(), self.dist)) / world
         if not math.isfinite(value):
             raise RunError(
                 f"the loss became {value} at step {step + 1}; lower train.lr "
                 f"(now {self.train.lr}) or set train.grad_clip (now {self.train.grad_clip})"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:  # fp16: scale the loss, unscale before clipping
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if self.train.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return value
+
+    def close(self) -> None:
+        """Leave the process group if this trainer formed it (a no-op otherwise)."""
+        close_distributed(self.dist)
+
+    def _report_graph_breaks(self) -> None:
+        """Log graph breaks torch.compile met since the last call (rank 0)."""
+        if not self.compile or not self.dist.is_main:
+            return
+        current = graph_breaks()
+        new = {k: v - self._graph_breaks.get(k, 0) for k, v in current.items()}
+        new = {k: v for k, v in new.items() if v > 0}
+        if new:
+            lines = "\n".join(f"  {n}x {reason}" for reason, n in sorted(new.items()))
+            log.warning(
+                "torch.compile: %d graph break(s) by step %d:\n%s",
+                sum(new.values()),
+                self.step,
+                lines,
+            )
+        elif not self._graph_breaks and self.step == 1:
+            log.info("torch.compile: no graph breaks in the blocks")
+        self._graph_breaks = current
 
     # ------------------------------------------------------------------ loop
     def fit(self, until: int | None = None) -> TrainResult:
@@ -187,28 +292,34 @@ class Trainer:
         result = TrainResult(step=self.step)
         start = time.perf_counter()
         tokens = 0  # tokens trained on in this session (for the speed display)
-        progress = _Progress(self.train, self.step) if self.train.progress else None
+        show = self.train.progress and self.dist.is_main
+        progress = _Progress(self.train, self.step) if show else None
+        meter = self.meter
         try:
             while self.step < stop:
                 step = self.step
                 loss = self.train_step(step)
                 self.step = step + 1
                 tokens += self.last_tokens
+                meter.add(self.last_tokens, self.last_seq_len)
                 result.losses.append((self.step, loss))
+                if self.step == 1 or self.step % self.train.log_every == 0:
+                    self._report_graph_breaks()
                 if self.step % self.train.log_every == 0 or self.step == self.train.steps:
                     lr = self.optimizer.param_groups[0]["lr"]
-                    self._log({"step": self.step, "loss": loss, "lr": lr})
+                    self._log({"step": self.step, "loss": loss, "lr": lr, **meter.report()})
                 if progress is not None:
                     progress.update(self.step, loss, tokens)
-                if self.step % self.train.eval_every == 0 or self.step == self.train.steps:
-                    for split, metrics in self.evaluate().items():
-                        self._log({"step": self.step, "split": split, **metrics})
-                        result.final[split] = metrics
-                if self.step % self.train.checkpoint_every == 0 or self.step in (
-                    stop,
-                    self.train.steps,
-                ):
-                    self._checkpoint()
+                with meter.paused():
+                    if self.step % self.train.eval_every == 0 or self.step == self.train.steps:
+                        for split, metrics in self.evaluate().items():
+                            self._log({"step": self.step, "split": split, **metrics})
+                            result.final[split] = metrics
+                    if self.step % self.train.checkpoint_every == 0 or self.step in (
+                        stop,
+                        self.train.steps,
+                    ):
+                        self._checkpoint()
         except KeyboardInterrupt:
             self._checkpoint()
             result.interrupted = True
@@ -221,6 +332,7 @@ class Trainer:
                 result.final[split] = metrics
         result.step = self.step
         result.seconds = time.perf_counter() - start
+        result.tokens_per_s = meter.mean_tokens_per_s
         return result
 
 

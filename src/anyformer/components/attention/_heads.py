@@ -16,9 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyformer.components.attention.softmax import masked_bias, reference_attention
+from anyformer.components.attention.softmax import (
+    cached_bias,
+    extend_cache,
+    key_mask,
+    masked_bias,
+    reference_attention,
+)
 from anyformer.components.base import Context
-from anyformer.nn import causal_mask, combine_masks, padding_to_key_mask
+from anyformer.nn import causal_mask, combine_masks
 from anyformer.registry import Dims
 
 Impl = Literal["sdpa", "reference"]
@@ -38,9 +44,9 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
 
 def allowed_mask(ctx: Context, t: int, device: torch.device) -> torch.Tensor | None:
     """Boolean mask (True = query may see key), broadcastable to ``[B, H, T, T]``:
-    the causal mask when ``ctx.causal``, AND the key-padding mask; ``None`` if neither."""
-    keys = padding_to_key_mask(ctx.padding_mask) if ctx.padding_mask is not None else None
-    return combine_masks(causal_mask(t, device=device) if ctx.causal else None, keys)
+    the causal mask when ``ctx.causal``, AND the key-padding mask, AND (packed rows) the
+    same-document mask; ``None`` if none applies."""
+    return combine_masks(causal_mask(t, device=device) if ctx.causal else None, key_mask(ctx))
 
 
 def context_bias(
@@ -48,7 +54,8 @@ def context_bias(
 ) -> torch.Tensor | None:
     """Additive score bias: the positional scheme's ``score_bias`` (if ``position_bias``)
     plus a very negative value where :func:`allowed_mask` forbids attention."""
-    bias = ctx.position.score_bias(ctx.positions, ctx.positions) if position_bias else None
+    pos = ctx.bias_positions()
+    bias = ctx.position.score_bias(pos, pos) if position_bias else None
     return masked_bias(bias, allowed_mask(ctx, t, device), dtype)
 
 
@@ -66,15 +73,22 @@ def attend(
 
     ``scale`` defaults to ``1/sqrt(q.shape[-1])``. ``impl='sdpa'`` uses the fused
     kernel, ``'reference'`` the explicit :func:`reference_attention`; they agree.
+    With ``ctx.cache`` the keys and values (``k``/``v`` already rotated) are appended to
+    this call's cache slot and the new queries attend over all cached ones.
     """
     t = q.shape[-2]
     if scale is not None:
         q = q * (scale * math.sqrt(q.shape[-1]))
-    bias = ctx.position.score_bias(ctx.positions, ctx.positions)
     drop = dropout if training else 0.0
-    if impl == "sdpa" and bias is None and ctx.padding_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=ctx.causal)
-    full = masked_bias(bias, allowed_mask(ctx, t, q.device), q.dtype)
+    if ctx.cache is not None:
+        k, v, key_positions = extend_cache(ctx, k, v)
+        full = cached_bias(ctx, key_positions, q.dtype)
+    else:
+        pos = ctx.bias_positions()
+        bias = ctx.position.score_bias(pos, pos)
+        if impl == "sdpa" and bias is None and ctx.padding_mask is None and ctx.segments is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=ctx.causal)
+        full = masked_bias(bias, allowed_mask(ctx, t, q.device), q.dtype)
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
     return reference_attention(q, k, v, full, dropout, training)

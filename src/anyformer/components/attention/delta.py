@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
-from anyformer.components.base import Context
+from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import delta_rule_chunked, delta_rule_recurrent, delta_rule_step
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -42,7 +42,7 @@ class DeltaParams(BaseModel):
         complexity="O(n)",
         recurrent=True,
         bidirectional=False,
-        kv_cache=False,
+        kv_cache=True,
         position_modes=("none", "embed"),
     ),
 )
@@ -54,15 +54,15 @@ class DeltaAttention(nn.Module):
     a per-head learning rate in (0, 1), so each step moves the value stored under
     ``k_t`` a fraction ``beta_t`` towards ``v_t`` (instead of only adding, as linear
     attention does), which is what helps associative recall. The state has constant
-    size, so decoding is :meth:`step`. Padded tokens get ``beta = 0`` (they write
-    nothing).
+    size, so decoding is :meth:`step` (with ``ctx.cache`` the forward runs it token by
+    token from the cached state). Padded tokens get ``beta = 0`` (they write nothing).
 
     Papers: "Linear Transformers Are Secretly Fast Weight Programmers", Schlag et al.,
     2021 (the delta rule); "Parallelizing Linear Transformers with the Delta Rule over
     Sequence Length", Yang et al., 2024 (the chunked WY/UT form, ``impl=chunked``).
 
     Does not support: bidirectional use (the recurrence is causal only; encoders are
-    rejected), rotary or score-bias positions, attention dropout. The short
+    rejected), rotary or score-bias positions, attention dropout, packed rows. The short
     convolutions, SiLU on q/k and output norm of Yang et al.'s full layer are left out.
     """
 
@@ -95,6 +95,8 @@ class DeltaAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         if not ctx.causal:
             raise ValueError("delta attention is causal only; build it in a decoder")
+        if ctx.cache is not None:
+            return step_through(self, x, ctx)
         b, t, d = x.shape
         q, k, v, beta = self._project(x)
         q, k, v, beta = (

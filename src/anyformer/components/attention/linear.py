@@ -8,10 +8,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from anyformer.components.base import Context
+from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import (
     linear_attention_chunked,
     linear_attention_global,
@@ -27,7 +27,9 @@ class LinearParams(BaseModel):
     - ``feature_map``: the kernel feature map phi applied to queries and keys:
       ``elu1`` (elu(x) + 1, Katharopoulos et al. 2020), ``relu``, ``favor`` (Performer
       positive orthogonal random features, Choromanski et al. 2021) or ``cosformer``
-      (ReLU features re-weighted by cos/sin of the position, Qin et al. 2022).
+      (ReLU features re-weighted by cos/sin of the position, Qin et al. 2022) or
+      ``identity`` (phi(x) = x: plain linear self-attention; only with
+      ``normalize=False``, since the normaliser q . sum k can be zero or negative).
     - ``impl``: causal algorithm: ``chunked`` (parallel within chunks, state across
       them; the fast form) or ``recurrent`` (token by token; the reference). An encoder
       always uses the global (bidirectional) sums, which have a single form.
@@ -36,15 +38,28 @@ class LinearParams(BaseModel):
     - ``seed``: seed of the fixed random features (``favor`` only); layer ``l`` draws
       from ``torch.Generator().manual_seed(seed * 1_000_003 + l)``.
     - ``eps``: added to the normaliser phi(q) . sum phi(k).
+    - ``normalize``: divide by the normaliser (the default). ``False`` gives the
+      un-normalised linear self-attention ``y_i = sum_j (q_i . k_j) v_j`` of von Oswald
+      et al. (2023), usually with ``feature_map='identity'``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    feature_map: Literal["elu1", "relu", "favor", "cosformer"] = "elu1"
+    feature_map: Literal["elu1", "relu", "favor", "cosformer", "identity"] = "elu1"
     impl: Literal["chunked", "recurrent"] = "chunked"
     chunk_size: PositiveInt = 64
     n_features: PositiveInt = 64
     seed: int = 0
     eps: PositiveFloat = 1e-6
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _identity_needs_no_normaliser(self) -> LinearParams:
+        if self.feature_map == "identity" and self.normalize:
+            raise ValueError(
+                "feature_map='identity' needs normalize=False: with phi(x) = x the "
+                "normaliser q . sum k can be zero or negative"
+            )
+        return self
 
 
 @dataclass
@@ -86,10 +101,11 @@ def orthogonal_gaussian(
     ),
     summary="kernelized linear attention phi(q)^T sum phi(k) v^T / phi(q)^T sum phi(k); "
     "feature maps elu1, relu, favor (Performer, Choromanski et al. 2021), cosformer "
-    "(Qin et al. 2022); chunked and recurrent forms",
+    "(Qin et al. 2022), identity; optional un-normalised LSA (von Oswald et al. 2023); "
+    "chunked and recurrent forms",
     params=LinearParams,
     caps=Capabilities(
-        complexity="O(n)", recurrent=True, kv_cache=False, position_modes=("none", "embed")
+        complexity="O(n)", recurrent=True, kv_cache=True, position_modes=("none", "embed")
     ),
 )
 class LinearAttention(nn.Module):
@@ -120,7 +136,8 @@ class LinearAttention(nn.Module):
 
     Does not support: rotary or score-bias positions (there is no score matrix; the
     RoFormer variant that rotates only the numerator is not implemented), attention
-    dropout, a KV cache (use :meth:`step`).
+    dropout, packed rows. With ``ctx.cache`` (generation) it runs :meth:`step` token by
+    token from the cached state.
     """
 
     def __init__(self, dims: Dims, params: LinearParams) -> None:
@@ -153,6 +170,8 @@ class LinearAttention(nn.Module):
             return F.elu(x) + 1.0
         if fmap == "relu":
             return F.relu(x)
+        if fmap == "identity":
+            return x
         if fmap == "favor":
             x = x / self.d_head**0.25
             logits = torch.einsum("bhtd,hmd->bhtm", x, self.projection.to(x.dtype))
@@ -178,19 +197,21 @@ class LinearAttention(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if ctx.cache is not None:
+            return step_through(self, x, ctx)
         b, t, d = x.shape
         q, k, v = (y.transpose(1, 2) for y in self._project(x))  # [B, H, T, Dh]
         fq = self.features(q, ctx.positions, query=True)
         fk = self.features(k, ctx.positions, query=False)
         if ctx.padding_mask is not None:
             fk = fk * ctx.padding_mask[:, None, :, None].to(fk.dtype)
-        eps = self.params.eps
+        eps, norm = self.params.eps, self.params.normalize
         if not ctx.causal:
-            y = linear_attention_global(fq, fk, v, eps)
+            y = linear_attention_global(fq, fk, v, eps, norm)
         elif self.params.impl == "recurrent":
-            y = linear_attention_recurrent(fq, fk, v, eps)
+            y = linear_attention_recurrent(fq, fk, v, eps, norm)
         else:
-            y = linear_attention_chunked(fq, fk, v, self.params.chunk_size, eps)
+            y = linear_attention_chunked(fq, fk, v, self.params.chunk_size, eps, norm)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
     # ------------------------------------------------------------------ decoding
@@ -217,7 +238,9 @@ class LinearAttention(nn.Module):
         pos = torch.tensor([state.position], device=x_t.device)
         fq = self.features(q.unsqueeze(2), pos, query=True).squeeze(2)
         fk = self.features(k.unsqueeze(2), pos, query=False).squeeze(2)
-        y, (s, z) = linear_attention_step(fq, fk, v, (state.s, state.z), self.params.eps)
+        y, (s, z) = linear_attention_step(
+            fq, fk, v, (state.s, state.z), self.params.eps, self.params.normalize
+        )
         y = self.out(y.reshape(x_t.shape[0], -1))
         return y, LinearAttentionState(s, z, state.position + 1)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
-from anyformer.components.attention.softmax import masked_bias
+from anyformer.components.attention.softmax import cached_bias, extend_cache, masked_bias
 from anyformer.components.base import Context
 from anyformer.nn import padding_to_key_mask
 from anyformer.nn.local_ops import band_mask, blocked_local_attention, masked_attention
@@ -39,7 +39,7 @@ class SlidingWindowParams(BaseModel):
     summary="softmax attention restricted to a local window of width w (causal: the w most "
     "recent keys; encoder: |i - j| < w)",
     params=SlidingWindowParams,
-    caps=Capabilities(complexity="O(n w)"),
+    caps=Capabilities(complexity="O(n w)", kv_cache=True),
 )
 class SlidingWindowAttention(nn.Module):
     """Softmax attention in which query i sees only keys j with ``0 <= i - j < w`` in a
@@ -48,11 +48,12 @@ class SlidingWindowAttention(nn.Module):
 
     With ``w >= T`` it is exactly softmax attention (same parameter names, ``qkv`` and
     ``out``, as ``softmax``). Rotary positions rotate q/k and score-bias positions are
-    added to the scores; key padding is honoured.
+    added to the scores; key padding is honoured. Incremental decoding keeps the last w
+    keys and values in a rolling buffer (``ctx.cache``), so memory stays constant.
 
     Paper: "Longformer: The Long-Document Transformer", Beltagy et al., 2020.
     Does not support: Longformer's global attention tokens and dilated windows,
-    grouped key/value heads, a KV cache.
+    grouped key/value heads, packed rows (``segments``).
     """
 
     def __init__(self, dims: Dims, params: SlidingWindowParams) -> None:
@@ -72,7 +73,11 @@ class SlidingWindowAttention(nn.Module):
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
         drop = self.dropout if self.training else 0.0
         window = self.params.window
-        if self.params.impl == "blocked":
+        if ctx.cache is not None:
+            k, v, key_positions = extend_cache(ctx, k, v, window)
+            full = cached_bias(ctx, key_positions, q.dtype, window)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
+        elif self.params.impl == "blocked":
             y = blocked_local_attention(
                 q, k, v, window, ctx.causal, ctx.padding_mask, ctx.positions,
                 ctx.position.score_bias, drop,

@@ -38,7 +38,13 @@ Width = Literal["model", "head"]
 
 
 class _MinimalBase(nn.Module):
-    """Value and output projections, and the per-head view of the input that W_QK acts on."""
+    """Value and output projections, and the per-head view of the input that W_QK acts on.
+
+    Attention goes through :func:`~anyformer.components.attention._heads.attend`, so both
+    variants decode with a KV cache (the cached keys are the key vectors of each head)
+    and accept packed rows."""
+
+    supports_packing = True
 
     def __init__(self, dims: Dims, width: Width, impl: Impl) -> None:
         super().__init__()
@@ -100,7 +106,7 @@ class CollapsedParams(BaseModel):
     summary="one query-key matrix per head: scores x_i W_QK x_j^T instead of separate "
     "query and key projections",
     params=CollapsedParams,
-    caps=Capabilities(complexity="O(n^2)", position_modes=("none", "embed", "bias")),
+    caps=Capabilities(complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")),
 )
 class CollapsedAttention(_MinimalBase):
     """softmax((x W_QK^h + b^h) x^T / sqrt(d_head) + B) (x W_V^h) per head h, then W_O.
@@ -111,8 +117,8 @@ class CollapsedAttention(_MinimalBase):
 
     Paper: "Reducing the Transformer Architecture to a Minimum", Bermeitinger et al., 2024.
     Not supported: rotary positions (there are no separate query and key vectors of
-    d_head channels to rotate; use ``embed`` or ``bias`` schemes), KV cache, and the
-    paper's further removal of W_V and W_O.
+    d_head channels to rotate; use ``embed`` or ``bias`` schemes) and the paper's
+    further removal of W_V and W_O.
     """
 
     def __init__(self, dims: Dims, params: CollapsedParams) -> None:
@@ -157,7 +163,7 @@ class SymmetricParams(BaseModel):
     summary="a symmetric query-key matrix per head (L L^T from a triangular L): symmetric "
     "similarity with half the parameters",
     params=SymmetricParams,
-    caps=Capabilities(complexity="O(n^2)", position_modes=("none", "embed", "bias")),
+    caps=Capabilities(complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")),
 )
 class SymmetricAttention(_MinimalBase):
     """softmax(x W^h x^T / sqrt(d_head) + B) (x W_V^h) per head h, W^h symmetric, then W_O.
@@ -169,7 +175,7 @@ class SymmetricAttention(_MinimalBase):
 
     Paper: "Reducing the Transformer Architecture to a Minimum", Bermeitinger et al., 2024.
     Not supported: rotary positions (a rotation by position makes the similarity
-    asymmetric), KV cache, the paper's removal of W_V and W_O.
+    asymmetric), the paper's removal of W_V and W_O.
     """
 
     def __init__(self, dims: Dims, params: SymmetricParams) -> None:

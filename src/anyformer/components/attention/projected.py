@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import nn
 
-from anyformer.components.base import Context
+from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import (
     linear_attention_chunked,
     linear_attention_global,
@@ -173,7 +173,9 @@ def sign_ste(y: torch.Tensor) -> torch.Tensor:
     summary="EcoFormer: learned kernelized hashing of q/k to binary codes; linear attention "
     "with similarity = matching bits",
     params=BinaryHashParams,
-    caps=Capabilities(complexity="O(n)", recurrent=True, position_modes=("none", "embed")),
+    caps=Capabilities(
+        complexity="O(n)", recurrent=True, kv_cache=True, position_modes=("none", "embed")
+    ),
 )
 class BinaryHashAttention(nn.Module):
     """Linear attention on learned binary codes of queries and keys.
@@ -197,7 +199,8 @@ class BinaryHashAttention(nn.Module):
 
     Paper: "EcoFormer: Energy-Saving Attention with Linear Complexity", Liu et al., 2022.
     Not supported: the KSH hashing objective, bit-packed kernels, rotary/bias positions
-    (codes of rotated vectors lose the relative-position property), KV-cache decoding.
+    (codes of rotated vectors lose the relative-position property), packed rows. With
+    ``ctx.cache`` (generation) the forward runs :meth:`step` from the cached state.
     """
 
     def __init__(self, dims: Dims, params: BinaryHashParams) -> None:
@@ -241,6 +244,8 @@ class BinaryHashAttention(nn.Module):
         return fq, fk
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if ctx.cache is not None:
+            return step_through(self, x, ctx)
         dm = x.shape[-1]
         q, k, v = (_heads(z, self.n_heads) for z in self.qkv(x).split(dm, dim=-1))
         fq, fk = self.features(q, k, ctx.padding_mask)

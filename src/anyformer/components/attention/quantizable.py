@@ -20,6 +20,7 @@ from anyformer.components.attention._heads import (
     context_bias,
     merge_heads,
 )
+from anyformer.components.attention.softmax import cached_bias, extend_cache
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -48,7 +49,7 @@ class GatedParams(BaseModel):
     summary="softmax attention whose per-head output is scaled by a sigmoid gate of the "
     "input, so a head can switch itself off",
     params=GatedParams,
-    caps=Capabilities(complexity="O(n^2)"),
+    caps=Capabilities(complexity="O(n^2)", kv_cache=True),
 )
 class GatedAttention(QKVHeads):
     """y_h = sigmoid(G_h(x)) * softmax(Q_h K_h^T / sqrt(d_head) + B) V_h, then the output
@@ -61,9 +62,11 @@ class GatedAttention(QKVHeads):
     ``gate_bias_init`` the gate is 1 and the layer is exactly softmax attention.
 
     Paper: "Quantizable Transformers: Removing Outliers by Helping Attention Heads Do
-    Nothing", Bondarenko et al., 2023. Not supported: grouped key/value heads, KV cache,
-    the paper's MLP-shaped gate variants.
+    Nothing", Bondarenko et al., 2023. Not supported: grouped key/value heads, the
+    paper's MLP-shaped gate variants. Decodes with a KV cache; accepts packed rows.
     """
+
+    supports_packing = True
 
     def __init__(self, dims: Dims, params: GatedParams) -> None:
         super().__init__(dims)
@@ -118,7 +121,7 @@ class ClippedSoftmaxParams(BaseModel):
     summary="softmax attention with probabilities stretched to (gamma, zeta) and clipped "
     "to [0, 1], so exact zeros need no extreme scores",
     params=ClippedSoftmaxParams,
-    caps=Capabilities(complexity="O(n^2)"),
+    caps=Capabilities(complexity="O(n^2)", kv_cache=True),
 )
 class ClippedSoftmaxAttention(QKVHeads):
     """clip((zeta - gamma) softmax(Q K^T / sqrt(d_head) + B) + gamma, 0, 1) V per head.
@@ -132,8 +135,10 @@ class ClippedSoftmaxAttention(QKVHeads):
 
     Paper: "Quantizable Transformers: Removing Outliers by Helping Attention Heads Do
     Nothing", Bondarenko et al., 2023. Not supported: a fused kernel (this is the explicit
-    reference form), grouped key/value heads, KV cache.
+    reference form), grouped key/value heads. Decodes with a KV cache; accepts packed rows.
     """
+
+    supports_packing = True
 
     def __init__(self, dims: Dims, params: ClippedSoftmaxParams) -> None:
         super().__init__(dims)
@@ -143,8 +148,12 @@ class ClippedSoftmaxAttention(QKVHeads):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         q, k, v = self.project(x)
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
+        if ctx.cache is not None:
+            k, v, key_positions = extend_cache(ctx, k, v)
+            bias = cached_bias(ctx, key_positions, q.dtype)
+        else:
+            bias = context_bias(ctx, x.shape[1], q.dtype, x.device)
         scores = q @ k.transpose(-1, -2) / self.d_head**0.5
-        bias = context_bias(ctx, x.shape[1], scores.dtype, x.device)
         if bias is not None:
             scores = scores + bias
         probs = clipped_softmax(scores, self.gamma, self.zeta)

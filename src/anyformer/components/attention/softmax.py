@@ -12,6 +12,8 @@ from torch import nn
 
 from anyformer.components.base import Context
 from anyformer.nn import causal_mask, combine_masks, padding_to_key_mask
+from anyformer.nn.kv_cache import KVBuffer, cached_key_mask
+from anyformer.nn.packing import segment_mask
 from anyformer.registry import Capabilities, Dims, Paper, register
 
 
@@ -34,6 +36,61 @@ def masked_bias(
     blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     blocked = blocked.masked_fill(~allowed, torch.finfo(dtype).min / 2)
     return blocked if bias is None else bias.to(dtype) + blocked
+
+
+def key_mask(ctx: Context) -> torch.Tensor | None:
+    """Boolean mask of the keys each query may see besides causality: real (unpadded) keys
+    ``[B, 1, 1, T]`` and, in packed rows, keys of the same document ``[B, 1, T, T]``."""
+    keys = padding_to_key_mask(ctx.padding_mask) if ctx.padding_mask is not None else None
+    docs = segment_mask(ctx.segments) if ctx.segments is not None else None
+    return combine_masks(keys, docs)
+
+
+def attention_bias(
+    ctx: Context, t: int, dtype: torch.dtype, device: torch.device, position_bias: bool = True
+) -> tuple[torch.Tensor | None, bool]:
+    """``(bias, is_causal)`` for self-attention over ``t`` tokens without a cache.
+
+    ``bias`` is the positional score bias (if ``position_bias``) plus a very negative
+    value where the causal, padding or document mask forbids attention; when there is
+    nothing but (possibly) causality it is ``None`` and ``is_causal`` says whether the
+    causal mask still has to be applied (so SDPA can use its fused causal path).
+    """
+    pos = ctx.bias_positions()
+    bias = ctx.position.score_bias(pos, pos) if position_bias else None
+    keys = key_mask(ctx)
+    if bias is None and keys is None:
+        return None, ctx.causal
+    allowed = combine_masks(causal_mask(t, device=device) if ctx.causal else None, keys)
+    return masked_bias(bias, allowed, dtype), False
+
+
+def extend_cache(
+    ctx: Context, k: torch.Tensor, v: torch.Tensor, window: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append the new keys/values ``[B, G, T, D]`` (already rotated) to this call's slot of
+    ``ctx.cache``; returns all keys, values and key positions the new queries may see."""
+    if not ctx.causal:
+        raise ValueError("a KV cache is for causal decoding; this attention is bidirectional")
+    if ctx.padding_mask is not None or ctx.segments is not None:
+        raise ValueError("cached decoding takes unpadded, unpacked rows (no padding_mask/segments)")
+    slot = ctx.cache.slot()  # type: ignore[union-attr]
+    if slot.state is None:
+        slot.state = KVBuffer(window)
+    return slot.state.extend(k, v, ctx.positions)
+
+
+def cached_bias(
+    ctx: Context,
+    key_positions: torch.Tensor,
+    dtype: torch.dtype,
+    window: int | None = None,
+    position_bias: bool = True,
+) -> torch.Tensor | None:
+    """Additive bias of the new queries over cached keys: score bias plus the causal (and
+    window) mask from absolute positions; ``None`` when nothing needs masking."""
+    bias = ctx.position.score_bias(ctx.positions, key_positions) if position_bias else None
+    return masked_bias(bias, cached_key_mask(ctx.positions, key_positions, window), dtype)
 
 
 def reference_attention(
@@ -61,7 +118,7 @@ def reference_attention(
     summary="multi-head scaled dot-product attention; grouped/multi-query heads via kv_heads "
     "(Shazeer 2019; Ainslie et al. 2023)",
     params=SoftmaxParams,
-    caps=Capabilities(complexity="O(n^2)", kv_cache=False),
+    caps=Capabilities(complexity="O(n^2)", kv_cache=True),
 )
 class SoftmaxAttention(nn.Module):
     """softmax(Q K^T / sqrt(d_head) + B) V per head, then an output projection.
@@ -70,11 +127,14 @@ class SoftmaxAttention(nn.Module):
     ``n_heads / g`` query heads shares one key/value head ("Fast Transformer Decoding:
     One Write-Head is All You Need", Shazeer 2019; "GQA", Ainslie et al. 2023). The
     positional scheme in the context may rotate q/k or add a score bias B. Causal,
-    bidirectional and key-padding masks are supported.
+    bidirectional and key-padding masks are supported. Incremental decoding keeps the
+    (rotated) keys and values of past tokens in a :class:`~anyformer.nn.kv_cache.KVBuffer`
+    (``ctx.cache``); packed rows (``ctx.segments``) get a block-diagonal mask.
 
     Paper: "Attention Is All You Need", Vaswani et al., 2017.
-    Not supported yet: incremental decoding with a KV cache.
     """
+
+    supports_packing = True
 
     def __init__(self, dims: Dims, params: SoftmaxParams) -> None:
         super().__init__()
@@ -103,21 +163,23 @@ class SoftmaxAttention(nn.Module):
         k = k.view(b, t, g, d).transpose(1, 2)
         v = v.view(b, t, g, d).transpose(1, 2)
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
+        if ctx.cache is not None:
+            k, v, key_positions = extend_cache(ctx, k, v)
+            full, is_causal = cached_bias(ctx, key_positions, q.dtype), False
+        else:
+            full, is_causal = attention_bias(ctx, t, q.dtype, x.device)
         if g != h:
             k = k.repeat_interleave(h // g, dim=1)
             v = v.repeat_interleave(h // g, dim=1)
-        bias = ctx.position.score_bias(ctx.positions, ctx.positions)
-        keys = padding_to_key_mask(ctx.padding_mask) if ctx.padding_mask is not None else None
         drop = self.dropout if self.training else 0.0
-        if self.impl == "sdpa" and bias is None and keys is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=ctx.causal)
+        if self.impl == "sdpa":
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=full, dropout_p=drop, is_causal=is_causal
+            )
         else:
-            allowed = combine_masks(causal_mask(t, device=x.device) if ctx.causal else None, keys)
-            full = masked_bias(bias, allowed, q.dtype)
-            if self.impl == "sdpa":
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
-            else:
-                y = reference_attention(q, k, v, full, self.dropout, self.training)
+            if is_causal:
+                full = masked_bias(None, causal_mask(t, device=x.device), q.dtype)
+            y = reference_attention(q, k, v, full, self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
     def flops_per_token(self, seq_len: int) -> int:

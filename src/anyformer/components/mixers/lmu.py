@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import nn
 
-from anyformer.components.base import Context
+from anyformer.components.base import Context, step_through
 from anyformer.nn.long_conv import long_conv_fft
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -71,7 +71,9 @@ def discretize_zoh(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
     summary="Legendre Memory Unit: a fixed linear memory of the last theta tokens "
     "(Legendre coefficients); parallel (FFT) and recurrent forms",
     params=LMUParams,
-    caps=Capabilities(complexity="O(n log n)", recurrent=True, position_modes=("none", "embed")),
+    caps=Capabilities(
+        complexity="O(n log n)", recurrent=True, kv_cache=True, position_modes=("none", "embed")
+    ),
 )
 class LMU(nn.Module):
     """m_t = A_bar m_{t-1} + B_bar u_t per channel of u = W_u x, y_t = W_o gelu(W_m m_t + W_x x_t).
@@ -89,7 +91,9 @@ class LMU(nn.Module):
     Networks", Voelker, Kajić and Eliasmith, 2019; parallel form from "Parallelizing
     Legendre Memory Unit Training", Chilkuri and Eliasmith, 2021; used as a token mixer in
     "LMUFormer", Liu et al., 2024. Not supported: the original LMU's nonlinear recurrent
-    connections (h_{t-1} -> u_t), which would forbid the parallel form; spiking variants.
+    connections (h_{t-1} -> u_t), which would forbid the parallel form; spiking variants;
+    packed rows. With ``ctx.cache`` (generation) the forward runs :meth:`step` from the
+    cached memory.
     """
 
     def __init__(self, dims: Dims, params: LMUParams) -> None:
@@ -147,6 +151,8 @@ class LMU(nn.Module):
         return self._readout(state, x_t), state
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if ctx.cache is not None:
+            return step_through(self, x, ctx)
         t = x.shape[1]
         if t > self.max_len:
             raise ValueError(

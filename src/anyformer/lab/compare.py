@@ -1,0 +1,392 @@
+"""Fair comparisons: a grid of variants × seeds (× learning rates), aggregated with intervals.
+
+A comparison is a base experiment and a list of axes (``model.position=rope,alibi``).
+Every variant is trained for every seed in its own run folder under the comparison's
+folder, so an interrupted comparison resumes: finished runs are read back, not redone.
+Metrics are aggregated over seeds as a mean and a 95% t-interval. With
+``match_params`` each variant's ``d_model`` is adjusted so its parameter count is within
+5% of the first variant's (iso-parameter comparison). With a learning-rate grid every
+variant is trained at every rate and the rate with the best mean headline metric on the
+in-distribution split counts, as in MAD-lab's protocol.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anyformer.errors import SpecError
+from anyformer.lab.run import resolve, run_folder
+from anyformer.spec import ExperimentSpec, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+#: Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[min(n - 1, len(_T975)) - 1] if n - 1 <= len(_T975) else 1.96
+    return mean, t * sd / math.sqrt(n)
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+    """``model.position=rope,alibi`` -> (``model.position``, [``rope``, ``alibi``]).
+
+    A joint axis varies several keys together: ``model.n_layers,model.n_heads=1:8,4:2``."""
+    key, sep, values = text.partition("=")
+    n_keys = len(key.split(","))
+    items = [v for v in values.split(",") if v]
+    if n_keys > 1 and values.count(":") == 0:
+        raise SpecError(f"--vary '{text}': a joint axis takes values like 1:8,4:2")
+    if not sep or not key or not items:
+        raise SpecError(f"--vary '{text}' is not KEY=A,B,C (e.g. model.position=rope,alibi,none)")
+    return key, items
+
+
+def _joint(key: str, value: str) -> list[tuple[str, str]]:
+    """A joint axis ``a,b`` with value ``x:y`` sets a=x and b=y together."""
+    keys = key.split(",")
+    if len(keys) == 1:
+        return [(key, value)]
+    values = value.split(":")
+    if len(values) != len(keys):
+        raise SpecError(f"joint axis '{key}' needs {len(keys)} values joined by ':', got '{value}'")
+    return list(zip(keys, values))
+
+
+@dataclass
+class Variant:
+    """One point of the grid: a label, its overrides and the resolved spec (seed 0)."""
+
+    label: str
+    overrides: list[str]
+    spec: ExperimentSpec
+    params: int = 0
+
+
+@dataclass
+class CompareResult:
+    """Aggregated results: per variant, per split, per metric: (mean, half-width, values)."""
+
+    dir: Path
+    base: ExperimentSpec
+    axes: list[tuple[str, list[str]]]
+    variants: list[Variant]
+    summary: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headline: str = ""
+    higher_is_better: bool = True
+    lrs: dict[str, float] = field(default_factory=dict)
+
+    def mean(self, variant: str, metric: str, split: str = "id") -> float:
+        return float(self.summary[variant][split][metric]["mean"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base.to_dict(),
+            "axes": [{"key": k, "values": v} for k, v in self.axes],
+            "variants": [
+                {"label": v.label, "overrides": v.overrides, "params": v.params}
+                for v in self.variants
+            ],
+            "headline": self.headline,
+            "higher_is_better": self.higher_is_better,
+            "learning_rates": self.lrs,
+            "summary": self.summary,
+            "curves": self.curves,
+        }
+
+
+def count_params(spec: ExperimentSpec) -> int:
+    """Parameters of the spec's model, counted without allocating weights."""
+    import torch
+
+    from anyformer.model.transformer import build_model
+
+    with torch.device("meta"):
+        return build_model(spec.model).num_params()
+
+
+def _with(spec: ExperimentSpec, overrides: list[str]) -> ExperimentSpec:
+    return resolve(spec.with_overrides(overrides)) if overrides else spec
+
+
+def match_width(spec: ExperimentSpec, target: int, tolerance: float = 0.05) -> ExperimentSpec:
+    """The spec with the ``d_model`` whose parameter count is nearest ``target``.
+
+    Widths are multiples of ``n_heads``, then the FFN's ``mult`` is tuned in steps of
+    0.1 if the width alone cannot get close; widths the spec refuses (e.g. odd head sizes
+    with rotary positions) are skipped. Raises when no width comes within ``tolerance``.
+    """
+    step = spec.model.n_heads
+    best, best_gap = spec, abs(count_params(spec) - target) / target
+    for width in range(step, 8 * spec.model.d_model + step, step):
+        try:
+            candidate = _with(spec, [f"model.d_model={width}"])
+        except SpecError:
+            continue
+        gap = abs(count_params(candidate) - target) / target
+        if gap < best_gap:
+            best, best_gap = candidate, gap
+    if best_gap > tolerance and "mult" in best.model.ffn.params | _param_names(best):
+        best, best_gap = _match_ffn_mult(best, target, best_gap)
+    if best_gap > tolerance:
+        raise SpecError(
+            f"cannot match {target:,} parameters within {tolerance:.0%} by changing model.d_model "
+            f"(closest: {count_params(best):,}); change n_layers or the FFN size instead"
+        )
+    return best
+
+
+def _param_names(spec: ExperimentSpec) -> dict[str, Any]:
+    return dict.fromkeys(spec.model.ffn.entry.params.model_fields)
+
+
+def _match_ffn_mult(spec: ExperimentSpec, target: int, gap: float) -> tuple[ExperimentSpec, float]:
+    """Fine-tune the FFN's hidden-size multiplier (after the width search)."""
+    best, best_gap = spec, gap
+    name = spec.model.ffn.name
+    for tenths in range(5, 161):
+        try:
+            candidate = _with(spec, [f"model.ffn.mult={tenths / 10}"])
+        except SpecError:
+            continue
+        g = abs(count_params(candidate) - target) / target
+        if g < best_gap:
+            best, best_gap = candidate, g
+    log.info("matched parameters with %s mult=%s", name, best.model.ffn.params.get("mult"))
+    return best, best_gap
+
+
+def make_variants(
+    base: ExperimentSpec, axes: list[tuple[str, list[str]]], match_params: bool
+) -> list[Variant]:
+    """The grid of variants (first axis varies slowest)."""
+    variants = []
+    for combo in itertools.product(*[[(k, v) for v in values] for k, values in axes]):
+        pairs = [pair for k, v in combo for pair in _joint(k, v)]
+        overrides = [f"{k}={v}" for k, v in pairs]
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in pairs) or "base"
+        try:
+            spec = resolve(base.with_overrides(overrides))
+        except SpecError as exc:
+            raise SpecError(f"variant '{label}': {exc}") from None
+        variants.append(Variant(label, overrides, spec))
+    if match_params and variants:
+        target = count_params(variants[0].spec)
+        for v in variants[1:]:
+            v.spec = match_width(v.spec, target)
+            if v.spec.model.d_model != base.model.d_model:
+                v.overrides = [*v.overrides, f"model.d_model={v.spec.model.d_model}"]
+            if "mult" in v.spec.model.ffn.params:
+                v.overrides = [*v.overrides, f"model.ffn.mult={v.spec.model.ffn.params['mult']}"]
+    for v in variants:
+        v.params = count_params(v.spec)
+    return variants
+
+
+def _run_one(job: tuple[dict[str, Any], str, int | None]) -> dict[str, Any]:
+    """Train (or read back) one run; returns its final metrics per split."""
+    spec_dict, folder, threads = job
+    from anyformer.lab.run import run_experiment
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    spec = ExperimentSpec.from_dict(spec_dict)
+    done = Path(folder) / "final.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run = run_experiment(spec, run_dir=Path(folder))
+    if run.result.interrupted:
+        raise KeyboardInterrupt
+    final = {split: m for split, m in run.metrics.items()}
+    write_text_atomic(done, json.dumps(final))
+    return final
+
+
+def compare(
+    base: ExperimentSpec,
+    axes: list[tuple[str, list[str]]],
+    out: Path | str,
+    seeds: int = 1,
+    match_params: bool = False,
+    lrs: list[float] | None = None,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> CompareResult:
+    """Run the grid and aggregate it; writes ``report.md``, ``results.json`` and plots."""
+    folder = Path(out)
+    base = base.with_overrides(["train.progress=false"])
+    variants = make_variants(base, axes, match_params)
+    task_cls = variants[0].spec.task.entry.cls
+    grid = []
+    for v in variants:
+        for lr in lrs or [None]:
+            for seed in range(seeds):
+                extra = [f"train.seed={base.train.seed + seed}"] + (
+                    [f"train.lr={lr}"] if lr else []
+                )
+                spec = v.spec.with_overrides(extra)
+                grid.append((v.label, lr, seed, spec))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    work = [
+        (s.to_dict(), str(run_folder(s, folder / "runs")), threads if jobs > 1 else None)
+        for *_, s in grid
+    ]
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            finals = pool.map(_run_one, work)
+    else:
+        finals = []
+        for i, job in enumerate(work):
+            if progress:
+                label, lr, seed, _ = grid[i]
+                progress(f"[{i + 1}/{len(work)}] {label} seed {seed}" + (f" lr {lr}" if lr else ""))
+            finals.append(_run_one(job))
+    result = CompareResult(folder, base, axes, variants, headline=task_cls.headline,
+                           higher_is_better=task_cls.higher_is_better)  # fmt: skip
+    by_variant: dict[str, dict[Any, list[dict[str, Any]]]] = {}
+    for (label, lr, _seed, _), final in zip(grid, finals):
+        by_variant.setdefault(label, {}).setdefault(lr, []).append(final)
+    for label, per_lr in by_variant.items():
+        best_lr = _best_lr(per_lr, result.headline, result.higher_is_better)
+        if best_lr is not None:
+            result.lrs[label] = best_lr
+        result.summary[label], result.curves[label] = aggregate(per_lr[best_lr])
+    write_compare_report(result)
+    return result
+
+
+def _best_lr(per_lr: dict[Any, list[dict[str, Any]]], headline: str, higher: bool) -> Any:
+    def score(lr: Any) -> float:
+        vals = [
+            f["id"][headline] for f in per_lr[lr] if "id" in f and f["id"].get(headline) is not None
+        ]
+        if not vals:
+            return -math.inf
+        m = sum(vals) / len(vals)
+        return m if higher else -m
+
+    return max(per_lr, key=score)
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested metrics dict, keyed by dotted paths
+    (``baselines.least_squares.mse``, ``by_length.12``)."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Mean and 95% interval of every scalar metric and every curve point, over seeds."""
+    summary: dict[str, dict[str, Any]] = {}
+    curves: dict[str, Any] = {}
+    for split in finals[0]:
+        metrics: dict[str, list[float]] = {}
+        points: dict[str, dict[str, list[float]]] = {}
+        x_label = y_label = ""
+        for final in finals:
+            m = final.get(split, {})
+            for k, v in flatten({k: v for k, v in m.items() if k != "curve"}).items():
+                metrics.setdefault(k, []).append(v)
+            curve = m.get("curve")
+            if curve:
+                x_label, y_label = curve.get("x", ""), curve.get("y", "")
+                for series, pts in curve["series"].items():
+                    for x, y in pts.items():
+                        if y is not None:
+                            points.setdefault(series, {}).setdefault(x, []).append(float(y))
+        summary[split] = {
+            k: dict(zip(("mean", "ci95"), mean_interval(v)), values=v, n=len(v))
+            for k, v in metrics.items()
+        }
+        if points:
+            curves[split] = {
+                "x": x_label,
+                "y": y_label,
+                "series": {
+                    s: {x: dict(zip(("mean", "ci95"), mean_interval(v))) for x, v in pts.items()}
+                    for s, pts in points.items()
+                },
+            }
+    return summary, curves
+
+
+def write_compare_report(result: CompareResult) -> Path:
+    """``report.md``, ``results.json`` and ``plots/*.png`` in the comparison folder."""
+    from anyformer.lab.plots import plot_compare_curves, plot_metric_vs_params
+
+    folder = result.dir
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "results.json", json.dumps(result.to_json(), indent=1))
+    plots = plot_compare_curves(result, folder / "plots")
+    plots.append(plot_metric_vs_params(result, folder / "plots" / "params.png"))
+    lines = [f"# Comparison: {result.base.name}", "", result.base.description or "", ""]
+    lines += ["- axes: " + "; ".join(f"`{k}` ∈ {{{', '.join(v)}}}" for k, v in result.axes)]
+    n = max(
+        (
+            s["id"][result.headline]["n"]
+            for s in result.summary.values()
+            if "id" in s and result.headline in s["id"]
+        ),
+        default=0,
+    )
+    lines += [f"- seeds: {n}; values are mean ± 95% interval", ""]
+    lines += table_markdown(result)
+    lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
+    write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
+    return folder / "report.md"
+
+
+def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: variant, parameters, (lr), headline per split."""
+    splits = [s for s in ("id", "ood") if any(s in v for v in result.summary.values())]
+    head = (
+        ["variant", "params"]
+        + (["lr"] if result.lrs else [])
+        + [f"{result.headline} ({s})" for s in splits]
+    )
+    rows = []
+    for v in result.variants:
+        s = result.summary.get(v.label, {})
+        row = [v.label, f"{v.params:,}"] + (
+            [f"{result.lrs.get(v.label, '')}"] if result.lrs else []
+        )
+        for split in splits:
+            m = s.get(split, {}).get(result.headline)
+            row.append(f"{m['mean']:.4g} ± {m['ci95']:.2g}" if m else "-")
+        rows.append(row)
+    return head, rows
+
+
+def table_markdown(result: CompareResult) -> list[str]:
+    head, rows = table_rows(result)
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out

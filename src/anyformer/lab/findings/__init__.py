@@ -1,0 +1,7 @@
+"""Registered findings (slot ``finding``) and ``reproduce``. Importing registers them."""
+
+from anyformer.lab.findings import generalization, icl  # noqa: F401
+from anyformer.lab.findings.base import Comparison, Finding, Verdict
+from anyformer.lab.findings.reproduce import reproduce
+
+__all__ = ["Comparison", "Finding", "Verdict", "reproduce"]

@@ -1,0 +1,67 @@
+"""Findings: a published claim, the comparison that tests it, and a check that decides.
+
+A finding is registered in the ``finding`` slot with its paper. It states the claim in
+one sentence, builds its comparison(s) at full or quick size, and reads the results to
+say ``holds`` or ``does not hold`` with the numbers that decided it. Quick mode only
+proves the pipeline (toy size, seconds); its verdict means nothing and is labelled so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from anyformer.lab.compare import CompareResult
+from anyformer.spec import ExperimentSpec
+
+
+@dataclass
+class Comparison:
+    """A comparison to run: base experiment, axes, seeds and protocol options."""
+
+    base: dict[str, Any]
+    axes: list[tuple[str, list[str]]]
+    seeds: int = 1
+    match_params: bool = False
+    lrs: list[float] | None = None
+
+    def spec(self) -> ExperimentSpec:
+        return ExperimentSpec.from_dict(self.base)
+
+
+@dataclass
+class Verdict:
+    """The outcome of a check: whether the claim holds here, and the deciding numbers."""
+
+    holds: bool
+    numbers: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        return "holds" if self.holds else "does not hold"
+
+
+class Finding:
+    """Base class; subclasses set ``claim`` and implement :meth:`comparisons` and :meth:`check`."""
+
+    claim: ClassVar[str] = ""
+
+    def __init__(self, dims: Any = None, params: Any = None) -> None:
+        self.params = params
+
+    def comparisons(self, quick: bool) -> dict[str, Comparison]:
+        raise NotImplementedError
+
+    def check(self, results: dict[str, CompareResult]) -> Verdict:
+        raise NotImplementedError
+
+
+def quick_train(**extra: Any) -> dict[str, Any]:
+    """A toy training budget that proves a pipeline in seconds."""
+    return {"steps": 30, "batch_size": 16, "warmup_steps": 5, "eval_every": 30, "eval_size": 32,
+            "checkpoint_every": 30, "log_every": 10, **extra}  # fmt: skip
+
+
+def tiny_model(**extra: Any) -> dict[str, Any]:
+    return {"d_model": 32, "n_layers": 1, "n_heads": 2, **extra}

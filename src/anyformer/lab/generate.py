@@ -1,0 +1,71 @@
+"""Generate from a trained run: load its spec and latest checkpoint, encode a prompt.
+
+Prompts (the ``anyformer generate`` contract):
+
+- **byte-level tasks** (the task class sets ``byte_level = True``: its tokens are the
+  UTF-8 bytes 0-255 of text) take the prompt as text; the output is text (bytes that do
+  not decode are shown as U+FFFD);
+- **every other task** takes the prompt as space-separated token ids (``"1 5 7 2"``),
+  each in ``[0, vocab_size)``; the output is space-separated ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from anyformer.errors import RunFolderError, UserError
+from anyformer.lab.run import load_run_spec
+from anyformer.model.transformer import Transformer, build_model
+from anyformer.spec import ExperimentSpec
+from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
+    """The run's spec and its model with the weights of the latest checkpoint (eval mode)."""
+    folder = Path(run_dir)
+    spec = load_run_spec(folder)
+    path = latest_checkpoint(folder / "checkpoint")
+    if path is None:
+        raise RunFolderError(
+            f"run '{run_dir}' has no checkpoint yet (checkpoint/latest is missing)"
+        )
+    model = build_model(spec.model)  # spec.yaml holds the resolved spec
+    load_checkpoint(path, model)
+    return spec, model.eval()
+
+
+def is_byte_level(spec: ExperimentSpec) -> bool:
+    """Whether the run's task reads and writes UTF-8 bytes (``byte_level = True``)."""
+    return bool(getattr(spec.task.entry.cls, "byte_level", False))
+
+
+def encode_prompt(text: str, vocab_size: int, byte_level: bool) -> torch.Tensor:
+    """``[1, T]`` token ids of ``text``: its UTF-8 bytes, or its space-separated ids."""
+    if byte_level:
+        ids = list(text.encode("utf-8"))
+    else:
+        try:
+            ids = [int(tok) for tok in text.split()]
+        except ValueError:
+            raise UserError(
+                f"--prompt {text!r} is not space-separated token ids (e.g. '1 5 7'); this "
+                f"run's task is not byte-level, so prompts are token ids"
+            ) from None
+    if not ids:
+        raise UserError("--prompt is empty; give at least one token")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"--prompt token {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def decode_tokens(ids: list[int], byte_level: bool) -> str:
+    """Text (byte-level) or space-separated ids."""
+    if byte_level:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+    return " ".join(str(i) for i in ids)
+
+
+__all__ = ["decode_tokens", "encode_prompt", "is_byte_level", "load_run_model"]

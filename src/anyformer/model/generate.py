@@ -1,0 +1,211 @@
+"""Autoregressive generation with caches (or by full recomputation).
+
+:func:`generate` continues a batch of prompts token by token: greedy at
+``temperature=0``, otherwise sampled from ``softmax(logits / temperature)`` restricted
+to the ``top_k`` most likely tokens and/or the smallest set whose probability reaches
+``top_p`` (nucleus sampling), drawing only from the given ``torch.Generator``.
+
+Caching. A :class:`~anyformer.components.base.Cache` is passed to the model's forward;
+every mixer whose registry capabilities say ``kv_cache`` keeps its state there: the
+keys/values of past tokens (softmax-family attention; a rolling buffer of ``window``
+tokens for ``sliding_window``) or a constant-size recurrent state (``linear``,
+``delta``, ``lmu``, ``binary_hash``: their ``step`` form). States are keyed by the order
+of mixer calls within one forward pass, so a weight-tied block applied several times
+gets one state per application. The prompt is processed in one forward (prefill), then
+each new token in one forward of length 1 at position ``cache.offset``.
+
+A model with any mixer that lacks the capability falls back to recomputing the whole
+sequence for every new token (a one-line log notice says so); results are the same.
+
+Not supported: padded (ragged) prompts (give rows of equal length), encoders and
+non-token models, sequences longer than ``model.max_len``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from anyformer.components.base import Cache
+from anyformer.errors import SpecError, UserError
+
+if TYPE_CHECKING:
+    from anyformer.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+
+def cache_blockers(model: Transformer) -> list[str]:
+    """What keeps the model from decoding with a cache (empty: nothing): the names of
+    mixers whose registry capabilities lack ``kv_cache``, and ``depth=<name>`` when the
+    depth schedule's class sets ``supports_cache = False`` (its depth varies per step)."""
+    from anyformer.model.transformer import mixer_name, mixers
+
+    blockers = set()
+    for mixer in mixers(model):
+        entry = getattr(type(mixer), "registry_entry", None)
+        if entry is None or not entry.caps.kv_cache:
+            blockers.add(mixer_name(mixer))
+    depth = getattr(model, "depth", None)
+    if depth is not None and not getattr(depth, "supports_cache", True):
+        entry = getattr(type(depth), "registry_entry", None)
+        blockers.add(f"depth={entry.name if entry is not None else type(depth).__name__}")
+    return sorted(blockers)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The next token ``[B]`` from logits ``[B, V]``: argmax at ``temperature=0``, else a
+    draw from the tempered distribution cut to ``top_k`` tokens and the ``top_p`` nucleus."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        # drop a token when the more likely ones before it already reach top_p
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop = torch.zeros_like(drop).scatter(-1, order, drop)
+        scores = scores.masked_fill(drop, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    if not model.causal or model.head_kind != "lm" or model.spec.embed != "tokens":
+        raise SpecError(
+            f"generate needs a token decoder with an lm head; this model is "
+            f"kind={model.spec.kind}, head={model.head_kind}, embed={model.spec.embed}"
+        )
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1 or input_ids.is_floating_point():
+        raise UserError(
+            f"input_ids must be integer token ids [batch, length >= 1], got shape "
+            f"{tuple(input_ids.shape)} and dtype {input_ids.dtype}"
+        )
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise UserError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k={top_k} must be >= 1 (or None: no cut)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p={top_p} must be in (0, 1] (or None: no cut)")
+    total = input_ids.shape[1] + max_new_tokens
+    if total > model.spec.max_len:
+        raise SpecError(
+            f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds model.max_len={model.spec.max_len}"
+        )
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool | None = None,
+    return_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Continue ``input_ids [B, T]``; returns ``[B, T + n]`` with ``n <= max_new_tokens``.
+
+    - ``temperature``: 0 is greedy (argmax); otherwise sample (``top_k``, ``top_p`` cut
+      the distribution first) with ``generator`` as the only source of randomness.
+    - ``eos``: a row that emits this token is finished: it is padded with ``eos`` from
+      then on, and generation stops early when every row has finished.
+    - ``use_cache``: ``None`` uses a cache when every mixer supports one (else falls back
+      with a log notice); ``False`` always recomputes the full sequence; ``True`` insists
+      and raises if a mixer cannot.
+    - ``return_logits``: also return the logits each new token was chosen from,
+      ``[B, n, V]`` (before temperature).
+
+    The model is put in eval mode for the call and restored afterwards.
+    """
+    _check(model, input_ids, max_new_tokens, temperature, top_k, top_p)
+    blockers = cache_blockers(model)
+    if use_cache is None:
+        use_cache = not blockers
+        if blockers:
+            log.warning(
+                "generate: no cache support in %s; recomputing the whole sequence for "
+                "every new token",
+                ", ".join(blockers),
+            )
+    elif use_cache and blockers:
+        raise SpecError(f"use_cache=True, but {', '.join(blockers)} has no cache support")
+    was_training = model.training
+    model.eval()
+    try:
+        return _decode(
+            model, input_ids, max_new_tokens, temperature, top_k, top_p, eos, generator,
+            use_cache, return_logits,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _decode(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos: int | None,
+    generator: torch.Generator | None,
+    use_cache: bool,
+    return_logits: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    tokens = input_ids
+    cache = Cache() if use_cache else None
+    new: list[torch.Tensor] = []
+    scores: list[torch.Tensor] = []
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    step_input = input_ids
+    for _ in range(max_new_tokens):
+        if cache is not None:
+            logits = model(step_input, cache=cache)[:, -1]
+        else:
+            logits = model(tokens)[:, -1]
+        if return_logits:
+            scores.append(logits)
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos is not None:
+            token = torch.where(finished, torch.full_like(token, eos), token)
+            finished = finished | (token == eos)
+        new.append(token)
+        step_input = token[:, None]
+        if cache is None:
+            tokens = torch.cat((tokens, step_input), dim=1)
+        if eos is not None and bool(finished.all()):
+            break
+    out = torch.cat((input_ids, torch.stack(new, dim=1)), dim=1) if new else input_ids
+    if return_logits:
+        if not scores:
+            return out, torch.zeros(input_ids.shape[0], 0, model.head.out_features)
+        return out, torch.stack(scores, dim=1)
+    return out
+
+
+__all__ = ["cache_blockers", "generate", "sample_next"]

@@ -1,0 +1,35 @@
+"""Smoke test of benchmarks/generate_throughput.py: the weight copy into HF GPT-2 is exact
+(identical greedy outputs and logits) and quick mode fills its record. No timings are
+asserted (DESIGN.md: no timed assertions in unit tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generate_throughput.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("generate_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_checks_equality_and_fills_the_record(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    record = load_script().main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    (result,) = record["results"].values()
+    assert result["max_logit_difference"] < 1e-4
+    for key in ("tokens_per_s", "tokens_per_cpu_s"):
+        assert set(result[key]) == {"anyformer", "hf_gpt2"}
+        assert all(v > 0 for v in result[key].values())
+    assert record["versions"]["torch"] and record["machine"]["loadavg_before"]
+    assert not list(tmp_path.iterdir())  # quick mode writes nothing

@@ -1,0 +1,70 @@
+"""``anyformer generate``: loads a run's spec and latest checkpoint and continues a prompt
+(token ids for ordinary tasks, UTF-8 text for byte-level ones); bad prompts exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anyformer.cli import main
+from anyformer.lab.generate import decode_tokens, encode_prompt, load_run_model
+from anyformer.lab.run import SPEC_FILE, prepare_model, resolve
+from anyformer.spec import ExperimentSpec
+from anyformer.training.checkpoint import save_checkpoint
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder with a spec and a checkpoint of an (untrained, scaled-up) model."""
+    spec = resolve(
+        ExperimentSpec.from_dict(
+            dict(name="gen", model=dict(d_model=32, n_layers=1, init_std=0.3), task="copy")
+        )
+    )
+    folder = tmp_path / "gen-run"
+    folder.mkdir()
+    spec.save(folder / SPEC_FILE)
+    model = prepare_model(spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(folder / "checkpoint", 3, model, opt, {"spec_hash": spec.hash})
+    return folder
+
+
+def test_generate_continues_token_ids_like_the_model(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["generate", str(run_dir), "--prompt", "1 5 7 2", "--max-new-tokens", "6"])
+    out = capsys.readouterr().out.split()
+    assert code == 0 and len(out) == 6
+    _, model = load_run_model(run_dir)
+    expected = model.generate(torch.tensor([[1, 5, 7, 2]]), 6)[0, 4:].tolist()
+    assert [int(t) for t in out] == expected
+
+
+def test_sampling_from_the_cli_is_seeded(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", str(run_dir), "--prompt", "4 4", "--temperature", "1.5", "--seed", "7"]
+    outs = []
+    for _ in range(2):
+        assert main(args) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and len(outs[0].split()) == 32
+
+
+@pytest.mark.parametrize(
+    ("prompt", "fragment"), [("hello", "space-separated token ids"), ("1 999", "vocabulary")]
+)
+def test_bad_prompts_exit_2(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], prompt: str, fragment: str
+) -> None:
+    assert main(["generate", str(run_dir), "--prompt", prompt]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_byte_level_prompts_are_utf8_text() -> None:
+    ids = encode_prompt("héllo", 256, byte_level=True)
+    assert ids.tolist() == [list("héllo".encode())]
+    assert decode_tokens(ids[0].tolist(), byte_level=True) == "héllo"
+    assert decode_tokens([104, 0xC3], byte_level=True) == "h\ufffd"  # a cut character
+    assert decode_tokens([3, 14], byte_level=False) == "3 14"

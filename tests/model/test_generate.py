@@ -1,0 +1,224 @@
+"""Generation: cached decoding equals full recomputation for every cache-capable mixer and
+compatible position scheme (generated from the registry), weight-tied blocks get one
+cache slot per application, sampling is reproducible, eos stops, and models without
+cache support fall back to recomputation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+
+from anyformer import registry
+from anyformer.components.base import Cache
+from anyformer.errors import SpecError, UserError
+from anyformer.model.generate import cache_blockers, generate, sample_next
+from anyformer.model.transformer import Transformer, build_model
+from anyformer.spec import ModelSpec, parse
+
+V, PROMPT, NEW = 29, 5, 14
+TOL = dict(atol=1e-4, rtol=0)
+
+#: Parameter variants tested besides the defaults (small windows exercise the ring buffer).
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "softmax": [{}, {"kv_heads": 2}, {"kv_heads": 1, "impl": "reference"}],
+    "sliding_window": [{"window": 3}, {"window": 4, "impl": "masked"}],
+    "linear": [{}, {"feature_map": "favor"}, {"feature_map": "cosformer"}],
+    "delta": [{}, {"impl": "recurrent"}],
+    "gated": [{}, {"impl": "reference"}],
+}
+
+
+def _spec(attention: dict[str, Any], position: str, **extra: Any) -> ModelSpec | None:
+    data = dict(kind="decoder", vocab_size=V, d_model=32, n_heads=4, n_layers=2, max_len=48)
+    data.update(attention=attention, position=position, init_std=0.2, **extra)
+    try:
+        return parse(ModelSpec, data)
+    except SpecError:  # the capabilities exclude this combination
+        return None
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for entry in registry.entries("attention"):
+        if not entry.caps.kv_cache:
+            continue
+        for params in VARIANTS.get(entry.name, [{}]):
+            for position in registry.components("position"):
+                attention = {"name": entry.name, **params}
+                if _spec(attention, position) is not None:
+                    label = "-".join([entry.name, *map(str, params.values()), position])
+                    cases.append(pytest.param(attention, position, id=label))
+    return cases
+
+
+CASES = _cases()
+
+
+def _model(attention: Any, position: str = "none", **extra: Any) -> Transformer:
+    spec = _spec(
+        attention if isinstance(attention, dict) else {"name": attention}, position, **extra
+    )
+    assert spec is not None
+    return build_model(spec).eval()
+
+
+def test_every_cache_capable_mixer_is_covered() -> None:
+    capable = {e.name for e in registry.entries("attention") if e.caps.kv_cache}
+    covered = {c.values[0]["name"] for c in CASES}
+    assert capable == covered
+    assert {"softmax", "sliding_window", "linear", "delta", "lmu"} <= capable
+
+
+@pytest.mark.parametrize(("attention", "position"), CASES)
+def test_cached_greedy_equals_full_recomputation(attention: dict, position: str) -> None:
+    model = _model(attention, position)
+    prompt = torch.randint(0, V, (2, PROMPT))
+    cached, cached_logits = generate(model, prompt, NEW, use_cache=True, return_logits=True)
+    full, full_logits = generate(model, prompt, NEW, use_cache=False, return_logits=True)
+    assert torch.equal(cached, full)
+    torch.testing.assert_close(cached_logits, full_logits, **TOL)
+    assert cached_logits.std(dim=-1).min() > 0.1  # logits are far from uniform: a real test
+
+
+def test_sliding_window_cache_is_a_bounded_rolling_buffer() -> None:
+    window = 3
+    model = _model({"name": "sliding_window", "window": window}, "rope")
+    tokens = torch.randint(0, V, (1, 30))
+    cache = Cache()
+    with torch.no_grad():
+        steps = [model(tokens[:, :4], cache=cache)[:, -1]]
+        for t in range(4, 30):
+            steps.append(model(tokens[:, t : t + 1], cache=cache)[:, -1])
+        full = model(tokens)[0, 3:]
+    torch.testing.assert_close(torch.cat(steps), full, **TOL)
+    buffers = [slot.state for slot in cache._slots]
+    assert len(buffers) == 2 and all(b.keys.shape[2] == window for b in buffers)
+    assert sorted(buffers[0].positions.tolist()) == [27, 28, 29]
+
+
+def test_weight_tied_block_gets_one_cache_slot_per_application() -> None:
+    model = _model("softmax", "rope")
+    model.blocks[1] = model.blocks[0]  # one block applied twice per forward
+    prompt = torch.randint(0, V, (2, PROMPT))
+    cached, cl = generate(model, prompt, NEW, use_cache=True, return_logits=True)
+    full, fl = generate(model, prompt, NEW, use_cache=False, return_logits=True)
+    assert torch.equal(cached, full)
+    torch.testing.assert_close(cl, fl, **TOL)
+    cache = Cache()
+    with torch.no_grad():
+        model(prompt, cache=cache)
+        model(prompt[:, :1], cache=cache)
+    assert len(cache._slots) == 2 and cache.offset == PROMPT + 1
+    first, second = (slot.state.keys for slot in cache._slots)
+    assert not torch.allclose(first, second)  # the second application saw other inputs
+
+
+@pytest.mark.skipif("depth" not in registry.SLOTS, reason="no depth schedules registered")
+def test_looped_depth_schedule_decodes_with_a_cache() -> None:
+    model = _model("softmax", "alibi", depth={"name": "looped", "loops": 3})
+    prompt = torch.randint(0, V, (1, PROMPT))
+    cached, cl = generate(model, prompt, NEW, use_cache=True, return_logits=True)
+    full, fl = generate(model, prompt, NEW, use_cache=False, return_logits=True)
+    assert torch.equal(cached, full)
+    torch.testing.assert_close(cl, fl, **TOL)
+
+
+def test_cache_refuses_a_forward_with_a_different_number_of_calls() -> None:
+    cache = Cache()
+    cache.begin()
+    cache.slot(), cache.slot()
+    cache.end(3)
+    cache.begin()
+    cache.slot()
+    with pytest.raises(RuntimeError, match="made 1 cached mixer calls, the first made 2"):
+        cache.end(1)
+    cache.begin()
+    cache.slot(), cache.slot()
+    with pytest.raises(RuntimeError, match="more cached mixer calls"):
+        cache.slot()
+
+
+def test_sampling_is_reproducible_and_the_cuts_reduce_to_greedy() -> None:
+    model = _model("softmax", "rope")
+    prompt = torch.randint(0, V, (3, PROMPT))
+
+    def sample(seed: int, **kw: Any) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return generate(model, prompt, NEW, temperature=1.0, generator=gen, **kw)
+
+    assert torch.equal(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+    assert torch.equal(sample(1, use_cache=True), sample(1, use_cache=False))
+    greedy = generate(model, prompt, NEW)
+    assert torch.equal(sample(3, top_k=1), greedy)
+    assert torch.equal(sample(4, top_p=1e-6), greedy)
+
+
+def test_top_k_and_top_p_keep_only_the_allowed_tokens() -> None:
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).expand(2000, 5)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, top_k=2, generator=gen).tolist()) == {0, 1}
+    probs = logits[0].softmax(-1)  # 0.64, 0.24, 0.09, ...: the 0.85 nucleus is {0, 1}
+    assert probs[:2].sum() > 0.85 > probs[0]
+    assert set(sample_next(logits, 1.0, top_p=0.85, generator=gen).tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, generator=gen).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_eos_stops_a_row_and_generation() -> None:
+    model = _model("softmax", "learned")
+    prompt = torch.randint(0, V, (2, PROMPT))
+    greedy = generate(model, prompt, NEW)[:, PROMPT:]
+    eos = int(greedy[0, 2])
+    first = [int((row == eos).nonzero()[0]) if (row == eos).any() else NEW for row in greedy]
+    out = generate(model, prompt, NEW, eos=eos)[:, PROMPT:]
+    assert out.shape[1] == min(NEW, max(first) + 1)  # stops once every row has ended
+    for row, ref, stop in zip(out, greedy, first, strict=True):
+        assert torch.equal(row[: stop + 1], ref[: min(stop + 1, len(row))])
+        assert (row[stop:] == eos).all()  # a finished row is padded with eos
+
+
+def test_fallback_recomputes_with_a_notice(caplog: pytest.LogCaptureFixture) -> None:
+    name = next(
+        e.name
+        for e in registry.entries("attention")
+        if not e.caps.kv_cache and e.caps.causal_safe and _spec({"name": e.name}, "none")
+    )
+    model = _model(name, "none")
+    assert cache_blockers(model) == [name]
+    prompt = torch.randint(0, V, (2, PROMPT))
+    with caplog.at_level(logging.WARNING, logger="anyformer.model.generate"):
+        out = model.generate(prompt, 8)
+    assert len(caplog.records) == 1 and name in caplog.records[0].getMessage()
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            expected = torch.cat((expected, model(expected)[:, -1].argmax(-1, keepdim=True)), 1)
+    assert torch.equal(out, expected)
+    with pytest.raises(SpecError, match="no cache support"):
+        generate(model, prompt, 2, use_cache=True)
+    with pytest.raises(SpecError, match="cannot decode with a cache"):
+        model(prompt, cache=Cache())
+
+
+def test_bad_requests_are_refused() -> None:
+    model = _model("softmax", "rope")
+    prompt = torch.randint(0, V, (1, PROMPT))
+    with pytest.raises(SpecError, match="max_len"):
+        generate(model, prompt, 100)
+    with pytest.raises(UserError, match="temperature"):
+        generate(model, prompt, 2, temperature=-1.0)
+    with pytest.raises(UserError, match="top_p"):
+        generate(model, prompt, 2, temperature=1.0, top_p=0.0)
+    encoder = build_model(dict(kind="encoder", vocab_size=V, d_model=32, n_heads=4, head="lm"))
+    with pytest.raises(SpecError, match="decoder"):
+        generate(encoder, prompt, 2)
+
+
+def test_generate_restores_training_mode() -> None:
+    model = _model("softmax", "rope", dropout=0.1).train()
+    prompt = torch.randint(0, V, (1, PROMPT))
+    a, b = generate(model, prompt, 6), generate(model, prompt, 6)
+    assert model.training and torch.equal(a, b)  # dropout is off while generating
