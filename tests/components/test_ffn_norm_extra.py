@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import anyformer.components.ffn_extra  # noqa: F401  (registers until the package imports it)
 import anyformer.components.norm_extra  # noqa: F401
 from anyformer.components.ffn import MLP, MLPParams
 from anyformer.components.ffn_extra import NoFFN, PolyCom, PolyComParams

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import anyformer.components.ffn_matformer  # noqa: F401  (registers until the package imports it)
 from anyformer.components.ffn_matformer import MatFormerFFN, MatFormerParams
 from anyformer.errors import SpecError
 from anyformer.model.elastic import (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyformer.components.ffn_matformer  # noqa: F401  (registers until the package imports it)
 from anyformer import registry
 from anyformer.lab.elastic import evaluate_variants, loop_counts, variants
 from anyformer.model.transformer import build_model

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 import anyformer
-import anyformer.tasks.recall  # noqa: F401  (registers mqar until tasks/__init__ imports it)
 from anyformer.spec import ExperimentSpec
 
 MIXERS: dict[str, Any] = {

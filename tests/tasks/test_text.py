@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import anyformer.tasks.text  # noqa: F401  (registers until the package imports it)
 from anyformer import registry
 from anyformer.errors import SpecError
 from anyformer.tasks.text import (
