@@ -38,6 +38,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         (["run", "quikstart"], ["quikstart", "quickstart"]),
         (["show", "nope"], ["nope", "quickstart"]),
         (["list", "atention"], ["atention", "attention"]),
+        (["reproduce", "--all", "--quick", "--write-docs"], ["--write-docs", "--quick", "full"]),
     ],
 )
 def test_bad_input_exits_2_with_a_message(

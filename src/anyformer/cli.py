@@ -184,6 +184,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if not args.findings and not args.all:
         raise _usage("name one or more findings, or --all (anyformer list finding shows them)")
+    if args.write_docs and args.quick:
+        raise _usage(
+            "--write-docs cannot be combined with --quick: docs/findings.md is written only "
+            "from full runs (quick verdicts are pipeline checks, not results); drop --quick "
+            "or --write-docs"
+        )
     console = _console()
     reps = reproduce(args.findings, out=args.out, quick=args.quick,
                      progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))  # fmt: skip
@@ -196,7 +202,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for rep in reps:
         table.add_row(rep.name, rep.verdict.label, rep.verdict.reason, str(rep.dir / "report.md"))
     console.print(table)
-    if args.write_docs and not args.quick:
+    if args.write_docs:
         from pathlib import Path
 
         from anyformer.spec import write_text_atomic

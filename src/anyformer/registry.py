@@ -13,10 +13,13 @@ registered under a name::
 all generated from these entries. A user's own class joins the same way, from their
 code, or by a dotted path ``"package.module:ClassName"`` in a spec.
 
-Built-in variants live in higher layers (``anyformer.components``, ``anyformer.tasks``,
-``anyformer.objectives``); the registry imports those modules lazily, by name, the first
-time a slot is looked up. That discovery step is the only place a layer-0 module names
-a higher layer, and it does so as data, like a plugin entry point.
+Built-in variants live in higher layers, in the modules named by
+:data:`BUILTIN_MODULES`: ``anyformer.components``, ``anyformer.tasks``,
+``anyformer.objectives``, ``anyformer.model.depth`` (the ``depth`` slot) and
+``anyformer.lab.findings`` (the ``finding`` slot). The registry imports those modules
+lazily, by name, the first time a slot is looked up. That discovery step is the only
+place a layer-0 module names a higher layer, and it does so as data, like a plugin
+entry point.
 """
 
 from __future__ import annotations

@@ -126,6 +126,8 @@ class ObjectiveRef(Ref):
 
 # --------------------------------------------------------------------------- model
 HeadKind = Literal["lm", "classify", "regress", "token_classify", "token_regress"]
+#: Heads that pool each row into one output (the others give one output per token).
+POOLED_HEADS = ("classify", "regress")
 
 
 class LayerOverride(_Frozen):
@@ -268,6 +270,45 @@ class ModelSpec(_Frozen):
             n_layers=self.n_layers,
         )
 
+    def packing_problem(self, check_head: bool = True) -> str | None:
+        """Why this model cannot take packed rows (several documents per row, told apart
+        by ``segments``, see :mod:`anyformer.nn.packing`), or ``None`` when it can.
+
+        Packed documents must not see each other: every layer's mixer class must set
+        ``supports_packing = True`` (it honours the block-diagonal document mask), the
+        depth schedule must not set ``supports_packing = False``, and the head must give
+        one output per token (a pooled head would mix the documents of a row).
+        ``check_head=False`` skips the head, for a spec whose head the task decides later.
+        """
+        if check_head and self.resolved_head in POOLED_HEADS:
+            return (
+                f"packed rows (segments) need a per-token head; head='{self.resolved_head}' "
+                f"pools each row into one output"
+            )
+        layers: dict[str, list[int]] = {}
+        for i in range(self.n_layers):
+            ref = self.layer(i).attention
+            if not getattr(ref.entry.cls, "supports_packing", False):
+                layers.setdefault(ref.name, []).append(i)
+        if layers:
+            capable = [
+                e.name
+                for e in registry.entries("attention")
+                if getattr(e.cls, "supports_packing", False)
+            ]
+            where = "; ".join(
+                f"'{name}' in layers {', '.join(map(str, idx))}"
+                for name, idx in sorted(layers.items())
+            )
+            return (
+                f"attention {', '.join(repr(n) for n in sorted(layers))} cannot keep packed "
+                f"documents apart (no supports_packing: {where}; attention that can: "
+                f"{', '.join(capable)})"
+            )
+        if not getattr(self.depth.entry.cls, "supports_packing", True):
+            return f"depth='{self.depth.name}' cannot run packed rows (no supports_packing)"
+        return None
+
     @property
     def resolved_head(self) -> HeadKind:
         """The head, defaulting to ``lm`` for decoders and ``classify`` for encoders."""
@@ -286,6 +327,14 @@ class TrainSpec(_Frozen):
     ``activation_checkpointing`` recomputes each block's activations in the backward
     pass; ``distributed`` is ``ddp`` or ``fsdp`` (FSDP2) under ``torchrun``, where
     ``batch_size`` is the global batch, split evenly over the processes.
+
+    ``packing`` trains and evaluates padding-free (:mod:`anyformer.tasks.packing`): the
+    real tokens of every batch's rows are packed, whole, into as few rows as fit, with
+    attention kept inside each row's documents and positions restarting per document,
+    so losses, gradients and metrics are those of the padded batch; only the padding's
+    compute is saved. The model must keep documents apart (softmax-family attention in
+    every layer, a per-token head; see :meth:`ModelSpec.packing_problem`).
+    Tokens/s (and FLOP/s, MFU) count real tokens, with or without packing.
     """
 
     steps: PositiveInt = 1000
@@ -308,6 +357,7 @@ class TrainSpec(_Frozen):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     activation_checkpointing: bool = False
     distributed: Literal["none", "ddp", "fsdp"] = "none"
+    packing: bool = False
 
 
 # --------------------------------------------------------------------------- experiment
@@ -320,6 +370,15 @@ class ExperimentSpec(_Frozen):
     task: TaskRef = Field("copy", validate_default=True)
     objective: ObjectiveRef | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _check_packing(self) -> ExperimentSpec:
+        # the head may still be left to the task (head: None); lab.run.resolve and the
+        # Trainer check it once it is decided
+        problem = packing_refusal(self.train, self.model, check_head=self.model.head is not None)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -349,6 +408,20 @@ class ExperimentSpec(_Frozen):
 
 
 # --------------------------------------------------------------------------- helpers
+def packing_refusal(train: TrainSpec, model: ModelSpec, check_head: bool = True) -> str | None:
+    """The error message for ``train.packing=true`` with a model that cannot take packed
+    rows (see :meth:`ModelSpec.packing_problem`); ``None`` when packing is off or fine."""
+    if not train.packing:
+        return None
+    problem = model.packing_problem(check_head=check_head)
+    if problem is None:
+        return None
+    return (
+        f"train.packing=true cannot be used with this model: {problem}. Packed documents "
+        f"share a row and must not see each other; set train.packing=false to pad instead"
+    )
+
+
 def spec_hash(spec: BaseModel, length: int = 8) -> str:
     """A stable hash of the spec's canonical JSON form."""
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

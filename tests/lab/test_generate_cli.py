@@ -68,3 +68,27 @@ def test_byte_level_prompts_are_utf8_text() -> None:
     assert decode_tokens(ids[0].tolist(), byte_level=True) == "héllo"
     assert decode_tokens([104, 0xC3], byte_level=True) == "h\ufffd"  # a cut character
     assert decode_tokens([3, 14], byte_level=False) == "3 14"
+
+
+def test_stdlib_lm_runs_take_and_give_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``stdlib_lm`` is byte-level: ``--prompt "def "`` is text (not token ids, which would
+    exit 2), and the output is the prompt followed by the model's continuation as text."""
+    model_data = dict(d_model=32, n_layers=1, init_std=0.3, max_len=64)
+    data = dict(name="bytes", model=model_data, task=dict(name="stdlib_lm", seq_len=32))
+    spec = resolve(ExperimentSpec.from_dict(data))
+    folder = tmp_path / "bytes-run"
+    folder.mkdir()
+    spec.save(folder / SPEC_FILE)
+    model = prepare_model(spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(folder / "checkpoint", 1, model, opt, {"spec_hash": spec.hash})
+
+    assert main(["generate", str(folder), "--prompt", "def ", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    prompt = torch.tensor([list(b"def ")])
+    new = model.eval().generate(prompt, 8)[0, 4:].tolist()
+    assert out == "def " + decode_tokens(new, byte_level=True) + "\n"
+    # the same prompt read as token ids (--ids) is refused: "def" is not an id
+    assert main(["generate", str(folder), "--prompt", "def ", "--ids"]) == 2

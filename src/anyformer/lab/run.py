@@ -17,7 +17,7 @@ from anyformer.errors import RunFolderError, SpecError
 from anyformer.lab.report import write_report
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
-from anyformer.spec import ExperimentSpec, ModelSpec
+from anyformer.spec import ExperimentSpec, ModelSpec, packing_refusal
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
 from anyformer.training.trainer import Trainer, TrainResult, seed_everything
@@ -65,7 +65,8 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     """Fill the model fields the task decides (vocabulary, input size, head) and check the rest.
 
     A field the user set explicitly must agree with the task; ``max_len`` must cover the
-    task's longest sequence.
+    task's longest sequence; ``train.packing`` needs a per-token head once the head is
+    decided (:func:`~anyformer.spec.packing_refusal`).
     """
     task = build_task(spec)
     model = spec.model.model_dump(mode="json")
@@ -89,7 +90,11 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     data["model"] = model
     if spec.objective is None:
         data["objective"] = task.default_objective
-    return ExperimentSpec.from_dict(data)
+    resolved = ExperimentSpec.from_dict(data)
+    problem = packing_refusal(resolved.train, resolved.model)
+    if problem:
+        raise SpecError(problem)
+    return resolved
 
 
 def run_folder(spec: ExperimentSpec, out: Path | str = "runs") -> Path:
@@ -147,8 +152,9 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
     """Continue a run from its last checkpoint, optionally with overrides such as
     ``train.steps=2000``. Only ``train.*`` fields that do not change what was already
     computed (steps, evaluation and checkpoint cadence, progress, device, threads, and how
-    it runs: compile, precision, activation checkpointing, distributed) may change; a run
-    saved on N processes resumes on M (``train.distributed=none`` for one)."""
+    it runs: compile, precision, activation checkpointing, distributed, packing) may
+    change; a run saved on N processes resumes on M (``train.distributed=none`` for
+    one)."""
     from anyformer.training.checkpoint import latest_checkpoint
 
     folder = Path(run_dir)
@@ -171,6 +177,7 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
             "precision",
             "activation_checkpointing",
             "distributed",
+            "packing",
         }
         for item in overrides:
             key = item.split("=", 1)[0]

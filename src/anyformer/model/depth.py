@@ -71,9 +71,13 @@ class DepthSchedule(nn.Module):
     cache keys its slots by mixer call order, so a fixed schedule is fine; one whose
     depth varies per step, or that re-runs the prefix, sets it False and ``generate``
     recomputes the whole sequence instead).
+    ``supports_packing``: whether packed rows (``ctx.segments``) may run through it (the
+    blocks keep documents apart; a schedule that moves tokens across positions sets it
+    False and :meth:`~anyformer.spec.ModelSpec.packing_problem` refuses packing).
     """
 
     supports_cache = True
+    supports_packing = True
 
     def __init__(self, spec: ModelSpec, params: BaseModel) -> None:
         super().__init__()
@@ -559,13 +563,14 @@ class ContinuousThought(DepthSchedule):
 
     Papers: "Reasoning by Superposition", Zhu et al., 2025; Coconut ("Training Large
     Language Models to Reason in a Continuous Latent Space", Hao et al., 2024). Not
-    supported: KV caches, Coconut's multi-stage curriculum (replacing language CoT steps
-    by thoughts), encoders and vector inputs. Cost: ``m + 1`` passes, ``max_len`` must
-    cover ``T + m``.
+    supported: KV caches, packed rows, Coconut's multi-stage curriculum (replacing
+    language CoT steps by thoughts), encoders and vector inputs. Cost: ``m + 1`` passes,
+    ``max_len`` must cover ``T + m``.
     """
 
     params: ContinuousThoughtParams
     supports_cache = False
+    supports_packing = False  # thoughts are inserted after each row's first sep_token
 
     @staticmethod
     def check_spec(params: ContinuousThoughtParams, spec: ModelSpec) -> str | None:

@@ -16,9 +16,11 @@ def forward_flops_per_token(module: nn.Module, seq_len: int) -> int:
 
     A module that defines ``flops_per_token(seq_len)`` reports for itself and its
     children (attention adds its score terms that way); otherwise linear layers
-    count ``2 * in * out`` and containers sum their children. A block executed k
-    times is counted k times by the container that runs it (see
-    ``executions`` below). Elementwise work (norms, activations) is ignored.
+    count ``2 * in * out`` and containers sum their children, each child once. This
+    is one execution of ``module``; repeated executions are counted by the depth
+    schedule, whose ``forward_flops`` (:mod:`anyformer.model.depth`) adds a block's
+    count once per execution in its order, so a block run k times counts k times.
+    Elementwise work (norms, activations) is ignored.
     """
     own = getattr(module, "flops_per_token", None)
     if callable(own):

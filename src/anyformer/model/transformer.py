@@ -87,21 +87,12 @@ def mixer_name(mixer: nn.Module) -> str:
 
 def check_packing(model: Transformer) -> None:
     """Refuse packed rows (``segments`` or per-row ``positions``) for a model that cannot
-    keep documents apart: a pooled head, or a mixer whose class does not set
-    ``supports_packing = True``."""
-    if model.pool is not None:
-        raise SpecError(
-            f"packed rows (segments) need a per-token head; head='{model.head_kind}' pools "
-            f"each row into one output"
-        )
-    bad = sorted(
-        {mixer_name(m) for m in mixers(model) if not getattr(m, "supports_packing", False)}
-    )
-    if bad:
-        raise SpecError(
-            f"attention {', '.join(repr(b) for b in bad)} cannot keep packed documents apart "
-            f"(no supports_packing); pass padded rows (padding_mask) instead of segments"
-        )
+    keep documents apart (:meth:`~anyformer.spec.ModelSpec.packing_problem`: a pooled
+    head, a mixer whose class does not set ``supports_packing = True``, or a depth
+    schedule that sets it False)."""
+    problem = model.spec.packing_problem()
+    if problem:
+        raise SpecError(f"{problem}; pass padded rows (padding_mask) instead of segments")
 
 
 def check_cache(model: Transformer) -> None:
@@ -244,18 +235,25 @@ class Transformer(nn.Module):
         return hasattr(self.depth, "exit_outputs") or bool(nested_ffns(self))
 
     def training_outputs(
-        self, inputs: torch.Tensor, padding_mask: torch.Tensor | None = None, step: int = 0
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        step: int = 0,
+        *,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> list[tuple[float, torch.Tensor]]:
         """``[(weight, outputs), ...]``: the Trainer minimises the weighted sum of the
         objective over these. One ``(1.0, self(inputs))`` for most models; an
         ``early_exit`` depth gives every exit weight ``1 / n_exits``; nested MatFormer FFNs
-        give each trained width its own forward (all of them, or one sampled by ``step``)."""
+        give each trained width its own forward (all of them, or one sampled by ``step``).
+        ``positions`` and ``segments`` (packed rows) are passed to every forward."""
         from anyformer.model.elastic import training_widths, widths_set
 
         pairs: list[tuple[float, torch.Tensor]] = []
         for weight, widths in training_widths(self, step):
             with widths_set(self, widths):
-                out = self(inputs, padding_mask)
+                out = self(inputs, padding_mask, positions=positions, segments=segments)
             exits = list(getattr(self.depth, "exit_outputs", None) or [out])
             if hasattr(self.depth, "exit_outputs"):
                 self.depth.exit_outputs = []  # do not keep the graph alive

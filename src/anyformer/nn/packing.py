@@ -25,6 +25,9 @@ class Packed:
     - ``positions``: ``[R, L]`` position of each token inside its document (0 in the tail);
     - ``segments``: ``[R, L]`` document id within the row (1, 2, ...; 0 in the tail);
     - ``places``: per input sequence, ``(row, start, length)``.
+
+    ``unpack`` / ``unpack_padded`` map per-token outputs of the packed rows back to the
+    input sequences (one tensor each, or the rows of a padded batch).
     """
 
     inputs: torch.Tensor
@@ -49,6 +52,16 @@ class Packed:
     def unpack(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-token ``values [R, L, ...]`` back to one tensor per input sequence, in order."""
         return [values[row, start : start + n] for row, start, n in self.places]
+
+    def unpack_padded(
+        self, values: torch.Tensor, row_len: int, pad: float | int = 0
+    ) -> torch.Tensor:
+        """Per-token ``values [R, L, ...]`` back to the rows of a padded batch:
+        ``[N, row_len, ...]`` with sequence ``i`` at the start of row ``i`` and ``pad`` after it."""
+        out = values.new_full((len(self.places), row_len, *values.shape[2:]), pad)
+        for i, seq in enumerate(self.unpack(values)):
+            out[i, : seq.shape[0]] = seq
+        return out
 
 
 def pack(sequences: list[torch.Tensor], row_len: int | None = None, pad: float | int = 0) -> Packed:

@@ -55,6 +55,13 @@ class Batch:
         """Tokens processed (all positions of the rows, padding included)."""
         return int(self.inputs.shape[0] * self.inputs.shape[1])
 
+    @property
+    def n_real_tokens(self) -> int:
+        """Real tokens: the count of ``padding_mask`` (every position when it is ``None``)."""
+        if self.padding_mask is None:
+            return self.n_tokens
+        return int(self.padding_mask.sum())
+
 
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
     """An independent numpy generator for ``(seed, *stream)``."""
@@ -72,6 +79,9 @@ class Task:
 
     splits: ClassVar[tuple[str, ...]] = ("id", "ood")
     default_objective: ClassVar[str] = "causal_lm"
+    #: Whether the token ids are exactly the UTF-8 bytes 0-255 of text (vocabulary 256, no
+    #: special tokens); ``anyformer generate`` then reads and writes text, not token ids.
+    byte_level: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, seed: int = 0) -> None:
         self.params = params

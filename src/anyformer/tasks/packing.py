@@ -11,10 +11,13 @@ rows as fit (see :func:`anyformer.nn.packing.pack`). The packed batch carries
     outputs = model(packed.inputs, **model_inputs(packed))
     loss = objective(outputs, packed)          # the same loss as on the padded batch
     per_row = packing.unpack(outputs)          # outputs of each original row
+    padded = packing.unpack_padded(outputs, batch.inputs.shape[1])  # as the padded rows
 
 Targets and loss masks move with their tokens, so per-token losses and metrics are
 those of the padded batch. Row tails are marked as padding (``padding_mask`` False,
-``loss_mask`` False).
+``loss_mask`` False). Other ``extras`` are kept as they are (per original row), so
+scores that read them must be computed on the padded batch with unpacked outputs, as
+the Trainer does with ``train.packing``.
 """
 
 from __future__ import annotations

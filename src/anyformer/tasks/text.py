@@ -150,6 +150,7 @@ class StdlibLM(Task):
 
     splits: ClassVar[tuple[str, ...]] = ("id", "ood")
     default_objective: ClassVar[str] = "causal_lm"
+    byte_level: ClassVar[bool] = True  # token ids are the bytes 0-255, no special tokens
     headline: ClassVar[str] = "bits_per_byte"
     higher_is_better: ClassVar[bool] = False
 

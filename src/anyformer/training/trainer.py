@@ -11,7 +11,14 @@ Speed and scale are flags of ``train`` applied around the single-device model (s
 ``activation_checkpointing``, ``compile`` and ``distributed`` (DDP or FSDP2 under
 ``torchrun``; rank 0 alone logs, writes metrics and shows progress). Every logged
 training line carries ``tokens_per_s``, ``flops_per_s`` and, on a GPU whose peak is
-known, ``mfu`` (:mod:`anyformer.training.throughput`).
+known, ``mfu`` (:mod:`anyformer.training.throughput`); tokens are real tokens (padding
+is not counted).
+
+``train.packing`` makes training and evaluation padding-free: every batch is packed with
+:func:`~anyformer.tasks.packing.pack_batch` before the forward pass (several documents
+per row, kept apart by ``segments``), the loss is computed on the packed batch (the
+same mean as on the padded one), and evaluation outputs are mapped back to the padded
+rows, so the task's ``score`` sees what it would without packing (0 at padding).
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import torch
 from torch import nn
 
 from anyformer.errors import RunError, SpecError
-from anyformer.spec import TrainSpec
+from anyformer.nn.packing import Packed
+from anyformer.spec import ModelSpec, TrainSpec, packing_refusal
 from anyformer.tasks.base import Batch, Task
+from anyformer.tasks.packing import model_inputs, pack_batch
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from anyformer.training.distributed import (
     close_distributed,
@@ -123,6 +132,10 @@ class Trainer:
                 "train.precision='fp16' is not supported with train.distributed='fsdp' (the "
                 "gradient scaler cannot see other ranks' shards); use train.precision=bf16"
             )
+        spec = getattr(model, "spec", None)
+        problem = packing_refusal(train, spec) if isinstance(spec, ModelSpec) else None
+        if problem:  # a spec validated before its head was decided, or a model built by hand
+            raise SpecError(problem)
         self.compile = device.type == "cuda" if train.compile is None else train.compile
         self.dist = init_distributed(train.distributed, device)
         self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
@@ -149,10 +162,28 @@ class Trainer:
         self.last_seq_len = 0
 
     # ------------------------------------------------------------------ pieces
+    def pack(self, batch: Batch) -> tuple[Batch, Packed]:
+        """``batch`` packed padding-free (``train.packing``), with its layout."""
+        try:
+            return pack_batch(batch)
+        except ValueError as exc:  # leading padding, empty rows: the task's batches do not fit
+            name = type(self.task).__name__
+            raise RunError(
+                f"train.packing=true: a batch of task {name} cannot be packed ({exc}); "
+                f"set train.packing=false"
+            ) from None
+
     def predict(self, batch: Batch) -> torch.Tensor:
-        b = batch.to(self.device)
+        """Outputs of the model on ``batch`` (packed and mapped back with ``train.packing``)."""
+        if not self.train.packing:
+            b = batch.to(self.device)
+            with autocast(self.device, self.precision):
+                return self.model(b.inputs, padding_mask=b.padding_mask)
+        packed, layout = self.pack(batch)
+        b = packed.to(self.device)
         with autocast(self.device, self.precision):
-            return self.model(b.inputs, padding_mask=b.padding_mask)
+            out = self.model(b.inputs, **model_inputs(b))
+        return layout.unpack_padded(out, int(batch.inputs.shape[1]))
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         """Metrics of every split of the task at the current weights."""
@@ -201,30 +232,35 @@ class Trainer:
         model's own ``training_outputs`` when it trains several outputs per step (exits of
         an ``early_exit`` depth, widths of ``matformer`` FFNs); the loss is the weighted
         sum of the objective over them."""
+        kwargs = model_inputs(batch)  # padding_mask, and segments/positions when packed
         if getattr(self.model, "trains_several_outputs", False):
             if self.wrapped is not self.model:
                 raise RunError(
                     "train.distributed='ddp' cannot train several outputs per step (an "
                     "early_exit depth or matformer FFNs); train without ddp"
                 )
-            return self.model.training_outputs(batch.inputs, batch.padding_mask, step)
-        return [(1.0, self.wrapped(batch.inputs, padding_mask=batch.padding_mask))]
+            return self.model.training_outputs(batch.inputs, step=step, **kwargs)
+        return [(1.0, self.wrapped(batch.inputs, **kwargs))]
 
     def train_step(self, step: int) -> float:
         """One optimizer step on batch ``step``; returns the loss of the global batch.
 
         Under DDP/FSDP each rank trains on its slice of the global batch, its loss scaled
-        so that the ranks' averaged gradients are those of the global batch.
+        so that the ranks' averaged gradients are those of the global batch. With
+        ``train.packing`` each rank packs its slice.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.train)
         batch = self.task.train_batch(step, self.train.batch_size)
-        self.last_tokens, self.last_seq_len = batch.n_tokens, int(batch.inputs.shape[1])
+        self.last_tokens = batch.n_real_tokens  # the global batch's, padding not counted
         world, weight = self.dist.world_size, 1.0
         if world > 1:
             local = shard_batch(batch, self.dist.rank, world)
             weight = loss_weight(batch, local, world)
             batch = local
+        if self.train.packing:
+            batch, _ = self.pack(batch)
+        self.last_seq_len = int(batch.inputs.shape[1])
         batch = batch.to(self.device)
         with autocast(self.device, self.precision):
             weighted = self.training_outputs(batch, step)
