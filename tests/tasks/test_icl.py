@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from anyformer import registry
 from anyformer.errors import SpecError
 from anyformer.tasks import icl
 from anyformer.tasks.base import Batch
+from anyformer.tasks.icl_common import pair_tokens
 
 
 def make(seed: int = 0, **params: object) -> icl.ICLLinearRegression:
@@ -127,7 +130,12 @@ def test_baselines_on_id_split() -> None:
     assert m["relative_to_least_squares"] is None  # least squares is exact without noise
     curve = m["curve"]
     assert curve["x"] == "in-context examples" and curve["y"] == "mse"
-    assert set(curve["series"]) == {"model", "least_squares", "ridge", "gd_one_step", "zero"}
+    assert set(curve["series"]) == {"model", *icl.BASELINES}
+    fixed = m["baselines"]["gd_fixed_step"]["by_k"]
+    eta = icl.fixed_gd_step(d, 11)
+    for k in (3, 6, 11):  # d (eta^2 n (n + d + 1) - 2 eta n + 1) / d with n = k - 1
+        n = k - 1
+        assert fixed[str(k)] == pytest.approx(eta**2 * n * (n + d + 1) - 2 * eta * n + 1, abs=0.08)
     assert curve["series"]["least_squares"]["0"] == ls["1"]
     assert m["mse"] == pytest.approx(sum(m["by_k"].values()) / 11)
 
@@ -190,6 +198,120 @@ def test_ood_splits() -> None:
     assert m["mse"] == pytest.approx(4.0, rel=0.1)  # |w|^2 scaled by 4
 
 
+def test_fixed_gd_step_is_best_on_average_over_prefixes() -> None:
+    d, k = 4, 9
+    gen = torch.Generator().manual_seed(1)
+    xs, ys = make(dims=d, noise=0.5).sample(gen, 20000, k)
+    xs, ys = xs.double(), ys.double()
+    assert icl.fixed_gd_step(d, 1) == 0.0  # a one-pair prompt never has a context pair
+
+    def err(eta: float) -> float:
+        pred = icl.prefix_predictions(icl.gd_fixed_step_predict, xs, ys, eta=eta)
+        return float(((pred - ys) ** 2).mean())
+
+    eta = icl.fixed_gd_step(d, k, noise=0.5)
+    ns = torch.arange(k, dtype=torch.float64)
+    assert eta == pytest.approx(float(ns.sum() / (ns * (ns + d + 1 + 0.25)).sum()))
+    assert err(eta) < err(0.8 * eta) and err(eta) < err(1.2 * eta)
+    # the prediction is eta * x_q . X^T y, i.e. gd_one_step with lr = eta * n
+    got = icl.gd_fixed_step_predict(xs[:, :5], ys[:, :5], xs[:, 5], eta=0.1)
+    want = icl.gd_one_step_predict(xs[:, :5], ys[:, :5], xs[:, 5], lr=0.5)
+    torch.testing.assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- paired tokens
+def test_paired_batch_layout() -> None:
+    d, k = 3, 7
+    inter, paired = make(dims=d, n_points=k), make(dims=d, n_points=k, tokens="paired")
+    assert paired.model_io() == {
+        "embed": "vectors",
+        "input_dim": 2 * d + 1,
+        "head": "token_regress",
+        "n_outputs": 1,
+    }
+    assert paired.max_seq_len() == 2 * k and inter.max_seq_len() == 4 * k  # ood doubles k
+    a, b = inter.train_batch(3, 16), paired.train_batch(3, 16)
+    xs, ys = pairs(a, d)  # the same prompts in both layouts
+    assert b.inputs.shape == (16, k, 2 * d + 1) and b.inputs.dtype == torch.float32
+    assert torch.equal(b.inputs[:, :, :d], xs)  # token i starts with the query x_i
+    assert torch.equal(b.inputs[:, 1:, d : 2 * d], xs[:, :-1])  # then x_{i-1}
+    assert torch.equal(b.inputs[:, 1:, 2 * d], ys[:, :-1])  # then y_{i-1}
+    assert torch.all(b.inputs[:, 0, d:] == 0)  # no pair before the first query
+    assert torch.equal(b.targets, ys) and torch.equal(paired.pairs_of(b)[1], ys)
+    assert torch.equal(paired.pairs_of(b)[0], xs)
+    assert torch.equal(b.loss_mask, torch.ones(16, k, dtype=torch.bool))
+    assert b.padding_mask is None
+
+
+def test_paired_tokens_never_hold_their_own_or_a_later_target() -> None:
+    gen = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(4, 9, 3, generator=gen), torch.randn(4, 9, generator=gen)
+    base = pair_tokens(xs, ys)
+    for i in range(9):
+        changed = ys.clone()
+        changed[:, i:] = torch.randn(4, 9 - i, generator=gen)  # y_i and every later y
+        tokens = pair_tokens(xs, changed)
+        assert torch.equal(tokens[:, : i + 1], base[:, : i + 1])  # tokens 0..i unchanged
+        if i + 1 < 9:
+            assert not torch.equal(tokens[:, i + 1], base[:, i + 1])  # y_i shows at i + 1
+    complete = torch.tensor([False, True] + [True] * 7)
+    gated = pair_tokens(xs, ys, complete)
+    assert torch.all(gated[:, :2, 3:] == 0) and torch.equal(gated[:, 2:], base[:, 2:])
+
+
+@pytest.mark.parametrize("split", ["id", "ood"])
+def test_layouts_share_prompts_baselines_and_metrics(split: str) -> None:
+    d, k = 3, 8
+    params = {"dims": d, "n_points": k, "noise": 0.3, "ood": "task"}
+    inter, paired = make(**params), make(**params, tokens="paired")
+    ia, pb = inter.make_eval_set(split, 300), paired.make_eval_set(split, 300)
+    gen = torch.Generator().manual_seed(2)
+    out_i, out_p = [], []
+    for a, b in zip(ia, pb):
+        assert all(torch.equal(x, y) for x, y in zip(inter.pairs_of(a), paired.pairs_of(b)))
+        for name in icl.BASELINES:
+            assert torch.equal(a.extras[f"baseline_{name}"], b.extras[f"baseline_{name}"])
+        pred = torch.randn(b.targets.shape, generator=gen)
+        out_p.append(pred.unsqueeze(-1))
+        full = torch.randn(a.targets.shape, generator=gen)  # noise at the y-tokens is ignored
+        full[:, 0::2] = pred
+        out_i.append(full)
+    mi, mp = inter.score(out_i, ia), paired.score(out_p, pb)
+    assert mi == mp
+    assert list(mp["by_k"]) == [str(i) for i in range(1, k + 1)]
+    bare = [Batch(b.inputs, b.targets, b.loss_mask) for b in pb]  # baselines recomputed
+    again = paired.score(out_p, bare)
+    assert again["baselines"]["ridge"]["mse"] == pytest.approx(mp["baselines"]["ridge"]["mse"])
+
+
+def test_hand_built_lsa_computes_one_gd_step(
+    hand_built_lsa: Callable[..., torch.nn.Module],
+) -> None:
+    """One layer of the findings' linear self-attention, weights set by hand, computes
+    ``eta * sum_{j < i} (x_i . x_j) y_j`` at every token of a paired prompt: the model of
+    ``lsa_is_one_step_gd`` can implement one gradient-descent step exactly."""
+    d, k, eta = 5, 20, 0.05
+    task_spec = {"name": "icl_linear_regression", "dims": d, "n_points": k, "tokens": "paired"}
+    model = hand_built_lsa(task_spec, d, eta)
+    task = make(dims=d, n_points=k, tokens="paired")
+    batch = task.train_batch(0, 64)
+    xs, ys = task.pairs_of(batch)
+    with torch.no_grad():
+        out = model(batch.inputs)[..., 0]
+    xs64, ys64 = xs.double(), ys.double()
+    gram = torch.tril(xs64 @ xs64.transpose(1, 2), diagonal=-1)  # (x_i . x_j), j < i
+    want = eta * (gram @ ys64.unsqueeze(-1))[..., 0]
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-5)
+    assert float(want.abs().max()) > 1.0  # not a vacuous comparison of small numbers
+    # with the step the task's gd_fixed_step baseline uses, it *is* that baseline
+    model = hand_built_lsa(task_spec, d, icl.fixed_gd_step(d, k))
+    batches = task.make_eval_set("id", 256)
+    with torch.no_grad():
+        m = task.score([model(b.inputs) for b in batches], batches)
+    assert m["baselines"]["gd_fixed_step"]["gap"] < 1e-9
+    assert m["by_k"] == pytest.approx(m["baselines"]["gd_fixed_step"]["by_k"], rel=1e-4)
+
+
 def torch_cat(batches: list[Batch]) -> Batch:
     return Batch(
         torch.cat([b.inputs for b in batches]),
@@ -216,6 +338,7 @@ def test_defaults_resolve() -> None:
         ({"ood": "shift"}, "ood='shift'"),
         ({"ridge": 0.0}, "ridge=0.0"),
         ({"dim": 3}, "no parameter 'dim'; did you mean 'dims'?"),
+        ({"tokens": "pairs"}, "tokens='pairs'"),
     ],
 )
 def test_bad_params_name_field_and_value(values: dict, needle: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -177,9 +179,89 @@ def test_ood_splits() -> None:
         make(ood="roots", root_max=0.99)
 
 
+# --------------------------------------------------------------------------- paired tokens
+@pytest.mark.parametrize("order", [1, 3])
+def test_paired_layout(order: int) -> None:
+    p, t = order, 12
+    values, paired = make(order=p, n_points=t), make(order=p, n_points=t, tokens="paired")
+    assert paired.model_io()["input_dim"] == 2 * p + 1 and values.model_io()["input_dim"] == 1
+    assert paired.max_seq_len() == values.max_seq_len()
+    a, b = values.train_batch(2, 32), paired.train_batch(2, 32)
+    assert b.inputs.shape == (32, t, 2 * p + 1)
+    assert torch.equal(b.targets, a.targets) and torch.equal(b.loss_mask, a.loss_mask)
+    series = values.unpack(a)["series"]  # x_0 .. x_T
+    assert torch.equal(paired.unpack(b)["series"], series)
+    for s in range(t):
+        lags = [series[:, s - j] if s - j >= 0 else torch.zeros(32) for j in range(p + 1)]
+        query = torch.stack(lags[:p], -1)  # (x_s, ..., x_{s-p+1}), zeros before x_0
+        assert torch.equal(b.inputs[:, s, :p], query)
+        if s >= p:  # the previous regression pair: lags of x_s, then x_s
+            assert torch.equal(b.inputs[:, s, p : 2 * p], torch.stack(lags[1:], -1))
+            assert torch.equal(b.inputs[:, s, 2 * p], series[:, s])
+        else:  # its lag window would reach before x_0: not a pair of the fit
+            assert torch.all(b.inputs[:, s, p:] == 0)
+
+
+def test_paired_tokens_never_hold_their_target_or_later_values() -> None:
+    task = make(order=2, n_points=15, tokens="paired")
+    data = task.sample(torch.Generator().manual_seed(0), 8, "train")
+    base = task.to_batch(data).inputs
+    for s in range(15):  # position s forecasts x_{s+1}
+        changed = dict(data, series=data["series"].clone())
+        changed["series"][:, s + 1 :] += 1.0
+        tokens = task.to_batch(changed).inputs
+        assert torch.equal(tokens[:, : s + 1], base[:, : s + 1])
+        if s + 1 < 15:
+            assert not torch.equal(tokens[:, s + 1], base[:, s + 1])
+
+
+@pytest.mark.parametrize("split", ["id", "ood"])
+def test_layouts_share_series_baselines_and_metrics(split: str) -> None:
+    values = make(order=2, n_points=20, ood="roots")
+    paired = make(order=2, n_points=20, ood="roots", tokens="paired")
+    va, pb = values.make_eval_set(split, 300), paired.make_eval_set(split, 300)
+    gen = torch.Generator().manual_seed(1)
+    outs = []
+    for a, b in zip(va, pb):
+        assert torch.equal(a.targets, b.targets) and torch.equal(a.loss_mask, b.loss_mask)
+        assert torch.equal(a.extras["coef"], b.extras["coef"])
+        for name in ar.BASELINES:
+            assert torch.equal(a.extras[f"baseline_{name}"], b.extras[f"baseline_{name}"])
+        outs.append(torch.randn(*a.targets.shape, 1, generator=gen))
+    assert values.score(outs, va) == paired.score(outs, pb)
+
+
+def test_hand_built_lsa_regresses_on_the_lags(
+    hand_built_lsa: Callable[..., torch.nn.Module],
+) -> None:
+    """The findings' linear self-attention layer, set by hand, computes one GD step of the
+    AR(p) regression at every position: ``eta * sum_{s=p}^{t} (q_t . q_{s-1}) x_s`` over
+    exactly the rows of the least-squares fit (``q_t`` the lag window ending at ``x_t``)."""
+    p, t, eta = 2, 40, 0.03
+    task_spec = {"name": "icl_ar", "order": p, "n_points": t, "tokens": "paired"}
+    model = hand_built_lsa(task_spec, p, eta)
+    task = make(order=p, n_points=t, tokens="paired")
+    batch = task.train_batch(0, 64)
+    with torch.no_grad():
+        out = model(batch.inputs)[..., 0].double()
+    series = task.unpack(batch)["series"].double()
+    lags = ar.lag_matrix(series[:, :t], p)  # lags[s] = q_s
+    want = torch.zeros(64, t, dtype=torch.float64)
+    for pos in range(t):
+        for s in range(p, pos + 1):  # row s: regressors q_{s-1}, target x_s
+            want[:, pos] += eta * (lags[:, pos] * lags[:, s - 1]).sum(-1) * series[:, s]
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    assert float(want.abs().max()) > 1.0
+
+
 @pytest.mark.parametrize(
     "values",
-    [{}, {"ood": "roots", "ood_root_max": 0.95}, {"ood_points": 90, "order": 3}],
+    [
+        {},
+        {"ood": "roots", "ood_root_max": 0.95},
+        {"ood_points": 90, "order": 3},
+        {"tokens": "paired"},
+    ],
 )
 def test_params_round_trip(values: dict) -> None:
     """A run's spec stores every field; reading it back must validate (conditional
@@ -199,6 +281,7 @@ def test_params_round_trip(values: dict) -> None:
         ({"ood_root_max": 0.95}, "ood_root_max=0.95 applies only with ood='roots'"),
         ({"ood": "roots", "ood_root_max": 0.8}, "ood_root_max=0.8 must be > root_max=0.9"),
         ({"ood": "roots", "ood_points": 90}, "applies only with ood='length'"),
+        ({"tokens": "interleaved"}, "tokens='interleaved'"),
     ],
 )
 def test_bad_params_name_field_and_value(values: dict, needle: str) -> None:

@@ -2,18 +2,26 @@
 
 A prompt holds ``k`` pairs ``(x_i, y_i)`` of one random linear function:
 ``w ~ N(0, I_d)``, ``x_i ~ N(0, I_d)``, ``y_i = w . x_i + noise * eps_i`` with
-``eps_i ~ N(0, 1)``. It is written as ``2k`` real tokens of size ``d + 1``: an x-token
-``[x_i, 0]`` followed by a y-token ``[0, ..., 0, y_i]``. A causal model predicts ``y_i``
-at the position of ``x_i``, i.e. from the ``i - 1`` earlier pairs and ``x_i``.
+``eps_i ~ N(0, 1)``. A causal model predicts each ``y_i`` from the ``i - 1`` earlier
+pairs and ``x_i``. The parameter ``tokens`` chooses how a prompt is written:
 
-Batch layout (all tensors float32 unless said):
+- ``interleaved`` (default): ``2k`` tokens of size ``d + 1``, an x-token ``[x_i, 0]``
+  followed by a y-token ``[0, ..., 0, y_i]`` (Garg et al.); ``y_i`` is predicted at the
+  x-token. Batch: ``inputs`` ``[B, 2k, d + 1]``; ``targets`` ``[B, 2k]`` with ``y_i`` at
+  x-token positions ``2(i - 1)`` and 0 at y-tokens; ``loss_mask`` True at x-tokens only.
+- ``paired``: ``k`` tokens of size ``2d + 1``, token ``i`` = ``[x_i, x_{i-1}, y_{i-1}]``
+  (the query and the previous completed pair; zeros in the pair part of the first
+  token, see :func:`~anyformer.tasks.icl_common.pair_tokens`); ``y_i`` is predicted at
+  token ``i``. Batch: ``inputs`` ``[B, k, 2d + 1]``; ``targets`` ``[B, k]`` = ``y_i``;
+  ``loss_mask`` all True. This is the layout under which one layer of linear
+  self-attention can implement a gradient-descent step (von Oswald et al., 2023, whose
+  tokens hold a whole pair): each key/value comes from one token, so with interleaved
+  tokens no single layer can form the products ``x_j y_j`` that the step needs.
 
-- ``inputs``: ``[B, 2k, d + 1]``, the tokens above;
-- ``targets``: ``[B, 2k]``; ``y_i`` at x-token positions ``2(i - 1)``, 0 at y-tokens;
-- ``loss_mask``: ``[B, 2k]`` bool, True at the x-token positions only;
-- ``padding_mask``: None; ``group``: None;
-- ``extras`` (evaluation batches only): ``baseline_<name>``, ``[B, k]``, the prediction of
-  each baseline for ``y_1 .. y_k`` from the earlier pairs of the same prompt.
+Both layouts hold the same prompts for the same seed (only the layout differs), so the
+baselines and every metric are the same numbers; ``padding_mask`` and ``group`` are
+None; ``extras`` (evaluation batches only) hold ``baseline_<name>``, ``[B, k]``, the
+prediction of each baseline for ``y_1 .. y_k`` from the earlier pairs of the prompt.
 
 Errors are reported divided by ``d`` (as in Garg et al.), so the zero predictor scores
 about 1 (exactly ``(d + noise^2) / d`` in expectation) on the training distribution.
@@ -38,7 +46,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, torch_generator
-from anyformer.tasks.icl_common import EVAL_BATCH_PROMPTS, interleave_pairs
+from anyformer.tasks.icl_common import (
+    EVAL_BATCH_PROMPTS,
+    PerK,
+    interleave_pairs,
+    make_curve,
+    pair_tokens,
+)
 
 GARG = Paper(
     "What Can Transformers Learn In-Context? A Case Study of Simple Function Classes",
@@ -46,7 +60,7 @@ GARG = Paper(
     "Garg, Tsipras, Liang & Valiant",
 )
 #: Baselines reported beside the model, in this order.
-BASELINES = ("least_squares", "ridge", "gd_one_step", "zero")
+BASELINES = ("least_squares", "ridge", "gd_one_step", "gd_fixed_step", "zero")
 
 
 # --------------------------------------------------------------------------- baselines
@@ -102,6 +116,38 @@ def gd_one_step_predict(
     return (x_query.unsqueeze(-2) @ w)[..., 0, 0]
 
 
+def fixed_gd_step(dims: int, points: int, noise: float = 0.0) -> float:
+    """The learning rate ``eta`` of :func:`gd_fixed_step_predict` that minimises the
+    expected error averaged over every prefix of a ``points``-pair prompt.
+
+    With ``x, w ~ N(0, I_d)`` and noise std ``s``, predicting from ``n`` pairs costs
+    ``d (eta^2 n (n + d + 1 + s^2) - 2 eta n + 1) + s^2`` in expectation (from
+    ``E[X^T X] = n I`` and ``E[(X^T X)^2] = n (n + d + 1) I``), so the mean over
+    ``n = 0 .. points - 1`` is least at
+    ``eta = sum_n n / sum_n n (n + d + 1 + s^2)``.
+    """
+    ns = range(points)
+    den = sum(n * (n + dims + 1 + noise**2) for n in ns)
+    return sum(ns) / den if den > 0 else 0.0
+
+
+def gd_fixed_step_predict(
+    xs: torch.Tensor, ys: torch.Tensor, x_query: torch.Tensor, eta: float
+) -> torch.Tensor:
+    """One gradient-descent step from ``w = 0`` on the summed loss ``||X w - y||^2 / 2``
+    with a learning rate ``eta`` that does not depend on ``n``: ``x_query . eta X^T y``.
+
+    This is what one layer of un-normalised linear self-attention computes with
+    ``W_K^T W_Q`` proportional to the identity (von Oswald et al., 2023): one product for
+    every prompt length, unlike :func:`gd_one_step_predict`, whose default step is tuned
+    for each ``n``.
+    """
+    if xs.shape[-2] == 0:
+        return x_query.new_zeros(x_query.shape[:-1])
+    w = eta * (xs.transpose(-1, -2) @ ys.unsqueeze(-1))
+    return (x_query.unsqueeze(-2) @ w)[..., 0, 0]
+
+
 def zero_predict(xs: torch.Tensor, ys: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
     """Always 0 (the prior mean of ``y``)."""
     return x_query.new_zeros(x_query.shape[:-1])
@@ -131,6 +177,8 @@ class ICLRegressionParams(BaseModel):
       means 2.
     - ``ridge``: ``lam`` of the ridge baseline; None means ``noise^2`` (the posterior
       mean) when ``noise > 0``, else 0.01.
+    - ``tokens``: the prompt layout, ``interleaved`` (``[x_i, 0]``, ``[0, y_i]``) or
+      ``paired`` (``[x_i, x_{i-1}, y_{i-1}]``); see the module docstring.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,6 +190,7 @@ class ICLRegressionParams(BaseModel):
     ood_points: int | None = Field(None, ge=2)
     ood_scale: float | None = Field(None, gt=0.0)
     ridge: float | None = Field(None, gt=0.0)
+    tokens: Literal["interleaved", "paired"] = "interleaved"
 
     @field_validator("ood_points")
     @classmethod
@@ -208,8 +257,13 @@ class ICLLinearRegression(Task):
 
     - ``mse``: over every query position of every prompt;
     - ``by_k``: ``{str(k): mse}`` of predicting ``y_k`` from the ``k - 1`` earlier pairs;
-    - ``baselines``: ``{name: {"mse", "by_k"}}`` for least squares (min-norm), ridge,
-      one GD step and zero, on the same prompts;
+    - ``baselines``: ``{name: {"mse", "by_k", "gap", "gap_by_k"}}`` for least squares
+      (min-norm), ridge, one GD step with the step tuned for each number of examples
+      (``gd_one_step``), one GD step with one step size for all of them, the one best on
+      average over the training prompt's prefixes (``gd_fixed_step``, see
+      :func:`fixed_gd_step`), and zero, on the same prompts; ``gap`` is the mean squared
+      difference between the model's and the baseline's predictions, divided by ``d``
+      (how closely the model predicts *like* the baseline, not only as well);
     - ``relative_to_least_squares``: the model's mean ``by_k`` over ``k >= d + 1`` (at
       least ``d`` earlier pairs, where least squares is determined) divided by least
       squares' mean over the same ``k``; None when that is 0 (noiseless data, where
@@ -225,16 +279,23 @@ class ICLLinearRegression(Task):
 
     params: ICLRegressionParams
 
+    @property
+    def paired(self) -> bool:
+        """Whether prompts use the paired layout (one token per query)."""
+        return self.params.tokens == "paired"
+
     def model_io(self) -> dict[str, Any]:
+        d = self.params.dims
         return {
             "embed": "vectors",
-            "input_dim": self.params.dims + 1,
+            "input_dim": 2 * d + 1 if self.paired else d + 1,
             "head": "token_regress",
             "n_outputs": 1,
         }
 
     def max_seq_len(self) -> int:
-        return 2 * max(self.params.points, self.params.ood_length)
+        k = max(self.params.points, self.params.ood_length)
+        return k if self.paired else 2 * k
 
     # ------------------------------------------------------------ data
     def sample(
@@ -254,8 +315,22 @@ class ICLLinearRegression(Task):
         return xs, ys
 
     def make_batch(self, xs: torch.Tensor, ys: torch.Tensor) -> Batch:
-        """Interleave ``x`` and ``y`` tokens (see the module docstring)."""
+        """Lay out prompts as ``params.tokens`` says (see the module docstring)."""
+        if self.paired:
+            loss_mask = torch.ones(ys.shape, dtype=torch.bool)
+            return Batch(inputs=pair_tokens(xs, ys), targets=ys, loss_mask=loss_mask)
         return interleave_pairs(xs, ys)
+
+    def queries(self, values: torch.Tensor) -> torch.Tensor:
+        """The query positions of per-token ``values`` ``[B, T, ...]``: ``[B, k, ...]``,
+        entry ``i`` at the token where ``y_{i+1}`` is predicted."""
+        return values if self.paired else values[:, 0::2]
+
+    def pairs_of(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts of a batch made by :meth:`make_batch`: ``xs`` ``[B, k, d]``, ``ys``
+        ``[B, k]``."""
+        d = self.params.dims
+        return self.queries(batch.inputs)[..., :d], self.queries(batch.targets)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         gen = torch_generator(self.seed, SPLIT_IDS["train"], step)
@@ -296,6 +371,9 @@ class ICLLinearRegression(Task):
             "least_squares": prefix_predictions(least_squares_predict, xs, ys),
             "ridge": prefix_predictions(ridge_predict, xs, ys, lam=p.ridge_lambda),
             "gd_one_step": prefix_predictions(gd_one_step_predict, xs, ys, noise=p.noise),
+            "gd_fixed_step": prefix_predictions(
+                gd_fixed_step_predict, xs, ys, eta=fixed_gd_step(p.dims, p.points, p.noise)
+            ),
             "zero": prefix_predictions(zero_predict, xs, ys),
         }
 
@@ -303,49 +381,41 @@ class ICLLinearRegression(Task):
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """Squared errors / d of the model and the baselines (see the class docstring).
 
-        ``outputs``: ``[B, 2k, 1]`` (or ``[B, 2k]``); read at the x-token positions.
+        ``outputs``: ``[B, T, 1]`` (or ``[B, T]``), read at the query positions (the
+        x-tokens of the interleaved layout, every token of the paired one).
         """
         d = self.params.dims
-        k_max = max(b.targets.shape[1] // 2 for b in batches)
-        names = ("model", *BASELINES)
-        sums = {name: torch.zeros(k_max, dtype=torch.float64) for name in names}
-        counts = torch.zeros(k_max, dtype=torch.float64)
+        acc = PerK()
         for out, batch in zip(outputs, batches):
-            pred = out[..., 0] if out.dim() == 3 else out
-            y = batch.targets[:, 0::2].double()
-            k = y.shape[1]
-            preds = {"model": pred[:, 0::2].double().cpu()}
+            pred = self.queries(out[..., 0] if out.dim() == 3 else out).double().cpu()
+            xs, ys = self.pairs_of(batch)
+            y = ys.double().cpu()
             if all(f"baseline_{n}" in batch.extras for n in BASELINES):
-                preds.update({n: batch.extras[f"baseline_{n}"].double() for n in BASELINES})
+                base = {n: batch.extras[f"baseline_{n}"].double().cpu() for n in BASELINES}
             else:
-                preds.update(self.baselines(batch.inputs[:, 0::2, :d], batch.targets[:, 0::2]))
-            for name in names:
-                sums[name][:k] += ((preds[name] - y) ** 2).sum(0) / d
-            counts[:k] += y.shape[0]
-        keep = counts > 0
-        total = counts.sum()
-
-        def summary(name: str) -> dict[str, Any]:
-            by_k = {str(i + 1): float(sums[name][i] / counts[i]) for i in range(k_max) if keep[i]}
-            return {"mse": float(sums[name].sum() / total), "by_k": by_k}
-
-        results = {name: summary(name) for name in names}
-        posed = [str(k) for k in range(d + 1, k_max + 1) if keep[k - 1]]
-        relative = None
-        if posed:
-            model = sum(results["model"]["by_k"][k] for k in posed) / len(posed)
-            ls = sum(results["least_squares"]["by_k"][k] for k in posed) / len(posed)
-            relative = model / ls if ls > 1e-8 else None
+                base = self.baselines(xs, ys)
+            acc.add("model", (pred - y) ** 2 / d)
+            for name in BASELINES:
+                acc.add(name, (base[name] - y) ** 2 / d)
+                acc.add(f"gap_{name}", (pred - base[name]) ** 2 / d)
+        names = ("model", *BASELINES)
+        by_k = {name: acc.by_k(name) for name in names}
+        posed = list(range(d, acc.size("model")))  # k >= d + 1: at least d earlier pairs
+        model_posed = acc.mean_over("model", posed)
+        ls_posed = acc.mean_over("least_squares", posed)
+        relative = model_posed / ls_posed if posed and ls_posed > 1e-8 else None
         return {
-            "mse": results["model"]["mse"],
-            "by_k": results["model"]["by_k"],
-            "baselines": {n: results[n] for n in BASELINES},
-            "relative_to_least_squares": relative,
-            "curve": {
-                "x": "in-context examples",
-                "y": "mse",
-                "series": {
-                    n: {str(int(k) - 1): v for k, v in results[n]["by_k"].items()} for n in names
-                },
+            "mse": acc.mean("model"),
+            "by_k": by_k["model"],
+            "baselines": {
+                n: {
+                    "mse": acc.mean(n),
+                    "by_k": by_k[n],
+                    "gap": acc.mean(f"gap_{n}"),
+                    "gap_by_k": acc.by_k(f"gap_{n}"),
+                }
+                for n in BASELINES
             },
+            "relative_to_least_squares": relative,
+            "curve": make_curve("in-context examples", "mse", by_k, shift=-1),
         }

@@ -2,6 +2,8 @@
 
 - :func:`interleave_pairs`: the ``[x, 0]`` / ``[0, y]`` token layout of a prompt of
   ``(x_i, y_i)`` pairs, with the target ``y_i`` at the position of ``x_i``;
+- :func:`pair_tokens`: the paired layout, one token per query, ``[x_i, x_{i-1}, y_{i-1}]``
+  (the query and the previous completed pair), with the target ``y_i`` at token ``i``;
 - :class:`PromptTask`: the driver every prompt task shares. A subclass says how to draw
   prompts (:meth:`PromptTask.sample`), lay them out (:meth:`PromptTask.to_batch`),
   read them back from a batch (:meth:`PromptTask.unpack`) and predict with its
@@ -46,6 +48,33 @@ def interleave_pairs(xs: torch.Tensor, ys: torch.Tensor) -> Batch:
     loss_mask = torch.zeros(n, 2 * k, dtype=torch.bool)
     loss_mask[:, 0::2] = True
     return Batch(inputs=inputs, targets=targets, loss_mask=loss_mask)
+
+
+def pair_tokens(
+    feats: torch.Tensor, ys: torch.Tensor, complete: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Paired tokens ``[phi_i, phi_{i-1}, y_{i-1}]`` of size ``2m + 1``, one per query.
+
+    ``feats`` ``[n, k, m]`` (the regressors ``phi_i`` of the targets ``y_i``), ``ys``
+    ``[n, k]``. Token ``i`` holds the query ``phi_i`` followed by the previous completed
+    pair ``(phi_{i-1}, y_{i-1})``; the pair part is zero at ``i = 0`` and wherever
+    ``complete`` ``[k]`` (bool, optional) is False at ``i - 1`` (a pair that is not a
+    real example, e.g. an AR lag window still padded with zeros). No token holds its own
+    target ``y_i`` (nor any later value), so a causal model predicts ``y_i`` at token
+    ``i`` from the pairs ``< i`` and ``phi_i``; and since token ``j`` carries pair
+    ``j - 1`` whole, one causal linear-attention layer can form
+    ``sum_{j <= i} (phi_i . phi_{j-1}) y_{j-1}``, the one-step gradient-descent
+    prediction of von Oswald et al. (2023), whose tokens hold a whole ``(x, y)`` pair.
+    Returns ``[n, k, 2m + 1]`` (the dtype of ``feats``).
+    """
+    n, k, m = feats.shape
+    out = feats.new_zeros(n, k, 2 * m + 1)
+    out[:, :, :m] = feats
+    prev = torch.cat([feats[:, :-1], ys[:, :-1, None].to(feats.dtype)], -1)
+    if complete is not None:
+        prev = prev * complete[:-1].to(feats.dtype).view(1, -1, 1)
+    out[:, 1:, m:] = prev
+    return out
 
 
 def exclusive_cumany(x: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -14,10 +14,26 @@ exactly 1 (from the Yule-Walker equations), and the series starts from (numerica
 the stationary distribution after a burn-in of ``ceil(log(1e-6) / log(r_max))`` steps
 (at least 50) from zero, discarded.
 
-Tokens are scalars: ``inputs`` ``[B, T, 1]`` hold ``x_0 .. x_{T-1}``, ``targets``
-``[B, T]`` hold ``x_1 .. x_T`` (``targets[t] = x_{t+1}``), and ``loss_mask`` counts
-positions ``t >= p``, where at least one full lag window has been seen besides the
-current value (so the least-squares fit has at least one row). ``T = n_points``.
+Position ``t`` forecasts ``x_{t+1}``: ``targets`` ``[B, T]`` hold ``x_1 .. x_T``
+(``targets[t] = x_{t+1}``), and ``loss_mask`` counts positions ``t >= p``, where at
+least one full lag window has been seen besides the current value (so the
+least-squares fit has at least one row). ``T = n_points``. The parameter ``tokens``
+chooses the inputs:
+
+- ``values`` (default): scalar tokens, ``inputs`` ``[B, T, 1]`` hold ``x_0 .. x_{T-1}``;
+- ``paired``: ``inputs`` ``[B, T, 2p + 1]``, token ``t`` =
+  ``[q_t, q_{t-1}, x_t]`` with the lag window ``q_t = (x_t, x_{t-1}, ..., x_{t-p+1})``
+  (the regressors of the target ``x_{t+1}``, zeros before ``x_0``) followed by the
+  previous completed regression pair: the lags of ``x_t`` and ``x_t`` itself, i.e. the
+  Hankel column ``(x_{t-p}, ..., x_t)`` of Zhou et al. The pair part is zero while its
+  lag window is incomplete (``t < p``), so the pairs in a prefix are exactly the rows of
+  the least-squares fit below (see :func:`~anyformer.tasks.icl_common.pair_tokens`).
+  With scalar tokens each key/value of a linear-attention layer holds one value, so
+  one layer cannot form the products ``x_{s-i} x_s`` that a regression on the lags needs;
+  with paired tokens it can.
+
+Both layouts hold the same series for the same seed, so baselines and metrics are the
+same numbers.
 
 Baselines (``Batch.extras['baseline_<name>']``, ``[B, T]``, 0 at uncounted positions):
 
@@ -58,7 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch
 from anyformer.tasks.icl import least_squares_predict
-from anyformer.tasks.icl_common import PerK, PromptTask, make_curve
+from anyformer.tasks.icl_common import PerK, PromptTask, make_curve, pair_tokens
 
 TSF_ICL = Paper(
     "Why Do Transformers Fail to Forecast Time Series In-Context?",
@@ -175,6 +191,8 @@ class ICLARParams(BaseModel):
       ``2 * n_points``.
     - ``ood_root_max``: roots of ``ood`` series have moduli in
       ``(root_max, ood_root_max)`` (``ood='roots'`` only); None means 0.98.
+    - ``tokens``: the input layout, ``values`` (one scalar per token) or ``paired``
+      (lag window and previous regression pair per token); see the module docstring.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -186,6 +204,7 @@ class ICLARParams(BaseModel):
     ood: Literal["length", "roots"] = "length"
     ood_points: int | None = Field(None, ge=3)
     ood_root_max: float | None = Field(None, gt=0.0, le=0.995)
+    tokens: Literal["values", "paired"] = "values"
 
     @field_validator("n_points")
     @classmethod
@@ -276,7 +295,9 @@ class ICLAR(PromptTask):
         super().__init__(params, seed)
 
     def model_io(self) -> dict[str, Any]:
-        return {"embed": "vectors", "input_dim": 1, "head": "token_regress", "n_outputs": 1}
+        p = self.params
+        dim = 2 * p.order + 1 if p.tokens == "paired" else 1
+        return {"embed": "vectors", "input_dim": dim, "head": "token_regress", "n_outputs": 1}
 
     def max_seq_len(self) -> int:
         return max(self.params.n_points, self.params.ood_length)
@@ -306,17 +327,24 @@ class ICLAR(PromptTask):
 
     def to_batch(self, data: dict[str, torch.Tensor]) -> Batch:
         series = data["series"]
+        p = self.params.order
         t = series.shape[1] - 1
         loss_mask = torch.zeros(series.shape[0], t, dtype=torch.bool)
-        loss_mask[:, self.params.order :] = True
+        loss_mask[:, p:] = True
+        if self.params.tokens == "paired":
+            complete = torch.arange(t) >= p - 1  # the lag window q_t is full
+            inputs = pair_tokens(lag_matrix(series[:, :t], p), series[:, 1:], complete)
+        else:
+            inputs = series[:, :t].unsqueeze(-1)
         return Batch(
-            inputs=series[:, :t].unsqueeze(-1),
+            inputs=inputs,
             targets=series[:, 1:],
             loss_mask=loss_mask,
             extras={"coef": data["coef"], "sigma": data["sigma"]},
         )
 
     def unpack(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # channel 0 is x_t in both layouts
         series = torch.cat([batch.inputs[..., 0], batch.targets[:, -1:]], 1)
         return {"series": series, "coef": batch.extras["coef"], "sigma": batch.extras["sigma"]}
 

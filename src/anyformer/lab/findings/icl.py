@@ -77,9 +77,18 @@ class ICLTracksLeastSquares(Finding):
 
 
 #: One layer of norm-free linear self-attention with linear read-in/read-out (von Oswald et al.).
+#: It is trained on *paired* tokens (``tokens: paired``): each key/value comes from one
+#: token, so only a token that holds a whole regression pair lets one layer form the
+#: products ``x_j y_j`` of a gradient step (tests/tasks/conftest.py sets its weights by
+#: hand to compute that step exactly). ``init_std`` 0.1 rather than the default 0.02: from
+#: the smaller start, about one seed in three of ``lsa_is_one_step_gd`` settled in a local
+#: minimum that routes the step the other way (key on ``y_{j-1}``, value on ``x_{j-1}``),
+#: which with one head is a GD step of rank one (error ~0.87 against ~0.50); from 0.1,
+#: nine seeds of nine reached the full-rank step.
 LSA_MODEL = {
     "d_model": 32, "n_layers": 1, "n_heads": 1, "position": "none", "norm": "none", "ffn": "none",
     "attention": {"name": "linear", "feature_map": "identity", "normalize": False}, "max_len": 128,
+    "init_std": 0.1,
 }  # fmt: skip
 
 
@@ -92,9 +101,34 @@ LSA_MODEL = {
 )
 class LSAIsOneStepGD(Finding):
     """One norm-free linear self-attention layer trained on noiseless in-context
-    regression (d=5). Holds when, averaged over the number of examples, its error is
-    within 15% of the best one-step-GD predictor's and more than twice the least-squares
-    error from d+1 examples on (it matches GD, not the optimal learner)."""
+    regression (d=5, 20 pairs) written as paired tokens ``[x_i, x_{i-1}, y_{i-1}]``, so
+    that, as in von Oswald et al., a token carries a whole ``(x, y)`` pair and the
+    prediction of ``y_i`` is read at the token of ``x_i``.
+
+    Which GD step is the reference. Von Oswald et al. (and Mahankali et al.) train at one
+    context size N and compare with GD at the learning rate best for that N. Here the
+    model is trained causally on every prefix at once (0 to 19 context pairs), and an
+    un-normalised LSA has one fixed product ``W_K^T W_Q`` for all of them: it can compute
+    ``eta * sum_{j<i} (x_i . x_j) y_j`` with one ``eta``, not the per-n optimal step
+    ``1 / (n + d + 1)`` of the task's ``gd_one_step`` baseline (which it therefore
+    cannot match at every n, and which would make the check fail for a reason outside
+    the claim). The faithful reference is the same statement for this training
+    objective: one GD step with the single learning rate that is best on the training
+    loss, the task's ``gd_fixed_step`` baseline (``eta = sum_n n / sum_n n (n + d + 1)``
+    over the training prefixes), compared at every number of examples. (Exactly: the
+    paired layout also lets the layer give the latest pair its own weight, through the
+    query token's copy of it; the best such predictor is 0.8% better on the training
+    loss than the fixed-step one and within about 1% of its predictions, well inside
+    the tolerances below.)
+
+    Holds when (a) averaged over k = 1..20 the model's error is within 10% of the
+    fixed-step GD error at the same k, (b) the model predicts *like* that GD step: the
+    mean squared difference of their predictions is at most 10% of the GD step's own
+    error (von Oswald et al. compare predictions, not only losses), and (c) its
+    predictions are closer to the GD step's than to least squares' (it implements GD,
+    not the optimal learner). The per-n tuned GD and least-squares errors are reported
+    beside them.
+    """
 
     claim = (
         "A single linear self-attention layer trained on in-context linear regression "
@@ -103,7 +137,7 @@ class LSAIsOneStepGD(Finding):
     )
 
     def comparisons(self, quick: bool) -> dict[str, Comparison]:
-        task = {"name": "icl_linear_regression", "dims": 5, "n_points": 20}
+        task = {"name": "icl_linear_regression", "dims": 5, "n_points": 20, "tokens": "paired"}
         train = {"steps": 3000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "eval_size": 512,
                  "weight_decay": 0.0}  # fmt: skip
         if quick:
@@ -121,17 +155,27 @@ class LSAIsOneStepGD(Finding):
         label = r.variants[0].label
         ks = sorted(int(k.split(".")[1]) for k in r.summary[label]["id"] if k.startswith("by_k."))
         model = [r.mean(label, f"by_k.{k}") for k in ks]
-        gd = [r.mean(label, f"baselines.gd_one_step.by_k.{k}") for k in ks]
-        ls = [r.mean(label, f"baselines.least_squares.by_k.{k}") for k in ks]
+        gd = [r.mean(label, f"baselines.gd_fixed_step.by_k.{k}") for k in ks]
         rel_gd = sum(abs(m - g) / g for m, g in zip(model, gd)) / len(ks)
-        posed = [i for i, k in enumerate(ks) if k > 6]
-        model_posed = sum(model[i] for i in posed) / len(posed)
-        ls_posed = sum(ls[i] for i in posed) / len(posed)
-        numbers = {"mean |model - GD| / GD over k": rel_gd, "model mse (k > d+1)": model_posed,
-                   "least squares mse (k > d+1)": ls_posed, "one-step GD mse (all k)": sum(gd) / len(gd)}  # fmt: skip
-        holds = rel_gd <= 0.15 and model_posed > 2 * ls_posed
-        return Verdict(holds, numbers, f"model is {rel_gd:.1%} from one-step GD on average; "
-                       f"{model_posed:.3f} vs least squares {ls_posed:.3g} once k > d+1")  # fmt: skip
+        gd_mse = r.mean(label, "baselines.gd_fixed_step.mse")
+        gap_gd = r.mean(label, "baselines.gd_fixed_step.gap")
+        gap_ls = r.mean(label, "baselines.least_squares.gap")
+        numbers = {
+            "mean |model - fixed-step GD| / fixed-step GD over k": rel_gd,
+            "prediction gap to fixed-step GD / its mse": gap_gd / gd_mse,
+            "prediction gap to fixed-step GD": gap_gd,
+            "prediction gap to least squares": gap_ls,
+            "model mse": r.mean(label, "mse"),
+            "fixed-step GD mse": gd_mse,
+            "per-n tuned GD mse": r.mean(label, "baselines.gd_one_step.mse"),
+            "least squares mse": r.mean(label, "baselines.least_squares.mse"),
+        }
+        holds = rel_gd <= 0.10 and gap_gd <= 0.10 * gd_mse and gap_gd < gap_ls
+        return Verdict(holds, numbers, (
+            f"error {rel_gd:.1%} from fixed-step GD on average over k; prediction gap "
+            f"{gap_gd:.4f} = {gap_gd / gd_mse:.1%} of GD's mse {gd_mse:.3f}; gap to least "
+            f"squares {gap_ls:.3f}"
+        ))  # fmt: skip
 
 
 @register(
@@ -204,8 +248,12 @@ class ICLBoolean(Finding):
 )
 class ICLAutoregression(Finding):
     """One layer of linear self-attention trained to forecast random stable AR(2) series
-    in context. Holds when, once the least-squares AR(2) fit is well posed, the model's
-    error is not lower than that fit's (ratio ≥ 0.95)."""
+    in context, on paired tokens ``[q_t, q_{t-1}, x_t]`` (the lag window ``q_t`` that
+    forecasts ``x_{t+1}``, then the previous regression pair, i.e. the Hankel column
+    ``(x_{t-2}, x_{t-1}, x_t)`` of Zhou et al.), so that one layer can regress on the
+    lags at all (with scalar tokens it cannot form the products ``x_{s-i} x_s``). Holds
+    when, once the least-squares AR(2) fit is well posed, the model's error is not lower
+    than that fit's (ratio ≥ 0.95)."""
 
     claim = (
         "For in-context forecasting of AR(p) series, linear self-attention does not beat the "
@@ -213,7 +261,7 @@ class ICLAutoregression(Finding):
     )
 
     def comparisons(self, quick: bool) -> dict[str, Comparison]:
-        task = {"name": "icl_ar", "order": 2, "n_points": 40}
+        task = {"name": "icl_ar", "order": 2, "n_points": 40, "tokens": "paired"}
         train = {"steps": 3000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "eval_size": 512,
                  "weight_decay": 0.0}  # fmt: skip
         if quick:
@@ -226,7 +274,14 @@ class ICLAutoregression(Finding):
         r = results["main"]
         label = r.variants[0].label
         ratio = r.mean(label, "relative_to_least_squares")
+        last = max(int(k.split(".")[1]) for k in r.summary[label]["id"] if k.startswith("by_k."))
+        # the all-position least-squares mse is dominated by near-singular fits on the
+        # first rows (see icl_series); the errors at the full context are the readable ones
         numbers = {"model / least squares (posed)": ratio, "model mse": r.mean(label, "mse"),
-                   "least squares mse": r.mean(label, "baselines.least_squares.mse"),
-                   "oracle mse": r.mean(label, "baselines.oracle.mse")}  # fmt: skip
+                   "least squares mse (all positions)": r.mean(label, "baselines.least_squares.mse"),
+                   "oracle mse": r.mean(label, "baselines.oracle.mse"),
+                   f"model mse, {last} values": r.mean(label, f"by_k.{last}"),
+                   f"least squares mse, {last} values":
+                       r.mean(label, f"baselines.least_squares.by_k.{last}"),
+                   f"oracle mse, {last} values": r.mean(label, f"baselines.oracle.by_k.{last}")}  # fmt: skip
         return Verdict(ratio >= 0.95, numbers, f"model / least-squares AR fit = {ratio:.3f}")

@@ -1,0 +1,53 @@
+"""Fixtures shared by the task tests: a linear self-attention layer set by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from anyformer.lab.findings.icl import LSA_MODEL
+from anyformer.lab.run import resolve
+from anyformer.model.transformer import Transformer, build_model
+from anyformer.spec import ExperimentSpec
+
+LSABuilder = Callable[[dict[str, Any], int, float], Transformer]
+
+
+def one_gd_step_lsa(task: dict[str, Any], m: int, eta: float) -> Transformer:
+    """The findings' one-layer linear self-attention model (``LSA_MODEL``), resolved for
+    ``task`` (whose paired tokens are ``[phi_i, phi_{i-1}, y_{i-1}]``, ``phi`` of size
+    ``m``), with weights set so that its output at token ``i`` is
+    ``eta * sum_{j <= i} (phi_i . phi_{j-1}) y_{j-1}``: one gradient-descent step from
+    ``w = 0`` with learning rate ``eta`` on the pairs before ``i``, read at ``phi_i``.
+
+    Read-in: the identity into the first ``2m + 1`` channels (channel ``2m + 1`` stays
+    0); ``W_Q`` reads ``phi_i``, ``W_K`` reads ``phi_{j-1}``, ``W_V`` reads
+    ``eta * y_{j-1}`` into channel 0 of the value; the output projection writes that
+    channel to residual channel ``2m + 1``, which the read-out returns. All biases are 0.
+    """
+    spec = resolve(ExperimentSpec.from_dict({"name": "lsa", "model": LSA_MODEL, "task": task}))
+    model = build_model(spec.model)
+    width, c = spec.model.d_model, 2 * m + 1
+    assert spec.model.input_dim == c and width > c and spec.model.n_heads == 1
+    (block,) = model.blocks
+    attn = block.mixer
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.embed.weight[:c, :c] = torch.eye(c)
+        wq, wk, wv = attn.qkv.weight.view(3, width, width).unbind(0)
+        wq[:m, :m] = torch.eye(m)  # q_i = phi_i
+        wk[:m, m : 2 * m] = torch.eye(m)  # k_j = phi_{j-1}
+        wv[0, 2 * m] = eta  # v_j = eta * y_{j-1}
+        attn.out.weight[c, 0] = 1.0
+        model.head.weight[0, c] = 1.0
+    return model.eval()
+
+
+@pytest.fixture
+def hand_built_lsa() -> LSABuilder:
+    """:func:`one_gd_step_lsa`."""
+    return one_gd_step_lsa
