@@ -11,10 +11,16 @@ from typing import Any
 import pytest
 import torch
 
+import anyformer.model.generate as gen_module
 from anyformer import registry
 from anyformer.components.base import Cache
 from anyformer.errors import SpecError, UserError
-from anyformer.model.generate import cache_blockers, generate, sample_next
+from anyformer.model.generate import (
+    cache_blockers,
+    column_major_linears,
+    generate,
+    sample_next,
+)
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ModelSpec, parse
 
@@ -76,8 +82,12 @@ def test_every_cache_capable_mixer_is_covered() -> None:
 def test_cached_greedy_equals_full_recomputation(attention: dict, position: str) -> None:
     model = _model(attention, position)
     prompt = torch.randint(0, V, (2, PROMPT))
-    cached, cached_logits = generate(model, prompt, NEW, use_cache=True, return_logits=True)
-    full, full_logits = generate(model, prompt, NEW, use_cache=False, return_logits=True)
+    cached, cached_logits = generate(
+        model, prompt, NEW, use_cache=True, return_logits=True, column_major=True
+    )
+    full, full_logits = generate(
+        model, prompt, NEW, use_cache=False, return_logits=True, column_major=False
+    )
     assert torch.equal(cached, full)
     torch.testing.assert_close(cached_logits, full_logits, **TOL)
     assert cached_logits.std(dim=-1).min() > 0.1  # logits are far from uniform: a real test
@@ -124,6 +134,56 @@ def test_looped_depth_schedule_decodes_with_a_cache() -> None:
     full, fl = generate(model, prompt, NEW, use_cache=False, return_logits=True)
     assert torch.equal(cached, full)
     torch.testing.assert_close(cl, fl, **TOL)
+
+
+def test_column_major_linears_compute_the_same_and_are_restored() -> None:
+    model = _model({"name": "softmax", "kv_heads": 2}, "rope", ffn="glu", vocab_size=100)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    widening = {n for n, m in linears.items() if m.out_features > m.in_features}
+    assert {"blocks.0.mixer.qkv", "blocks.0.ffn.gate_up", "head"} <= widening  # head: V > d
+    assert "blocks.0.mixer.out" not in widening and "blocks.0.ffn.down" not in widening
+    tokens = torch.randint(0, 100, (3, 9))
+    with torch.no_grad():
+        plain = model(tokens)
+        with column_major_linears(model) as changed:
+            assert {n for n, m in linears.items() if any(m is c for c in changed)} == widening
+            inside = model(tokens)
+            for m in changed:  # the copies hold the same values in column-major order
+                copy = m.__dict__["forward"].weight
+                assert copy.stride() == (1, m.out_features) and torch.equal(copy, m.weight)
+        after = model(tokens)
+    torch.testing.assert_close(inside, plain, atol=1e-5, rtol=0)
+    assert torch.equal(after, plain)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with column_major_linears(model):  # recording gradients: the weights themselves are used
+        model(tokens).square().mean().backward()
+    qkv = model.blocks[0].mixer.qkv.weight
+    assert qkv.grad is not None and qkv.grad.abs().sum() > 0
+
+
+def test_column_major_generation_equals_the_plain_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    class Spy(gen_module._ColumnMajorForward):
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[1])
+            return super().__call__(x)
+
+    monkeypatch.setattr(gen_module, "_ColumnMajorForward", Spy)
+    model = _model("softmax", "learned", vocab_size=100)
+    prompt = torch.randint(0, 100, (2, PROMPT))
+    new = gen_module.COLUMN_MAJOR_MIN_TOKENS + 8  # long enough: the default copies
+    auto, auto_logits = generate(model, prompt, new, return_logits=True)
+    assert calls and set(calls) == {PROMPT, 1}  # the prefill and every decoding step
+    calls.clear()
+    plain, plain_logits = generate(model, prompt, new, return_logits=True, column_major=False)
+    generate(model, prompt, 4)  # short: not worth a copy
+    assert not calls
+    assert torch.equal(auto, plain)
+    torch.testing.assert_close(auto_logits, plain_logits, **TOL)
+    assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_cache_refuses_a_forward_with_a_different_number_of_calls() -> None:

@@ -17,6 +17,12 @@ each new token in one forward of length 1 at position ``cache.offset``.
 A model with any mixer that lacks the capability falls back to recomputing the whole
 sequence for every new token (a one-line log notice says so); results are the same.
 
+Weight layout. At batch 1 a decoding step is mostly matrix-vector products, whose cost
+is streaming the weights from memory. On CPU, for a long enough generation,
+:func:`column_major_linears` runs every widening ``nn.Linear`` (``out > in``: the q/k/v
+and MLP up-projections) from a column-major copy of its weight made once per call,
+which BLAS streams faster; results equal the plain layout's to float rounding.
+
 Not supported: padded (ragged) prompts (give rows of equal length), encoders and
 non-token models, sequences longer than ``model.max_len``.
 """
@@ -24,9 +30,13 @@ non-token models, sequences longer than ``model.max_len``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from anyformer.components.base import Cache
 from anyformer.errors import SpecError, UserError
@@ -35,6 +45,10 @@ if TYPE_CHECKING:
     from anyformer.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
+
+#: Fewest new tokens for which ``generate`` (on CPU, ``column_major=None``) copies the
+#: widening layers' weights: the copy costs about as much as 10-20 decoding steps save.
+COLUMN_MAJOR_MIN_TOKENS = 32
 
 
 def cache_blockers(model: Transformer) -> list[str]:
@@ -53,6 +67,66 @@ def cache_blockers(model: Transformer) -> list[str]:
         entry = getattr(type(depth), "registry_entry", None)
         blockers.add(f"depth={entry.name if entry is not None else type(depth).__name__}")
     return sorted(blockers)
+
+
+class _ColumnMajorForward:
+    """The forward of one ``nn.Linear`` from a column-major copy of its weight, made on the
+    first call (a layer whose module is never called, e.g. one whose weight a component
+    slices itself, costs nothing). With autograd recording a trainable weight it is the
+    plain forward, so gradients still reach the weight."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.linear = linear
+        self.weight: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        linear = self.linear
+        if torch.is_grad_enabled() and linear.weight.requires_grad:
+            return F.linear(x, linear.weight, linear.bias)
+        if self.weight is None:  # same values and shape, strides (1, out_features)
+            self.weight = linear.weight.detach().t().contiguous().t()
+        return F.linear(x, self.weight, linear.bias)
+
+
+@contextmanager
+def column_major_linears(model: nn.Module) -> Iterator[list[nn.Linear]]:
+    """Within the block, every plain ``nn.Linear`` of ``model`` with a float32 weight on
+    the CPU that widens (``out_features > in_features``) computes its forward from a
+    column-major copy of its weight; on exit the layers are restored and the copies
+    dropped. Yields the layers changed. Results equal the plain layout's up to float
+    rounding (the sums run in another order).
+
+    Why: ``F.linear(x, W)`` with a single input row is a matrix-vector product whose cost
+    is streaming ``W [out, in]`` from memory. A row-major ``W`` is read as one short dot
+    product per output; column-major, BLAS reads it as ``in`` rows of ``W^T`` each scaled
+    by one input and summed, which streams faster when the layer widens: measured here
+    (MKL, one thread) 1.7-1.8x for ``out = 3 in`` and ``4 in`` (the q/k/v and MLP
+    up-projections of a d=384 GPT-2 block), no gain for square layers and a loss when
+    ``out < in``. The copy costs about as much as 10-20 of the products it speeds up, so
+    it pays only when reused, as over a generation.
+
+    The copies are taken on each layer's first call without autograd, so the weights must
+    not change inside the block (``generate`` runs under ``torch.inference_mode``); calls
+    that record gradients for a trainable weight use it directly. Subclasses of
+    ``nn.Linear`` (e.g. parametrized ones) and modules with their own instance
+    ``forward`` are left alone.
+    """
+    changed = [
+        m
+        for m in model.modules()
+        if type(m) is nn.Linear
+        and m.out_features > m.in_features
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype == torch.float32
+        and "forward" not in m.__dict__
+    ]
+    try:
+        for linear in changed:
+            linear.forward = _ColumnMajorForward(linear)  # type: ignore[method-assign]
+        yield changed
+    finally:
+        for linear in changed:
+            linear.__dict__.pop("forward", None)
 
 
 def sample_next(
@@ -127,6 +201,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool | None = None,
     return_logits: bool = False,
+    column_major: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Continue ``input_ids [B, T]``; returns ``[B, T + n]`` with ``n <= max_new_tokens``.
 
@@ -139,6 +214,9 @@ def generate(
       and raises if a mixer cannot.
     - ``return_logits``: also return the logits each new token was chosen from,
       ``[B, n, V]`` (before temperature).
+    - ``column_major``: run the widening linear layers from column-major weight copies
+      (:func:`column_major_linears`; faster at small batch on CPU). ``None`` does so on
+      CPU when ``max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS``.
 
     The model is put in eval mode for the call and restored afterwards.
     """
@@ -154,13 +232,16 @@ def generate(
             )
     elif use_cache and blockers:
         raise SpecError(f"use_cache=True, but {', '.join(blockers)} has no cache support")
+    if column_major is None:
+        column_major = input_ids.device.type == "cpu" and max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS
     was_training = model.training
     model.eval()
     try:
-        return _decode(
-            model, input_ids, max_new_tokens, temperature, top_k, top_p, eos, generator,
-            use_cache, return_logits,
-        )  # fmt: skip
+        with column_major_linears(model) if column_major else nullcontext():
+            return _decode(
+                model, input_ids, max_new_tokens, temperature, top_k, top_p, eos,
+                generator, use_cache, return_logits,
+            )  # fmt: skip
     finally:
         model.train(was_training)
 
@@ -208,4 +289,10 @@ def _decode(
     return out
 
 
-__all__ = ["cache_blockers", "generate", "sample_next"]
+__all__ = [
+    "COLUMN_MAJOR_MIN_TOKENS",
+    "cache_blockers",
+    "column_major_linears",
+    "generate",
+    "sample_next",
+]

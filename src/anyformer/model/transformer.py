@@ -141,7 +141,7 @@ class Transformer(nn.Module):
                 raise SpecError("model.input_dim is required when model.embed='vectors'")
             self.embed = nn.Linear(spec.input_dim, d)
         self.position: PositionScheme = _build(spec.position, spec.dims())
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
         final = getattr(self.blocks[-1], "final_norm", True)

@@ -158,10 +158,8 @@ class SoftmaxAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         b, t, _ = x.shape
         h, g, d = self.n_heads, self.kv_heads, self.d_head
-        q, k, v = self.qkv(x).split((h * d, g * d, g * d), dim=-1)
-        q = q.view(b, t, h, d).transpose(1, 2)
-        k = k.view(b, t, g, d).transpose(1, 2)
-        v = v.view(b, t, g, d).transpose(1, 2)
+        heads = self.qkv(x).view(b, t, h + 2 * g, d).transpose(1, 2)
+        q, k, v = heads.split((h, g, g), dim=1)  # [B, H or G, T, D]
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
         if ctx.cache is not None:
             k, v, key_positions = extend_cache(ctx, k, v)
