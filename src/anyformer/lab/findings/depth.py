@@ -1,0 +1,235 @@
+"""Findings about elastic depth and width: looped Transformers and nested (MatFormer) FFNs.
+
+Both checks evaluate trained runs at settings they were not trained at as separate
+models (fewer loops, narrower FFNs), so they load the runs' checkpoints from the
+comparison's folder and score them with :mod:`anyformer.lab.elastic`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anyformer.components.ffn_matformer import MATFORMER
+from anyformer.lab.compare import CompareResult
+from anyformer.lab.elastic import Variant, evaluate_variants, load_trained
+from anyformer.lab.findings.base import Comparison, Finding, Verdict, quick_train, tiny_model
+from anyformer.lab.run import build_objective, build_task, run_folder
+from anyformer.model.depth import YANG
+from anyformer.registry import NoParams, register
+
+
+def run_dirs(result: CompareResult, label: str) -> list[Path]:
+    """The run folder of every seed of variant ``label`` (at its chosen learning rate),
+    named as :func:`anyformer.lab.compare.compare` names them."""
+    variant = next(v for v in result.variants if v.label == label)
+    seeds = next(iter(result.summary[label]["id"].values()))["n"]
+    lr = result.lrs.get(label)
+    folders = []
+    for seed in range(seeds):
+        extra = [f"train.seed={result.base.train.seed + seed}"] + ([f"train.lr={lr}"] if lr else [])
+        folders.append(run_folder(variant.spec.with_overrides(extra), result.dir / "runs"))
+    return folders
+
+
+def elastic_metric(
+    result: CompareResult, label: str, settings: list[Variant], metric: str, split: str = "id"
+) -> dict[str, float]:
+    """``{setting name: metric}`` of variant ``label``'s trained runs evaluated at each
+    setting (loops, widths), averaged over its seeds, on the run's own evaluation set."""
+    sums = dict.fromkeys((s.name for s in settings), 0.0)
+    folders = run_dirs(result, label)
+    for folder in folders:
+        spec, model = load_trained(folder)
+        task = build_task(spec)
+        rows = evaluate_variants(
+            model, task, build_objective(spec, task), spec.train.eval_size, settings
+        )
+        for row in rows:
+            if row["split"] == split:
+                sums[row["variant"]] += float(row[metric]) / len(folders)
+    return sums
+
+
+# --------------------------------------------------------------------------- looped
+#: Loop iterations in training (looped) = distinct blocks of the stack it is compared with.
+LOOPS = 4
+
+
+@register(
+    "finding",
+    "looped_matches_deeper",
+    paper=YANG,
+    summary="a looped block matches a stack of as many distinct blocks on in-context regression, "
+    "with a fraction of the parameters",
+    params=NoParams,
+)
+class LoopedMatchesDeeper(Finding):
+    """In-context linear regression (d=5, 11 pairs, noiseless): one block looped T=4
+    times with the input re-injected before every iteration, against a stack of 4
+    distinct blocks (same width, same compute, 4x the block parameters). The looped
+    run's checkpoints are then evaluated with 1, 2, ..., T (and 2T) loops.
+
+    Holds when (a) the looped model has at most half the stack's parameters and its
+    in-distribution MSE is at most ``max(1.25 x stack, stack + 0.02)`` (MSE / d; the zero
+    predictor scores about 1), with the stack at least 10% below the zero predictor
+    (if the stack learned nothing, matching it shows nothing), and (b) its MSE does not rise by more than 5% from one
+    loop count to the next up to T and is at least 10% lower at T than at 1 loop.
+
+    Protocol notes: one seed, 4,000 steps of batch 64 (the CPU budget; Yang et al. train
+    for 500k steps with a curriculum); paired tokens (``tokens='paired'``: token i holds
+    x_i and the previous pair), because with interleaved x and y tokens neither a looped
+    block nor a 4-block stack left the zero-predictor level within this budget (pairing
+    each y with its x first needs a previous-token head); learned positions; the loss
+    only sees the output after T loops (no loss on intermediate iterations, unlike Yang
+    et al.'s window of iterations), so the outputs at fewer loops are never trained.
+    """
+
+    claim = (
+        "A looped Transformer, one block applied T times with the input re-injected, learns "
+        "in-context linear regression about as well as a stack of T distinct blocks with a "
+        "fraction of the parameters, and its error falls as the loops run at evaluation "
+        "grow up to the T it was trained with."
+    )
+
+    def comparisons(self, quick: bool) -> dict[str, Comparison]:
+        task = {"name": "icl_linear_regression", "dims": 5, "n_points": 11, "tokens": "paired"}
+        model = {"d_model": 64, "n_heads": 4, "position": "learned", "max_len": 64}
+        train = {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_size": 512}
+        if quick:
+            model, train = tiny_model(position="learned", max_len=64), quick_train()
+        train |= {"eval_every": 100000, "checkpoint_every": 100000}
+        looped = model | {"n_layers": 1,
+                          "depth": {"name": "looped", "loops": LOOPS, "inject_input": True}}  # fmt: skip
+        stack = model | {"n_layers": LOOPS, "depth": "stack"}
+        return {
+            "looped": Comparison(
+                {"name": "looped_matches_deeper", "model": looped, "task": task, "train": train},
+                [("model.depth.loops", [str(LOOPS)])],
+            ),
+            "stack": Comparison(
+                {"name": "looped_matches_deeper", "model": stack, "task": task, "train": train},
+                [("model.n_layers", [str(LOOPS)])],
+            ),
+        }
+
+    def check(self, results: dict[str, CompareResult]) -> Verdict:
+        looped, stack = results["looped"], results["stack"]
+        lv, sv = looped.variants[0], stack.variants[0]
+        mse_loop, mse_stack = looped.mean(lv.label, "mse"), stack.mean(sv.label, "mse")
+        counts = [*range(1, LOOPS + 1), 2 * LOOPS]
+        settings = [Variant(f"loops={t}", {"eval_loops": t}) for t in counts]
+        by_loops = elastic_metric(looped, lv.label, settings, "mse")
+        curve = [by_loops[f"loops={t}"] for t in range(1, LOOPS + 1)]
+        param_ratio = lv.params / sv.params
+        bound = max(1.25 * mse_stack, mse_stack + 0.02)
+        zero = stack.mean(sv.label, "baselines.zero.mse")
+        learned = mse_stack <= 0.9 * zero  # otherwise "as good as the stack" says nothing
+        matches = learned and param_ratio <= 0.5 and mse_loop <= bound
+        steps_ok = all(b <= 1.05 * a for a, b in zip(curve, curve[1:]))
+        falls = steps_ok and curve[-1] <= 0.9 * curve[0]
+        numbers = {
+            "looped mse": mse_loop,
+            "stack mse": mse_stack,
+            "looped params": float(lv.params),
+            "stack params": float(sv.params),
+            "zero predictor mse": zero,
+            "least squares mse": looped.mean(lv.label, "baselines.least_squares.mse"),
+        } | {f"looped mse, {t} loops at evaluation": by_loops[f"loops={t}"] for t in counts}
+        reason = (
+            f"matches the stack: {matches} (mse {mse_loop:.4f} vs stack {mse_stack:.4f}, bound "
+            f"{bound:.4f}; params ratio {param_ratio:.2f}; the stack beats the zero predictor "
+            f"{zero:.4f} by 10%: {learned}); error falls with loops up to "
+            f"{LOOPS}: {falls} ({' → '.join(f'{m:.3f}' for m in curve)})"
+        )
+        return Verdict(matches and falls, numbers, reason)
+
+
+# --------------------------------------------------------------------------- matformer
+#: Nested FFN granularities (fractions of the full hidden size 4 d_model).
+WIDTHS = (0.125, 0.25, 0.5, 1.0)
+#: The full FFN's hidden-size multiplier.
+MULT = 4.0
+
+
+@register(
+    "finding",
+    "matformer_granularities",
+    paper=MATFORMER,
+    summary="every nested FFN width of a jointly trained MatFormer is about as good as an "
+    "independently trained model of that width",
+    params=NoParams,
+)
+class MatFormerGranularities(Finding):
+    """A byte-level language model of the standard library (``stdlib_lm``) with nested
+    FFNs of widths 1/8, 1/4, 1/2 and 1 of 4 d_model, the losses of all four summed every
+    step, against four independently trained models with a plain ``mlp`` FFN of each
+    hidden size (the architecture a MatFormer submodel extracts to), same steps, batch
+    and learning rate. The nested model is evaluated at each width on the validation
+    split (held-out library modules).
+
+    Holds when, at every width, the nested model's validation loss (nats per byte) is
+    at most 5% above the independent model's (being better is allowed).
+
+    Protocol notes: d_model 64, 2 layers, 128-byte windows, 800 steps of batch 16, one
+    seed (the CPU budget; the paper's models are 78M-2.6B parameters). The spread of the
+    independent models' losses is reported: the smaller it is, the less the comparison
+    can tell widths apart.
+    """
+
+    claim = (
+        "Each nested FFN width of a jointly trained MatFormer reaches about the validation "
+        "loss of a model of that width trained on its own, so one training run yields a "
+        "family of models of several sizes."
+    )
+
+    def comparisons(self, quick: bool) -> dict[str, Comparison]:
+        model = {"d_model": 64, "n_layers": 2, "n_heads": 4, "position": "rope", "max_len": 128}
+        task = {"name": "stdlib_lm", "seq_len": 128}
+        train = {"steps": 800, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_size": 128}
+        if quick:
+            model, train = tiny_model(position="rope", max_len=32), quick_train()
+            task = {"name": "stdlib_lm", "seq_len": 32}
+        train |= {"eval_every": 100000, "checkpoint_every": 100000}
+        nested = {"name": "matformer", "mult": MULT, "widths": list(WIDTHS), "train": "sum"}
+        name = "matformer_granularities"
+        return {
+            "matformer": Comparison(
+                {"name": name, "model": model | {"ffn": nested}, "task": task, "train": train},
+                [("model.ffn.train", ["sum"])],
+            ),
+            "independent": Comparison(
+                {
+                    "name": name,
+                    "model": model | {"ffn": {"name": "mlp", "mult": MULT}},
+                    "task": task,
+                    "train": train,
+                },
+                [("model.ffn.mult", [f"{MULT * w:g}" for w in WIDTHS])],
+            ),
+        }
+
+    def check(self, results: dict[str, CompareResult]) -> Verdict:
+        nested, alone = results["matformer"], results["independent"]
+        label = nested.variants[0].label
+        settings = [Variant(f"width={w:g}", widths=w) for w in WIDTHS]
+        nested_loss = elastic_metric(nested, label, settings, "loss")
+        params = {v.label: v.params for v in alone.variants}
+        numbers: dict[str, float] = {}
+        gaps = []
+        for w in WIDTHS:
+            ind_label = f"mult={MULT * w:g}"
+            ours, theirs = nested_loss[f"width={w:g}"], alone.mean(ind_label, "loss")
+            gaps.append(ours / theirs - 1)
+            numbers |= {f"matformer loss @ {w:g}": ours, f"independent loss @ {w:g}": theirs,
+                        f"independent params @ {w:g}": float(params[ind_label])}  # fmt: skip
+        spread = alone.mean(f"mult={MULT * WIDTHS[0]:g}", "loss") - alone.mean(
+            f"mult={MULT:g}", "loss"
+        )
+        numbers["independent loss, smallest - largest width"] = spread
+        holds = all(g <= 0.05 for g in gaps)
+        reason = (
+            "matformer / independent validation loss − 1 per width "
+            + ", ".join(f"{w:g}: {g:+.1%}" for w, g in zip(WIDTHS, gaps))
+            + f" (margin +5%; the independent models span {spread:.3f} nats)"
+        )
+        return Verdict(holds, numbers, reason)
