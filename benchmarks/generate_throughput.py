@@ -8,10 +8,14 @@ logits of a full forward equal. Then each model generates ``--new`` tokens greed
 (with its KV cache) from the same prompts, in rounds that alternate between the two
 so machine drift hits both alike; the median tokens/s (wall clock, and per CPU second,
 which a shared machine disturbs less) is reported with the ratio anyformer / HF
-(target >= 1.5x), for each model size in :data:`CONFIGS`.
+(target >= 1.5x), for each model size in :data:`CONFIGS`. Beside them runs the *weight
+floor* (:func:`weight_floor`): the model's matrix products alone, which bounds what any
+implementation of the same fp32 model can reach, so the record also says how much time
+per token each generator spends beyond the products.
 
     python benchmarks/generate_throughput.py           # prints a table, writes results/
     python benchmarks/generate_throughput.py --quick   # a tiny smoke run (nothing written)
+    python benchmarks/generate_throughput.py --configs small,reference,gpt2_small
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,13 +137,43 @@ def check_same(model: nn.Module, hf: nn.Module, prompt: torch.Tensor, new: int) 
     return diff
 
 
-#: GPT-2's architecture at two sizes: a small laptop-scale model, where framework overhead
-#: per generated token dominates, and DESIGN.md's reference decoder, where reading the
-#: weights once per token (memory bandwidth) dominates at batch 1.
+#: GPT-2's architecture at three sizes: a small laptop-scale model, where framework
+#: overhead per generated token dominates; DESIGN.md's reference decoder, where reading
+#: the weights once per token (memory bandwidth) is already most of the time at batch 1;
+#: and GPT-2 small itself (124M parameters, its 50,257-token vocabulary), where it is
+#: nearly all of it (not run by default: about three minutes).
 CONFIGS = {
     "small": dict(layers=4, d=128, heads=4, vocab=256),
     "reference": dict(layers=6, d=384, heads=6, vocab=256),
+    "gpt2_small": dict(layers=12, d=768, heads=12, vocab=50257),
 }
+
+
+def weight_floor(model: nn.Module, batch: int) -> Callable[[int], None]:
+    """A generator of ``n`` tokens that does nothing but the model's matrix products: every
+    ``nn.Linear`` once per token, on ``[batch, in]`` inputs, from the weight layout
+    anyformer decodes with (column-major where :func:`column_major_linears` would use it).
+
+    No implementation of the same fp32 model can decode faster than this (it streams each
+    weight once per token and skips attention, norms, activations, caches and sampling),
+    so ``floor tok/s / HF tok/s`` bounds the ratio any implementation could reach.
+    """
+    from anyformer.model.generate import column_major_linears, column_major_weight
+
+    with column_major_linears(model) as changed:
+        pass
+    column = {id(m) for m in changed}
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    weights = [(column_major_weight(m) if id(m) in column else m.weight, m.bias) for m in layers]
+    inputs = [torch.randn(batch, m.in_features) for m in layers]
+
+    def run(n: int) -> None:
+        with torch.inference_mode():
+            for _ in range(n):
+                for x, (w, b) in zip(inputs, weights, strict=True):
+                    F.linear(x, w, b)
+
+    return run
 
 
 def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
@@ -149,9 +185,11 @@ def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cfg["vocab"], (runs["batch"], runs["prompt"]), generator=gen)
     logit_diff = check_same(model, hf, prompt, runs["new"])
+    floor = weight_floor(model, runs["batch"])
     contenders = {
         "anyformer": lambda: model.generate(prompt, runs["new"]),
         "hf_gpt2": lambda: hf_generate(hf, prompt, runs["new"]),
+        "weight_floor": lambda: floor(runs["new"]),
     }
     for fn in contenders.values():  # warm-up
         fn()
@@ -176,6 +214,13 @@ def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
         "rounds_cpu": cpu,
         "ratio_anyformer_vs_hf": median["anyformer"] / median["hf_gpt2"],
         "ratio_cpu_time": median_cpu["anyformer"] / median_cpu["hf_gpt2"],
+        # the most any implementation of this fp32 model could reach against HF here
+        "ratio_floor_vs_hf": median["weight_floor"] / median["hf_gpt2"],
+        # time per token beyond the matrix products, in ms
+        "overhead_ms_per_token": {
+            name: 1e3 * (1 / median[name] - 1 / median["weight_floor"]) * runs["batch"]
+            for name in ("anyformer", "hf_gpt2")
+        },
     }
 
 
@@ -201,15 +246,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {name: measure(cfg, runs) for name, cfg in configs.items()}
     print(f"runs: {runs}, threads {args.threads}, load average {load_before[0]:.1f}")
     print(
-        f"{'model':10s} {'anyformer tok/s':>16s} {'HF tok/s':>10s} {'ratio':>7s} {'ratio (CPU time)':>17s}"
+        f"{'model':10s} {'anyformer tok/s':>16s} {'HF tok/s':>10s} {'ratio':>7s} "
+        f"{'ratio (CPU time)':>17s} {'floor tok/s':>12s} {'floor/HF':>9s} "
+        f"{'overhead ms/tok (ours, HF)':>27s}"
     )
     for name, res in results.items():
-        speed = res["tokens_per_s"]
+        speed, over = res["tokens_per_s"], res["overhead_ms_per_token"]
         print(
             f"{name:10s} {speed['anyformer']:16,.1f} {speed['hf_gpt2']:10,.1f} "
-            f"{res['ratio_anyformer_vs_hf']:6.2f}x {res['ratio_cpu_time']:16.2f}x"
+            f"{res['ratio_anyformer_vs_hf']:6.2f}x {res['ratio_cpu_time']:16.2f}x "
+            f"{speed['weight_floor']:12,.1f} {res['ratio_floor_vs_hf']:8.2f}x "
+            f"{over['anyformer']:13.2f}, {over['hf_gpt2']:.2f}"
         )
-    print("greedy outputs identical in every config (target ratio >= 1.5x)")
+    print(
+        "greedy outputs identical in every config (target ratio >= 1.5x; floor/HF is the "
+        "most any implementation could reach: matrix products only)"
+    )
     import transformers
 
     record = {

@@ -139,9 +139,10 @@ def test_looped_depth_schedule_decodes_with_a_cache() -> None:
 def test_column_major_linears_compute_the_same_and_are_restored() -> None:
     model = _model({"name": "softmax", "kv_heads": 2}, "rope", ffn="glu", vocab_size=100)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    widening = {n for n, m in linears.items() if m.out_features > m.in_features}
+    widening = {n for n, m in linears.items() if m.out_features >= m.in_features}
     assert {"blocks.0.mixer.qkv", "blocks.0.ffn.gate_up", "head"} <= widening  # head: V > d
-    assert "blocks.0.mixer.out" not in widening and "blocks.0.ffn.down" not in widening
+    assert "blocks.0.mixer.out" in widening  # square
+    assert "blocks.0.ffn.down" not in widening  # narrowing
     tokens = torch.randint(0, 100, (3, 9))
     with torch.no_grad():
         plain = model(tokens)
@@ -159,6 +160,23 @@ def test_column_major_linears_compute_the_same_and_are_restored() -> None:
         model(tokens).square().mean().backward()
     qkv = model.blocks[0].mixer.qkv.weight
     assert qkv.grad is not None and qkv.grad.abs().sum() > 0
+
+
+def test_column_major_copies_are_kept_until_the_weight_changes() -> None:
+    model = _model("softmax", "learned", vocab_size=100)
+    qkv = model.blocks[0].mixer.qkv
+    first = gen_module.column_major_weight(qkv)
+    assert gen_module.column_major_weight(qkv) is first  # reused between calls
+    assert first.stride() == (1, qkv.out_features) and torch.equal(first, qkv.weight)
+    tokens = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        qkv.weight.mul_(2.0)  # an in-place update (as an optimizer step) bumps the version
+        fresh = gen_module.column_major_weight(qkv)
+        assert fresh is not first and torch.equal(fresh, qkv.weight)
+        plain = model(tokens)
+        with column_major_linears(model):
+            inside = model(tokens)
+    torch.testing.assert_close(inside, plain, atol=1e-5, rtol=0)
 
 
 def test_column_major_generation_equals_the_plain_layout(

@@ -23,6 +23,21 @@ def test_decoder_returns_next_token_logits_and_ties_embeddings() -> None:
     assert untied.num_params() - model.num_params() == 50 * 32
 
 
+@pytest.mark.parametrize("depth", ["stack", {"name": "looped", "loops": 2}])
+def test_last_only_equals_the_last_position_of_the_full_output(depth: object) -> None:
+    model = build_model({**BASE, "position": "rope", "depth": depth}).eval()
+    x = torch.randint(0, 50, (3, 10))
+    with torch.no_grad():
+        full, last = model(x), model(x, last_only=True)
+        again = model(x)  # the flag does not outlive its call
+    assert last.shape == (3, 1, 50)
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-6, rtol=0)
+    assert torch.equal(again, full)
+    pooled = build_model({**BASE, "kind": "encoder", "head": "classify", "n_outputs": 3})
+    with pytest.raises(ValueError, match="per-position head"):
+        pooled(x, last_only=True)
+
+
 def test_param_count_matches_the_formula() -> None:
     d, v, layers = 32, 50, 2
     model = build_model({**BASE, "bias": True})

@@ -53,7 +53,10 @@ class Cache:
     step to step, e.g. early exit, cannot reuse a cache and is refused with an error).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        #: tokens the cache will hold in all (prompt + new), when known: key/value
+        #: buffers are then allocated once at that size instead of growing by doubling
+        self.capacity = capacity
         self.offset = 0
         self._slots: list[CacheSlot] = []
         self._cursor = 0

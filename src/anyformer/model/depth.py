@@ -96,8 +96,9 @@ class DepthSchedule(nn.Module):
     def run(
         self, blocks: nn.ModuleList, order: list[int], x: torch.Tensor, ctx: Context
     ) -> torch.Tensor:
+        modules = list(blocks)  # indexing a ModuleList costs more than a list, per call
         for i in order:
-            x = blocks[i](x, ctx)
+            x = modules[i](x, ctx)
         return x
 
     def forward(

@@ -142,6 +142,7 @@ class Transformer(nn.Module):
             self.embed = nn.Linear(spec.input_dim, d)
         self.position: PositionScheme = _build(spec.position, spec.dims())
         self.drop: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self._last_only = False  # set by forward(last_only=True) for readout
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
         final = getattr(self.blocks[-1], "final_norm", True)
@@ -184,6 +185,27 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         cache: Cache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
+        the last position alone and the outputs are ``[B, 1, ...]`` (what generation
+        needs: over a long prompt and a large vocabulary the head costs as much as many
+        decoding steps). Only for heads applied per position (not pooled ones)."""
+        if last_only and self.pool is not None:
+            raise ValueError("last_only needs a per-position head; this model pools")
+        self._last_only = last_only
+        try:
+            return self._forward(inputs, padding_mask, positions, segments, cache)
+        finally:
+            self._last_only = False
+
+    def _forward(
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        segments: torch.Tensor | None,
+        cache: Cache | None,
     ) -> torch.Tensor:
         t = inputs.shape[1]
         offset = 0 if cache is None else cache.offset
@@ -221,6 +243,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Final norm, pooling (pooled heads) and head on the last hidden states; a depth
         schedule with several exits passes each exit's own ``norm`` and ``head``."""
+        if self._last_only:
+            x = x[:, -1:]
         x = (self.norm if norm is None else norm)(x)
         if self.pool is not None:
             x = self.pool(x, padding_mask)

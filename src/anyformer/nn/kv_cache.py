@@ -1,8 +1,9 @@
 """Key/value buffers for incremental decoding (pure tensor code).
 
 :class:`KVBuffer` keeps the keys and values of every past token of one attention call,
-``[B, G, n, D]``, with their absolute positions ``[n]``; it grows by doubling so that
-appending one token costs a copy of one token, not of the whole history. With a
+``[B, G, n, D]``, with their absolute positions ``[n]``; it is allocated once at
+the cache's ``capacity`` when that is known, else grows by doubling, so that appending
+one token costs a copy of one token, not of the whole history. With a
 ``window`` it is a rolling buffer of ``window`` slots (token at position p lives in slot
 ``p % window``), so sliding-window attention decodes in constant memory.
 
@@ -19,8 +20,9 @@ import torch
 class KVBuffer:
     """Past keys and values of one attention call, appended to as tokens arrive."""
 
-    def __init__(self, window: int | None = None) -> None:
+    def __init__(self, window: int | None = None, capacity: int | None = None) -> None:
         self.window = window
+        self.capacity = capacity  # first allocation size when known (no window only)
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
@@ -53,9 +55,8 @@ class KVBuffer:
         if self.window is None:
             need = self.length + k.shape[2]
             if self.keys is None or need > self.keys.shape[2]:
-                self._allocate(
-                    k, v, max(need, 2 * (0 if self.keys is None else self.keys.shape[2]))
-                )
+                grown = 2 * self.keys.shape[2] if self.keys is not None else self.capacity or 0
+                self._allocate(k, v, max(need, grown))
             n = self.length
             self.keys[:, :, n:need] = k  # type: ignore[index]
             self.values[:, :, n:need] = v  # type: ignore[index]

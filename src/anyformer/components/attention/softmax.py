@@ -76,7 +76,7 @@ def extend_cache(
         raise ValueError("cached decoding takes unpadded, unpacked rows (no padding_mask/segments)")
     slot = ctx.cache.slot()  # type: ignore[union-attr]
     if slot.state is None:
-        slot.state = KVBuffer(window)
+        slot.state = KVBuffer(window, capacity=ctx.cache.capacity)  # type: ignore[union-attr]
     return slot.state.extend(k, v, ctx.positions)
 
 
