@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def no_dropout(x: torch.Tensor) -> torch.Tensor:
+    """The identity, standing in for ``nn.Dropout(0)``: a plain function call instead of a
+    module call, which matters when decoding one token at a time."""
+    return x
+
+
+def dropout_or_identity(p: float) -> nn.Module | Callable[[torch.Tensor], torch.Tensor]:
+    """``nn.Dropout(p)`` when ``p > 0``, else :func:`no_dropout`."""
+    return nn.Dropout(p) if p > 0 else no_dropout
 
 
 class PositionScheme(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from anyformer.components.base import Context
+from anyformer.components.base import Context, dropout_or_identity
 from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
 
 
@@ -34,15 +34,16 @@ def _is_empty(ffn: nn.Module) -> bool:
 
 
 class Layout(nn.Module):
-    """Base class: holds ``mixer`` and ``ffn`` and the residual dropout (an identity when
-    ``dropout = 0``, which saves a call per branch when decoding token by token)."""
+    """Base class: holds ``mixer`` and ``ffn`` and the residual dropout (a plain identity
+    function when ``dropout = 0``, which saves a module call per branch when decoding
+    token by token)."""
 
     def __init__(self, dims: Dims, parts: BlockParts) -> None:
         super().__init__()
         self.mixer = parts.mixer()
         self.ffn = parts.ffn()
         self.has_ffn = not _is_empty(self.ffn)
-        self.drop: nn.Module = nn.Dropout(dims.dropout) if dims.dropout > 0 else nn.Identity()
+        self.drop = dropout_or_identity(dims.dropout)
 
 
 @register(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anyformer.components.base import Cache, Context, PositionScheme
+from anyformer.components.base import Cache, Context, PositionScheme, dropout_or_identity
 from anyformer.errors import SpecError
 from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
@@ -141,7 +141,7 @@ class Transformer(nn.Module):
                 raise SpecError("model.input_dim is required when model.embed='vectors'")
             self.embed = nn.Linear(spec.input_dim, d)
         self.position: PositionScheme = _build(spec.position, spec.dims())
-        self.drop: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.drop = dropout_or_identity(spec.dropout)
         self._last_only = False  # set by forward(last_only=True) for readout
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
