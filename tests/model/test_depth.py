@@ -95,6 +95,32 @@ def test_looped_injection_is_the_manual_loop() -> None:
     torch.testing.assert_close(model(x), model.head(model.norm(h)), rtol=0, atol=0)
 
 
+def test_looped_loss_window_reads_out_the_last_iterates() -> None:
+    spec = _spec(2, {"name": "looped", "loops": 4, "loss_window": 3})
+    model = build_model(spec)
+    x = _tokens()
+    e = model.embed(x)
+    ctx = _ctx(model, x.shape[1])
+    h, iterates = torch.zeros_like(e), []
+    for _ in range(4):
+        h = h + e
+        for block in model.blocks:
+            h = block(h, ctx)
+        iterates.append(model.head(model.norm(h)))
+    assert model.trains_several_outputs
+    pairs = model.training_outputs(x)
+    assert [w for w, _ in pairs] == pytest.approx([1 / 3] * 3)
+    for (_, out), expected in zip(pairs, iterates[1:], strict=True):
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert model.depth.exit_outputs == []  # the graph is not kept alive
+    model.eval()  # evaluation returns only the final iterate
+    torch.testing.assert_close(model(x), iterates[-1], rtol=0, atol=0)
+    # a window of 1 is the plain single-output training path
+    assert not build_model(_spec(2, {"name": "looped", "loops": 4})).trains_several_outputs
+    with pytest.raises(SpecError, match="loss_window=5 must be <= loops=4"):
+        build_model(_spec(2, {"name": "looped", "loops": 4, "loss_window": 5}))
+
+
 def test_recursive_k1_equals_stack_and_k2_repeats_each_block() -> None:
     rec1 = build_model(_spec(2, {"name": "recursive", "k": 1}))
     stack = build_model(_spec(2))

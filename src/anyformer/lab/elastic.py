@@ -55,7 +55,7 @@ def variants(model: Transformer) -> list[Variant]:
     found: list[Variant] = []
     if hasattr(depth, "eval_loops"):
         found += [Variant(f"loops={t}", {"eval_loops": t}) for t in loop_counts(depth.params.loops)]
-    elif hasattr(depth, "exit_outputs"):
+    elif hasattr(depth, "threshold"):  # early exit
         found += [Variant(f"threshold={t:g}", {"threshold": t}) for t in THRESHOLDS]
     if nested_ffns(model):
         found += [Variant(f"width={w:g}", widths=w) for w in granularities(model)]

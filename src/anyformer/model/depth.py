@@ -78,6 +78,9 @@ class DepthSchedule(nn.Module):
 
     supports_cache = True
     supports_packing = True
+    #: Whether a training forward stores several outputs in ``exit_outputs`` for the
+    #: Trainer to average the loss over (early exits, a looped model's loss window).
+    several_outputs = False
 
     def __init__(self, spec: ModelSpec, params: BaseModel) -> None:
         super().__init__()
@@ -145,24 +148,38 @@ class LoopedParams(BaseModel):
     - ``inject_input``: re-add the embedded input before every iteration
       (``h_0 = 0``, ``h_{t+1} = body(h_t + x)``, as in Yang et al.); False runs
       ``h_0 = x``, ``h_{t+1} = body(h_t)``. With ``loops = 1`` both equal ``stack``.
+    - ``loss_window``: in training, the loss is the mean over the outputs (final norm and
+      head) after each of the last ``loss_window`` iterations, Yang et al.'s window of
+      iterations, which teaches every iterate in it to be an answer; 1 = the last only.
     """
 
     model_config = _frozen()
     loops: int = Field(4, ge=1)
     loops_eval: int | None = Field(None, ge=1)
     inject_input: bool = True
+    loss_window: int = Field(1, ge=1)
 
 
 def _loop(
-    blocks: list[nn.Module], x: torch.Tensor, ctx: Context, loops: int, inject: bool
-) -> torch.Tensor:
+    blocks: list[nn.Module],
+    x: torch.Tensor,
+    ctx: Context,
+    loops: int,
+    inject: bool,
+    keep_last: int = 0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(h_T, [h_{T-keep_last+1}, ..., h_T])``: the iterate after ``loops`` passes of
+    ``blocks`` and the last ``keep_last`` iterates (none when 0)."""
     h = torch.zeros_like(x) if inject else x
-    for _ in range(loops):
+    kept = []
+    for t in range(loops):
         if inject:
             h = h + x
         for block in blocks:
             h = block(h, ctx)
-    return h
+        if t >= loops - keep_last:
+            kept.append(h)
+    return h, kept
 
 
 @register(
@@ -180,8 +197,11 @@ class Looped(DepthSchedule):
     With ``inject_input`` each iteration reads ``h_t + x`` (``x`` the embedded input,
     ``h_0 = 0``), the looped Transformer of Yang et al. (2024) for in-context learning;
     evaluation may run a different number of iterations (``loops_eval``) to test
-    whether more iterations keep refining the answer. Parameters are those of one body;
-    FLOPs are ``loops`` bodies. Per-layer overrides index the body's blocks.
+    whether more iterations keep refining the answer. With ``loss_window = b > 1`` a
+    training forward also reads out the last ``b`` iterates and stores them in
+    :attr:`exit_outputs` (the Trainer averages the loss over them), as Yang et al. train.
+    Parameters are those of one body; FLOPs are ``loops`` bodies (the window's extra
+    readouts are not counted). Per-layer overrides index the body's blocks.
     Not supported: truncated backpropagation through the early iterations, and
     stopping criteria on the iterate (the count is fixed).
     """
@@ -191,6 +211,17 @@ class Looped(DepthSchedule):
     def __init__(self, spec: ModelSpec, params: LoopedParams) -> None:
         super().__init__(spec, params)
         self.eval_loops = params.loops_eval or params.loops
+        self.several_outputs = params.loss_window > 1
+        self.exit_outputs: list[torch.Tensor] = []
+
+    @staticmethod
+    def check_spec(params: LoopedParams, spec: ModelSpec) -> str | None:
+        if params.loss_window > params.loops:
+            return (
+                f"loss_window={params.loss_window} must be <= loops={params.loops} "
+                f"(the window counts the last training iterations)"
+            )
+        return None
 
     def loops(self, training: bool) -> int:
         """Iterations in training, or in evaluation (``eval_loops``, settable at run time)."""
@@ -203,7 +234,11 @@ class Looped(DepthSchedule):
         self, model: Transformer, x: torch.Tensor, ctx: Context, inputs: torch.Tensor
     ) -> torch.Tensor:
         loops = self.loops(self.training)
-        h = _loop(list(model.blocks), x, ctx, loops, self.params.inject_input)
+        window = self.params.loss_window if self.training and self.several_outputs else 0
+        h, kept = _loop(list(model.blocks), x, ctx, loops, self.params.inject_input, window)
+        if window:
+            self.exit_outputs = [model.readout(k, ctx.padding_mask) for k in kept]
+            return self.exit_outputs[-1]
         return model.readout(h, ctx.padding_mask)
 
 
@@ -275,7 +310,7 @@ class AlgoFormer(DepthSchedule):
         pre, loop, post = self.parts()
         x = self.run(model.blocks, pre, x, ctx)
         body = [model.blocks[i] for i in loop]
-        x = _loop(body, x, ctx, self.loops(self.training), self.params.inject_input)
+        x, _ = _loop(body, x, ctx, self.loops(self.training), self.params.inject_input)
         x = self.run(model.blocks, post, x, ctx)
         return model.readout(x, ctx.padding_mask)
 
@@ -388,6 +423,7 @@ class EarlyExit(DepthSchedule):
 
     params: EarlyExitParams
     supports_cache = False
+    several_outputs = True
 
     def __init__(self, spec: ModelSpec, params: EarlyExitParams) -> None:
         super().__init__(spec, params)

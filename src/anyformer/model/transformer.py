@@ -252,11 +252,11 @@ class Transformer(nn.Module):
 
     @property
     def trains_several_outputs(self) -> bool:
-        """Whether training uses :meth:`training_outputs` (early exits or nested widths)
-        rather than the single output of :meth:`forward`."""
+        """Whether training uses :meth:`training_outputs` (early exits, a looped loss
+        window or nested widths) rather than the single output of :meth:`forward`."""
         from anyformer.model.elastic import nested_ffns
 
-        return hasattr(self.depth, "exit_outputs") or bool(nested_ffns(self))
+        return self.depth.several_outputs or bool(nested_ffns(self))
 
     def training_outputs(
         self,
@@ -269,7 +269,8 @@ class Transformer(nn.Module):
     ) -> list[tuple[float, torch.Tensor]]:
         """``[(weight, outputs), ...]``: the Trainer minimises the weighted sum of the
         objective over these. One ``(1.0, self(inputs))`` for most models; an
-        ``early_exit`` depth gives every exit weight ``1 / n_exits``; nested MatFormer FFNs
+        ``early_exit`` depth gives every exit weight ``1 / n_exits`` (a ``looped`` loss
+        window every iterate in it, ``1 / loss_window``); nested MatFormer FFNs
         give each trained width its own forward (all of them, or one sampled by ``step``).
         ``positions`` and ``segments`` (packed rows) are passed to every forward."""
         from anyformer.model.elastic import training_widths, widths_set
@@ -278,8 +279,9 @@ class Transformer(nn.Module):
         for weight, widths in training_widths(self, step):
             with widths_set(self, widths):
                 out = self(inputs, padding_mask, positions=positions, segments=segments)
-            exits = list(getattr(self.depth, "exit_outputs", None) or [out])
-            if hasattr(self.depth, "exit_outputs"):
+            exits = [out]
+            if self.depth.several_outputs:
+                exits = list(self.depth.exit_outputs) or exits
                 self.depth.exit_outputs = []  # do not keep the graph alive
             pairs += [(weight / len(exits), o) for o in exits]
         return pairs
