@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def write_finding_report(rep: Reproduction) -> Path:
             "",
             f"## Experiment `{key}`",
             "",
-            (rep.finding.__doc__ or "").strip().split("\n\n")[0],
+            inspect.cleandoc(rep.finding.__doc__ or "").split("\n\n")[0],
             "",
         ]
         lines += table_markdown(result)
