@@ -47,11 +47,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, torch_generator
 from anyformer.tasks.icl_common import (
-    EVAL_BATCH_PROMPTS,
     PerK,
+    check_eval_request,
+    check_ood_points,
+    eval_batches,
+    examples_curve,
     interleave_pairs,
-    make_curve,
+    linear_prompts,
+    ood_prompt_length,
     pair_tokens,
+    scalar_output,
+    stored_baselines,
+    vector_io,
 )
 
 GARG = Paper(
@@ -195,16 +202,9 @@ class ICLRegressionParams(BaseModel):
     @field_validator("ood_points")
     @classmethod
     def _ood_points(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        ood = info.data.get("ood")
-        if ood is not None and ood != "length":
-            raise ValueError(f"ood_points={v} applies only with ood='length' (ood='{ood}')")
         dims, n = info.data.get("dims"), info.data.get("n_points")
         k = n if n is not None else (2 * dims + 1 if dims is not None else None)
-        if k is not None and v <= k:
-            raise ValueError(f"ood_points={v} must be > n_points={k} (OOD prompts are longer)")
-        return v
+        return check_ood_points(v, info.data.get("ood"), k)
 
     @field_validator("ood_scale")
     @classmethod
@@ -223,9 +223,7 @@ class ICLRegressionParams(BaseModel):
     @property
     def ood_length(self) -> int:
         """Pairs per ``ood`` prompt."""
-        if self.ood != "length":
-            return self.points
-        return self.ood_points if self.ood_points is not None else 2 * self.points
+        return ood_prompt_length(self.ood, self.ood_points, self.points)
 
     @property
     def shift_scale(self) -> float:
@@ -286,12 +284,7 @@ class ICLLinearRegression(Task):
 
     def model_io(self) -> dict[str, Any]:
         d = self.params.dims
-        return {
-            "embed": "vectors",
-            "input_dim": 2 * d + 1 if self.paired else d + 1,
-            "head": "token_regress",
-            "n_outputs": 1,
-        }
+        return vector_io(2 * d + 1 if self.paired else d + 1)
 
     def max_seq_len(self) -> int:
         k = max(self.params.points, self.params.ood_length)
@@ -307,12 +300,8 @@ class ICLLinearRegression(Task):
         w_scale: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` prompts of ``k`` pairs: ``xs`` ``[n, k, d]`` and ``ys`` ``[n, k]``."""
-        d = self.params.dims
-        w = torch.randn(n, d, generator=gen) * w_scale
-        xs = torch.randn(n, k, d, generator=gen) * x_scale
-        eps = torch.randn(n, k, generator=gen)
-        ys = (xs @ w.unsqueeze(-1))[..., 0] + self.params.noise * eps
-        return xs, ys
+        p = self.params
+        return linear_prompts(gen, n, k, p.dims, p.noise, x_scale=x_scale, w_scale=w_scale)
 
     def make_batch(self, xs: torch.Tensor, ys: torch.Tensor) -> Batch:
         """Lay out prompts as ``params.tokens`` says (see the module docstring)."""
@@ -337,10 +326,7 @@ class ICLLinearRegression(Task):
         return self.make_batch(*self.sample(gen, batch_size, self.params.points))
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
-        if size < 1:
-            raise ValueError(f"eval size={size} must be >= 1")
-        if split not in self.splits:
-            raise ValueError(f"unknown split '{split}' (valid: {', '.join(self.splits)})")
+        check_eval_request(self.splits, split, size)
         p = self.params
         gen = torch_generator(self.seed, SPLIT_IDS[split])
         if split == "ood":
@@ -353,15 +339,11 @@ class ICLLinearRegression(Task):
             )
         else:
             xs, ys = self.sample(gen, size, p.points)
-        batches = []
-        for start in range(0, size, EVAL_BATCH_PROMPTS):
-            bx, by = xs[start : start + EVAL_BATCH_PROMPTS], ys[start : start + EVAL_BATCH_PROMPTS]
-            batch = self.make_batch(bx, by)
-            batch.extras.update(
-                {f"baseline_{k}": v.float() for k, v in self.baselines(bx, by).items()}
-            )
-            batches.append(batch)
-        return batches
+        return eval_batches(
+            {"xs": xs, "ys": ys},
+            lambda part: self.make_batch(part["xs"], part["ys"]),
+            lambda part: self.baselines(part["xs"], part["ys"]),
+        )
 
     def baselines(self, xs: torch.Tensor, ys: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: [B, k]}``: each baseline's prediction of every ``y_i`` (in float64)."""
@@ -387,12 +369,11 @@ class ICLLinearRegression(Task):
         d = self.params.dims
         acc = PerK()
         for out, batch in zip(outputs, batches):
-            pred = self.queries(out[..., 0] if out.dim() == 3 else out).double().cpu()
+            pred = self.queries(scalar_output(out)).double().cpu()
             xs, ys = self.pairs_of(batch)
             y = ys.double().cpu()
-            if all(f"baseline_{n}" in batch.extras for n in BASELINES):
-                base = {n: batch.extras[f"baseline_{n}"].double().cpu() for n in BASELINES}
-            else:
+            base = stored_baselines(batch)
+            if not all(n in base for n in BASELINES):
                 base = self.baselines(xs, ys)
             acc.add("model", (pred - y) ** 2 / d)
             for name in BASELINES:
@@ -405,17 +386,15 @@ class ICLLinearRegression(Task):
         ls_posed = acc.mean_over("least_squares", posed)
         relative = model_posed / ls_posed if posed and ls_posed > 1e-8 else None
         return {
-            "mse": acc.mean("model"),
-            "by_k": by_k["model"],
+            **acc.summary("model", "mse"),
             "baselines": {
                 n: {
-                    "mse": acc.mean(n),
-                    "by_k": by_k[n],
+                    **acc.summary(n, "mse"),
                     "gap": acc.mean(f"gap_{n}"),
                     "gap_by_k": acc.by_k(f"gap_{n}"),
                 }
                 for n in BASELINES
             },
             "relative_to_least_squares": relative,
-            "curve": make_curve("in-context examples", "mse", by_k, shift=-1),
+            "curve": examples_curve("mse", by_k),
         }

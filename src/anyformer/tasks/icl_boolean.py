@@ -69,10 +69,15 @@ from anyformer.tasks.base import Batch
 from anyformer.tasks.icl_common import (
     PerK,
     PromptTask,
+    check_ood_points,
+    examples_curve,
     exclusive_cumany,
     exclusive_cumsum,
     interleave_pairs,
-    make_curve,
+    ood_prompt_length,
+    scalar_output,
+    split_pairs,
+    vector_io,
 )
 
 BHATTAMISHRA = Paper(
@@ -257,15 +262,7 @@ class ICLBooleanParams(BaseModel):
     @field_validator("ood_points")
     @classmethod
     def _ood_points(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        ood = info.data.get("ood")
-        if ood is not None and ood != "length":
-            raise ValueError(f"ood_points={v} applies only with ood='length' (ood='{ood}')")
-        k = info.data.get("n_points")
-        if k is not None and v <= k:
-            raise ValueError(f"ood_points={v} must be > n_points={k} (OOD prompts are longer)")
-        return v
+        return check_ood_points(v, info.data.get("ood"), info.data.get("n_points"))
 
     @field_validator("ood_bias")
     @classmethod
@@ -292,9 +289,7 @@ class ICLBooleanParams(BaseModel):
     @property
     def ood_length(self) -> int:
         """Examples per ``ood`` prompt."""
-        if self.ood != "length":
-            return self.n_points
-        return self.ood_points if self.ood_points is not None else 2 * self.n_points
+        return ood_prompt_length(self.ood, self.ood_points, self.n_points)
 
     @property
     def shift_bias(self) -> float:
@@ -329,12 +324,7 @@ class ICLBoolean(PromptTask):
     params: ICLBooleanParams
 
     def model_io(self) -> dict[str, Any]:
-        return {
-            "embed": "vectors",
-            "input_dim": self.params.n_bits + 1,
-            "head": "token_regress",
-            "n_outputs": 1,
-        }
+        return vector_io(self.params.n_bits + 1)
 
     def max_seq_len(self) -> int:
         return 2 * max(self.params.n_points, self.params.ood_length)
@@ -386,8 +376,8 @@ class ICLBoolean(PromptTask):
         return batch
 
     def unpack(self, batch: Batch) -> dict[str, torch.Tensor]:
-        n = self.params.n_bits
-        data = {"bits": batch.inputs[:, 0::2, :n] > 0.5, "labels": batch.targets[:, 0::2]}
+        xs, labels = split_pairs(batch, self.params.n_bits)
+        data = {"bits": xs > 0.5, "labels": labels}
         data.update({k: v for k, v in batch.extras.items() if k in ("relevant", "negated")})
         return data
 
@@ -412,19 +402,15 @@ class ICLBoolean(PromptTask):
         acc = PerK()
         names = ("model", *self.baseline_names)
         for out, batch in zip(outputs, batches):
-            pred = out[..., 0] if out.dim() == 3 else out
             y = batch.targets[:, 0::2].cpu() > 0
-            preds = {"model": pred[:, 0::2].cpu(), **self.baselines_of(batch)}
+            preds = {"model": scalar_output(out)[:, 0::2].cpu(), **self.baselines_of(batch)}
             for name in names:
                 acc.add(name, ((preds[name] > 0) == y).double())
         by_k = {n: acc.by_k(n) for n in names}
         gaps = [by_k[self.optimal][k] - v for k, v in by_k["model"].items()]
         return {
-            "accuracy": acc.mean("model"),
-            "by_k": by_k["model"],
-            "baselines": {
-                n: {"accuracy": acc.mean(n), "by_k": by_k[n]} for n in self.baseline_names
-            },
+            **acc.summary("model", "accuracy"),
+            "baselines": {n: acc.summary(n, "accuracy") for n in self.baseline_names},
             "gap_to_optimal": sum(gaps) / len(gaps),
-            "curve": make_curve("in-context examples", "accuracy", by_k, shift=-1),
+            "curve": examples_curve("accuracy", by_k),
         }

@@ -1,9 +1,17 @@
 """Shared machinery of the in-context-learning tasks.
 
 - :func:`interleave_pairs`: the ``[x, 0]`` / ``[0, y]`` token layout of a prompt of
-  ``(x_i, y_i)`` pairs, with the target ``y_i`` at the position of ``x_i``;
+  ``(x_i, y_i)`` pairs, with the target ``y_i`` at the position of ``x_i``, and
+  :func:`split_pairs`, its inverse;
 - :func:`pair_tokens`: the paired layout, one token per query, ``[x_i, x_{i-1}, y_{i-1}]``
   (the query and the previous completed pair), with the target ``y_i`` at token ``i``;
+- :func:`linear_prompts`: prompts of one random noisy linear function each;
+- :func:`check_ood_points` and :func:`ood_prompt_length`: the ``ood_points`` parameter
+  of the tasks whose ``ood`` split may shift the prompt length;
+- :func:`vector_io`, :func:`scalar_output`: the model fields of a prompt task (real
+  vector tokens, a per-token regression head) and the prediction of a one-output model;
+- :func:`check_eval_request`, :func:`eval_batches` and :func:`stored_baselines`: the
+  evaluation sets, cut into batches that carry each baseline's predictions;
 - :class:`PromptTask`: the driver every prompt task shares. A subclass says how to draw
   prompts (:meth:`PromptTask.sample`), lay them out (:meth:`PromptTask.to_batch`),
   read them back from a batch (:meth:`PromptTask.unpack`) and predict with its
@@ -11,7 +19,8 @@
   ``(seed, step)`` and evaluation sets carry every baseline's predictions on the same
   prompts in ``Batch.extras`` as ``baseline_<name>``;
 - :class:`PerK`: running means of a per-position quantity (error, accuracy, NLL) for
-  several series, indexed by position, for the ``by_k`` metrics and the curves;
+  several series, indexed by position, for the ``by_k`` metrics and the curves
+  (:func:`make_curve`, :func:`examples_curve`);
 - :func:`gaussian_predictive` and :func:`mixture_predictive`: the exact Bayesian
   posterior predictive of a linear-Gaussian model (``y = w . phi(x) + noise``,
   ``w ~ N(0, prior_var I)``) at every prefix of a prompt, and of a finite mixture of
@@ -21,6 +30,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -48,6 +58,37 @@ def interleave_pairs(xs: torch.Tensor, ys: torch.Tensor) -> Batch:
     loss_mask = torch.zeros(n, 2 * k, dtype=torch.bool)
     loss_mask[:, 0::2] = True
     return Batch(inputs=inputs, targets=targets, loss_mask=loss_mask)
+
+
+def split_pairs(batch: Batch, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts of a batch laid out by :func:`interleave_pairs` (its inverse).
+
+    Returns ``xs`` ``[n, k, d]`` (the first ``d`` channels of the x-tokens) and ``ys``
+    ``[n, k]`` (the targets at the x-tokens).
+    """
+    return batch.inputs[:, 0::2, :d], batch.targets[:, 0::2]
+
+
+def linear_prompts(
+    gen: torch.Generator,
+    n: int,
+    k: int,
+    d: int,
+    noise: float | torch.Tensor,
+    x_scale: float = 1.0,
+    w_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` prompts of ``k`` pairs of one random noisy linear function each.
+
+    Draws, in this order from ``gen``, ``w ~ N(0, w_scale^2 I_d)`` ``[n, d]``,
+    ``x_i ~ N(0, x_scale^2 I_d)`` and ``eps_i ~ N(0, 1)``, and returns ``xs``
+    ``[n, k, d]`` and ``ys = w . x_i + noise * eps_i`` ``[n, k]``; ``noise`` is a float
+    or a per-prompt ``[n, 1]`` tensor of noise standard deviations.
+    """
+    w = torch.randn(n, d, generator=gen) * w_scale
+    xs = torch.randn(n, k, d, generator=gen) * x_scale
+    eps = torch.randn(n, k, generator=gen)
+    return xs, (xs @ w.unsqueeze(-1))[..., 0] + noise * eps
 
 
 def pair_tokens(
@@ -137,6 +178,10 @@ class PerK:
         ]
         return sum(vals) / len(vals) if vals else math.nan
 
+    def summary(self, name: str, metric: str) -> dict[str, Any]:
+        """``{metric: mean, "by_k": by_k}`` of series ``name`` (see :meth:`mean`, :meth:`by_k`)."""
+        return {metric: self.mean(name), "by_k": self.by_k(name)}
+
     def size(self, name: str) -> int:
         """Number of positions seen for ``name``."""
         return int(self._sums[name].shape[0])
@@ -154,6 +199,13 @@ def make_curve(
         "y": y_label,
         "series": {n: {str(int(k) + shift): v for k, v in s.items()} for n, s in series.items()},
     }
+
+
+def examples_curve(y_label: str, series: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A ``curve`` of ``y_label`` against the number of in-context examples: ``series``
+    holds ``by_k`` values keyed by the example index ``k``, predicted from ``k - 1``
+    earlier examples, so each key moves down by one."""
+    return make_curve("in-context examples", y_label, series, shift=-1)
 
 
 # --------------------------------------------------------------------------- Bayes
@@ -222,6 +274,94 @@ def mixture_predictive(
     return {"mean": mean, "var": var.clamp_min(1e-300), "nll": nll, "weights": w}
 
 
+# --------------------------------------------------------------------------- params
+def check_ood_points(
+    value: int | None, ood: str | None, points: int | None, unit: str = "prompts"
+) -> int | None:
+    """Validate ``ood_points``, the length of the ``ood`` prompts, and return it.
+
+    ``ood`` is the shift the split applies and ``points`` the training length (either
+    None when not known, e.g. when its own field failed validation); ``unit`` names
+    the prompts in the message. ``ood_points`` applies only with ``ood='length'`` and
+    must exceed ``points``; raises :class:`ValueError` otherwise.
+    """
+    if value is None:
+        return value
+    if ood is not None and ood != "length":
+        raise ValueError(f"ood_points={value} applies only with ood='length' (ood='{ood}')")
+    if points is not None and value <= points:
+        raise ValueError(f"ood_points={value} must be > n_points={points} (OOD {unit} are longer)")
+    return value
+
+
+def ood_prompt_length(ood: str, ood_points: int | None, points: int) -> int:
+    """The length of the ``ood`` prompts: ``points`` (the training length) unless the
+    split shifts ``length``, then ``ood_points``, by default ``2 * points``."""
+    if ood != "length":
+        return points
+    return ood_points if ood_points is not None else 2 * points
+
+
+# --------------------------------------------------------------------------- model io
+def vector_io(input_dim: int, n_outputs: int = 1) -> dict[str, Any]:
+    """The ``model_io`` of a task with real-vector tokens of size ``input_dim`` and a
+    per-token regression head of ``n_outputs`` channels."""
+    return {
+        "embed": "vectors",
+        "input_dim": input_dim,
+        "head": "token_regress",
+        "n_outputs": n_outputs,
+    }
+
+
+def scalar_output(out: torch.Tensor) -> torch.Tensor:
+    """The prediction ``[B, T]`` of a one-output model: channel 0 of ``[B, T, 1]``
+    outputs, or ``out`` itself when it is already ``[B, T]``."""
+    return out[..., 0] if out.dim() == 3 else out
+
+
+# --------------------------------------------------------------------------- eval sets
+def check_eval_request(splits: tuple[str, ...], split: str, size: int) -> None:
+    """Raise :class:`ValueError` unless ``size >= 1`` and ``split`` is one of ``splits``."""
+    if size < 1:
+        raise ValueError(f"eval size={size} must be >= 1")
+    if split not in splits:
+        raise ValueError(f"unknown split '{split}' (valid: {', '.join(splits)})")
+
+
+def eval_batches(
+    data: dict[str, torch.Tensor],
+    to_batch: Callable[[dict[str, torch.Tensor]], Batch],
+    baselines: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+) -> list[Batch]:
+    """An evaluation set of the prompts ``data`` (tensors sharing the leading prompt
+    dimension), cut into batches of at most :data:`EVAL_BATCH_PROMPTS` prompts.
+
+    Each part is laid out by ``to_batch``, and each baseline's output on it (from
+    ``baselines``, ``{name: tensor}``) is stored in ``extras`` as ``baseline_<name>``
+    (float32), so that scoring compares the model with the baselines on the same
+    prompts without recomputing them.
+    """
+    size = next(iter(data.values())).shape[0]
+    batches = []
+    for start in range(0, size, EVAL_BATCH_PROMPTS):
+        part = {k: v[start : start + EVAL_BATCH_PROMPTS] for k, v in data.items()}
+        batch = to_batch(part)
+        batch.extras.update({f"baseline_{k}": v.float() for k, v in baselines(part).items()})
+        batches.append(batch)
+    return batches
+
+
+def stored_baselines(batch: Batch) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` (float64, on the CPU) of the ``baseline_<name>`` entries of
+    ``batch.extras`` (empty when the batch carries none)."""
+    return {
+        k.removeprefix("baseline_"): v.double().cpu()
+        for k, v in batch.extras.items()
+        if k.startswith("baseline_")
+    }
+
+
 # --------------------------------------------------------------------------- driver
 class PromptTask(Task):
     """A task of random prompts scored beside baselines computed on the same prompts.
@@ -257,28 +397,13 @@ class PromptTask(Task):
         return self.to_batch(self.sample(gen, batch_size, "train"))
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
-        if size < 1:
-            raise ValueError(f"eval size={size} must be >= 1")
-        if split not in self.splits:
-            raise ValueError(f"unknown split '{split}' (valid: {', '.join(self.splits)})")
+        check_eval_request(self.splits, split, size)
         data = self.sample(torch_generator(self.seed, SPLIT_IDS[split]), size, split)
-        batches = []
-        for start in range(0, size, EVAL_BATCH_PROMPTS):
-            part = {k: v[start : start + EVAL_BATCH_PROMPTS] for k, v in data.items()}
-            batch = self.to_batch(part)
-            batch.extras.update(
-                {f"baseline_{k}": v.float() for k, v in self.baselines(part).items()}
-            )
-            batches.append(batch)
-        return batches
+        return eval_batches(data, self.to_batch, self.baselines)
 
     def baselines_of(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The baselines stored in ``batch.extras``, or computed now when absent (float64)."""
-        stored = {
-            k.removeprefix("baseline_"): v.double().cpu()
-            for k, v in batch.extras.items()
-            if k.startswith("baseline_")
-        }
+        stored = stored_baselines(batch)
         if stored:
             return stored
         return {k: v.double().cpu() for k, v in self.baselines(self.unpack(batch)).items()}

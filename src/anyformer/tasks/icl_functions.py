@@ -56,10 +56,15 @@ from anyformer.tasks.base import Batch
 from anyformer.tasks.icl_common import (
     PerK,
     PromptTask,
+    check_ood_points,
+    examples_curve,
     gaussian_predictive,
     interleave_pairs,
-    make_curve,
     mixture_predictive,
+    ood_prompt_length,
+    scalar_output,
+    split_pairs,
+    vector_io,
 )
 
 YADLOWSKY = Paper(
@@ -128,16 +133,9 @@ class ICLMixtureParams(BaseModel):
     @field_validator("ood_points")
     @classmethod
     def _ood_points(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        ood = info.data.get("ood")
-        if ood is not None and ood != "length":
-            raise ValueError(f"ood_points={v} applies only with ood='length' (ood='{ood}')")
         dims, n = info.data.get("dims"), info.data.get("n_points")
         k = n if n is not None else (4 * dims + 1 if dims is not None else None)
-        if k is not None and v <= k:
-            raise ValueError(f"ood_points={v} must be > n_points={k} (OOD prompts are longer)")
-        return v
+        return check_ood_points(v, info.data.get("ood"), k)
 
     @property
     def points(self) -> int:
@@ -145,9 +143,7 @@ class ICLMixtureParams(BaseModel):
 
     @property
     def ood_length(self) -> int:
-        if self.ood != "length":
-            return self.points
-        return self.ood_points if self.ood_points is not None else 2 * self.points
+        return ood_prompt_length(self.ood, self.ood_points, self.points)
 
 
 @register(
@@ -173,12 +169,7 @@ class ICLMixture(PromptTask):
     params: ICLMixtureParams
 
     def model_io(self) -> dict[str, Any]:
-        return {
-            "embed": "vectors",
-            "input_dim": self.params.dims + 1,
-            "head": "token_regress",
-            "n_outputs": 1,
-        }
+        return vector_io(self.params.dims + 1)
 
     def max_seq_len(self) -> int:
         return 2 * max(self.params.points, self.params.ood_length)
@@ -210,12 +201,8 @@ class ICLMixture(PromptTask):
         return batch
 
     def unpack(self, batch: Batch) -> dict[str, torch.Tensor]:
-        d = self.params.dims
-        return {
-            "xs": batch.inputs[:, 0::2, :d],
-            "ys": batch.targets[:, 0::2],
-            "family": batch.extras["family"],
-        }
+        xs, ys = split_pairs(batch, self.params.dims)
+        return {"xs": xs, "ys": ys, "family": batch.extras["family"]}
 
     def baselines(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{name: [B, k]}`` posterior means (float64), in ``BASELINES`` order."""
@@ -241,10 +228,9 @@ class ICLMixture(PromptTask):
         fam = PerK()
         present: set[int] = set()
         for out, batch in zip(outputs, batches):
-            pred = out[..., 0] if out.dim() == 3 else out
             y = batch.targets[:, 0::2].double().cpu()
             family = batch.extras["family"].cpu()
-            preds = {"model": pred[:, 0::2].cpu(), **self.baselines_of(batch)}
+            preds = {"model": scalar_output(out)[:, 0::2].cpu(), **self.baselines_of(batch)}
             present.update(int(f) for f in family.unique())
             for name in names:
                 err = (preds[name].double() - y) ** 2 / d
@@ -253,23 +239,17 @@ class ICLMixture(PromptTask):
                     rows = (family == f).unsqueeze(-1).expand_as(err)
                     fam.add(f"{FAMILIES[f]}/{name}", err, rows)
 
-        def summary(acc: PerK, key: str) -> dict[str, Any]:
-            return {"mse": acc.mean(key), "by_k": acc.by_k(key)}
-
         by_family = {}
         for f in sorted(present):
             fname = FAMILIES[f]
-            model = summary(fam, f"{fname}/model")
-            model["baselines"] = {n: summary(fam, f"{fname}/{n}") for n in BASELINES}
+            model = fam.summary(f"{fname}/model", "mse")
+            model["baselines"] = {n: fam.summary(f"{fname}/{n}", "mse") for n in BASELINES}
             by_family[fname] = model
         bayes = total.mean("bayes")
         return {
-            "mse": total.mean("model"),
-            "by_k": total.by_k("model"),
-            "baselines": {n: summary(total, n) for n in BASELINES},
+            **total.summary("model", "mse"),
+            "baselines": {n: total.summary(n, "mse") for n in BASELINES},
             "by_family": by_family,
             "relative_to_bayes": total.mean("model") / bayes if bayes > 1e-12 else None,
-            "curve": make_curve(
-                "in-context examples", "mse", {n: total.by_k(n) for n in names}, shift=-1
-            ),
+            "curve": examples_curve("mse", {n: total.by_k(n) for n in names}),
         }

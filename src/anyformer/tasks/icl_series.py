@@ -74,7 +74,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch
 from anyformer.tasks.icl import least_squares_predict
-from anyformer.tasks.icl_common import PerK, PromptTask, make_curve, pair_tokens
+from anyformer.tasks.icl_common import (
+    PerK,
+    PromptTask,
+    check_ood_points,
+    make_curve,
+    ood_prompt_length,
+    pair_tokens,
+    scalar_output,
+    vector_io,
+)
 
 TSF_ICL = Paper(
     "Why Do Transformers Fail to Forecast Time Series In-Context?",
@@ -225,15 +234,7 @@ class ICLARParams(BaseModel):
     @field_validator("ood_points")
     @classmethod
     def _ood_points(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        ood = info.data.get("ood")
-        if ood is not None and ood != "length":
-            raise ValueError(f"ood_points={v} applies only with ood='length' (ood='{ood}')")
-        k = info.data.get("n_points")
-        if k is not None and v <= k:
-            raise ValueError(f"ood_points={v} must be > n_points={k} (OOD series are longer)")
-        return v
+        return check_ood_points(v, info.data.get("ood"), info.data.get("n_points"), "series")
 
     @field_validator("ood_root_max")
     @classmethod
@@ -249,9 +250,7 @@ class ICLARParams(BaseModel):
 
     @property
     def ood_length(self) -> int:
-        if self.ood != "length":
-            return self.n_points
-        return self.ood_points if self.ood_points is not None else 2 * self.n_points
+        return ood_prompt_length(self.ood, self.ood_points, self.n_points)
 
     @property
     def ood_roots(self) -> tuple[float, float]:
@@ -296,8 +295,7 @@ class ICLAR(PromptTask):
 
     def model_io(self) -> dict[str, Any]:
         p = self.params
-        dim = 2 * p.order + 1 if p.tokens == "paired" else 1
-        return {"embed": "vectors", "input_dim": dim, "head": "token_regress", "n_outputs": 1}
+        return vector_io(2 * p.order + 1 if p.tokens == "paired" else 1)
 
     def max_seq_len(self) -> int:
         return max(self.params.n_points, self.params.ood_length)
@@ -369,7 +367,7 @@ class ICLAR(PromptTask):
         names = ("model", *BASELINES)
         acc = PerK()
         for out, batch in zip(outputs, batches):
-            pred = (out[..., 0] if out.dim() == 3 else out).cpu()
+            pred = scalar_output(out).cpu()
             y = batch.targets.double().cpu()
             mask = batch.loss_mask.cpu()
             preds = {"model": pred, **self.baselines_of(batch)}
@@ -381,9 +379,8 @@ class ICLAR(PromptTask):
         oracle = acc.mean("oracle")
         by_k = {n: acc.by_k(n) for n in names}
         return {
-            "mse": acc.mean("model"),
-            "by_k": by_k["model"],
-            "baselines": {n: {"mse": acc.mean(n), "by_k": by_k[n]} for n in BASELINES},
+            **acc.summary("model", "mse"),
+            "baselines": {n: acc.summary(n, "mse") for n in BASELINES},
             "relative_to_least_squares": (
                 model_posed / ls_posed if math.isfinite(ls_posed) and ls_posed > 0 else None
             ),

@@ -56,11 +56,16 @@ from anyformer.tasks.base import Batch
 from anyformer.tasks.icl_common import (
     PerK,
     PromptTask,
+    check_ood_points,
+    examples_curve,
     gaussian_nll,
     gaussian_predictive,
     interleave_pairs,
-    make_curve,
+    linear_prompts,
     mixture_predictive,
+    ood_prompt_length,
+    split_pairs,
+    vector_io,
 )
 
 LIU = Paper(
@@ -124,16 +129,9 @@ class ICLUncertaintyParams(BaseModel):
     @field_validator("ood_points")
     @classmethod
     def _ood_points(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        ood = info.data.get("ood")
-        if ood is not None and ood != "length":
-            raise ValueError(f"ood_points={v} applies only with ood='length' (ood='{ood}')")
         dims, n = info.data.get("dims"), info.data.get("n_points")
         k = n if n is not None else (2 * dims + 1 if dims is not None else None)
-        if k is not None and v <= k:
-            raise ValueError(f"ood_points={v} must be > n_points={k} (OOD prompts are longer)")
-        return v
+        return check_ood_points(v, info.data.get("ood"), k)
 
     @field_validator("ood_scale")
     @classmethod
@@ -148,9 +146,7 @@ class ICLUncertaintyParams(BaseModel):
 
     @property
     def ood_length(self) -> int:
-        if self.ood != "length":
-            return self.points
-        return self.ood_points if self.ood_points is not None else 2 * self.points
+        return ood_prompt_length(self.ood, self.ood_points, self.points)
 
     @property
     def ood_levels(self) -> tuple[float, ...]:
@@ -189,12 +185,7 @@ class ICLUncertainty(PromptTask):
     params: ICLUncertaintyParams
 
     def model_io(self) -> dict[str, Any]:
-        return {
-            "embed": "vectors",
-            "input_dim": self.params.dims + 1,
-            "head": "token_regress",
-            "n_outputs": 2,
-        }
+        return vector_io(self.params.dims + 1, n_outputs=2)
 
     def max_seq_len(self) -> int:
         return 2 * max(self.params.points, self.params.ood_length)
@@ -202,15 +193,12 @@ class ICLUncertainty(PromptTask):
     # ------------------------------------------------------------ data
     def sample(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         p = self.params
-        d = p.dims
         ood = split == "ood"
         k = p.ood_length if ood else p.points
         levels = torch.tensor(p.ood_levels if ood else p.noise_levels)
         sigma = levels[torch.randint(len(levels), (n,), generator=gen)]
-        w = torch.randn(n, d, generator=gen) * (p.w_scale if ood else 1.0)
-        xs = torch.randn(n, k, d, generator=gen)
-        eps = torch.randn(n, k, generator=gen)
-        ys = (xs @ w.unsqueeze(-1))[..., 0] + sigma.unsqueeze(-1) * eps
+        w_scale = p.w_scale if ood else 1.0
+        xs, ys = linear_prompts(gen, n, k, p.dims, sigma.unsqueeze(-1), w_scale=w_scale)
         return {"xs": xs, "ys": ys, "sigma": sigma}
 
     def to_batch(self, data: dict[str, torch.Tensor]) -> Batch:
@@ -219,12 +207,8 @@ class ICLUncertainty(PromptTask):
         return batch
 
     def unpack(self, batch: Batch) -> dict[str, torch.Tensor]:
-        d = self.params.dims
-        return {
-            "xs": batch.inputs[:, 0::2, :d],
-            "ys": batch.targets[:, 0::2],
-            "sigma": batch.extras["sigma"],
-        }
+        xs, ys = split_pairs(batch, self.params.dims)
+        return {"xs": xs, "ys": ys, "sigma": batch.extras["sigma"]}
 
     def baselines(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{f"{name}_{mean|var|nll}": [B, k]}`` for every baseline (float64)."""
@@ -283,7 +267,5 @@ class ICLUncertainty(PromptTask):
             **results["model"],
             "baselines": {n: results[n] for n in BASELINES},
             "nll_gap_to_bayes": results["model"]["nll"] - results["bayes"]["nll"],
-            "curve": make_curve(
-                "in-context examples", "nll", {n: results[n]["by_k"] for n in names}, shift=-1
-            ),
+            "curve": examples_curve("nll", {n: results[n]["by_k"] for n in names}),
         }
