@@ -21,10 +21,7 @@ per token each generator spends beyond the products.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from anyformer.training.throughput import benchmark_environment, save_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -242,9 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         configs = {"tiny": dict(layers=2, d=64, heads=4, vocab=128)}
         runs = dict(batch=2, prompt=8, new=8, rounds=1)
-    load_before = os.getloadavg()
+    env = benchmark_environment(args.threads, ("transformers",))  # load average before
     results = {name: measure(cfg, runs) for name, cfg in configs.items()}
-    print(f"runs: {runs}, threads {args.threads}, load average {load_before[0]:.1f}")
+    print(f"runs: {runs}, threads {args.threads}, load average {env['machine']['loadavg'][0]:.1f}")
     print(
         f"{'model':10s} {'anyformer tok/s':>16s} {'HF tok/s':>10s} {'ratio':>7s} "
         f"{'ratio (CPU time)':>17s} {'floor tok/s':>12s} {'floor/HF':>9s} "
@@ -262,29 +261,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "greedy outputs identical in every config (target ratio >= 1.5x; floor/HF is the "
         "most any implementation could reach: matrix products only)"
     )
-    import transformers
-
-    record = {
-        "benchmark": "generate_throughput",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "runs": runs,
-        "results": results,
-        "target_ratio": 1.5,
-    }
+    env["machine"]["loadavg_after"] = list(os.getloadavg())
+    record = {"benchmark": "generate_throughput", **env, "runs": runs, "results": results,
+              "target_ratio": 1.5}  # fmt: skip
     if not (args.no_save or args.quick):
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"generate_throughput-{dt.date.today().isoformat()}.json"
-        path.write_text(json.dumps(record, indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {save_benchmark(record, args.out, 'generate_throughput')}")
     return record
 
 

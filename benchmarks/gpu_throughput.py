@@ -17,8 +17,6 @@ is compiled too. After ``--warmup`` untimed steps (which include compilation) it
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import platform
 import statistics
 import sys
@@ -31,7 +29,7 @@ import torch.nn.functional as F
 from anyformer.model.transformer import build_model
 from anyformer.spec import TrainSpec
 from anyformer.tasks.base import Batch, Task
-from anyformer.training.throughput import peak_flops
+from anyformer.training.throughput import benchmark_environment, peak_flops, save_benchmark
 from anyformer.training.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -148,20 +146,9 @@ def main() -> int:
     print(f"achieved: {flops_s / 1e12:.1f} TFLOP/s; " + (f"MFU: {mfu:.1%}" if mfu else "MFU: n/a"))
     if args.quick or args.no_save:
         return 0
+    env = benchmark_environment(torch.get_num_threads(), ("anyformer",))
     record = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "gpu": name,
-            "gpu_count": torch.cuda.device_count(),
-            "cuda": torch.version.cuda,
-            "platform": platform.platform(),
-            "cpu": platform.processor(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "anyformer": _version("anyformer"),
-        },
+        **env,
         "config": cfg,
         "precision": precision,
         "compile": compile,
@@ -177,17 +164,8 @@ def main() -> int:
         "mfu": mfu,
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"gpu_throughput-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(record, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {save_benchmark(record, RESULTS, 'gpu_throughput')}")
     return 0
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,6 @@ reported (target >= 1.6x). Before timing, the two losses are checked equal.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +35,7 @@ from anyformer.objectives.losses import CausalLM, CausalLMParams
 from anyformer.spec import TrainSpec
 from anyformer.tasks.base import Batch
 from anyformer.tasks.packing import model_inputs, pack_batch
+from anyformer.training.throughput import benchmark_environment, save_benchmark
 from anyformer.training.trainer import make_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -172,15 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     record = {
         "benchmark": "packing",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "loadavg": os.getloadavg(),
-        },
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+        **benchmark_environment(args.threads, ("numpy",)),
         "model": cfg,
         "batch": shape,
         "lengths": lengths,
@@ -189,10 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target_ratio": 1.6,
     }
     if not (args.no_save or args.quick):
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"packing-{dt.date.today().isoformat()}.json"
-        path.write_text(json.dumps(record, indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {save_benchmark(record, args.out, 'packing')}")
     return record
 
 

@@ -15,9 +15,6 @@ bound what any implementation of the same fp32 model can reach on this machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from anyformer.training.throughput import benchmark_environment, save_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -198,20 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{floor_ratio:.2f}x; anyformer reaches {median['anyformer'] / median['linear_floor']:.0%} "
         f"of the floor's speed"
     )
-    import transformers
-
     record = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": args.threads,
-        },
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "x_transformers": _version("x-transformers"),
-        },
+        **benchmark_environment(args.threads, ("transformers", "x-transformers")),
         "config": cfg,
         "params": params,
         "tokens_per_s": median,
@@ -224,17 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_floor": {k: v / median["linear_floor"] for k, v in median.items()},
     }
     if not (args.no_save or args.quick):
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"train_throughput-{dt.date.today().isoformat()}.json"
-        path.write_text(json.dumps(record, indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {save_benchmark(record, RESULTS, 'train_throughput')}")
     return record
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 if __name__ == "__main__":

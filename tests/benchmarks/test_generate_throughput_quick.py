@@ -33,5 +33,5 @@ def test_quick_run_checks_equality_and_fills_the_record(tmp_path: Path) -> None:
         assert all(v > 0 for v in result[key].values())
     assert result["ratio_floor_vs_hf"] > 0
     assert set(result["overhead_ms_per_token"]) == {"anyformer", "hf_gpt2"}
-    assert record["versions"]["torch"] and record["machine"]["loadavg_before"]
+    assert record["versions"]["torch"] and record["machine"]["loadavg"]
     assert not list(tmp_path.iterdir())  # quick mode writes nothing

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,3 +131,47 @@ class _Pause:
 
     def __exit__(self, *exc: Any) -> None:
         self.meter.excluded += time.perf_counter() - self.t0
+
+
+def benchmark_environment(threads: int, packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a benchmark record says about where it ran: ``date`` (UTC), ``machine``
+    (platform, processor, CPU count, torch threads, load average at this call, and the
+    GPU when CUDA is available) and ``versions`` (python, torch and each of ``packages``
+    that is installed)."""
+    import contextlib
+    import datetime as dt
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    machine: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "loadavg": list(os.getloadavg()),
+    }
+    if torch.cuda.is_available():
+        machine |= {"gpu": torch.cuda.get_device_name(), "gpu_count": torch.cuda.device_count(),
+                    "cuda": torch.version.cuda}  # fmt: skip
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            versions[name] = version(name)
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return {"date": date, "machine": machine, "versions": versions}
+
+
+def save_benchmark(record: dict[str, Any], folder: Path | str, stem: str) -> Path:
+    """Write ``record`` as ``<folder>/<stem>-<date>.json`` (atomically; the date from the
+    record's ``date``, else today) and return the path."""
+    import datetime as dt
+    import json
+
+    from anyformer.spec import write_text_atomic
+
+    day = str(record.get("date", dt.date.today().isoformat()))[:10]
+    path = Path(folder) / f"{stem}-{day}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    return path
