@@ -159,3 +159,15 @@ def test_peak_table_tells_gpu_variants_apart() -> None:
     assert peak_for_name("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 units
     assert peak_for_name("NVIDIA GeForce RTX 4090", "fp16") == 165.2e12
     assert peak_for_name("Some Future GPU", "bf16") is None
+
+
+def test_benchmark_record_names_the_machine_and_is_written_atomically(tmp_path: Path) -> None:
+    env = throughput.benchmark_environment(2, ("numpy", "no-such-package-anywhere"))
+    assert env["machine"]["threads"] == 2 and len(env["machine"]["loadavg"]) == 3
+    assert env["versions"]["torch"] == torch.__version__
+    assert "numpy" in env["versions"] and "no-such-package-anywhere" not in env["versions"]
+    record = {**env, "tokens_per_s": 1.5}
+    path = throughput.save_benchmark(record, tmp_path / "results", "demo")
+    assert path.name == f"demo-{env['date'][:10]}.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(record))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
