@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from anyformer.lab.findings.reproduce import findings_markdown, reproduce
+    from anyformer.lab.findings.reproduce import publish_findings, reproduce
 
     if not args.findings and not args.all:
         raise _usage("name one or more findings, or --all (anyformer list finding shows them)")
@@ -205,10 +205,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.write_docs:
         from pathlib import Path
 
-        from anyformer.spec import write_text_atomic
-
-        write_text_atomic(Path("docs/findings.md"), findings_markdown(args.out))
-        console.print("wrote docs/findings.md")
+        copied = publish_findings(args.out, Path("docs"))
+        console.print(
+            f"wrote docs/findings.md and docs/findings/<name>/ for {len(copied)} findings"
+        )
     return 0
 
 
