@@ -44,6 +44,28 @@ def test_axes_parse_and_refuse_bad_forms() -> None:
             cmp.parse_axis(bad)
 
 
+def test_axis_values_may_switch_to_a_component_with_its_own_parameters() -> None:
+    key, values = cmp.parse_axis(
+        "model.attention=softmax, {name: sliding_window, window: 8},{name: softmax, kv_heads: 1}"
+    )
+    assert key == "model.attention"
+    assert values == [
+        "softmax",
+        "{name: sliding_window, window: 8}",
+        "{name: softmax, kv_heads: 1}",
+    ]
+    joint = cmp.parse_axis("model.attention,model.n_layers={name: sliding_window, window: 4}:2")
+    assert joint[1] == ["{name: sliding_window, window: 4}:2"]
+    base = ExperimentSpec.from_dict(BASE)
+    variants = cmp.make_variants(base, [(key, values)], match_params=False)
+    assert [v.label for v in variants] == [
+        "attention=softmax", "attention=sliding_window(window=8)", "attention=softmax(kv_heads=1)"
+    ]  # fmt: skip
+    assert variants[1].spec.model.attention.params["window"] == 8
+    (pair,) = cmp.make_variants(base, [("model.attention,model.n_layers", joint[1])], False)
+    assert pair.spec.model.attention.params["window"] == 4 and pair.spec.model.n_layers == 2
+
+
 def test_match_params_brings_every_variant_within_five_percent() -> None:
     base = ExperimentSpec.from_dict(BASE)
     axes = [("model.ffn", ["mlp", "glu"]), ("model.n_layers", ["1", "2"])]

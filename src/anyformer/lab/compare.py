@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from anyformer.errors import SpecError
 from anyformer.lab.run import resolve, run_folder
 from anyformer.spec import ExperimentSpec, write_text_atomic
@@ -45,13 +47,47 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, t * sd / math.sqrt(n)
 
 
+def split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` outside ``{...}`` and ``[...]``, so that a value may be
+    a YAML flow mapping or list: ``softmax,{name: sliding_window, window: 8}`` has two."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def value_label(value: str) -> str:
+    """A short label for an axis value: a flow mapping with a ``name`` reads
+    ``name(key=value;...)`` (``{name: sliding_window, window: 8}`` ->
+    ``sliding_window(window=8)``); anything else is itself."""
+    if not value.startswith("{"):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if not isinstance(parsed, dict) or "name" not in parsed:
+        return value
+    rest = ";".join(f"{k}={v}" for k, v in parsed.items() if k != "name")
+    return f"{parsed['name']}({rest})" if rest else str(parsed["name"])
+
+
 def parse_axis(text: str) -> tuple[str, list[str]]:
     """``model.position=rope,alibi`` -> (``model.position``, [``rope``, ``alibi``]).
 
-    A joint axis varies several keys together: ``model.n_layers,model.n_heads=1:8,4:2``."""
+    A joint axis varies several keys together: ``model.n_layers,model.n_heads=1:8,4:2``.
+    A value may be a YAML flow mapping, to switch to a component with its own
+    parameters: ``model.attention=softmax,{name: sliding_window, window: 8}``."""
     key, sep, values = text.partition("=")
     n_keys = len(key.split(","))
-    items = [v for v in values.split(",") if v]
+    items = [v.strip() for v in split_top(values, ",") if v.strip()]
     if n_keys > 1 and values.count(":") == 0:
         raise SpecError(f"--vary '{text}': a joint axis takes values like 1:8,4:2")
     if not sep or not key or not items:
@@ -64,7 +100,7 @@ def _joint(key: str, value: str) -> list[tuple[str, str]]:
     keys = key.split(",")
     if len(keys) == 1:
         return [(key, value)]
-    values = value.split(":")
+    values = split_top(value, ":")
     if len(values) != len(keys):
         raise SpecError(f"joint axis '{key}' needs {len(keys)} values joined by ':', got '{value}'")
     return list(zip(keys, values))
@@ -182,7 +218,7 @@ def make_variants(
     for combo in itertools.product(*[[(k, v) for v in values] for k, values in axes]):
         pairs = [pair for k, v in combo for pair in _joint(k, v)]
         overrides = [f"{k}={v}" for k, v in pairs]
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in pairs) or "base"
+        label = ",".join(f"{k.split('.')[-1]}={value_label(v)}" for k, v in pairs) or "base"
         try:
             spec = resolve(base.with_overrides(overrides))
         except SpecError as exc:
