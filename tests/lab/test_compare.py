@@ -87,7 +87,11 @@ def test_compare_aggregates_resumes_and_reports(
     em = result.summary["position=rope"]["id"]["exact_match"]
     assert em["n"] == 2 and len(em["values"]) == 2
     assert set(result.lrs.values()) <= {1e-3, 3e-3}
+    folders = result.run_dirs("position=rope")
+    assert len(folders) == 2 and all((f / "final.json").is_file() for f in folders)
+    assert all(f"{result.lrs['position=rope']}" in (f / "spec.yaml").read_text() for f in folders)
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"]["position=none"] == [str(f) for f in result.run_dirs("position=none")]
     assert saved["summary"]["position=none"]["ood"]["exact_match"]["n"] == 2
     assert (tmp_path / "report.md").read_text().count("position=") >= 2
     assert list((tmp_path / "plots").glob("*.png"))

@@ -129,9 +129,15 @@ class CompareResult:
     headline: str = ""
     higher_is_better: bool = True
     lrs: dict[str, float] = field(default_factory=dict)
+    #: run folders per variant label and learning rate (None without an lr grid), by seed
+    runs: dict[str, dict[Any, list[Path]]] = field(default_factory=dict)
 
     def mean(self, variant: str, metric: str, split: str = "id") -> float:
         return float(self.summary[variant][split][metric]["mean"])
+
+    def run_dirs(self, variant: str) -> list[Path]:
+        """The run folder of every seed of ``variant`` at its chosen learning rate."""
+        return list(self.runs[variant][self.lrs.get(variant)])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +150,7 @@ class CompareResult:
             "headline": self.headline,
             "higher_is_better": self.higher_is_better,
             "learning_rates": self.lrs,
+            "runs": {label: [str(d) for d in self.run_dirs(label)] for label in self.runs},
             "summary": self.summary,
             "curves": self.curves,
         }
@@ -302,8 +309,9 @@ def compare(
     result = CompareResult(folder, base, axes, variants, headline=task_cls.headline,
                            higher_is_better=task_cls.higher_is_better)  # fmt: skip
     by_variant: dict[str, dict[Any, list[dict[str, Any]]]] = {}
-    for (label, lr, _seed, _), final in zip(grid, finals):
+    for (label, lr, _seed, _), final, (_, run_dir, _) in zip(grid, finals, work):
         by_variant.setdefault(label, {}).setdefault(lr, []).append(final)
+        result.runs.setdefault(label, {}).setdefault(lr, []).append(Path(run_dir))
     for label, per_lr in by_variant.items():
         best_lr = _best_lr(per_lr, result.headline, result.higher_is_better)
         if best_lr is not None:

@@ -7,28 +7,13 @@ comparison's folder and score them with :mod:`anyformer.lab.elastic`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from anyformer.components.ffn_matformer import MATFORMER
 from anyformer.lab.compare import CompareResult
 from anyformer.lab.elastic import Variant, evaluate_variants, load_trained
 from anyformer.lab.findings.base import Comparison, Finding, Verdict, quick_train, tiny_model
-from anyformer.lab.run import build_objective, build_task, run_folder
+from anyformer.lab.run import build_objective, build_task
 from anyformer.model.depth import ALGOFORMER, YANG
 from anyformer.registry import NoParams, register
-
-
-def run_dirs(result: CompareResult, label: str) -> list[Path]:
-    """The run folder of every seed of variant ``label`` (at its chosen learning rate),
-    named as :func:`anyformer.lab.compare.compare` names them."""
-    variant = next(v for v in result.variants if v.label == label)
-    seeds = next(iter(result.summary[label]["id"].values()))["n"]
-    lr = result.lrs.get(label)
-    folders = []
-    for seed in range(seeds):
-        extra = [f"train.seed={result.base.train.seed + seed}"] + ([f"train.lr={lr}"] if lr else [])
-        folders.append(run_folder(variant.spec.with_overrides(extra), result.dir / "runs"))
-    return folders
 
 
 def elastic_metric(
@@ -37,7 +22,7 @@ def elastic_metric(
     """``{setting name: metric}`` of variant ``label``'s trained runs evaluated at each
     setting (loops, widths), averaged over its seeds, on the run's own evaluation set."""
     sums = dict.fromkeys((s.name for s in settings), 0.0)
-    folders = run_dirs(result, label)
+    folders = result.run_dirs(label)
     for folder in folders:
         spec, model = load_trained(folder)
         task = build_task(spec)
