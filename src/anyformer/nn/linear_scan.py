@@ -94,7 +94,7 @@ def linear_attention_chunked(
     ``O(T (C + F) Dv)`` per head.
     """
     b, h, t, f = q.shape
-    c = chunk_size
+    c = max(1, min(chunk_size, t))  # a sequence shorter than a chunk is one chunk, unpadded
     # the normaliser rides along as an extra value column of ones
     v1 = torch.cat((v, v.new_ones(*v.shape[:-1], 1)), dim=-1)
     qc, kc, vc = (_pad_time(x, c) for x in (q, k, v1))
@@ -186,7 +186,7 @@ def delta_rule_chunked(
     """
     b, h, t, dk = k.shape
     dv = v.shape[-1]
-    c = chunk_size
+    c = max(1, min(chunk_size, t))  # a sequence shorter than a chunk is one chunk, unpadded
     # padded steps have beta = 0 and k = 0, so they leave the state unchanged
     qc, kc, vc = (_pad_time(x, c) for x in (q, k, v))
     bc = _pad_time(beta.unsqueeze(-1), c).squeeze(-1)
