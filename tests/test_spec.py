@@ -42,6 +42,17 @@ def test_hash_is_stable_and_content_addressed() -> None:
     a = ExperimentSpec.from_dict({"model": {"position": "rope"}})
     b = ExperimentSpec.from_dict({"model": {"position": {"name": "rope"}}})
     assert a.hash == b.hash
+    # defaults written out (fields or component parameters) do not change it, so a field
+    # added later with a default keeps the names of earlier run folders
+    c = ExperimentSpec.from_dict(
+        {"model": {"position": {"name": "rope", "base": 10000.0}}, "train": {"packing": False}}
+    )
+    assert c.hash == a.hash
+    assert a.with_overrides(["model.position={name: rope, base: 500}"]).hash != a.hash
+    assert (
+        a.with_overrides(["model.depth={name: looped, loops: 4}"]).hash
+        != a.with_overrides(["model.depth={name: looped, loops: 4, loss_window: 2}"]).hash
+    )
 
 
 def test_overrides_coerce_types() -> None:

@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializationInfo,
     ValidationError,
     model_serializer,
     model_validator,
@@ -79,8 +80,12 @@ class Ref(_Frozen):
         return self
 
     @model_serializer(mode="plain")
-    def _serialize(self) -> Any:
-        return {"name": self.name, **self.params} if self.params else self.name
+    def _serialize(self, info: SerializationInfo) -> Any:
+        params = self.params
+        if info.context and info.context.get("canonical"):
+            params = {k: v for k, v in params.items() if k not in _param_defaults(self)
+                      or _param_defaults(self)[k] != v}  # fmt: skip
+        return {"name": self.name, **params} if params else self.name
 
     @property
     def entry(self) -> registry.Entry:
@@ -90,6 +95,17 @@ class Ref(_Frozen):
     def config(self) -> BaseModel:
         """The validated parameter object of the variant."""
         return self.entry.params(**self.params)
+
+
+def _param_defaults(ref: Ref) -> dict[str, Any]:
+    """The JSON form of each defaulted parameter of ``ref``'s variant."""
+    fields = ref.entry.params.model_fields
+    defaults = {}
+    for key, info in fields.items():
+        if not info.is_required():
+            value = info.get_default(call_default_factory=True)
+            defaults[key] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return json.loads(json.dumps(defaults, default=str))
 
 
 class AttentionRef(Ref):
@@ -423,8 +439,11 @@ def packing_refusal(train: TrainSpec, model: ModelSpec, check_head: bool = True)
 
 
 def spec_hash(spec: BaseModel, length: int = 8) -> str:
-    """A stable hash of the spec's canonical JSON form."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A stable hash of the spec's canonical JSON form: every field and component
+    parameter that differs from its default (so a field added later with a default, or a
+    default written out, leaves the hash, and the run folders named by it, unchanged)."""
+    data = spec.model_dump(mode="json", exclude_defaults=True, context={"canonical": True})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
