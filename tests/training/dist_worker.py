@@ -10,7 +10,9 @@
    ``OUT/fsdp-losses-<rank>.json``; rank 0 saves the gathered full weights to
    ``OUT/fsdp-full.safetensors``;
 3. continues the single-process run folder ``OUT/resume`` (safetensors checkpoint) to
-   twice its steps with FSDP2, writing ``OUT/resumed-losses-<rank>.json``.
+   twice its steps with FSDP2, writing ``OUT/resumed-losses-<rank>.json``;
+4. runs the command line again with padding-free batches,
+   ``train.distributed=ddp train.packing=true --out OUT/cli-packed``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def main() -> None:
     steps = f"train.steps={2 * spec.train.steps}"
     _, result = train(spec.with_overrides(["train.distributed=fsdp", steps]), out / "resume")
     (out / f"resumed-losses-{rank}.json").write_text(json.dumps(result.losses))
+    packed = ["run", str(out / "spec.yaml"), "train.distributed=ddp", "train.packing=true"]
+    code = cli([*packed, "--out", str(out / "cli-packed")])
+    if code != 0:
+        raise SystemExit(f"anyformer run (packed) exited with {code}")
     dist.destroy_process_group()
 
 

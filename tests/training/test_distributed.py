@@ -79,6 +79,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     single = run_experiment(spec, run_dir=out / "single")
     shutil.copytree(single.dir, out / "resume")
     run_experiment(tiny(2 * STEPS), run_dir=out / "single-long")
+    run_experiment(tiny().with_overrides(["train.packing=true"]), run_dir=out / "single-packed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
@@ -86,7 +87,8 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (cli_run,) = (out / "cli").iterdir()
-    return {"out": out, "cli": cli_run}
+    (packed_run,) = (out / "cli-packed").iterdir()
+    return {"out": out, "cli": cli_run, "packed": packed_run}
 
 
 def test_ddp_through_the_cli_matches_one_process(launched: dict[str, Path]) -> None:
@@ -98,6 +100,15 @@ def test_ddp_through_the_cli_matches_one_process(launched: dict[str, Path]) -> N
     assert info["format"] == "dcp" and info["world_size"] == 2 and info["mode"] == "ddp"
     first = json.loads((launched["cli"] / "metrics.jsonl").read_text().splitlines()[0])
     assert first["tokens_per_s"] > 0 and first["flops_per_s"] > 0 and "mfu" not in first
+
+
+def test_ddp_with_packed_batches_matches_one_process(launched: dict[str, Path]) -> None:
+    ddp, single = losses(launched["packed"]), losses(launched["out"] / "single-packed")
+    assert len(ddp) == STEPS
+    assert close(ddp, single, 1e-5), (ddp, single)
+    assert "packing: true" in (launched["packed"] / "spec.yaml").read_text()
+    # packing is exact: the same per-token losses as padded batches, under DDP too
+    assert close(ddp, losses(launched["out"] / "single"), 1e-5)
 
 
 def test_fsdp_matches_one_process_and_its_checkpoint_loads_on_one_rank(
