@@ -65,8 +65,11 @@ class LoopedMatchesDeeper(Finding):
     x_i and the previous pair), because with interleaved x and y tokens neither a looped
     block nor a 4-block stack left the zero-predictor level within this budget (pairing
     each y with its x first needs a previous-token head); learned positions; the loss
-    only sees the output after T loops (no loss on intermediate iterations, unlike Yang
-    et al.'s window of iterations), so the outputs at fewer loops are never trained.
+    only sees the output after T loops (``loss_window=1``; Yang et al. train on a window
+    of iterations), so the outputs at fewer loops are never trained. A run of the same
+    model with ``loss_window=4`` (all four iterates) measured MSE 0.51 / 0.43 / 0.41 /
+    0.43 / 0.48 at 1 / 2 / 4 / 8 / 12 loops: far better with few loops and stable past
+    T, at the cost of the final error (0.41 against 0.32).
     """
 
     claim = (
