@@ -49,6 +49,7 @@ def test_hash_is_stable_and_content_addressed() -> None:
     )
     assert c.hash == a.hash
     assert a.with_overrides(["model.position={name: rope, base: 500}"]).hash != a.hash
+    assert a.with_overrides(["train.progress=false", "description=notes"]).hash == a.hash
     assert (
         a.with_overrides(["model.depth={name: looped, loops: 4}"]).hash
         != a.with_overrides(["model.depth={name: looped, loops: 4, loss_window: 2}"]).hash

@@ -441,8 +441,15 @@ def packing_refusal(train: TrainSpec, model: ModelSpec, check_head: bool = True)
 def spec_hash(spec: BaseModel, length: int = 8) -> str:
     """A stable hash of the spec's canonical JSON form: every field and component
     parameter that differs from its default (so a field added later with a default, or a
-    default written out, leaves the hash, and the run folders named by it, unchanged)."""
+    default written out, leaves the hash, and the run folders named by it, unchanged);
+    ``description`` and ``train.progress``, which change no result, do not count."""
     data = spec.model_dump(mode="json", exclude_defaults=True, context={"canonical": True})
+    # presentation only: results do not depend on them
+    data.pop("description", None)
+    if isinstance(data.get("train"), dict):
+        data["train"].pop("progress", None)
+        if not data["train"]:
+            del data["train"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
