@@ -121,6 +121,27 @@ def test_looped_loss_window_reads_out_the_last_iterates() -> None:
         build_model(_spec(2, {"name": "looped", "loops": 4, "loss_window": 5}))
 
 
+def test_algoformer_loss_window_runs_each_kept_iterate_through_the_post_blocks() -> None:
+    depth = {"name": "algoformer", "n_pre": 1, "n_loop": 1, "n_post": 1, "loops": 3,
+             "inject_input": True, "loss_window": 2}  # fmt: skip
+    model = build_model(_spec(3, depth))
+    x = _tokens()
+    ctx = _ctx(model, x.shape[1])
+    e = model.blocks[0](model.embed(x), ctx)  # the pre-transformer's output
+    h, outs = torch.zeros_like(e), []
+    for _ in range(3):
+        h = model.blocks[1](h + e, ctx)
+        outs.append(model.head(model.norm(model.blocks[2](h, ctx))))
+    pairs = model.training_outputs(x)
+    assert [w for w, _ in pairs] == pytest.approx([0.5, 0.5])
+    for (_, out), expected in zip(pairs, outs[1:], strict=True):
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    model.eval()
+    torch.testing.assert_close(model(x), outs[-1], rtol=0, atol=0)
+    with pytest.raises(SpecError, match="loss_window=4 must be <= loops=3"):
+        build_model(_spec(3, {**depth, "loss_window": 4}))
+
+
 def test_recursive_k1_equals_stack_and_k2_repeats_each_block() -> None:
     rec1 = build_model(_spec(2, {"name": "recursive", "k": 1}))
     stack = build_model(_spec(2))

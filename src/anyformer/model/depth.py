@@ -25,6 +25,7 @@ Schedules: ``stack``, ``looped``, ``algoformer``, ``recursive``, ``early_exit``,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -182,6 +183,52 @@ def _loop(
     return h, kept
 
 
+class _Iterated(DepthSchedule):
+    """Shared by the schedules that loop blocks (``looped``, ``algoformer``): the loop
+    count in training and evaluation, and the loss window over the last iterates."""
+
+    def __init__(self, spec: ModelSpec, params: BaseModel) -> None:
+        super().__init__(spec, params)
+        self.eval_loops = params.loops_eval or params.loops  # type: ignore[attr-defined]
+        self.several_outputs = params.loss_window > 1  # type: ignore[attr-defined]
+        self.exit_outputs: list[torch.Tensor] = []
+
+    def loops(self, training: bool) -> int:
+        """Iterations in training, or in evaluation (``eval_loops``, settable at run time)."""
+        return self.params.loops if training else self.eval_loops  # type: ignore[attr-defined]
+
+    def window(self) -> int:
+        """Iterates to keep for the loss in this forward (0: only the final output)."""
+        return self.params.loss_window if self.training and self.several_outputs else 0  # type: ignore[attr-defined]
+
+    def read_out(
+        self,
+        model: Transformer,
+        final: torch.Tensor,
+        kept: list[torch.Tensor],
+        ctx: Context,
+        finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The output of the final iterate; with a loss window, every kept iterate's
+        output (``finish`` applied first, e.g. a post-transformer) goes to
+        :attr:`exit_outputs` and the last of them is returned."""
+        finish = finish or (lambda h: h)
+        if kept:
+            self.exit_outputs = [model.readout(finish(h), ctx.padding_mask) for h in kept]
+            return self.exit_outputs[-1]
+        return model.readout(finish(final), ctx.padding_mask)
+
+
+def _window_problem(params: BaseModel) -> str | None:
+    window, loops = params.loss_window, params.loops  # type: ignore[attr-defined]
+    if window > loops:
+        return (
+            f"loss_window={window} must be <= loops={loops} "
+            f"(the window counts the last training iterations)"
+        )
+    return None
+
+
 @register(
     "depth",
     "looped",
@@ -191,7 +238,7 @@ def _loop(
     params=LoopedParams,
     caps=Capabilities(complexity="O(L T)"),
 )
-class Looped(DepthSchedule):
+class Looped(_Iterated):
     """The ``n_layers`` distinct blocks form one loop body, applied ``loops`` times.
 
     With ``inject_input`` each iteration reads ``h_t + x`` (``x`` the embedded input,
@@ -208,24 +255,9 @@ class Looped(DepthSchedule):
 
     params: LoopedParams
 
-    def __init__(self, spec: ModelSpec, params: LoopedParams) -> None:
-        super().__init__(spec, params)
-        self.eval_loops = params.loops_eval or params.loops
-        self.several_outputs = params.loss_window > 1
-        self.exit_outputs: list[torch.Tensor] = []
-
     @staticmethod
     def check_spec(params: LoopedParams, spec: ModelSpec) -> str | None:
-        if params.loss_window > params.loops:
-            return (
-                f"loss_window={params.loss_window} must be <= loops={params.loops} "
-                f"(the window counts the last training iterations)"
-            )
-        return None
-
-    def loops(self, training: bool) -> int:
-        """Iterations in training, or in evaluation (``eval_loops``, settable at run time)."""
-        return self.params.loops if training else self.eval_loops
+        return _window_problem(params)
 
     def order(self, training: bool) -> list[int]:
         return list(range(self.n_layers)) * self.loops(training)
@@ -233,13 +265,11 @@ class Looped(DepthSchedule):
     def forward(
         self, model: Transformer, x: torch.Tensor, ctx: Context, inputs: torch.Tensor
     ) -> torch.Tensor:
-        loops = self.loops(self.training)
-        window = self.params.loss_window if self.training and self.several_outputs else 0
-        h, kept = _loop(list(model.blocks), x, ctx, loops, self.params.inject_input, window)
-        if window:
-            self.exit_outputs = [model.readout(k, ctx.padding_mask) for k in kept]
-            return self.exit_outputs[-1]
-        return model.readout(h, ctx.padding_mask)
+        window = self.window()
+        h, kept = _loop(
+            list(model.blocks), x, ctx, self.loops(self.training), self.params.inject_input, window
+        )
+        return self.read_out(model, h, kept, ctx)
 
 
 # --------------------------------------------------------------------------- algoformer
@@ -251,6 +281,8 @@ class AlgoFormerParams(BaseModel):
       evaluation (None = ``loops``).
     - ``inject_input``: re-add the pre-transformer's output before every iteration
       (as the looped Transformer of Yang et al. re-adds its input).
+    - ``loss_window``: as for ``looped``: in training, the loss is the mean over the last
+      ``loss_window`` iterates, each through the post-transformer and the head.
     """
 
     model_config = _frozen()
@@ -260,6 +292,7 @@ class AlgoFormerParams(BaseModel):
     loops: int = Field(4, ge=1)
     loops_eval: int | None = Field(None, ge=1)
     inject_input: bool = False
+    loss_window: int = Field(1, ge=1)
 
 
 @register(
@@ -270,7 +303,7 @@ class AlgoFormerParams(BaseModel):
     params=AlgoFormerParams,
     caps=Capabilities(complexity="O(L T)"),
 )
-class AlgoFormer(DepthSchedule):
+class AlgoFormer(_Iterated):
     """pre blocks (task pre-processing) -> loop blocks x T (an iterative algorithm) ->
     post blocks (read-out), each part with its own weights.
 
@@ -281,19 +314,11 @@ class AlgoFormer(DepthSchedule):
 
     params: AlgoFormerParams
 
-    def __init__(self, spec: ModelSpec, params: AlgoFormerParams) -> None:
-        super().__init__(spec, params)
-        self.eval_loops = params.loops_eval or params.loops
-
     @staticmethod
     def check_spec(params: AlgoFormerParams, spec: ModelSpec) -> str | None:
         need = params.n_pre + params.n_loop + params.n_post
         how = f"n_pre={params.n_pre} + n_loop={params.n_loop} + n_post={params.n_post}"
-        return _layers_total(spec, need, how)
-
-    def loops(self, training: bool) -> int:
-        """Iterations in training, or in evaluation (``eval_loops``, settable at run time)."""
-        return self.params.loops if training else self.eval_loops
+        return _layers_total(spec, need, how) or _window_problem(params)
 
     def parts(self) -> tuple[list[int], list[int], list[int]]:
         p = self.params
@@ -310,9 +335,10 @@ class AlgoFormer(DepthSchedule):
         pre, loop, post = self.parts()
         x = self.run(model.blocks, pre, x, ctx)
         body = [model.blocks[i] for i in loop]
-        x, _ = _loop(body, x, ctx, self.loops(self.training), self.params.inject_input)
-        x = self.run(model.blocks, post, x, ctx)
-        return model.readout(x, ctx.padding_mask)
+        h, kept = _loop(
+            body, x, ctx, self.loops(self.training), self.params.inject_input, self.window()
+        )
+        return self.read_out(model, h, kept, ctx, lambda h: self.run(model.blocks, post, h, ctx))
 
 
 # --------------------------------------------------------------------------- recursive
