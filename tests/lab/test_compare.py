@@ -91,7 +91,10 @@ def test_compare_aggregates_resumes_and_reports(
     assert len(folders) == 2 and all((f / "final.json").is_file() for f in folders)
     assert all(f"{result.lrs['position=rope']}" in (f / "spec.yaml").read_text() for f in folders)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["runs"]["position=none"] == [str(f) for f in result.run_dirs("position=none")]
+    assert [tmp_path / f for f in saved["runs"]["position=none"]] == [
+        f.resolve() for f in result.run_dirs("position=none")
+    ]
+    assert all(f.startswith("runs/") for f in saved["runs"]["position=none"])
     assert saved["summary"]["position=none"]["ood"]["exact_match"]["n"] == 2
     assert (tmp_path / "report.md").read_text().count("position=") >= 2
     assert list((tmp_path / "plots").glob("*.png"))

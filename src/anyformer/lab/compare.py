@@ -150,7 +150,10 @@ class CompareResult:
             "headline": self.headline,
             "higher_is_better": self.higher_is_better,
             "learning_rates": self.lrs,
-            "runs": {label: [str(d) for d in self.run_dirs(label)] for label in self.runs},
+            # relative to the comparison folder, so that the record moves with it
+            "runs": {
+                label: [_relative(d, self.dir) for d in self.run_dirs(label)] for label in self.runs
+            },
             "summary": self.summary,
             "curves": self.curves,
         }
@@ -319,6 +322,13 @@ def compare(
         result.summary[label], result.curves[label] = aggregate(per_lr[best_lr])
     write_compare_report(result)
     return result
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _best_lr(per_lr: dict[Any, list[dict[str, Any]]], headline: str, higher: bool) -> Any:
