@@ -44,10 +44,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, rng_for
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 #: Token id of symbol 0; symbol ``s`` is token ``FIRST_SYMBOL + s``.
@@ -123,32 +123,11 @@ class LengthParams(BaseModel):
     ood_max_len: int = Field(20, ge=1)
     test_fraction: float = Field(0.1, gt=0.0, le=0.5)
 
-    @field_validator("max_len")
-    @classmethod
-    def _max_after_min(cls, v: int, info: ValidationInfo) -> int:
-        lo = info.data.get("min_len")
-        if lo is not None and v < lo:
-            raise ValueError(f"max_len={v} must be >= min_len={lo}")
-        return v
-
-    @field_validator("ood_min_len")
-    @classmethod
-    def _ood_longer(cls, v: int, info: ValidationInfo) -> int:
-        hi = info.data.get("max_len")
-        if hi is not None and v <= hi:
-            raise ValueError(
-                f"ood_min_len={v} must be > max_len={hi} (OOD lengths are longer than "
-                f"every training length)"
-            )
-        return v
-
-    @field_validator("ood_max_len")
-    @classmethod
-    def _ood_max_after_min(cls, v: int, info: ValidationInfo) -> int:
-        lo = info.data.get("ood_min_len")
-        if lo is not None and v < lo:
-            raise ValueError(f"ood_max_len={v} must be >= ood_min_len={lo}")
-        return v
+    _max_len_order = field_validator("max_len")(at_least("min_len"))
+    _ood_len_order = field_validator("ood_min_len")(
+        at_least("max_len", strict=True, why="OOD lengths are longer than every training length")
+    )
+    _ood_max_len_order = field_validator("ood_max_len")(at_least("ood_min_len"))
 
 
 class SymbolParams(LengthParams):

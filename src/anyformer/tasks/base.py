@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationInfo
 
 SPLIT_IDS = {"train": 0, "id": 1, "ood": 2}
 
@@ -141,3 +141,25 @@ class Task:
                 weight += n
             metrics["loss"] = total / max(weight, 1)
         return metrics
+
+
+def at_least(
+    other: str, strict: bool = False, why: str = ""
+) -> Callable[[Any, int, ValidationInfo], int]:
+    """A field validator: the field must be ``>=`` (``>`` when ``strict``) field ``other``;
+    ``why``, if given, ends the error message in parentheses.
+
+    Use as ``_v = field_validator("max_x")(at_least("min_x"))`` (``other`` must be
+    declared before the checked field).
+    """
+
+    def check(cls: Any, v: int, info: ValidationInfo) -> int:
+        lo = info.data.get(other)
+        if lo is not None and (v <= lo if strict else v < lo):
+            reason = f" ({why})" if why else ""
+            raise ValueError(
+                f"{info.field_name}={v} must be {'>' if strict else '>='} {other}={lo}{reason}"
+            )
+        return v
+
+    return check

@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.algorithmic import FIRST_SYMBOL, PAD, SequenceTask
-from anyformer.tasks.base import Batch
-from anyformer.tasks.symbolic import at_least
+from anyformer.tasks.base import Batch, at_least
 
 SAPAROV = Paper("Transformers Struggle to Learn to Search", 2024, "Saparov et al.")
 

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.algorithmic import is_test_member
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, rng_for
 
 PAD, BOS, SEP, FILL = 0, 1, 2, 3
 #: Token id of key 0.
@@ -101,24 +101,14 @@ class MQARParams(BaseModel):
     seq_len: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.1, gt=0.0, le=0.5)
 
-    @field_validator("max_pairs")
-    @classmethod
-    def _max_after_min(cls, v: int, info: ValidationInfo) -> int:
-        lo = info.data.get("min_pairs")
-        if lo is not None and v < lo:
-            raise ValueError(f"max_pairs={v} must be >= min_pairs={lo}")
-        return v
-
-    @field_validator("ood_min_pairs")
-    @classmethod
-    def _ood_more(cls, v: int, info: ValidationInfo) -> int:
-        hi = info.data.get("max_pairs")
-        if hi is not None and v <= hi:
-            raise ValueError(
-                f"ood_min_pairs={v} must be > max_pairs={hi} (OOD sequences hold more pairs "
-                f"than every training sequence)"
-            )
-        return v
+    _max_pairs_order = field_validator("max_pairs")(at_least("min_pairs"))
+    _ood_pairs_order = field_validator("ood_min_pairs")(
+        at_least(
+            "max_pairs",
+            strict=True,
+            why="OOD sequences hold more pairs than every training sequence",
+        )
+    )
 
     @field_validator("ood_max_pairs")
     @classmethod

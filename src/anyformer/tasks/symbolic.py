@@ -12,8 +12,7 @@ and the x axis of the curve) is, per task: the prompt length (``selective_copy``
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -27,6 +26,7 @@ from anyformer.tasks.algorithmic import (
     SequenceTask,
     _add_digits,
 )
+from anyformer.tasks.base import at_least
 
 MAMBA = Paper("Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023, "Gu & Dao")
 DYCK_PAPER = Paper(
@@ -35,24 +35,6 @@ DYCK_PAPER = Paper(
 LRA = Paper("Long Range Arena: A Benchmark for Efficient Transformers", 2020, "Tay et al.")
 #: Hard corruptions tried per negative ``recognize`` string before flipping a bracket.
 CORRUPT_TRIES = 10
-
-
-def at_least(other: str, strict: bool = False) -> Callable[[Any, int, ValidationInfo], int]:
-    """A field validator: the field must be ``>=`` (``>`` when ``strict``) field ``other``.
-
-    Use as ``_v = field_validator("max_x")(at_least("min_x"))`` (``other`` must be
-    declared before the checked field).
-    """
-
-    def check(cls: Any, v: int, info: ValidationInfo) -> int:
-        lo = info.data.get(other)
-        if lo is not None and (v <= lo if strict else v < lo):
-            raise ValueError(
-                f"{info.field_name}={v} must be {'>' if strict else '>='} {other}={lo}"
-            )
-        return v
-
-    return check
 
 
 # --------------------------------------------------------------------------- selective copy
