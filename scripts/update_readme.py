@@ -1,25 +1,90 @@
-"""Regenerate the component tables of README.md from the registry (``make docs``)."""
+"""Regenerate the generated parts of README.md (``make docs``): the component tables
+from the registry, and the measured-speed table from the newest record of each benchmark
+in ``benchmarks/results/``."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from anyformer.registry import markdown_tables
 
-START, END = "<!-- components:start -->", "<!-- components:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCKS = {
+    "components": lambda: markdown_tables(),
+    "benchmarks": lambda: benchmark_table(RESULTS),
+}
+
+
+def newest(folder: Path, stem: str) -> dict[str, Any] | None:
+    """The newest ``<stem>-<date>.json`` record in ``folder`` (None if there is none)."""
+    files = sorted(folder.glob(f"{stem}-????-??-??.json"))
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def benchmark_table(folder: Path) -> str:
+    """A markdown table: each benchmark's headline ratio, its target and the bound."""
+    rows = ["| benchmark | measured | target | recorded |", "|---|---|---|---|"]
+    train = newest(folder, "train_throughput")
+    if train:
+        peer = train["fastest_peer"]
+        rows.append(
+            f"| training tok/s vs the fastest peer ({peer}) | "
+            f"{train['ratio_vs_fastest_peer']:.2f}x (the linear-product floor allows "
+            f"{train['ratio_floor_vs_fastest_peer']:.2f}x) | >= 1.2x | {train['date'][:10]} |"
+        )
+    gen = newest(folder, "generate_throughput")
+    if gen:
+        for name, res in gen["results"].items():
+            m = res["model"]
+            rows.append(
+                f"| cached generation vs HF GPT-2, {name} ({m['layers']}x{m['d']}) | "
+                f"{res['ratio_anyformer_vs_hf']:.2f}x (the weight floor allows "
+                f"{res['ratio_floor_vs_hf']:.2f}x) | >= {gen['target_ratio']}x | "
+                f"{gen['date'][:10]} |"
+            )
+    pack = newest(folder, "packing")
+    if pack:
+        for kind, res in pack["results"].items():
+            rows.append(
+                f"| packed vs padded tok/s, {kind} ({pack['padding_ratio']:.0%} padding) | "
+                f"{res['ratio_packed_vs_padded']:.2f}x | >= {pack['target_ratio']}x | "
+                f"{pack['date'][:10]} |"
+            )
+    mix = newest(folder, "mixer_scaling")
+    if mix:
+        t = mix["targets"]
+        growth = {k: v["ratio"] for k, v in t["growth_1k_to_8k"].items() if v["linear_cost"]}
+        worst = max(growth, key=growth.get)
+        rows.append(
+            f"| linear vs softmax attention at 16k tokens | "
+            f"{t['linear_vs_softmax_speedup_16k']:.1f}x | >= 3x | {mix['date'][:10]} |"
+        )
+        rows.append(
+            f"| time growth 1k -> 8k tokens, linear-cost mixers (worst: {worst}) | "
+            f"{growth[worst]:.1f}x | <= {t['linear_cost_max_growth']:.0f}x | {mix['date'][:10]} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def render(text: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{markdown_tables()}{END}{tail}"
+    for name, make in BLOCKS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{make()}{end}{tail}"
+    return text
 
 
 if __name__ == "__main__":
     text = README.read_text()
     new = render(text)
     if "--check" in sys.argv:
-        sys.exit(0 if new == text else "README.md component tables are stale: run `make docs`")
+        sys.exit(0 if new == text else "README.md generated sections are stale: run `make docs`")
     README.write_text(new)

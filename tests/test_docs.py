@@ -1,4 +1,5 @@
-"""The README's component tables are generated from the registry and must be current."""
+"""The README's generated sections (component tables from the registry, measured speed
+from benchmarks/results) must be current."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_readme_component_tables_are_current() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = (ROOT / "README.md").read_text()
-    assert module.render(text) == text, "README.md component tables are stale: run `make docs`"
+    assert module.render(text) == text, "README.md generated sections are stale: run `make docs`"
 
 
 def test_readme_starts_with_the_two_commands() -> None:
