@@ -83,8 +83,8 @@ class Ref(_Frozen):
     def _serialize(self, info: SerializationInfo) -> Any:
         params = self.params
         if info.context and info.context.get("canonical"):
-            params = {k: v for k, v in params.items() if k not in _param_defaults(self)
-                      or _param_defaults(self)[k] != v}  # fmt: skip
+            defaults = _param_defaults(self)
+            params = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
         return {"name": self.name, **params} if params else self.name
 
     @property

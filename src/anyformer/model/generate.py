@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Fewest new tokens for which ``generate`` (on CPU, ``column_major=None``) copies the
-#: widening layers' weights: the copy costs about as much as 10-20 decoding steps save.
+#: weights of the layers that do not narrow (unless copies are already kept): a copy
+#: costs about as much as 10-20 decoding steps save.
 COLUMN_MAJOR_MIN_TOKENS = 32
 
 
@@ -241,9 +242,9 @@ def generate(
       and raises if a mixer cannot.
     - ``return_logits``: also return the logits each new token was chosen from,
       ``[B, n, V]`` (before temperature).
-    - ``column_major``: run the widening linear layers from column-major weight copies
-      (:func:`column_major_linears`; faster at small batch on CPU). ``None`` does so on
-      CPU when ``max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS``.
+    - ``column_major``: run the linear layers that do not narrow from column-major weight
+      copies (:func:`column_major_linears`; faster at small batch on CPU). ``None`` does
+      so on CPU when ``max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS``.
 
     The model is put in eval mode for the call and restored afterwards.
     """

@@ -172,6 +172,5 @@ def save_benchmark(record: dict[str, Any], folder: Path | str, stem: str) -> Pat
 
     day = str(record.get("date", dt.date.today().isoformat()))[:10]
     path = Path(folder) / f"{stem}-{day}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     return path
