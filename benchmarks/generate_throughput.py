@@ -157,11 +157,9 @@ def weight_floor(model: nn.Module, batch: int) -> Callable[[int], None]:
     weight once per token and skips attention, norms, activations, caches and sampling),
     so ``floor tok/s / HF tok/s`` bounds the ratio any implementation could reach.
     """
-    from anyformer.model.generate import column_major_linears, column_major_weight
+    from anyformer.model.generate import column_major_candidates, column_major_weight
 
-    with column_major_linears(model) as changed:
-        pass
-    column = {id(m) for m in changed}
+    column = {id(m) for m in column_major_candidates(model)}
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     weights = [(column_major_weight(m) if id(m) in column else m.weight, m.bias) for m in layers]
     inputs = [torch.randn(batch, m.in_features) for m in layers]

@@ -114,6 +114,21 @@ class _ColumnMajorForward:
         return F.linear(x, self.weight, linear.bias)
 
 
+def column_major_candidates(model: nn.Module) -> list[nn.Linear]:
+    """The layers :func:`column_major_linears` runs from column-major copies: plain
+    ``nn.Linear`` modules with a float32 CPU weight that do not narrow
+    (``out_features >= in_features``) and have no instance ``forward`` of their own."""
+    return [
+        m
+        for m in model.modules()
+        if type(m) is nn.Linear
+        and m.out_features >= m.in_features
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype == torch.float32
+        and "forward" not in m.__dict__
+    ]
+
+
 @contextmanager
 def column_major_linears(model: nn.Module) -> Iterator[list[nn.Linear]]:
     """Within the block, every plain ``nn.Linear`` of ``model`` with a float32 weight on
@@ -139,15 +154,7 @@ def column_major_linears(model: nn.Module) -> Iterator[list[nn.Linear]]:
     a layer computes from its own weight. Subclasses of ``nn.Linear`` (e.g. parametrized
     ones) and modules with their own instance ``forward`` are left alone.
     """
-    changed = [
-        m
-        for m in model.modules()
-        if type(m) is nn.Linear
-        and m.out_features >= m.in_features
-        and m.weight.device.type == "cpu"
-        and m.weight.dtype == torch.float32
-        and "forward" not in m.__dict__
-    ]
+    changed = column_major_candidates(model)
     try:
         for linear in changed:
             linear.forward = _ColumnMajorForward(linear)  # type: ignore[method-assign]
@@ -320,6 +327,7 @@ def _decode(
 __all__ = [
     "COLUMN_MAJOR_MIN_TOKENS",
     "cache_blockers",
+    "column_major_candidates",
     "column_major_linears",
     "column_major_weight",
     "generate",
