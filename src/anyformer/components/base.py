@@ -117,7 +117,9 @@ class Context:
       per row); a token may attend only within its document. Only mixers whose class
       sets ``supports_packing = True`` receive it (the model rejects the others);
     - ``cache``: a :class:`Cache` during incremental decoding (``None`` otherwise); the
-      model accepts one only when every mixer's registry capabilities say ``kv_cache``.
+      model accepts one only when every mixer's registry capabilities say ``kv_cache``;
+    - ``last_only``: the model's head reads the last position alone (generation asks for
+      this); it concerns the readout after the blocks, mixers ignore it.
     """
 
     positions: torch.Tensor
@@ -126,6 +128,7 @@ class Context:
     padding_mask: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     cache: Cache | None = None
+    last_only: bool = False
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

@@ -109,7 +109,7 @@ class DepthSchedule(nn.Module):
         self, model: Transformer, x: torch.Tensor, ctx: Context, inputs: torch.Tensor
     ) -> torch.Tensor:
         x = self.run(model.blocks, self.order(self.training), x, ctx)
-        return model.readout(x, ctx.padding_mask)
+        return model.readout(x, ctx)
 
     def forward_flops(self, model: Transformer, seq_len: int, training: bool = True) -> int:
         """Forward FLOPs per token of a training (or evaluation) pass: every block
@@ -214,9 +214,9 @@ class _Iterated(DepthSchedule):
         :attr:`exit_outputs` and the last of them is returned."""
         finish = finish or (lambda h: h)
         if kept:
-            self.exit_outputs = [model.readout(finish(h), ctx.padding_mask) for h in kept]
+            self.exit_outputs = [model.readout(finish(h), ctx) for h in kept]
             return self.exit_outputs[-1]
-        return model.readout(finish(final), ctx.padding_mask)
+        return model.readout(finish(final), ctx)
 
 
 def _window_problem(params: BaseModel) -> str | None:
@@ -483,13 +483,11 @@ class EarlyExit(DepthSchedule):
             )
         return None
 
-    def _readout(
-        self, model: Transformer, j: int, x: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _readout(self, model: Transformer, j: int, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         if j == len(self.exit_after) - 1 or self.params.share_head:
-            return model.readout(x, mask)
+            return model.readout(x, ctx)
         ex = self.exits[j]
-        return model.readout(x, mask, norm=ex.norm, head=ex.head)
+        return model.readout(x, ctx, norm=ex.norm, head=ex.head)
 
     @staticmethod
     def confidence(out: torch.Tensor) -> torch.Tensor:
@@ -504,7 +502,7 @@ class EarlyExit(DepthSchedule):
             for i, block in enumerate(model.blocks):
                 x = block(x, ctx)
                 if i in self.exit_after:
-                    outs.append(self._readout(model, len(outs), x, ctx.padding_mask))
+                    outs.append(self._readout(model, len(outs), x, ctx))
             self.exit_outputs = outs
             return outs[-1]
         if getattr(ctx, "cache", None) is not None:
@@ -512,7 +510,7 @@ class EarlyExit(DepthSchedule):
         if self.threshold >= 1:  # never early: skip the intermediate heads
             x = self.run(model.blocks, self.order(False), x, ctx)
             self._record(torch.full(x.shape[:-1], self.n_layers, device=x.device), ctx)
-            return model.readout(x, ctx.padding_mask)
+            return model.readout(x, ctx)
         if self.per_token:
             return self._per_token(model, x, ctx)
         return self._per_example(model, x, ctx)
@@ -534,7 +532,7 @@ class EarlyExit(DepthSchedule):
             executed += (~exited).long()
             if i not in self.exit_after:
                 continue
-            out = self._readout(model, self.exit_after.index(i), x, ctx.padding_mask)
+            out = self._readout(model, self.exit_after.index(i), x, ctx)
             result = torch.zeros_like(out) if result is None else result
             stop = (
                 ~exited
@@ -560,7 +558,7 @@ class EarlyExit(DepthSchedule):
             executed[rows] += 1
             if i not in self.exit_after:
                 continue
-            out = self._readout(model, self.exit_after.index(i), x, sub.padding_mask)
+            out = self._readout(model, self.exit_after.index(i), x, sub)
             if result is None:
                 result = out.new_zeros((b, *out.shape[1:]))
             if i == self.exit_after[-1]:
@@ -704,7 +702,7 @@ class ContinuousThought(DepthSchedule):
         out_pos = torch.where(out_pos < s[:, None], out_pos, out_pos + m)
         out_pos = torch.where(torch.arange(t, device=dev) == s[:, None], s[:, None] + m, out_pos)
         h = h.gather(1, out_pos[..., None].expand(-1, -1, h.shape[-1]))
-        return model.readout(h, ctx.padding_mask)
+        return model.readout(h, ctx)
 
     def forward_flops(self, model: Transformer, seq_len: int, training: bool = True) -> int:
         """Upper bound: ``m + 1`` passes over ``seq_len + m`` tokens, per original token."""

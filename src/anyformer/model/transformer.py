@@ -142,7 +142,6 @@ class Transformer(nn.Module):
             self.embed = nn.Linear(spec.input_dim, d)
         self.position: PositionScheme = _build(spec.position, spec.dims())
         self.drop = dropout_or_identity(spec.dropout)
-        self._last_only = False  # set by forward(last_only=True) for readout
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
         final = getattr(self.blocks[-1], "final_norm", True)
@@ -193,20 +192,6 @@ class Transformer(nn.Module):
         decoding steps). Only for heads applied per position (not pooled ones)."""
         if last_only and self.pool is not None:
             raise ValueError("last_only needs a per-position head; this model pools")
-        self._last_only = last_only
-        try:
-            return self._forward(inputs, padding_mask, positions, segments, cache)
-        finally:
-            self._last_only = False
-
-    def _forward(
-        self,
-        inputs: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        positions: torch.Tensor | None,
-        segments: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
         t = inputs.shape[1]
         offset = 0 if cache is None else cache.offset
         if offset + t > self.spec.max_len:
@@ -226,7 +211,9 @@ class Transformer(nn.Module):
             positions = torch.arange(offset, offset + t, device=inputs.device)
         x = self.position.embed(self.embed(inputs), positions)
         x = self.drop(x)
-        ctx = Context(positions, self.causal, self.position, padding_mask, segments, cache)
+        ctx = Context(
+            positions, self.causal, self.position, padding_mask, segments, cache, last_only
+        )
         if cache is not None:
             cache.begin()
         out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
@@ -237,17 +224,18 @@ class Transformer(nn.Module):
     def readout(
         self,
         x: torch.Tensor,
-        padding_mask: torch.Tensor | None,
+        ctx: Context,
         norm: nn.Module | None = None,
         head: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Final norm, pooling (pooled heads) and head on the last hidden states; a depth
+        """Final norm, pooling (pooled heads, over ``ctx.padding_mask``) and head on the
+        last hidden states, on the last position alone when ``ctx.last_only``; a depth
         schedule with several exits passes each exit's own ``norm`` and ``head``."""
-        if self._last_only:
+        if ctx.last_only:
             x = x[:, -1:]
         x = (self.norm if norm is None else norm)(x)
         if self.pool is not None:
-            x = self.pool(x, padding_mask)
+            x = self.pool(x, ctx.padding_mask)
         return (self.head if head is None else head)(x)
 
     @property
