@@ -39,7 +39,6 @@ Length-Generalization in Transformers via Task Hinting" (2023) for sort; Lee et 
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -47,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, eval_set_by_size, rng_for
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 #: Token id of symbol 0; symbol ``s`` is token ``FIRST_SYMBOL + s``.
@@ -286,24 +285,16 @@ class SequenceTask(Task):
         return self.make_batch(raw, length)
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
-        if size < 1:
-            raise ValueError(f"eval size={size} must be >= 1")
         lengths = self.lengths(split)
-        per_length = max(1, math.ceil(size / len(lengths)))
         member = True if split == "id" else None
-        batches: list[Batch] = []
-        for length in lengths:
-            rng = rng_for(self.seed, SPLIT_IDS[split], length)
-            raw = self._draw(length, per_length, rng, member=member, replace=False)
-            for start in range(0, raw.shape[0], EVAL_BATCH_ROWS):
-                batches.append(self.make_batch(raw[start : start + EVAL_BATCH_ROWS], length))
-        if not batches:
-            raise ValueError(
-                f"split '{split}' has no test prompts at lengths {lengths.start}.."
-                f"{lengths.stop - 1} (test_fraction={self.params.test_fraction} of a tiny "
-                f"prompt space); use longer lengths or a larger test_fraction"
-            )
-        return batches
+        return eval_set_by_size(
+            self.seed, split, size, lengths,
+            lambda length, n, rng: self._draw(length, n, rng, member=member, replace=False),
+            self.make_batch, EVAL_BATCH_ROWS,
+            f"split '{split}' has no test prompts at lengths {lengths.start}.."
+            f"{lengths.stop - 1} (test_fraction={self.params.test_fraction} of a tiny "
+            f"prompt space); use longer lengths or a larger test_fraction",
+        )  # fmt: skip
 
     def make_batch(self, raw: np.ndarray, length: int) -> Batch:
         """The batch of raw symbols ``[N, m]`` drawn for ``length``."""

@@ -10,7 +10,8 @@ one), which it scores with its own metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -66,6 +67,35 @@ class Batch:
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
     """An independent numpy generator for ``(seed, *stream)``."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *stream])))
+
+
+def eval_set_by_size(
+    seed: int,
+    split: str,
+    size: int,
+    sizes: Sequence[int],
+    draw: Callable[[int, int, np.random.Generator], np.ndarray],
+    make_batch: Callable[[np.ndarray, int], Batch],
+    rows_per_batch: int,
+    none_drawn: str,
+) -> list[Batch]:
+    """A fixed evaluation set spread over ``sizes`` (lengths, pair counts, ...): for each
+    size ``s``, ``draw(s, n, rng)`` gives ``n = ceil(size / len(sizes))`` raw rows from the
+    split's own stream (:func:`rng_for` of ``seed``, the split and ``s``), which
+    ``make_batch(rows, s)`` turns into batches of at most ``rows_per_batch`` rows. A draw
+    may return fewer rows (a small held-out space); when nothing at all is drawn the error
+    is ``none_drawn``."""
+    if size < 1:
+        raise ValueError(f"eval size={size} must be >= 1")
+    per_size = max(1, math.ceil(size / len(sizes)))
+    batches: list[Batch] = []
+    for s in sizes:
+        rows = draw(s, per_size, rng_for(seed, SPLIT_IDS[split], s))
+        for start in range(0, rows.shape[0], rows_per_batch):
+            batches.append(make_batch(rows[start : start + rows_per_batch], s))
+    if not batches:
+        raise ValueError(none_drawn)
+    return batches
 
 
 def torch_generator(seed: int, *stream: int) -> torch.Generator:

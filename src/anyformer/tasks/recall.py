@@ -46,7 +46,6 @@ keys/values drawn from one shared vocabulary.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.algorithmic import is_test_member
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, eval_set_by_size, rng_for
 
 PAD, BOS, SEP, FILL = 0, 1, 2, 3
 #: Token id of key 0.
@@ -216,24 +215,15 @@ class MQAR(Task):
         return self.make_batch(rows, pairs)
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
-        if size < 1:
-            raise ValueError(f"eval size={size} must be >= 1")
-        counts = self.pair_counts(split)
-        per_count = max(1, math.ceil(size / len(counts)))
         member = True if split == "id" else None
-        batches: list[Batch] = []
-        for pairs in counts:
-            rng = rng_for(self.seed, SPLIT_IDS[split], pairs)
-            rows = self._draw(pairs, per_count, rng, member=member, unique=True)
-            for start in range(0, rows.shape[0], EVAL_BATCH_ROWS):
-                batches.append(self.make_batch(rows[start : start + EVAL_BATCH_ROWS], pairs))
-        if not batches:
-            raise ValueError(
-                f"split '{split}' has no held-out sequences (test_fraction="
-                f"{self.params.test_fraction} of a tiny sequence space); use more keys, "
-                f"values or pairs, or a larger test_fraction"
-            )
-        return batches
+        return eval_set_by_size(
+            self.seed, split, size, self.pair_counts(split),
+            lambda pairs, n, rng: self._draw(pairs, n, rng, member=member, unique=True),
+            self.make_batch, EVAL_BATCH_ROWS,
+            f"split '{split}' has no held-out sequences (test_fraction="
+            f"{self.params.test_fraction} of a tiny sequence space); use more keys, "
+            f"values or pairs, or a larger test_fraction",
+        )  # fmt: skip
 
     # ------------------------------------------------------------ data
     def sample_rows(self, pairs: int, n: int, rng: np.random.Generator) -> np.ndarray:
