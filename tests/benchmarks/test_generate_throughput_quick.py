@@ -29,9 +29,10 @@ def test_quick_run_checks_equality_and_fills_the_record(tmp_path: Path) -> None:
     (result,) = record["results"].values()
     assert result["max_logit_difference"] < 1e-4
     for key in ("tokens_per_s", "tokens_per_cpu_s"):
-        assert set(result[key]) == {"anyformer", "hf_gpt2", "weight_floor"}
+        assert set(result[key]) == {"anyformer", "hf_gpt2", "handwritten", "weight_floor"}
         assert all(v > 0 for v in result[key].values())
     assert result["ratio_floor_vs_hf"] > 0
-    assert set(result["overhead_ms_per_token"]) == {"anyformer", "hf_gpt2"}
+    assert set(result["overhead_ms_per_token"]) == {"anyformer", "hf_gpt2", "handwritten"}
+    assert result["anyformer_share_of_handwritten"] > 0
     assert record["versions"]["torch"] and record["machine"]["loadavg"]
     assert not list(tmp_path.iterdir())  # quick mode writes nothing
