@@ -18,6 +18,7 @@ from anyformer.errors import SpecError, UserError
 from anyformer.model.generate import (
     cache_blockers,
     column_major_linears,
+    direct_module_calls,
     generate,
     sample_next,
 )
@@ -160,6 +161,55 @@ def test_column_major_linears_compute_the_same_and_are_restored() -> None:
         model(tokens).square().mean().backward()
     qkv = model.blocks[0].mixer.qkv.weight
     assert qkv.grad is not None and qkv.grad.abs().sum() > 0
+
+
+def test_direct_module_calls_skip_the_call_machinery_and_are_undone() -> None:
+    model = _model({"name": "softmax"}, "rope")
+    classes = {name: type(m) for name, m in model.named_modules()}
+    calls: list[str] = []
+    model.blocks[1].ffn.register_forward_hook(lambda *_: calls.append("hooked"))
+    tokens = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        plain = model(tokens)
+        assert calls == ["hooked"]
+        with direct_module_calls(model) as n:
+            # every module but the hooked one runs its forward directly, as an instance
+            # of a subclass of its own class that changes nothing else
+            assert n == len(classes) - 1
+            assert type(model.blocks[1].ffn) is classes["blocks.1.ffn"]
+            norm = model.blocks[0].norm1
+            assert type(norm) is not classes["blocks.0.norm1"]
+            assert isinstance(norm, classes["blocks.0.norm1"])
+            assert type(norm).__name__ == classes["blocks.0.norm1"].__name__
+            inside = model(tokens)
+            assert calls == ["hooked", "hooked"]  # the hooked module keeps its hooks
+            with direct_module_calls(model) as nested:  # switched modules stay as they are
+                assert nested == 0
+            assert type(norm) is not classes["blocks.0.norm1"]
+    assert torch.equal(inside, plain)
+    assert {name: type(m) for name, m in model.named_modules()} == classes
+    with pytest.raises(RuntimeError, match="boom"), direct_module_calls(model):
+        raise RuntimeError("boom")  # an error inside still restores every class
+    assert {name: type(m) for name, m in model.named_modules()} == classes
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:  # a global module hook: nothing is switched
+        with direct_module_calls(model) as n:
+            assert n == 0
+    finally:
+        handle.remove()
+
+
+def test_generate_uses_direct_calls_and_restores_the_classes() -> None:
+    model = _model({"name": "softmax"}, "learned")
+    classes = [type(m) for m in model.modules()]
+    prompt = torch.randint(0, V, (2, PROMPT))
+    norm = model.blocks[0].norm1
+    norm_class, seen = type(norm), []
+    model.blocks[0].mixer.out.register_forward_hook(lambda *_: seen.append(type(norm)))
+    out = generate(model, prompt, NEW, column_major=True)
+    assert seen and all(t is not norm_class and issubclass(t, norm_class) for t in seen)
+    assert [type(m) for m in model.modules()] == classes
+    assert torch.equal(out, generate(model, prompt, NEW, use_cache=False, column_major=False))
 
 
 def test_column_major_copies_are_kept_until_the_weight_changes() -> None:

@@ -164,6 +164,82 @@ def column_major_linears(model: nn.Module) -> Iterator[list[nn.Linear]]:
             linear.__dict__.pop("forward", None)
 
 
+#: Per module class, the subclass :func:`direct_module_calls` gives its instances (made
+#: on first use): the same class except that calling an instance runs ``forward`` at once.
+_DIRECT_CALL_CLASSES: dict[type, type] = {}
+
+
+def _direct_call_class(cls: type) -> type:
+    direct = _DIRECT_CALL_CLASSES.get(cls)
+    if direct is None:
+
+        def __call__(self: nn.Module, *args: object, **kwargs: object) -> object:
+            return self.forward(*args, **kwargs)
+
+        attrs = {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__}
+        direct = type(cls.__name__, (cls,), {**attrs, "__qualname__": cls.__qualname__})
+        _DIRECT_CALL_CLASSES[cls] = direct
+    return direct
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+@contextmanager
+def direct_module_calls(model: nn.Module) -> Iterator[int]:
+    """Within the block, calling a submodule of ``model`` runs its ``forward`` directly,
+    without ``nn.Module.__call__``'s hook dispatch; on exit every module gets its own
+    class back. Yields how many modules were switched.
+
+    Why: a decoding step calls about ten modules per block, and in it every piece of
+    Python runs with cold caches (each weight matrix streamed in between evicts the
+    interpreter's working set), so the two extra Python frames of each module call cost
+    several times what they cost in a tight loop: measured here, 17% of a step for a
+    4x128 GPT-2 decoder at batch 1, 3-5% at 6x384.
+
+    How: each module's class is swapped for a subclass (one per class, kept) that only
+    adds a ``__call__`` running ``forward``, so ``isinstance`` checks, attributes and
+    instance ``forward`` overrides behave as before. Left alone, so they keep the full
+    call path: modules with hooks of their own, every module when global module hooks
+    are registered, classes that define their own ``__call__``, modules compiled in
+    place (``module.compile()``), and instances whose class cannot be swapped.
+    """
+    from torch.nn.modules import module as module_globals
+
+    swapped: list[tuple[nn.Module, type]] = []
+    global_hooks = (
+        module_globals._global_forward_hooks,
+        module_globals._global_forward_pre_hooks,
+        module_globals._global_backward_hooks,
+        module_globals._global_backward_pre_hooks,
+    )
+    try:
+        if not any(global_hooks):
+            for module in model.modules():
+                cls = type(module)
+                if (
+                    cls.__call__ is not nn.Module.__call__
+                    or _has_hooks(module)
+                    or getattr(module, "_compiled_call_impl", None) is not None
+                ):
+                    continue
+                try:
+                    module.__class__ = _direct_call_class(cls)
+                except TypeError:  # an incompatible instance layout (e.g. __slots__)
+                    continue
+                swapped.append((module, cls))
+        yield len(swapped)
+    finally:
+        for module, cls in swapped:
+            module.__class__ = cls
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 0.0,
@@ -272,7 +348,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with column_major_linears(model) if column_major else nullcontext():
+        # column-major first: it picks layers by exact class, which the other swaps
+        layout = column_major_linears(model) if column_major else nullcontext()
+        with layout, direct_module_calls(model):
             return _decode(
                 model, input_ids, max_new_tokens, temperature, top_k, top_p, eos,
                 generator, use_cache, return_logits,
@@ -330,6 +408,7 @@ __all__ = [
     "column_major_candidates",
     "column_major_linears",
     "column_major_weight",
+    "direct_module_calls",
     "generate",
     "sample_next",
 ]
