@@ -130,7 +130,9 @@ def main() -> int:
     times = []
     for step in range(args.warmup, args.warmup + args.steps):
         t = time.perf_counter()
-        trainer.train_step(step)  # returns a Python float: the step has finished
+        trainer.train_step(step)
+        if cuda:  # the loss is read before backward and the optimizer step finish
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     tokens = cfg["batch"] * cfg["seq"]
     total = sum(times)

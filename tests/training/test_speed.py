@@ -151,6 +151,7 @@ def test_peak_table_tells_gpu_variants_apart() -> None:
     assert peak_for_name("NVIDIA H100 PCIe", "bf16") == 756.5e12
     assert peak_for_name("NVIDIA H100 NVL", "bf16") == 835.5e12
     assert peak_for_name("NVIDIA H200", "bf16") == 989.4e12
+    assert peak_for_name("NVIDIA H200 NVL", "bf16") == 835.5e12
     assert peak_for_name("NVIDIA A100-SXM4-80GB", "tf32") == 156e12
     assert peak_for_name("NVIDIA A10G", "bf16") == 70e12
     assert peak_for_name("NVIDIA A10", "bf16") == 125e12

@@ -263,6 +263,11 @@ def sample_next(
         drop = torch.zeros_like(drop).scatter(-1, order, drop)
         scores = scores.masked_fill(drop, float("-inf"))
     probs = scores.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # draw where the generator lives: a CPU generator then gives the same draws
+        # whichever device the model runs on
+        draw = torch.multinomial(probs.to(generator.device), 1, generator=generator)
+        return draw.squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -397,7 +402,8 @@ def _decode(
     out = torch.cat((input_ids, torch.stack(new, dim=1)), dim=1) if new else input_ids
     if return_logits:
         if not scores:
-            return out, torch.zeros(input_ids.shape[0], 0, model.head.out_features)
+            empty = (input_ids.shape[0], 0, model.head.out_features)
+            return out, torch.zeros(empty, device=input_ids.device)
         return out, torch.stack(scores, dim=1)
     return out
 

@@ -193,15 +193,17 @@ def _load_safetensors(
             f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    state = _load_state_pt(path)
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:  # weights alone (generate, evaluate) need no state.pt
+        state = _load_state_pt(path)
+        optimizer.load_state_dict(state["optimizer"])  # moves the state to the params
         set_rng_states(state["rng"])
 
 
 def _load_state_pt(path: Path) -> dict[str, Any]:
+    """Optimizer and RNG state, read onto the CPU (a run saved on a GPU resumes anywhere;
+    ``Optimizer.load_state_dict`` then moves each tensor to its parameter's device)."""
     try:
-        return torch.load(path / "state.pt", weights_only=True)
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as exc:
         raise RunFolderError(
             f"checkpoint {path} is damaged: state.pt cannot be loaded ({exc})"
@@ -300,4 +302,4 @@ def _load_dcp(
     if not rng.is_file():  # resumed on more ranks than saved: take rank 0's
         rng = path / "rng-0.pt"
     if rng.is_file():
-        set_rng_states(torch.load(rng, weights_only=True))
+        set_rng_states(torch.load(rng, map_location="cpu", weights_only=True))

@@ -19,13 +19,20 @@ from anyformer.errors import SpecError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16() -> bool:
+    """Whether the current GPU computes bf16 in hardware (compute capability 8.0 and up).
+    ``torch.cuda.is_bf16_supported()`` alone also says yes where bf16 is only emulated
+    (V100, T4), which is slower than fp16 there."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16``/``fp16`` on CUDA, ``fp32`` on CPU; checks the GPU supports it."""
     cuda = device.type == "cuda"
     if name == "auto":
         if not cuda:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16() else "fp16"
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise SpecError(
             f"train.precision='bf16' but {torch.cuda.get_device_name(device)} has no bf16 "

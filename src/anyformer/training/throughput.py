@@ -25,10 +25,10 @@ T = 1e12
 # -> {precision: FLOP/s}. fp16/bf16 are with fp32 accumulation.
 PEAKS: list[tuple[str, dict[str, float]]] = [
     (
-        r"gh200|h200|h800|h100(?!.*(pcie|nvl))",
+        r"gh200|h200(?!.*nvl)|h800|h100(?!.*(pcie|nvl))",
         dict(bf16=989.4 * T, fp16=989.4 * T, tf32=494.7 * T, fp32=66.9 * T),
     ),
-    (r"h100.*nvl", dict(bf16=835.5 * T, fp16=835.5 * T, tf32=417.5 * T, fp32=60.0 * T)),
+    (r"h[12]00.*nvl", dict(bf16=835.5 * T, fp16=835.5 * T, tf32=417.5 * T, fp32=60.0 * T)),
     (r"h100.*pcie", dict(bf16=756.5 * T, fp16=756.5 * T, tf32=378.0 * T, fp32=51.2 * T)),
     (r"b200", dict(bf16=2250.0 * T, fp16=2250.0 * T, tf32=1100.0 * T)),
     (r"a100", dict(bf16=312.0 * T, fp16=312.0 * T, tf32=156.0 * T, fp32=19.5 * T)),
