@@ -200,6 +200,7 @@ def handwritten_decoder(model: nn.Module) -> Callable[[torch.Tensor, int], torch
     ]  # fmt: skip
     d, heads = model.spec.d_model, model.spec.n_heads
     embed, table, final = model.embed.weight, model.position.table.weight, model.norm
+    head = weight(model.head)  # the tied embedding, column-major where anyformer's is
 
     @torch.inference_mode()
     def generate(prompt: torch.Tensor, new: int) -> torch.Tensor:
@@ -223,7 +224,7 @@ def handwritten_decoder(model: nn.Module) -> Callable[[torch.Tensor, int], torch
                 h = F.layer_norm(x, (d,), n2.weight, n2.bias, n2.eps)
                 x = x + F.linear(F.gelu(F.linear(h, wup, bup)), wdown, bdown)
             h = F.layer_norm(x[:, -1], (d,), final.weight, final.bias, final.eps)
-            tokens = F.linear(h, embed).argmax(-1, keepdim=True)
+            tokens = F.linear(h, head).argmax(-1, keepdim=True)
             out.append(tokens)
             pos += t
         return torch.cat(out, dim=1)
