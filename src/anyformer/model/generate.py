@@ -230,14 +230,15 @@ def direct_module_calls(model: nn.Module) -> Iterator[int]:
                 ):
                     continue
                 try:
-                    module.__class__ = _direct_call_class(cls)
+                    # object's setattr: nn.Module's would only pass it on, slowly
+                    object.__setattr__(module, "__class__", _direct_call_class(cls))
                 except TypeError:  # an incompatible instance layout (e.g. __slots__)
                     continue
                 swapped.append((module, cls))
         yield len(swapped)
     finally:
         for module, cls in swapped:
-            module.__class__ = cls
+            object.__setattr__(module, "__class__", cls)
 
 
 def sample_next(
@@ -351,7 +352,10 @@ def generate(
     if column_major is None:
         column_major = input_ids.device.type == "cpu" and max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS
     was_training = model.training
-    model.eval()
+    # eval() and train() set an attribute on every module, slowly: only when needed
+    switch = any(m.training for m in model.modules())
+    if switch:
+        model.eval()
     try:
         # column-major first: it picks layers by exact class, which the other swaps
         layout = column_major_linears(model) if column_major else nullcontext()
@@ -361,7 +365,8 @@ def generate(
                 generator, use_cache, return_logits,
             )  # fmt: skip
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
 
 
 def _decode(
