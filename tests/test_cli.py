@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from anyformer.cli import main
 
@@ -36,6 +37,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         (["run", "quickstart", "train.steps=0"], ["train.steps", "0"]),
         (["run", "quickstart", "model.n_heads=-1"], ["model.n_heads", "-1"]),
         (["run", "quikstart"], ["quikstart", "quickstart"]),
+        pytest.param(
+            ["run", "quickstart", "train.device=cuda"],
+            ["train.device='cuda'", "no CUDA device", "cpu"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+            id="cuda-without-a-gpu",
+        ),
         (["show", "nope"], ["nope", "quickstart"]),
         (["list", "atention"], ["atention", "attention"]),
         (["reproduce", "--all", "--quick", "--write-docs"], ["--write-docs", "--quick", "full"]),

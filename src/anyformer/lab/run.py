@@ -20,7 +20,7 @@ from anyformer.objectives.losses import Objective
 from anyformer.spec import ExperimentSpec, ModelSpec, packing_refusal
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
-from anyformer.training.trainer import Trainer, TrainResult, seed_everything
+from anyformer.training.trainer import Trainer, TrainResult, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,16 @@ def run_experiment(
 ) -> Run:
     """Train ``spec`` in its run folder (resuming it if it exists), then write the report."""
     spec = resolve(spec)
+    # everything that can refuse the spec runs before the run folder is made
+    resolve_device(spec.train.device)
+    task = build_task(spec)
+    model = prepare_model(spec)
     folder = run_dir or run_folder(spec, out)
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / SPEC_FILE
     main = env_rank() == 0  # under torchrun only rank 0 writes the spec and the report
     if main and not saved.exists():
         spec.save(saved)
-    task = build_task(spec)
-    model = prepare_model(spec)
     trainer = Trainer(
         model, task, build_objective(spec, task), spec.train, folder, info={"spec_hash": spec.hash}
     )
