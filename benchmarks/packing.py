@@ -34,7 +34,7 @@ from anyformer.model.transformer import build_model
 from anyformer.objectives.losses import CausalLM, CausalLMParams
 from anyformer.spec import TrainSpec
 from anyformer.tasks.base import Batch
-from anyformer.tasks.packing import model_inputs, pack_batch
+from anyformer.tasks.packing import model_inputs, pack_batch, random_padded_batch
 from anyformer.training.throughput import benchmark_environment, save_benchmark
 from anyformer.training.trainer import make_optimizer
 
@@ -48,19 +48,6 @@ def long_tailed_lengths(n: int, shortest: int, longest: int, seed: int) -> list[
     lengths = np.minimum(shortest * (1 + rng.pareto(1.2, n)), longest).astype(int)
     lengths[0] = longest
     return [int(x) for x in lengths]
-
-
-def padded_batch(lengths: list[int], vocab: int, seed: int) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    t = max(lengths)
-    inputs = torch.zeros(len(lengths), t, dtype=torch.long)
-    targets = torch.zeros_like(inputs)
-    real = torch.zeros(len(lengths), t, dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        inputs[i, :n] = torch.randint(1, vocab, (n,), generator=gen)
-        targets[i, :n] = torch.randint(1, vocab, (n,), generator=gen)
-        real[i, :n] = True
-    return Batch(inputs, targets, real.clone(), padding_mask=real)
 
 
 def make_step(model: nn.Module, batch: Batch, use_mask: bool) -> Callable[[], float]:
@@ -152,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds, steps = 1, 1
     cfg["max_len"] = shape["longest"]
     lengths = long_tailed_lengths(shape["batch"], shape["shortest"], shape["longest"], args.seed)
-    batch = padded_batch(lengths, cfg["vocab"], args.seed)
+    batch = random_padded_batch(lengths, cfg["vocab"], torch.Generator().manual_seed(args.seed))
     padding_ratio = 1 - sum(lengths) / (len(lengths) * max(lengths))
     if padding_ratio < 0.5:
         raise AssertionError(f"padding ratio {padding_ratio:.0%} < 50%: lengths not skewed enough")

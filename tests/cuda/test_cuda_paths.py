@@ -44,7 +44,7 @@ from anyformer.model.generate import generate
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.base import Batch
-from anyformer.tasks.packing import model_inputs, pack_batch
+from anyformer.tasks.packing import model_inputs, pack_batch, random_padded_batch
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
 from anyformer.training.precision import DTYPES, autocast
 from anyformer.training.throughput import peak_flops
@@ -365,16 +365,7 @@ LENGTHS = [5, 11, 2, 8, 3]
 
 def padded_batch(lengths: list[int]) -> Batch:
     """Rows of random tokens and targets of the given lengths, padding trailing."""
-    gen = torch.Generator().manual_seed(0)
-    t = max(lengths)
-    inputs = torch.zeros(len(lengths), t, dtype=torch.long)
-    targets = torch.zeros_like(inputs)
-    real = torch.zeros(len(lengths), t, dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        inputs[i, :n] = torch.randint(1, V, (n,), generator=gen)
-        targets[i, :n] = torch.randint(1, V, (n,), generator=gen)
-        real[i, :n] = True
-    return Batch(inputs, targets, real.clone(), padding_mask=real)
+    return random_padded_batch(lengths, V, torch.Generator().manual_seed(0))
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

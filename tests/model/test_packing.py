@@ -16,7 +16,7 @@ from anyformer.nn.packing import pack, positions_from_segments, segment_mask
 from anyformer.objectives.losses import CausalLM, CausalLMParams
 from anyformer.spec import ModelSpec, parse
 from anyformer.tasks.base import Batch
-from anyformer.tasks.packing import model_inputs, pack_batch
+from anyformer.tasks.packing import model_inputs, pack_batch, random_padded_batch
 
 V = 31
 LENGTHS = [5, 11, 2, 8, 3]
@@ -53,16 +53,9 @@ def _cases() -> list[Any]:
 
 
 def _padded_batch(lengths: list[int]) -> Batch:
-    t = max(lengths)
-    inputs = torch.zeros(len(lengths), t, dtype=torch.long)
-    targets = torch.zeros_like(inputs)
-    real = torch.zeros(len(lengths), t, dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        inputs[i, :n] = torch.randint(1, V, (n,))
-        targets[i, :n] = torch.randint(1, V, (n,))
-        real[i, :n] = True
-    loss_mask = real & (torch.rand(real.shape) < 0.7)
-    return Batch(inputs, targets, loss_mask, padding_mask=real)
+    batch = random_padded_batch(lengths, V)
+    batch.loss_mask = batch.loss_mask & (torch.rand(batch.loss_mask.shape) < 0.7)
+    return batch
 
 
 def test_the_softmax_family_supports_packing() -> None:

@@ -87,4 +87,22 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     return kwargs
 
 
-__all__ = ["model_inputs", "pack_batch", "row_lengths"]
+def random_padded_batch(
+    lengths: list[int], vocab: int, generator: torch.Generator | None = None
+) -> Batch:
+    """Rows of random tokens and targets (ids ``1..vocab-1``; 0 pads) of the given
+    lengths, padding trailing, every real target scored: the skewed batches that packing
+    is tested and benchmarked on. Draws row by row, inputs then targets, from
+    ``generator`` (torch's global generator when ``None``)."""
+    t = max(lengths)
+    inputs = torch.zeros(len(lengths), t, dtype=torch.long)
+    targets = torch.zeros_like(inputs)
+    real = torch.zeros(len(lengths), t, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        inputs[i, :n] = torch.randint(1, vocab, (n,), generator=generator)
+        targets[i, :n] = torch.randint(1, vocab, (n,), generator=generator)
+        real[i, :n] = True
+    return Batch(inputs, targets, real.clone(), padding_mask=real)
+
+
+__all__ = ["model_inputs", "pack_batch", "random_padded_batch", "row_lengths"]
