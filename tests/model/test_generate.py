@@ -308,6 +308,73 @@ def test_eos_stops_a_row_and_generation() -> None:
         assert (row[stop:] == eos).all()  # a finished row is padded with eos
 
 
+def _ragged(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of the given lengths, padded at the end with a token that is not 0."""
+    width = max(lengths)
+    mask = torch.arange(width) < torch.tensor(lengths)[:, None]
+    tokens = torch.randint(0, V, (len(lengths), width)).masked_fill(~mask, 7)
+    return tokens, mask
+
+
+@pytest.mark.parametrize(
+    ("attention", "position"),
+    [("softmax", "rope"), ("softmax", "learned"), ({"name": "sliding_window", "window": 3},
+     "alibi"), ("linear", "none")],
+)  # fmt: skip
+def test_ragged_prompts_continue_as_each_row_alone(attention: Any, position: str) -> None:
+    model = _model(attention, position)
+    lengths = [5, 2, 5, 7, 1]
+    prompts, mask = _ragged(lengths)
+    out, logits = generate(model, prompts, NEW, padding_mask=mask, pad_id=-1, return_logits=True)
+    assert out.shape == (len(lengths), max(lengths) + NEW)
+    for i, n in enumerate(lengths):
+        alone, alone_logits = generate(model, prompts[i : i + 1, :n], NEW, return_logits=True)
+        assert torch.equal(out[i, : n + NEW], alone[0])
+        assert (out[i, n + NEW :] == -1).all()  # the rest of the row is pad_id
+        torch.testing.assert_close(logits[i], alone_logits[0], **TOL)
+    # a mask of full rows is the unpadded batch
+    full = torch.ones_like(mask)
+    assert torch.equal(generate(model, prompts, 4, padding_mask=full), generate(model, prompts, 4))
+
+
+def test_ragged_prompts_with_eos_pad_finished_groups() -> None:
+    model = _model("softmax", "learned")
+    prompts, mask = _ragged([3, 6, 3])
+    greedy = generate(model, prompts, NEW, padding_mask=mask)
+    eos = int(greedy[1, 6 + 1])  # the long row's second new token
+    out, logits = generate(model, prompts, NEW, padding_mask=mask, eos=eos, return_logits=True)
+    steps = out.shape[1] - 6  # new-token columns after the longest prompt
+    lengths = [3, 6, 3]
+    alone = [
+        generate(model, prompts[i : i + 1, :n], NEW, eos=eos)[0] for i, n in enumerate(lengths)
+    ]
+    made = [len(a) - n for a, n in zip(alone, lengths, strict=True)]
+    for i, n in enumerate(lengths):
+        assert torch.equal(out[i, : n + made[i]], alone[i])
+        assert (out[i, n + made[i] : n + steps] == eos).all()  # finished: eos, then pad_id
+        assert (out[i, n + steps :] == 0).all()
+        # the rows of one prompt length stop together, when the last of them finishes
+        group = max(m for m, k in zip(made, lengths, strict=True) if k == n)
+        assert torch.isfinite(logits[i, :group]).all() and logits[i, group:].isnan().all()
+    assert steps == max(made) < NEW  # eos stopped the whole batch early
+
+
+def test_bad_padding_masks_are_refused() -> None:
+    model = _model("softmax", "rope")
+    prompts, mask = _ragged([3, 4])
+    leading = mask.flip(1)
+    with pytest.raises(UserError, match="trailing padding"):
+        generate(model, prompts, 2, padding_mask=leading)
+    with pytest.raises(UserError, match="shape"):
+        generate(model, prompts, 2, padding_mask=mask[:, :3])
+    with pytest.raises(UserError, match="booleans"):
+        generate(model, prompts, 2, padding_mask=mask.long())
+    empty = mask.clone()
+    empty[1] = False
+    with pytest.raises(UserError, match="row 1 without a real token"):
+        generate(model, prompts, 2, padding_mask=empty)
+
+
 def test_fallback_recomputes_with_a_notice(caplog: pytest.LogCaptureFixture) -> None:
     name = next(
         e.name

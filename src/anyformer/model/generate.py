@@ -24,15 +24,17 @@ the q/k/v, output and MLP up-projections) from a column-major copy of its weight
 once and kept until the weight changes, which BLAS streams faster; results equal the
 plain layout's to float rounding.
 
-Not supported: padded (ragged) prompts (give rows of equal length), encoders and
-non-token models, sequences longer than ``model.max_len``.
+Prompts of different lengths come as rows padded at the end with a ``padding_mask``;
+the rows of each length decode as one batch, so every row gets exactly what it would
+alone. Not supported: encoders and non-token models, sequences longer than
+``model.max_len``.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -319,6 +321,8 @@ def generate(
     use_cache: bool | None = None,
     return_logits: bool = False,
     column_major: bool | None = None,
+    padding_mask: torch.Tensor | None = None,
+    pad_id: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Continue ``input_ids [B, T]``; returns ``[B, T + n]`` with ``n <= max_new_tokens``.
 
@@ -334,10 +338,19 @@ def generate(
     - ``column_major``: run the linear layers that do not narrow from column-major weight
       copies (:func:`column_major_linears`; faster at small batch on CPU). ``None`` does
       so on CPU when ``max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS``.
+    - ``padding_mask``: ``[B, T]`` booleans, True at real prompt tokens, for prompts of
+      different lengths (padding trailing, as tasks pad). Every row continues its own
+      prompt exactly as it would alone: the rows of each prompt length decode as one
+      batch (:func:`_decode_ragged`), so a batch of k distinct lengths costs k
+      generations. In the result each row's new tokens follow its prompt, and the rest
+      of the row is ``pad_id`` (``eos`` first, for rows whose group stopped early);
+      logits of steps after a row's group stopped are NaN. Sampling draws from
+      ``generator`` group by group, so it differs from the unpadded batch's draws.
 
     The model is put in eval mode for the call and restored afterwards.
     """
     _check(model, input_ids, max_new_tokens, temperature, top_k, top_p)
+    lengths = _prompt_lengths(input_ids, padding_mask)
     blockers = cache_blockers(model)
     if use_cache is None:
         use_cache = not blockers
@@ -360,13 +373,83 @@ def generate(
         # column-major first: it picks layers by exact class, which the other swaps
         layout = column_major_linears(model) if column_major else nullcontext()
         with layout, direct_module_calls(model):
-            return _decode(
-                model, input_ids, max_new_tokens, temperature, top_k, top_p, eos,
-                generator, use_cache, return_logits,
-            )  # fmt: skip
+
+            def decode(prompts: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                return _decode(
+                    model, prompts, max_new_tokens, temperature, top_k, top_p, eos,
+                    generator, use_cache, return_logits,
+                )  # fmt: skip
+
+            if lengths is None:
+                return decode(input_ids)
+            return _decode_ragged(input_ids, lengths, decode, pad_id, eos, return_logits)
     finally:
         if switch:
             model.train(was_training)
+
+
+def _prompt_lengths(
+    input_ids: torch.Tensor, padding_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Real tokens per row ``[B]`` from a trailing ``padding_mask``; ``None`` when there is
+    no mask or every row is full."""
+    if padding_mask is None:
+        return None
+    if padding_mask.shape != input_ids.shape or padding_mask.dtype != torch.bool:
+        raise UserError(
+            f"padding_mask must be booleans of the shape of input_ids "
+            f"{tuple(input_ids.shape)}, got {padding_mask.dtype} {tuple(padding_mask.shape)}"
+        )
+    lengths = padding_mask.sum(dim=1)
+    columns = torch.arange(input_ids.shape[1], device=padding_mask.device)
+    if not torch.equal(padding_mask, columns < lengths[:, None]):
+        raise UserError(
+            "padding_mask must mark each row's real tokens first and its padding after "
+            "them (trailing padding, as tasks pad); got a row with padding before a real "
+            "token"
+        )
+    if int(lengths.min()) < 1:
+        raise UserError(
+            f"padding_mask leaves row {int(lengths.argmin())} without a real token; every "
+            f"prompt needs at least one"
+        )
+    return None if int(lengths.min()) == input_ids.shape[1] else lengths
+
+
+def _decode_ragged(
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    decode: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    pad_id: int,
+    eos: int | None,
+    return_logits: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different ``lengths``: the rows of each length decode together (with
+    ``decode``, an unpadded batch, so each row gets what it would alone), then every
+    row's new tokens are put right after its prompt in one ``[B, T + n]`` result."""
+    batch, width = input_ids.shape
+    groups = []
+    for length in sorted(set(lengths.tolist())):
+        rows = (lengths == length).nonzero().squeeze(1)
+        result = decode(input_ids[rows, :length])
+        tokens, scores = result if isinstance(result, tuple) else (result, None)
+        groups.append((rows, length, tokens, scores))
+    n = max(tokens.shape[1] - length for _, length, tokens, _ in groups)
+    out = input_ids.new_full((batch, width + n), pad_id)
+    logits: torch.Tensor | None = None
+    for rows, length, tokens, scores in groups:
+        made = tokens.shape[1] - length
+        out[rows, : length + made] = tokens
+        if eos is not None:  # a group that stopped early had finished every row
+            out[rows, length + made : length + n] = eos
+        if scores is not None:
+            if logits is None:
+                logits = scores.new_full((batch, n, scores.shape[-1]), float("nan"))
+            logits[rows, :made] = scores
+    if return_logits:
+        assert logits is not None
+        return out, logits
+    return out
 
 
 def _decode(

@@ -285,14 +285,18 @@ class Transformer(nn.Module):
         eos: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool | None = None,
+        padding_mask: torch.Tensor | None = None,
+        pad_id: int = 0,
     ) -> torch.Tensor:
         """Continue ``input_ids [B, T]`` by up to ``max_new_tokens`` tokens (greedy at
-        ``temperature=0``); see :func:`anyformer.model.generate.generate`."""
+        ``temperature=0``; prompts of different lengths padded at the end, with their
+        ``padding_mask``); see :func:`anyformer.model.generate.generate`."""
         from anyformer.model.generate import generate
 
         return generate(
             self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, eos=eos, generator=generator, use_cache=use_cache,
+            padding_mask=padding_mask, pad_id=pad_id,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ accounting
