@@ -316,47 +316,70 @@ def _ragged(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
-@pytest.mark.parametrize(
-    ("attention", "position"),
-    [("softmax", "rope"), ("softmax", "learned"), ({"name": "sliding_window", "window": 3},
-     "alibi"), ("linear", "none")],
-)  # fmt: skip
-def test_ragged_prompts_continue_as_each_row_alone(attention: Any, position: str) -> None:
+@pytest.mark.parametrize(("attention", "position"), CASES)
+def test_ragged_prompts_continue_as_each_row_alone(
+    attention: dict, position: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cache-capable mixer: each row of a ragged batch gets the tokens and logits it
+    gets alone. Attention that hides cached keys decodes the batch in one pass (the
+    prompts aligned at their ends); recurrent mixers fall back to one batch per length."""
     model = _model(attention, position)
+    recurrent = registry.get("attention", attention["name"]).caps.recurrent
+    groups: list[int] = []
+    grouped = gen_module._decode_ragged
+    monkeypatch.setattr(gen_module, "_decode_ragged", lambda *a: groups.append(1) or grouped(*a))
     lengths = [5, 2, 5, 7, 1]
     prompts, mask = _ragged(lengths)
     out, logits = generate(model, prompts, NEW, padding_mask=mask, pad_id=-1, return_logits=True)
+    assert bool(groups) == recurrent  # one pass unless a recurrent state forbids it
     assert out.shape == (len(lengths), max(lengths) + NEW)
     for i, n in enumerate(lengths):
         alone, alone_logits = generate(model, prompts[i : i + 1, :n], NEW, return_logits=True)
         assert torch.equal(out[i, : n + NEW], alone[0])
         assert (out[i, n + NEW :] == -1).all()  # the rest of the row is pad_id
         torch.testing.assert_close(logits[i], alone_logits[0], **TOL)
-    # a mask of full rows is the unpadded batch
-    full = torch.ones_like(mask)
-    assert torch.equal(generate(model, prompts, 4, padding_mask=full), generate(model, prompts, 4))
 
 
-def test_ragged_prompts_with_eos_pad_finished_groups() -> None:
-    model = _model("softmax", "learned")
-    prompts, mask = _ragged([3, 6, 3])
+def test_a_cache_with_a_key_mask_refuses_a_mixer_that_cannot_hide_padding() -> None:
+    from anyformer.components.base import UnmaskedPaddingError
+
+    tokens = torch.randint(0, V, (2, 4))
+    key_mask = torch.tensor([[False, True, True, True], [True] * 4])
+    for attention, refused in (("linear", True), ("softmax", False)):
+        cache = Cache(4, key_mask=key_mask, position_shift=torch.tensor([1, 0]))
+        model = _model(attention, "none")
+        if refused:
+            with pytest.raises(UnmaskedPaddingError, match="2 of the 2 cached mixer calls"):
+                model(tokens, cache=cache)
+        else:
+            assert torch.isfinite(model(tokens, cache=cache)).all()
+
+
+def test_ragged_prompts_of_full_rows_are_the_plain_batch() -> None:
+    model = _model("softmax", "rope")
+    prompts, mask = _ragged([4, 4])
+    assert torch.equal(generate(model, prompts, 4, padding_mask=mask), generate(model, prompts, 4))
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])  # one pass; one per length
+def test_ragged_prompts_with_eos(attention: str) -> None:
+    model = _model(attention, "learned")
+    lengths = [3, 6, 3]
+    prompts, mask = _ragged(lengths)
     greedy = generate(model, prompts, NEW, padding_mask=mask)
     eos = int(greedy[1, 6 + 1])  # the long row's second new token
     out, logits = generate(model, prompts, NEW, padding_mask=mask, eos=eos, return_logits=True)
     steps = out.shape[1] - 6  # new-token columns after the longest prompt
-    lengths = [3, 6, 3]
-    alone = [
-        generate(model, prompts[i : i + 1, :n], NEW, eos=eos)[0] for i, n in enumerate(lengths)
-    ]
-    made = [len(a) - n for a, n in zip(alone, lengths, strict=True)]
-    for i, n in enumerate(lengths):
-        assert torch.equal(out[i, : n + made[i]], alone[i])
-        assert (out[i, n + made[i] : n + steps] == eos).all()  # finished: eos, then pad_id
+    alone = [generate(model, prompts[i : i + 1, :n], NEW, eos=eos, return_logits=True)
+             for i, n in enumerate(lengths)]  # fmt: skip
+    for i, (n, (tokens, scores)) in enumerate(zip(lengths, alone, strict=True)):
+        made = tokens.shape[1] - n
+        assert torch.equal(out[i, : n + made], tokens[0])
+        assert (out[i, n + made : n + steps] == eos).all()  # finished: eos, then pad_id
         assert (out[i, n + steps :] == 0).all()
-        # the rows of one prompt length stop together, when the last of them finishes
-        group = max(m for m, k in zip(made, lengths, strict=True) if k == n)
-        assert torch.isfinite(logits[i, :group]).all() and logits[i, group:].isnan().all()
-    assert steps == max(made) < NEW  # eos stopped the whole batch early
+        torch.testing.assert_close(logits[i, :made], scores[0], **TOL)
+    assert steps == max(t.shape[1] - n for (t, _), n in zip(alone, lengths, strict=True))
+    assert steps < NEW  # eos stopped the whole batch early
 
 
 def test_bad_padding_masks_are_refused() -> None:

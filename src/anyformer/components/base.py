@@ -52,6 +52,10 @@ class CacheSlot:
         self.state: Any = None
 
 
+class UnmaskedPaddingError(RuntimeError):
+    """A forward over padded rows reached a mixer that cannot hide the padding."""
+
+
 class Cache:
     """Decoding state for incremental generation, one :class:`CacheSlot` per mixer call.
 
@@ -63,20 +67,43 @@ class Cache:
     advances ``offset`` (the absolute position of the next new token) and checks that
     every forward made the same number of calls as the first (a depth that changes from
     step to step, e.g. early exit, cannot reuse a cache and is refused with an error).
+
+    Rows padded at the front (prompts of different lengths, aligned at their ends) pass
+    ``key_mask`` ``[B, capacity]``, True at the indices that hold real tokens, and
+    ``position_shift`` ``[B]``, the padding before each row's first token. Attention
+    hides the masked keys (:func:`~anyformer.components.attention.softmax.cached_bias`
+    applies the mask and reports it with :meth:`masked`), absolute position embeddings
+    count from each row's first token, and relative schemes see unchanged distances,
+    so every row computes what it would alone. A mixer that keeps other state (a
+    recurrent one) cannot hide padding: :meth:`end` then refuses the pass with
+    :class:`UnmaskedPaddingError`.
     """
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int | None = None,
+        key_mask: torch.Tensor | None = None,
+        position_shift: torch.Tensor | None = None,
+    ) -> None:
         #: tokens the cache will hold in all (prompt + new), when known: key/value
         #: buffers are then allocated once at that size instead of growing by doubling
         self.capacity = capacity
+        self.key_mask = key_mask
+        self.position_shift = position_shift
         self.offset = 0
         self._slots: list[CacheSlot] = []
         self._cursor = 0
         self._calls: int | None = None
+        self._masked = 0
 
     def begin(self) -> None:
         """Start a forward pass: the next :meth:`slot` is the first one again."""
         self._cursor = 0
+        self._masked = 0
+
+    def masked(self) -> None:
+        """Called by a mixer that hid ``key_mask``'s padded keys in this pass."""
+        self._masked += 1
 
     def slot(self) -> CacheSlot:
         """The state of the next mixer call of this forward pass."""
@@ -93,6 +120,12 @@ class Cache:
 
     def end(self, n_new: int) -> None:
         """Finish a forward pass over ``n_new`` new tokens."""
+        if self.key_mask is not None and self._masked != self._cursor:
+            raise UnmaskedPaddingError(
+                f"padded rows need every cached mixer to hide the padded keys, but "
+                f"{self._cursor - self._masked} of the {self._cursor} cached mixer calls "
+                f"keep a state that padding would enter (a recurrent mixer)"
+            )
         if self._calls is None:
             self._calls = self._cursor
         elif self._cursor != self._calls:

@@ -24,8 +24,12 @@ the q/k/v, output and MLP up-projections) from a column-major copy of its weight
 once and kept until the weight changes, which BLAS streams faster; results equal the
 plain layout's to float rounding.
 
-Prompts of different lengths come as rows padded at the end with a ``padding_mask``;
-the rows of each length decode as one batch, so every row gets exactly what it would
+Prompts of different lengths come as rows padded at the end with a ``padding_mask``.
+With a cache they decode as one batch aligned at their ends: the cache hides the
+padding in front from attention and absolute positions count from each row's first
+token (:class:`~anyformer.components.base.Cache` ``key_mask``/``position_shift``). A
+recurrent mixer cannot hide padding from its state; then (and without a cache) the rows
+of each prompt length decode as one batch. Either way every row gets what it would
 alone. Not supported: encoders and non-token models, sequences longer than
 ``model.max_len``.
 """
@@ -42,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyformer.components.base import Cache
+from anyformer.components.base import Cache, UnmaskedPaddingError
 from anyformer.errors import SpecError, UserError
 
 if TYPE_CHECKING:
@@ -340,12 +344,13 @@ def generate(
       so on CPU when ``max_new_tokens >= COLUMN_MAJOR_MIN_TOKENS``.
     - ``padding_mask``: ``[B, T]`` booleans, True at real prompt tokens, for prompts of
       different lengths (padding trailing, as tasks pad). Every row continues its own
-      prompt exactly as it would alone: the rows of each prompt length decode as one
-      batch (:func:`_decode_ragged`), so a batch of k distinct lengths costs k
-      generations. In the result each row's new tokens follow its prompt, and the rest
-      of the row is ``pad_id`` (``eos`` first, for rows whose group stopped early);
-      logits of steps after a row's group stopped are NaN. Sampling draws from
-      ``generator`` group by group, so it differs from the unpadded batch's draws.
+      prompt as it would alone. With a cache the batch decodes in one pass, the prompts
+      aligned at their ends and the padding hidden (:func:`_decode_front_padded`); when
+      a recurrent mixer cannot hide it, or without a cache, the rows of each prompt
+      length decode as one batch (:func:`_decode_ragged`: k distinct lengths cost k
+      generations, sampling draws group by group, and logits of steps after a row's
+      group stopped are NaN). In the result each row's new tokens follow its prompt and
+      the rest of the row is ``pad_id`` (``eos`` first, for finished rows).
 
     The model is put in eval mode for the call and restored afterwards.
     """
@@ -382,6 +387,17 @@ def generate(
 
             if lengths is None:
                 return decode(input_ids)
+            if use_cache:
+                try:  # one batch, the prompts aligned at their ends, padding hidden
+                    return _decode_front_padded(
+                        model, input_ids, lengths, max_new_tokens, pad_id,
+                        lambda prompts, cache: _decode(
+                            model, prompts, max_new_tokens, temperature, top_k, top_p,
+                            eos, generator, use_cache, return_logits, cache,
+                        ),
+                    )  # fmt: skip
+                except UnmaskedPaddingError:  # a recurrent mixer: one batch per length
+                    pass
             return _decode_ragged(input_ids, lengths, decode, pad_id, eos, return_logits)
     finally:
         if switch:
@@ -414,6 +430,38 @@ def _prompt_lengths(
             f"prompt needs at least one"
         )
     return None if int(lengths.min()) == input_ids.shape[1] else lengths
+
+
+def _decode_front_padded(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    max_new_tokens: int,
+    pad_id: int,
+    decode: Callable[[torch.Tensor, Cache], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different ``lengths`` (padding trailing) as one batch: each row is moved
+    to end at the last column, the cache hides the padding in front (``key_mask``) and
+    absolute positions count from each row's first token (``position_shift``), so a row
+    decodes as it would alone. Raises :class:`UnmaskedPaddingError` (from the prompt's
+    forward) when a mixer cannot hide padding. The result is laid out as
+    :func:`_decode_ragged`'s."""
+    batch, width = input_ids.shape
+    shift = width - lengths
+    source = torch.arange(width, device=input_ids.device) - shift[:, None]
+    real = source >= 0
+    # the padding in front holds token 0: any id will do, attention never reads it
+    prompts = input_ids.gather(1, source.clamp(min=0)).masked_fill(~real, 0)
+    key_mask = torch.cat((real, real.new_ones(batch, max_new_tokens)), dim=1)
+    cache = Cache(width + max_new_tokens, key_mask=key_mask, position_shift=shift)
+    result = decode(prompts, cache)
+    tokens, scores = result if isinstance(result, tuple) else (result, None)
+    made = tokens.shape[1] - width
+    out = input_ids.new_full((batch, width + made), pad_id)
+    for row, length in enumerate(lengths.tolist()):
+        out[row, :length] = input_ids[row, :length]
+        out[row, length : length + made] = tokens[row, width:]
+    return out if scores is None else (out, scores)
 
 
 def _decode_ragged(
@@ -463,9 +511,11 @@ def _decode(
     generator: torch.Generator | None,
     use_cache: bool,
     return_logits: bool,
+    cache: Cache | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     tokens = input_ids
-    cache = Cache(input_ids.shape[1] + max_new_tokens) if use_cache else None
+    if cache is None and use_cache:
+        cache = Cache(input_ids.shape[1] + max_new_tokens)
     new: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

@@ -209,7 +209,10 @@ class Transformer(nn.Module):
             positions = positions_from_segments(segments)
         elif positions is None:
             positions = torch.arange(offset, offset + t, device=inputs.device)
-        x = self.position.embed(self.embed(inputs), positions)
+        embed_positions = positions
+        if cache is not None and cache.position_shift is not None:  # rows padded in front
+            embed_positions = (positions - cache.position_shift[:, None]).clamp(min=0)
+        x = self.position.embed(self.embed(inputs), embed_positions)
         x = self.drop(x)
         ctx = Context(
             positions, self.causal, self.position, padding_mask, segments, cache, last_only

@@ -88,9 +88,16 @@ def cached_bias(
     position_bias: bool = True,
 ) -> torch.Tensor | None:
     """Additive bias of the new queries over cached keys: score bias plus the causal (and
-    window) mask from absolute positions; ``None`` when nothing needs masking."""
+    window) mask from absolute positions, and the cache's ``key_mask`` of padded rows
+    ``[B, 1, Tq, Tk]``; ``None`` when nothing needs masking."""
     bias = ctx.position.score_bias(ctx.positions, key_positions) if position_bias else None
-    return masked_bias(bias, cached_key_mask(ctx.positions, key_positions, window), dtype)
+    allowed = cached_key_mask(ctx.positions, key_positions, window)
+    cache = ctx.cache
+    if cache is not None and cache.key_mask is not None:  # rows padded at the front
+        real = cache.key_mask[:, key_positions.clamp(min=0)][:, None, None, :]  # [B,1,1,Tk]
+        allowed = real if allowed is None else allowed & real
+        cache.masked()
+    return masked_bias(bias, allowed, dtype)
 
 
 def reference_attention(
