@@ -135,15 +135,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     spec, model = load_run_model(args.run_dir)
     text = is_byte_level(spec) and not args.ids
-    prompt = encode_prompt(args.prompt, model.spec.vocab_size or 0, text)
+    prompts = [encode_prompt(p, model.spec.vocab_size or 0, text)[0] for p in args.prompt]
+    lengths = torch.tensor([len(p) for p in prompts])
+    batch = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # padded at the end
+    mask = torch.arange(batch.shape[1]) < lengths[:, None]
     generator = torch.Generator().manual_seed(args.seed)
     out = model.generate(
-        prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, eos=args.eos, generator=generator,
+        batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, eos=args.eos, generator=generator, padding_mask=mask,
     )  # fmt: skip
-    new = out[0, prompt.shape[1] :].tolist()
-    shown = args.prompt + decode_tokens(new, True) if text else decode_tokens(new, False)
-    sys.stdout.write(shown + "\n")
+    made = out.shape[1] - batch.shape[1]  # new tokens per row (a row may end at eos)
+    for i, (given, n) in enumerate(zip(args.prompt, lengths.tolist(), strict=True)):
+        new = out[i, n : n + made].tolist()
+        if args.eos is not None and args.eos in new:  # a finished row repeats eos
+            new = new[: new.index(args.eos) + 1]
+        shown = given + decode_tokens(new, True) if text else decode_tokens(new, False)
+        sys.stdout.write(shown + "\n")
     return 0
 
 
@@ -279,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--prompt",
         required=True,
-        help="text for byte-level tasks, else space-separated token ids ('1 5 7')",
+        action="append",
+        help="text for byte-level tasks, else space-separated token ids ('1 5 7'); repeat "
+        "it to continue several prompts as one batch (one output line each)",
     )
     gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to add (default 32)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -43,6 +43,18 @@ def test_generate_continues_token_ids_like_the_model(
     assert [int(t) for t in out] == expected
 
 
+def test_several_prompts_print_what_each_prints_alone(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts, alone = ["1 5 7 2", "3", "9 9 4"], []
+    for prompt in prompts:
+        assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "5"]) == 0
+        alone.append(capsys.readouterr().out)
+    argv = [arg for prompt in prompts for arg in ("--prompt", prompt)]
+    assert main(["generate", str(run_dir), *argv, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == "".join(alone)
+
+
 def test_sampling_from_the_cli_is_seeded(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["generate", str(run_dir), "--prompt", "4 4", "--temperature", "1.5", "--seed", "7"]
     outs = []
