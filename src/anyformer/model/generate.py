@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What a decoding returns: the tokens, or the tokens and the logits they came from.
+Decoded = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
 #: Fewest new tokens for which ``generate`` (on CPU, ``column_major=None``) copies the
 #: weights of the layers that do not narrow (unless copies are already kept): a copy
 #: costs about as much as 10-20 decoding steps save.
@@ -327,7 +330,7 @@ def generate(
     column_major: bool | None = None,
     padding_mask: torch.Tensor | None = None,
     pad_id: int = 0,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> Decoded:
     """Continue ``input_ids [B, T]``; returns ``[B, T + n]`` with ``n <= max_new_tokens``.
 
     - ``temperature``: 0 is greedy (argmax); otherwise sample (``top_k``, ``top_p`` cut
@@ -379,23 +382,17 @@ def generate(
         layout = column_major_linears(model) if column_major else nullcontext()
         with layout, direct_module_calls(model):
 
-            def decode(prompts: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+            def decode(prompts: torch.Tensor, cache: Cache | None = None) -> Decoded:
                 return _decode(
                     model, prompts, max_new_tokens, temperature, top_k, top_p, eos,
-                    generator, use_cache, return_logits,
+                    generator, use_cache, return_logits, cache,
                 )  # fmt: skip
 
             if lengths is None:
                 return decode(input_ids)
             if use_cache:
                 try:  # one batch, the prompts aligned at their ends, padding hidden
-                    return _decode_front_padded(
-                        model, input_ids, lengths, max_new_tokens, pad_id,
-                        lambda prompts, cache: _decode(
-                            model, prompts, max_new_tokens, temperature, top_k, top_p,
-                            eos, generator, use_cache, return_logits, cache,
-                        ),
-                    )  # fmt: skip
+                    return _decode_front_padded(input_ids, lengths, max_new_tokens, pad_id, decode)
                 except UnmaskedPaddingError:  # a recurrent mixer: one batch per length
                     pass
             return _decode_ragged(input_ids, lengths, decode, pad_id, eos, return_logits)
@@ -433,13 +430,12 @@ def _prompt_lengths(
 
 
 def _decode_front_padded(
-    model: Transformer,
     input_ids: torch.Tensor,
     lengths: torch.Tensor,
     max_new_tokens: int,
     pad_id: int,
-    decode: Callable[[torch.Tensor, Cache], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    decode: Callable[[torch.Tensor, Cache], Decoded],
+) -> Decoded:
     """Prompts of different ``lengths`` (padding trailing) as one batch: each row is moved
     to end at the last column, the cache hides the padding in front (``key_mask``) and
     absolute positions count from each row's first token (``position_shift``), so a row
@@ -467,11 +463,11 @@ def _decode_front_padded(
 def _decode_ragged(
     input_ids: torch.Tensor,
     lengths: torch.Tensor,
-    decode: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    decode: Callable[[torch.Tensor], Decoded],
     pad_id: int,
     eos: int | None,
     return_logits: bool,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> Decoded:
     """Prompts of different ``lengths``: the rows of each length decode together (with
     ``decode``, an unpadded batch, so each row gets what it would alone), then every
     row's new tokens are put right after its prompt in one ``[B, T + n]`` result."""
@@ -512,7 +508,7 @@ def _decode(
     use_cache: bool,
     return_logits: bool,
     cache: Cache | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> Decoded:
     tokens = input_ids
     if cache is None and use_cache:
         cache = Cache(input_ids.shape[1] + max_new_tokens)
