@@ -232,6 +232,76 @@ def handwritten_decoder(model: nn.Module) -> Callable[[torch.Tensor, int], torch
     return generate
 
 
+def time_contenders(
+    contenders: dict[str, Callable[[], Any]], tokens: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Tokens/s of each contender per round (wall clock and per CPU second), after one
+    warm-up call each; the rounds alternate between contenders so machine drift hits all
+    alike."""
+    for fn in contenders.values():  # warm-up
+        fn()
+    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                fn()
+            wall[name].append(tokens / (time.perf_counter() - start))
+            cpu[name].append(tokens / (time.process_time() - start_cpu))
+    return wall, cpu
+
+
+def measure_ragged(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
+    """Prompts of different lengths in one batch: anyformer takes them padded at the end
+    with a ``padding_mask`` (decoded in one pass, aligned at their ends), HF padded in
+    front with an ``attention_mask`` (its batched-generation convention). Every row's
+    new tokens are asserted identical between the two before timing."""
+    cfg = {**cfg, "max_len": runs["prompt"] + runs["new"]}
+    torch.manual_seed(0)
+    model = anyformer_gpt2(cfg)
+    hf = copy_to_gpt2(model, cfg)
+    gen = torch.Generator().manual_seed(0)
+    batch, width, new = runs["batch"], runs["prompt"], runs["new"]
+    lengths = torch.randint(max(1, width // 4), width + 1, (batch,), generator=gen)
+    lengths[0] = width  # the longest prompt fills the width, the last is the shortest
+    lengths[-1] = max(1, width // 4) if batch > 1 else width
+    tokens = torch.randint(0, cfg["vocab"], (batch, width), generator=gen)
+    mask = torch.arange(width) < lengths[:, None]  # real tokens first (anyformer)
+    front = mask.flip(1)  # real tokens last (HF)
+    ours = tokens.masked_fill(~mask, 0)
+    theirs = torch.stack([row.roll(width - int(n)) for row, n in zip(ours, lengths)])
+
+    def hf_ragged() -> torch.Tensor:
+        return hf.generate(
+            theirs, attention_mask=front.long(), max_new_tokens=new, do_sample=False,
+            use_cache=True, pad_token_id=0,
+        )  # fmt: skip
+
+    with torch.no_grad():
+        a, b = model.generate(ours, new, padding_mask=mask), hf_ragged()
+    for row, n in enumerate(lengths.tolist()):
+        if not torch.equal(a[row, n : n + new], b[row, width:]):
+            raise AssertionError(f"row {row}: anyformer and HF GPT-2 ragged outputs differ")
+    floor = weight_floor(model, batch)
+    contenders = {
+        "anyformer": lambda: model.generate(ours, new, padding_mask=mask),
+        "hf_gpt2": hf_ragged,
+        "weight_floor": lambda: floor(new),
+    }
+    wall, cpu = time_contenders(contenders, batch * new, runs["rounds"])
+    median = {name: statistics.median(v) for name, v in wall.items()}
+    return {
+        "model": cfg,
+        "prompt_lengths": lengths.tolist(),
+        "tokens_per_s": median,
+        "tokens_per_cpu_s": {name: statistics.median(v) for name, v in cpu.items()},
+        "rounds": wall,
+        "ratio_anyformer_vs_hf": median["anyformer"] / median["hf_gpt2"],
+        "ratio_floor_vs_hf": median["weight_floor"] / median["hf_gpt2"],
+    }
+
+
 def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
     """Check equality, then time both generators in alternating rounds (wall and CPU time)."""
     cfg = {**cfg, "max_len": runs["prompt"] + runs["new"]}
@@ -251,18 +321,7 @@ def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
         "handwritten": lambda: handwritten(prompt, runs["new"]),
         "weight_floor": lambda: floor(runs["new"]),
     }
-    for fn in contenders.values():  # warm-up
-        fn()
-    wall: dict[str, list[float]] = {name: [] for name in contenders}
-    cpu: dict[str, list[float]] = {name: [] for name in contenders}
-    tokens = runs["batch"] * runs["new"]
-    for _ in range(runs["rounds"]):
-        for name, fn in contenders.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            with torch.no_grad():
-                fn()
-            wall[name].append(tokens / (time.perf_counter() - start))
-            cpu[name].append(tokens / (time.process_time() - start_cpu))
+    wall, cpu = time_contenders(contenders, runs["batch"] * runs["new"], runs["rounds"])
     median = {name: statistics.median(v) for name, v in wall.items()}
     median_cpu = {name: statistics.median(v) for name, v in cpu.items()}
     return {
@@ -298,6 +357,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny model, one round")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--ragged",
+        action="store_true",
+        help="a batch (--batch, e.g. 8) of prompts of different lengths; recorded apart",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = dict(batch=args.batch, prompt=args.prompt, new=args.new, rounds=args.rounds)
@@ -306,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         configs = {"tiny": dict(layers=2, d=64, heads=4, vocab=128)}
         runs = dict(batch=2, prompt=8, new=8, rounds=1)
     env = benchmark_environment(args.threads, ("transformers",))  # load average before
+    if args.ragged:
+        return ragged_main(args, configs, runs, env)
     results = {name: measure(cfg, runs) for name, cfg in configs.items()}
     print(f"runs: {runs}, threads {args.threads}, load average {env['machine']['loadavg'][0]:.1f}")
     print(
@@ -332,6 +398,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "target_ratio": 1.5}  # fmt: skip
     if not (args.no_save or args.quick):
         print(f"wrote {save_benchmark(record, args.out, 'generate_throughput')}")
+    return record
+
+
+def ragged_main(
+    args: argparse.Namespace,
+    configs: dict[str, dict[str, int]],
+    runs: dict[str, int],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """``--ragged``: time, print and record (as ``generate_ragged``) every config."""
+    results = {name: measure_ragged(cfg, runs) for name, cfg in configs.items()}
+    print(f"runs: {runs}, threads {args.threads}, prompts of different lengths")
+    print(
+        f"{'model':10s} {'anyformer tok/s':>16s} {'HF tok/s':>10s} {'ratio':>7s} {'floor/HF':>9s}"
+    )
+    for name, res in results.items():
+        speed = res["tokens_per_s"]
+        print(
+            f"{name:10s} {speed['anyformer']:16,.1f} {speed['hf_gpt2']:10,.1f} "
+            f"{res['ratio_anyformer_vs_hf']:6.2f}x {res['ratio_floor_vs_hf']:8.2f}x"
+        )
+    print("every row's new tokens identical to HF's (left-padded, with an attention mask)")
+    env["machine"]["loadavg_after"] = list(os.getloadavg())
+    record = {"benchmark": "generate_ragged", **env, "runs": runs, "results": results}
+    if not (args.no_save or args.quick):
+        print(f"wrote {save_benchmark(record, args.out, 'generate_ragged')}")
     return record
 
 

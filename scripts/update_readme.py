@@ -50,6 +50,17 @@ def benchmark_table(folder: Path) -> str:
                 f"{res['ratio_floor_vs_hf']:.2f}x) | >= {gen['target_ratio']}x | "
                 f"{gen['date'][:10]} |"
             )
+    ragged = newest(folder, "generate_ragged")
+    if ragged:
+        batch = ragged["runs"]["batch"]
+        for name, res in ragged["results"].items():
+            m = res["model"]
+            rows.append(
+                f"| generation of {batch} prompts of different lengths vs HF GPT-2 "
+                f"(left-padded), {name} ({m['layers']}x{m['d']}) | "
+                f"{res['ratio_anyformer_vs_hf']:.2f}x (the weight floor allows "
+                f"{res['ratio_floor_vs_hf']:.2f}x) | none | {ragged['date'][:10]} |"
+            )
     pack = newest(folder, "packing")
     if pack:
         for kind, res in pack["results"].items():

@@ -36,3 +36,17 @@ def test_quick_run_checks_equality_and_fills_the_record(tmp_path: Path) -> None:
     assert result["anyformer_share_of_handwritten"] > 0
     assert record["versions"]["torch"] and record["machine"]["loadavg"]
     assert not list(tmp_path.iterdir())  # quick mode writes nothing
+
+
+def test_ragged_quick_run_matches_hf_row_by_row(tmp_path: Path) -> None:
+    """``--ragged``: prompts of different lengths, anyformer's padding mask against HF's
+    left padding; the run asserts every row's new tokens equal before timing."""
+    pytest.importorskip("transformers")
+    argv = ["--quick", "--ragged", "--threads", "1", "--out", str(tmp_path)]
+    record = load_script().main(argv)
+    assert record["benchmark"] == "generate_ragged"
+    (result,) = record["results"].values()
+    assert len(set(result["prompt_lengths"])) > 1
+    assert set(result["tokens_per_s"]) == {"anyformer", "hf_gpt2", "weight_floor"}
+    assert result["ratio_anyformer_vs_hf"] > 0
+    assert not list(tmp_path.iterdir())
