@@ -355,6 +355,24 @@ def test_a_cache_with_a_key_mask_refuses_a_mixer_that_cannot_hide_padding() -> N
             assert torch.isfinite(model(tokens, cache=cache)).all()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{"depth": {"name": "looped", "loops": 3}}, {"depth": "early_exit"}],
+    ids=["looped-one-pass", "early-exit-recomputed"],
+)
+def test_ragged_prompts_under_depth_schedules(extra: dict) -> None:
+    """A weight-tied block applied several times masks padding at every application; a
+    schedule without cache support decodes each prompt length by recomputation."""
+    model = _model("softmax", "learned", **extra)
+    lengths = [4, 1, 6]
+    prompts, mask = _ragged(lengths)
+    out, logits = generate(model, prompts, NEW, padding_mask=mask, return_logits=True)
+    for i, n in enumerate(lengths):
+        alone, alone_logits = generate(model, prompts[i : i + 1, :n], NEW, return_logits=True)
+        assert torch.equal(out[i, : n + NEW], alone[0])
+        torch.testing.assert_close(logits[i], alone_logits[0], **TOL)
+
+
 def test_ragged_prompts_of_full_rows_are_the_plain_batch() -> None:
     model = _model("softmax", "rope")
     prompts, mask = _ragged([4, 4])
