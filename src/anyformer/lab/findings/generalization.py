@@ -105,7 +105,8 @@ class ReversedAddition(Finding):
         train |= {"eval_every": 100000, "checkpoint_every": 100000}
         base = {"name": "reversed_addition", "model": model, "task": task, "train": train}
         axes = [("task.format", ["plain", "reversed_answer"]), ("train.steps", budgets)]
-        return {"main": Comparison(base, axes, seeds=1 if quick else 2)}
+        # 4 seeds: with 2, exact match varied by up to +-0.5 between seeds
+        return {"main": Comparison(base, axes, seeds=1 if quick else 4)}
 
     def check(self, results: dict[str, CompareResult]) -> Verdict:
         r = results["main"]
