@@ -48,8 +48,9 @@ class ICLTracksLeastSquares(Finding):
             model, train = tiny_model(position="none", max_len=64), quick_train()
         train |= {"eval_every": 100000, "checkpoint_every": 100000}
         base = {"name": "icl_tracks_least_squares", "model": model, "task": task, "train": train}
+        # 4 seeds: the covariate-vs-task comparison was 0.448 vs 0.397 on 2
         return {
-            "main": Comparison(base, [("task.ood", ["covariate", "task"])], seeds=1 if quick else 2)
+            "main": Comparison(base, [("task.ood", ["covariate", "task"])], seeds=1 if quick else 4)
         }
 
     def check(self, results: dict[str, CompareResult]) -> Verdict:
