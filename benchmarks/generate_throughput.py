@@ -252,16 +252,24 @@ def time_contenders(
     return wall, cpu
 
 
+def model_pair(
+    cfg: dict[str, int], runs: dict[str, int]
+) -> tuple[dict[str, int], nn.Module, nn.Module, torch.Generator]:
+    """The config sized for the run (``max_len`` = prompt + new tokens), the seeded
+    anyformer model, the HF GPT-2 holding its weights, and the generator prompts are
+    drawn from."""
+    cfg = {**cfg, "max_len": runs["prompt"] + runs["new"]}
+    torch.manual_seed(0)
+    model = anyformer_gpt2(cfg)
+    return cfg, model, copy_to_gpt2(model, cfg), torch.Generator().manual_seed(0)
+
+
 def measure_ragged(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
     """Prompts of different lengths in one batch: anyformer takes them padded at the end
     with a ``padding_mask`` (decoded in one pass, aligned at their ends), HF padded in
     front with an ``attention_mask`` (its batched-generation convention). Every row's
     new tokens are asserted identical between the two before timing."""
-    cfg = {**cfg, "max_len": runs["prompt"] + runs["new"]}
-    torch.manual_seed(0)
-    model = anyformer_gpt2(cfg)
-    hf = copy_to_gpt2(model, cfg)
-    gen = torch.Generator().manual_seed(0)
+    cfg, model, hf, gen = model_pair(cfg, runs)
     batch, width, new = runs["batch"], runs["prompt"], runs["new"]
     lengths = torch.randint(max(1, width // 4), width + 1, (batch,), generator=gen)
     lengths[0] = width  # the longest prompt fills the width, the last is the shortest
@@ -304,11 +312,7 @@ def measure_ragged(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
 
 def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
     """Check equality, then time both generators in alternating rounds (wall and CPU time)."""
-    cfg = {**cfg, "max_len": runs["prompt"] + runs["new"]}
-    torch.manual_seed(0)
-    model = anyformer_gpt2(cfg)
-    hf = copy_to_gpt2(model, cfg)
-    gen = torch.Generator().manual_seed(0)
+    cfg, model, hf, gen = model_pair(cfg, runs)
     prompt = torch.randint(0, cfg["vocab"], (runs["batch"], runs["prompt"]), generator=gen)
     logit_diff = check_same(model, hf, prompt, runs["new"])
     floor = weight_floor(model, runs["batch"])
@@ -393,11 +397,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "same decode as one flat eager function; floor: the matrix products alone, the "
         "most any implementation of this fp32 model could reach"
     )
+    return finish_record(args, "generate_throughput", env, runs, results, target_ratio=1.5)
+
+
+def finish_record(
+    args: argparse.Namespace,
+    name: str,
+    env: dict[str, Any],
+    runs: dict[str, int],
+    results: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The benchmark record (the load average after the runs added), saved as ``name``
+    unless ``--no-save`` or ``--quick``."""
     env["machine"]["loadavg_after"] = list(os.getloadavg())
-    record = {"benchmark": "generate_throughput", **env, "runs": runs, "results": results,
-              "target_ratio": 1.5}  # fmt: skip
+    record = {"benchmark": name, **env, "runs": runs, "results": results, **extra}
     if not (args.no_save or args.quick):
-        print(f"wrote {save_benchmark(record, args.out, 'generate_throughput')}")
+        print(f"wrote {save_benchmark(record, args.out, name)}")
     return record
 
 
@@ -420,11 +436,7 @@ def ragged_main(
             f"{res['ratio_anyformer_vs_hf']:6.2f}x {res['ratio_floor_vs_hf']:8.2f}x"
         )
     print("every row's new tokens identical to HF's (left-padded, with an attention mask)")
-    env["machine"]["loadavg_after"] = list(os.getloadavg())
-    record = {"benchmark": "generate_ragged", **env, "runs": runs, "results": results}
-    if not (args.no_save or args.quick):
-        print(f"wrote {save_benchmark(record, args.out, 'generate_ragged')}")
-    return record
+    return finish_record(args, "generate_ragged", env, runs, results)
 
 
 if __name__ == "__main__":
