@@ -13,20 +13,22 @@ registered under a name::
 all generated from these entries. A user's own class joins the same way, from their
 code, or by a dotted path ``"package.module:ClassName"`` in a spec.
 
-Built-in variants live in higher layers, in the modules named by
-:data:`BUILTIN_MODULES`: ``anyformer.components``, ``anyformer.tasks``,
-``anyformer.objectives``, ``anyformer.model.depth`` (the ``depth`` slot) and
-``anyformer.lab.findings`` (the ``finding`` slot). The registry imports those modules
-lazily, by name, the first time a slot is looked up. That discovery step is the only
-place a layer-0 module names a higher layer, and it does so as data, like a plugin
-entry point.
+Every slot has a contract (:data:`CONTRACTS`): the base class its variants subclass,
+the constructor arguments :meth:`Entry.build` passes, the methods a variant must
+define, and the built-in modules that register its variants. :func:`register` refuses
+a class that breaks its slot's contract. Built-in variants live in higher layers; the
+registry imports a slot's modules lazily, by name, the first time that slot is looked
+up (so building a model never imports tasks, training or the lab). That discovery step
+is the only place a layer-0 module names a higher layer, and it does so as data, like
+a plugin entry point.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -35,27 +37,101 @@ from anyformer.errors import SpecError, did_you_mean
 
 T = TypeVar("T")
 
-#: Modules whose import registers the built-in variants.
-BUILTIN_MODULES = (
-    "anyformer.components",
-    "anyformer.tasks",
-    "anyformer.objectives",
-    "anyformer.model.depth",
-    "anyformer.lab.findings",
-)
+@dataclass(frozen=True)
+class SlotContract:
+    """What every variant of a slot is and provides; :func:`register` checks it.
 
-#: The slots anyformer knows, in the order ``anyformer list`` shows them.
-SLOTS: dict[str, str] = {
-    "attention": "token mixers built on attention (and attention-free mixers)",
-    "position": "positional schemes: add to embeddings, rotate q/k, or bias scores",
-    "norm": "normalisation layers",
-    "ffn": "channel mixers (feed-forward networks)",
-    "layout": "residual layouts: where norms sit and how mixer and FFN combine",
-    "depth": "depth schedules: which of the distinct blocks run, how often and in what order",
-    "task": "data generators with ID/OOD splits, metrics and baselines",
-    "objective": "losses",
-    "finding": "published claims with the experiment that tests them and a check",
+    - ``description``: one line for ``anyformer list``.
+    - ``modules``: the built-in modules whose import registers the slot's variants;
+      they are imported the first time the slot is looked up, and only for that slot.
+    - ``base``: ``"module:Class"`` of the class every variant subclasses.
+    - ``args``: the constructor's arguments, in order; :meth:`Entry.build` passes them
+      (``params`` is the variant's validated parameter record).
+    - ``methods``: what a variant must define itself (not inherit from ``base``).
+    """
+
+    description: str
+    modules: tuple[str, ...]
+    base: str
+    args: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+
+
+_MODULE = "torch.nn:Module"
+
+#: The slots anyformer knows, in the order ``anyformer list`` shows them, with their
+#: contracts. The modules are named as data: this is the only place layer 0 names a
+#: higher layer, like a plugin entry point.
+CONTRACTS: dict[str, SlotContract] = {
+    "attention": SlotContract(
+        "token mixers built on attention (and attention-free mixers)",
+        ("anyformer.components.attention", "anyformer.components.mixers"),
+        _MODULE,
+        ("dims", "params"),
+        ("forward",),
+    ),
+    "position": SlotContract(
+        "positional schemes: add to embeddings, rotate q/k, or bias scores",
+        ("anyformer.components.position",),
+        "anyformer.components.base:PositionScheme",
+        ("dims", "params"),
+    ),
+    "norm": SlotContract(
+        "normalisation layers",
+        ("anyformer.components.norm", "anyformer.components.norm_extra"),
+        _MODULE,
+        ("dims", "params"),
+        ("forward",),
+    ),
+    "ffn": SlotContract(
+        "channel mixers (feed-forward networks)",
+        (
+            "anyformer.components.ffn",
+            "anyformer.components.ffn_extra",
+            "anyformer.components.ffn_matformer",
+        ),
+        _MODULE,
+        ("dims", "params"),
+        ("forward",),
+    ),
+    "layout": SlotContract(
+        "residual layouts: where norms sit and how mixer and FFN combine",
+        ("anyformer.components.layout",),
+        _MODULE,
+        ("dims", "params", "parts"),
+        ("forward",),
+    ),
+    "depth": SlotContract(
+        "depth schedules: which of the distinct blocks run, how often and in what order",
+        ("anyformer.model.depth",),
+        "anyformer.model.depth:DepthSchedule",
+        ("spec", "params"),
+    ),
+    "task": SlotContract(
+        "data generators with ID/OOD splits, metrics and baselines",
+        ("anyformer.tasks",),
+        "anyformer.tasks.base:Task",
+        ("params", "seed"),
+        ("train_batch", "make_eval_set", "score", "max_seq_len"),
+    ),
+    "objective": SlotContract(
+        "losses",
+        ("anyformer.objectives",),
+        "anyformer.objectives.losses:Objective",
+        ("params",),
+        ("loss",),
+    ),
+    "finding": SlotContract(
+        "published claims with the experiment that tests them and a check",
+        ("anyformer.lab.findings",),
+        "anyformer.lab.findings.base:Finding",
+        (),
+        ("comparisons", "check"),
+    ),
 }
+
+#: Slot name -> description (``anyformer list``).
+SLOTS: dict[str, str] = {slot: c.description for slot, c in CONTRACTS.items()}
 
 
 @dataclass(frozen=True)
@@ -112,6 +188,12 @@ class Capabilities:
     - ``position_modes``: (mixers) the ways a positional scheme may act on it.
     - ``position_mode``: (positions) the way this scheme acts.
     - ``max_len``: longest sequence the variant accepts, if limited.
+    - ``packing``: (mixers) honours the block-diagonal document mask of packed rows
+      (``ctx.segments``); (depth schedules) keeps packed documents apart.
+    - ``empty``: (FFNs) computes nothing; residual layouts skip it and its norm.
+    - ``final_norm``: (layouts) the model applies a final norm after the last block.
+
+    Every capability has this one default; a variant states what differs from it.
     """
 
     causal_safe: bool = True
@@ -122,6 +204,9 @@ class Capabilities:
     position_modes: tuple[str, ...] = ("none", "embed", "rotary", "bias")
     position_mode: PositionMode | None = None
     max_len: int | None = None
+    packing: bool = False
+    empty: bool = False
+    final_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,9 +226,31 @@ class Entry:
         check = getattr(self.cls, "check_dims", None)
         return check(params, dims) if check is not None else None
 
-    def build(self, params: BaseModel, dims: Dims) -> Any:
-        """Instantiate the variant."""
-        return self.cls(dims, params)
+    def build(self, params: BaseModel | None = None, *args: Any, **context: Any) -> Any:
+        """Instantiate the variant with the slot's constructor arguments.
+
+        After ``params`` come the slot's other arguments (see :data:`CONTRACTS`), by
+        position or by name: ``dims`` for mixers, positions, norms and FFNs, ``dims`` and
+        ``parts`` for layouts, ``spec`` for depth schedules, ``seed`` for tasks, nothing
+        for objectives and findings. A missing or unknown one is a programming error and
+        raises ``TypeError``. ``params`` defaults to the variant's defaults."""
+        contract = CONTRACTS.get(self.slot)
+        params = self.make_params() if params is None else params
+        if contract is None:  # a slot added at run time without a contract
+            return self.cls(params, *args, **context)
+        names = [a for a in contract.args if a != "params"]
+        if len(args) > len(names):
+            raise TypeError(f"building {self.slot} '{self.name}' takes {names}, got {args!r}")
+        values = {"params": params, **dict(zip(names, args)), **context}
+        missing = [a for a in contract.args if a not in values]
+        extra = sorted(set(values) - set(contract.args) - {"params"})
+        if missing or extra:
+            raise TypeError(
+                f"building {self.slot} '{self.name}' needs "
+                f"{', '.join(contract.args) or 'nothing'} (missing: {', '.join(missing) or 'none'}"
+                f"; unexpected: {', '.join(extra) or 'none'})"
+            )
+        return self.cls(*(values[a] for a in contract.args))
 
     def make_params(self, values: dict[str, Any] | None = None, where: str = "") -> BaseModel:
         """Validate ``values`` against this variant's parameter schema."""
@@ -169,16 +276,48 @@ class Entry:
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {slot: {} for slot in SLOTS}
-_loaded = False
+#: The entry of every registered class (exactly that class, not its subclasses).
+_BY_CLASS: dict[type, Entry] = {}
+_loaded: set[str] = set()
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+def _load_builtins(slot: str | None = None) -> None:
+    """Import the built-in modules of ``slot`` (of every slot when ``None``), once."""
+    for name in CONTRACTS if slot is None else [slot]:
+        if name in _loaded or name not in CONTRACTS:
+            continue
+        _loaded.add(name)
+        for module in CONTRACTS[name].modules:
+            importlib.import_module(module)
+
+
+def _resolve(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def contract_problems(slot: str, cls: Any) -> list[str]:
+    """What keeps ``cls`` from being a variant of ``slot`` (empty when nothing does)."""
+    contract = CONTRACTS.get(slot)
+    if contract is None:
+        return []
+    if not isinstance(cls, type):
+        return [f"it is a {type(cls).__name__}, not a class"]
+    base = _resolve(contract.base)
+    if not issubclass(cls, base):
+        return [f"it does not subclass {base.__module__}.{base.__qualname__}"]
+    problems = []
+    for method in contract.methods:
+        if not callable(getattr(cls, method, None)) or getattr(cls, method) is getattr(
+            base, method, None
+        ):
+            problems.append(f"it does not define {method}()")
+    try:
+        inspect.signature(cls).bind(*contract.args)
+    except (TypeError, ValueError):
+        args = ", ".join(contract.args) or "no arguments"
+        problems.append(f"its constructor does not take ({args})")
+    return problems
 
 
 def register(
@@ -196,9 +335,15 @@ def register(
         table = _REGISTRY.setdefault(slot, {})
         if name in table and table[name].cls is not cls:
             raise ValueError(f"{slot} '{name}' is already registered by {table[name].cls}")
+        problems = contract_problems(slot, cls)
+        if problems:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} cannot be registered as {slot} "
+                f"'{name}': {'; '.join(problems)}"
+            )
         entry = Entry(slot, name, cls, paper, summary, params, caps or Capabilities())
         table[name] = entry
-        cls.registry_entry = entry  # type: ignore[attr-defined]
+        _BY_CLASS[cls] = entry
         return cls
 
     return decorate
@@ -212,7 +357,7 @@ def slots() -> list[str]:
 
 def components(slot: str) -> list[str]:
     """Names of the variants registered in ``slot``, sorted."""
-    _load_builtins()
+    _load_builtins(slot)
     if slot not in _REGISTRY:
         raise SpecError(
             f"unknown slot '{slot}'{did_you_mean(slot, _REGISTRY)} "
@@ -232,7 +377,7 @@ def get(slot: str, name: str, where: str | None = None) -> Entry:
     Raises :class:`SpecError` naming the field (``where``), the bad value and the
     valid names.
     """
-    _load_builtins()
+    _load_builtins(slot)
     if ":" in name:
         return _from_path(slot, name, where)
     table = _REGISTRY.get(slot)
@@ -247,6 +392,24 @@ def get(slot: str, name: str, where: str | None = None) -> Entry:
     return table[name]
 
 
+def entry_of(cls: type) -> Entry | None:
+    """The entry of ``cls`` or of its nearest registered base class (``None`` if none).
+
+    Instances of an unregistered subclass (a user's extension, a class swapped in while
+    decoding) thus report their parent's name and capabilities."""
+    for klass in cls.__mro__:
+        entry = _BY_CLASS.get(klass)
+        if entry is not None:
+            return entry
+    return None
+
+
+def capabilities(obj: Any) -> Capabilities:
+    """The capabilities of a component instance or class (the defaults when unregistered)."""
+    entry = entry_of(obj if isinstance(obj, type) else type(obj))
+    return entry.caps if entry is not None else Capabilities()
+
+
 def _from_path(slot: str, path: str, where: str | None) -> Entry:
     where = where or slot
     module_name, _, attr = path.partition(":")
@@ -255,11 +418,22 @@ def _from_path(slot: str, path: str, where: str | None) -> Entry:
         cls = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"{where}='{path}' could not be imported: {exc}") from None
-    entry = getattr(cls, "registry_entry", None)
-    if entry is None:
-        return Entry(slot, path, cls, None, cls.__doc__ or "", NoParams, Capabilities())
-    if entry.slot != slot:
-        raise SpecError(f"{where}='{path}' is registered as a {entry.slot}, not a {slot}")
+    entry = _BY_CLASS.get(cls) if isinstance(cls, type) else None
+    if entry is not None:
+        if entry.slot != slot:
+            raise SpecError(f"{where}='{path}' is registered as a {entry.slot}, not a {slot}")
+        return entry
+    problems = contract_problems(slot, cls)
+    if problems:
+        raise SpecError(f"{where}='{path}' is not a {slot}: {'; '.join(problems)}")
+    # An unregistered class: it keeps the parameters and capabilities of the nearest
+    # registered ancestor of the same slot, under its own path.
+    parent = entry_of(cls)
+    if parent is not None and parent.slot == slot:
+        entry = replace(parent, name=path, cls=cls, summary=cls.__doc__ or parent.summary)
+    else:
+        entry = Entry(slot, path, cls, None, cls.__doc__ or "", NoParams, Capabilities())
+    _BY_CLASS[cls] = entry
     return entry
 
 

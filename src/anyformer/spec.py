@@ -290,9 +290,9 @@ class ModelSpec(_Frozen):
         """Why this model cannot take packed rows (several documents per row, told apart
         by ``segments``, see :mod:`anyformer.nn.packing`), or ``None`` when it can.
 
-        Packed documents must not see each other: every layer's mixer class must set
-        ``supports_packing = True`` (it honours the block-diagonal document mask), the
-        depth schedule must not set ``supports_packing = False``, and the head must give
+        Packed documents must not see each other: every layer's mixer must have the
+        capability ``packing`` (it honours the block-diagonal document mask), so must the
+        depth schedule, and the head must give
         one output per token (a pooled head would mix the documents of a row).
         ``check_head=False`` skips the head, for a spec whose head the task decides later.
         """
@@ -304,7 +304,7 @@ class ModelSpec(_Frozen):
         layers: dict[str, list[int]] = {}
         for i in range(self.n_layers):
             ref = self.layer(i).attention
-            if not getattr(ref.entry.cls, "supports_packing", False):
+            if not ref.entry.caps.packing:
                 layers.setdefault(ref.name, []).append(i)
         if layers:
             capable = [
@@ -321,7 +321,7 @@ class ModelSpec(_Frozen):
                 f"documents apart (no supports_packing: {where}; attention that can: "
                 f"{', '.join(capable)})"
             )
-        if not getattr(self.depth.entry.cls, "supports_packing", True):
+        if not self.depth.entry.caps.packing:
             return f"depth='{self.depth.name}' cannot run packed rows (no supports_packing)"
         return None
 

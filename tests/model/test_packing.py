@@ -34,7 +34,7 @@ def _spec(kind: str, attention: dict[str, Any], position: str) -> ModelSpec | No
 
 def _packing_capable() -> list[str]:
     return [
-        e.name for e in registry.entries("attention") if getattr(e.cls, "supports_packing", False)
+        e.name for e in registry.entries("attention") if e.caps.packing
     ]
 
 

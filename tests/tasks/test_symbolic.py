@@ -107,7 +107,7 @@ def listops_eval(tokens: list[int]) -> tuple[int, int, int]:
 
 
 def check_example(task: alg.SequenceTask, prompt: list[int], answer: list[int], group: int) -> None:
-    name = task.registry_entry.name
+    name = registry.entry_of(type(task)).name
     p = task.params
     if name == "selective_copy":
         noise = task.noise_token

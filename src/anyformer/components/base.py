@@ -148,7 +148,7 @@ class Context:
     - ``position``: the model's positional scheme, for rotation or score bias;
     - ``segments``: ``[B, T]`` integer document ids of packed rows (``None``: one document
       per row); a token may attend only within its document. Only mixers whose class
-      sets ``supports_packing = True`` receive it (the model rejects the others);
+      has the capability ``packing`` receive it (the model rejects the others);
     - ``cache``: a :class:`Cache` during incremental decoding (``None`` otherwise); the
       model accepts one only when every mixer's registry capabilities say ``kv_cache``;
     - ``last_only``: the model's head reads the last position alone (generation asks for

@@ -105,18 +105,16 @@ class PolyCom(nn.Module):
     paper=Paper("Reducing the Transformer Architecture to a Minimum", 2024, "Bermeitinger et al."),
     summary="no channel mixer: the FFN branch adds nothing (attention-only blocks)",
     params=NoParams,
-    caps=Capabilities(complexity="O(1)"),
+    caps=Capabilities(empty=True, complexity="O(1)"),
 )
 class NoFFN(nn.Module):
     """Returns zeros, so the block's FFN residual branch is the identity: x + 0.
 
     Use it for attention-only Transformers, whose attention alone supplies the
     nonlinearity ("Reducing the Transformer Architecture to a Minimum", Bermeitinger et
-    al., 2024, drop the MLPs entirely). It marks itself ``empty``, so residual layouts
+    al., 2024, drop the MLPs entirely). Its capabilities mark it ``empty``, so residual layouts
     skip the branch and its norm: no unused parameters.
     """
-
-    empty = True  # residual layouts skip the FFN branch (and its norm) entirely
 
     def __init__(self, dims: Dims, params: NoParams) -> None:
         super().__init__()

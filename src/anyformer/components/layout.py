@@ -5,7 +5,7 @@ A layout is registered in the ``layout`` slot (a model picks one with
 the block's norm, mixer and FFN (each call a fresh module), so a layout decides how many
 of each it needs. ``forward(x, ctx)`` returns the block's output.
 
-An FFN whose class sets ``empty = True`` (``ffn: none``) is skipped with its norm, so an
+An FFN whose capabilities say ``empty`` (``ffn: none``) is skipped with its norm, so an
 attention-only block has no unused parameters.
 """
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from anyformer.components.base import Context, dropout_or_identity
-from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
+from anyformer.registry import Capabilities, Dims, NoParams, Paper, capabilities, register
 
 
 class BlockParts(Protocol):
@@ -30,7 +30,7 @@ class BlockParts(Protocol):
 
 
 def _is_empty(ffn: nn.Module) -> bool:
-    return bool(getattr(ffn, "empty", False))
+    return capabilities(ffn).empty
 
 
 class Layout(nn.Module):
@@ -57,7 +57,6 @@ class Layout(nn.Module):
 class PreNorm(Layout):
     """x = x + mixer(norm1(x)); x = x + ffn(norm2(x)). Needs a final norm after the stack."""
 
-    final_norm = True
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -77,12 +76,11 @@ class PreNorm(Layout):
     paper=Paper("Attention Is All You Need", 2017, "Vaswani et al."),
     summary="post-norm: norm(x + f(x)) for the mixer, then for the FFN",
     params=NoParams,
-    caps=Capabilities(complexity="O(1)"),
+    caps=Capabilities(final_norm=False, complexity="O(1)"),
 )
 class PostNorm(Layout):
     """x = norm1(x + mixer(x)); x = norm2(x + ffn(x))."""
 
-    final_norm = False
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -113,7 +111,6 @@ class SandwichNorm(Layout):
     stream ("CogView", Ding et al., 2021, Sandwich-LN).
     """
 
-    final_norm = True
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -155,7 +152,6 @@ class Sandwich(Layout):
     it reduces to ``pre``.
     """
 
-    final_norm = True
 
     def __init__(self, dims: Dims, params: SandwichParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -203,7 +199,6 @@ class Macaron(Layout):
     The two FFNs have their own weights. With ``ffn: none`` it reduces to ``pre``.
     """
 
-    final_norm = True
 
     def __init__(self, dims: Dims, params: MacaronParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -234,7 +229,6 @@ class Parallel(Layout):
     """y = norm(x); x = x + mixer(y) + ffn(y) — the mixer and FFN read the same input,
     so their input projections can run side by side (PaLM, Chowdhery et al., 2022)."""
 
-    final_norm = True
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)

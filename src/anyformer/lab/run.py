@@ -49,16 +49,16 @@ class Run:
 def build_task(spec: ExperimentSpec) -> Task:
     """The task of ``spec``, seeded by ``spec.train.seed``."""
     try:
-        return spec.task.entry.cls(spec.task.config, spec.train.seed)
+        return spec.task.entry.build(spec.task.config, seed=spec.train.seed)
     except ValueError as exc:  # a task refuses parameters it cannot serve, with the reason
         raise SpecError(f"task '{spec.task.name}': {exc}") from None
 
 
 def build_objective(spec: ExperimentSpec, task: Task) -> Objective:
     if spec.objective is not None:
-        return spec.objective.entry.cls(spec.objective.config)
+        return spec.objective.entry.build(spec.objective.config)
     entry = registry.get("objective", task.default_objective)
-    return entry.cls(entry.make_params())
+    return entry.build()
 
 
 def resolve(spec: ExperimentSpec) -> ExperimentSpec:

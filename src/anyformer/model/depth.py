@@ -68,17 +68,15 @@ def _frozen() -> ConfigDict:
 class DepthSchedule(nn.Module):
     """Base class: runs the blocks listed by :meth:`order`, then the model's readout.
 
-    ``supports_cache``: whether incremental decoding with a KV cache is possible (the
-    cache keys its slots by mixer call order, so a fixed schedule is fine; one whose
-    depth varies per step, or that re-runs the prefix, sets it False and ``generate``
-    recomputes the whole sequence instead).
-    ``supports_packing``: whether packed rows (``ctx.segments``) may run through it (the
-    blocks keep documents apart; a schedule that moves tokens across positions sets it
-    False and :meth:`~anyformer.spec.ModelSpec.packing_problem` refuses packing).
+    Its registry capabilities say what it allows: ``kv_cache``, whether incremental
+    decoding with a cache is possible (the cache keys its slots by mixer call order, so
+    a fixed schedule is fine; one whose depth varies per step, or that re-runs the
+    prefix, leaves it False and ``generate`` recomputes the whole sequence instead);
+    ``packing``, whether packed rows (``ctx.segments``) may run through it (the blocks
+    keep documents apart; a schedule that moves tokens across positions leaves it False
+    and :meth:`~anyformer.spec.ModelSpec.packing_problem` refuses packing).
     """
 
-    supports_cache = True
-    supports_packing = True
     #: Whether a training forward stores several outputs in ``exit_outputs`` for the
     #: Trainer to average the loss over (early exits, a looped model's loss window).
     several_outputs = False
@@ -136,7 +134,7 @@ def _layers_total(spec: ModelSpec, need: int, how: str) -> str | None:
     paper=None,
     summary="the usual stack: each of the n_layers distinct blocks once, in order",
     params=NoParams,
-    caps=Capabilities(complexity="O(L)"),
+    caps=Capabilities(complexity="O(L)", kv_cache=True, packing=True),
 )
 class Stack(DepthSchedule):
     """x -> block_0 -> block_1 -> ... -> block_{L-1} -> readout (``L = n_layers``)."""
@@ -236,7 +234,7 @@ def _window_problem(params: BaseModel) -> str | None:
     summary="weight-tied loop: the n_layers blocks applied `loops` times (loops_eval at "
     "evaluation), optionally re-injecting the input",
     params=LoopedParams,
-    caps=Capabilities(complexity="O(L T)"),
+    caps=Capabilities(complexity="O(L T)", kv_cache=True, packing=True),
 )
 class Looped(_Iterated):
     """The ``n_layers`` distinct blocks form one loop body, applied ``loops`` times.
@@ -301,7 +299,7 @@ class AlgoFormerParams(BaseModel):
     paper=ALGOFORMER,
     summary="pre-transformer -> looped transformer (T iterations) -> post-transformer",
     params=AlgoFormerParams,
-    caps=Capabilities(complexity="O(L T)"),
+    caps=Capabilities(complexity="O(L T)", kv_cache=True, packing=True),
 )
 class AlgoFormer(_Iterated):
     """pre blocks (task pre-processing) -> loop blocks x T (an iterative algorithm) ->
@@ -356,7 +354,7 @@ class RecursiveParams(BaseModel):
     paper=SRET,
     summary="SReT recursion: each block applied k times in a row with shared weights",
     params=RecursiveParams,
-    caps=Capabilities(complexity="O(L k)"),
+    caps=Capabilities(complexity="O(L k)", kv_cache=True, packing=True),
 )
 class Recursive(DepthSchedule):
     """block_0^k -> block_1^k -> ... (each block applied ``k`` times in sequence).
@@ -415,7 +413,7 @@ def _rows(ctx: Context, rows: torch.Tensor) -> Context:
     summary="a head after every block (or every k), trained jointly; at inference each token "
     "(or example, for pooled heads) stops at the first exit confident enough",
     params=EarlyExitParams,
-    caps=Capabilities(complexity="O(L)"),
+    caps=Capabilities(complexity="O(L)", packing=True),
 )
 class EarlyExit(DepthSchedule):
     """Exits (norm + head) after blocks ``every-1, 2 every-1, ...`` and the last block.
@@ -448,7 +446,6 @@ class EarlyExit(DepthSchedule):
     """
 
     params: EarlyExitParams
-    supports_cache = False
     several_outputs = True
 
     def __init__(self, spec: ModelSpec, params: EarlyExitParams) -> None:
@@ -462,7 +459,7 @@ class EarlyExit(DepthSchedule):
             n_out = spec.vocab_size if head_kind == "lm" else spec.n_outputs
             for i in self.exit_after[:-1]:
                 layer, dims = spec.layer(i), spec.dims(i)
-                final = getattr(layer.norm_placement.entry.cls, "final_norm", True)
+                final = layer.norm_placement.entry.caps.final_norm
                 norm = layer.norm.entry.build(layer.norm.config, dims) if final else nn.Identity()
                 head = nn.Linear(spec.d_model, n_out or 1, bias=head_kind != "lm")
                 self.exits.append(_Exit(norm, head))
@@ -630,8 +627,6 @@ class ContinuousThought(DepthSchedule):
     """
 
     params: ContinuousThoughtParams
-    supports_cache = False
-    supports_packing = False  # thoughts are inserted after each row's first sep_token
 
     @staticmethod
     def check_spec(params: ContinuousThoughtParams, spec: ModelSpec) -> str | None:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyformer.components.base import Cache, UnmaskedPaddingError
+from anyformer.registry import capabilities, entry_of
 from anyformer.errors import SpecError, UserError
 
 if TYPE_CHECKING:
@@ -66,17 +67,16 @@ COLUMN_MAJOR_MIN_TOKENS = 32
 def cache_blockers(model: Transformer) -> list[str]:
     """What keeps the model from decoding with a cache (empty: nothing): the names of
     mixers whose registry capabilities lack ``kv_cache``, and ``depth=<name>`` when the
-    depth schedule's class sets ``supports_cache = False`` (its depth varies per step)."""
+    depth schedule's capabilities lack it (its depth varies per step)."""
     from anyformer.model.transformer import mixer_name, mixers
 
     blockers = set()
     for mixer in mixers(model):
-        entry = getattr(type(mixer), "registry_entry", None)
-        if entry is None or not entry.caps.kv_cache:
+        if not capabilities(mixer).kv_cache:
             blockers.add(mixer_name(mixer))
     depth = getattr(model, "depth", None)
-    if depth is not None and not getattr(depth, "supports_cache", True):
-        entry = getattr(type(depth), "registry_entry", None)
+    if depth is not None and not capabilities(depth).kv_cache:
+        entry = entry_of(type(depth))
         blockers.add(f"depth={entry.name if entry is not None else type(depth).__name__}")
     return sorted(blockers)
 

@@ -19,12 +19,12 @@ from anyformer.errors import SpecError
 from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
 from anyformer.nn.packing import positions_from_segments
-from anyformer.registry import Dims
+from anyformer.registry import Dims, capabilities, entry_of
 from anyformer.spec import LayerSpec, ModelSpec, parse
 
 
 def _build(ref: Any, dims: Dims) -> nn.Module:
-    return ref.entry.build(ref.config, dims)
+    return ref.entry.build(ref.config, dims=dims)
 
 
 class BlockParts:
@@ -47,7 +47,7 @@ def build_block(spec: ModelSpec, index: int) -> nn.Module:
     """Layer ``index`` of ``spec``: its residual layout around its mixer and FFN."""
     layer, dims = spec.layer(index), spec.dims(index)
     ref = layer.norm_placement
-    return ref.entry.cls(dims, ref.config, BlockParts(layer, dims))
+    return ref.entry.build(ref.config, dims=dims, parts=BlockParts(layer, dims))
 
 
 class Pool(nn.Module):
@@ -81,15 +81,14 @@ def mixers(model: nn.Module) -> list[nn.Module]:
 
 def mixer_name(mixer: nn.Module) -> str:
     """The registry name of a mixer (its class name when it is not registered)."""
-    entry = getattr(type(mixer), "registry_entry", None)
+    entry = entry_of(type(mixer))
     return entry.name if entry is not None else type(mixer).__name__
 
 
 def check_packing(model: Transformer) -> None:
     """Refuse packed rows (``segments`` or per-row ``positions``) for a model that cannot
     keep documents apart (:meth:`~anyformer.spec.ModelSpec.packing_problem`: a pooled
-    head, a mixer whose class does not set ``supports_packing = True``, or a depth
-    schedule that sets it False)."""
+    head, a mixer or a depth schedule whose capabilities lack ``packing``)."""
     problem = model.spec.packing_problem()
     if problem:
         raise SpecError(f"{problem}; pass padded rows (padding_mask) instead of segments")
@@ -144,11 +143,11 @@ class Transformer(nn.Module):
         self.drop = dropout_or_identity(spec.dropout)
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
-        final = getattr(self.blocks[-1], "final_norm", True)
+        final = capabilities(self.blocks[-1]).final_norm
         self.norm = _build(last.norm, spec.dims(spec.n_layers - 1)) if final else nn.Identity()
         self.pool = Pool(spec.pool) if self.head_kind in ("classify", "regress") else None
         self.head = nn.Linear(d, self._n_outputs(), bias=self.head_kind != "lm")
-        self.depth: DepthSchedule = spec.depth.entry.cls(spec, spec.depth.config)
+        self.depth: DepthSchedule = spec.depth.entry.build(spec.depth.config, spec=spec)
         self.reset_parameters()
         if self.head_kind == "lm" and spec.tie_embeddings:
             self.head.weight = self.embed.weight

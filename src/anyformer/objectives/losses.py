@@ -97,4 +97,4 @@ def build_objective(name: str, params: BaseModel) -> Objective:
     """The objective registered as ``name`` with validated ``params``."""
     from anyformer import registry
 
-    return registry.get("objective", name).cls(params)
+    return registry.get("objective", name).build(params)

@@ -125,7 +125,7 @@ def reference_attention(
     summary="multi-head scaled dot-product attention; grouped/multi-query heads via kv_heads "
     "(Shazeer 2019; Ainslie et al. 2023)",
     params=SoftmaxParams,
-    caps=Capabilities(complexity="O(n^2)", kv_cache=True),
+    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True),
 )
 class SoftmaxAttention(nn.Module):
     """softmax(Q K^T / sqrt(d_head) + B) V per head, then an output projection.
@@ -141,7 +141,6 @@ class SoftmaxAttention(nn.Module):
     Paper: "Attention Is All You Need", Vaswani et al., 2017.
     """
 
-    supports_packing = True
 
     def __init__(self, dims: Dims, params: SoftmaxParams) -> None:
         super().__init__()

@@ -48,7 +48,7 @@ def reproduce(
     done = []
     for name in names:
         entry = registry.get("finding", name)
-        finding: Finding = entry.cls()
+        finding: Finding = entry.build()
         folder = Path(out) / ("quick" if quick else "full") / name
         results = {}
         for key, comp in finding.comparisons(quick).items():
