@@ -37,6 +37,7 @@ from anyformer.errors import SpecError, did_you_mean
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class SlotContract:
     """What every variant of a slot is and provides; :func:`register` checks it.

@@ -57,7 +57,6 @@ class Layout(nn.Module):
 class PreNorm(Layout):
     """x = x + mixer(norm1(x)); x = x + ffn(norm2(x)). Needs a final norm after the stack."""
 
-
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
         self.norm1 = parts.norm()
@@ -80,7 +79,6 @@ class PreNorm(Layout):
 )
 class PostNorm(Layout):
     """x = norm1(x + mixer(x)); x = norm2(x + ffn(x))."""
-
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -110,7 +108,6 @@ class SandwichNorm(Layout):
     The extra norm on each branch's output bounds what a branch adds to the residual
     stream ("CogView", Ding et al., 2021, Sandwich-LN).
     """
-
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -151,7 +148,6 @@ class Sandwich(Layout):
     and more on FFNs: one mixer between ``n_ffn`` FFNs on each side. With ``ffn: none``
     it reduces to ``pre``.
     """
-
 
     def __init__(self, dims: Dims, params: SandwichParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
@@ -199,7 +195,6 @@ class Macaron(Layout):
     The two FFNs have their own weights. With ``ffn: none`` it reduces to ``pre``.
     """
 
-
     def __init__(self, dims: Dims, params: MacaronParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
         self.weight = params.ffn_weight
@@ -228,7 +223,6 @@ class Macaron(Layout):
 class Parallel(Layout):
     """y = norm(x); x = x + mixer(y) + ffn(y) — the mixer and FFN read the same input,
     so their input projections can run side by side (PaLM, Chowdhery et al., 2022)."""
-
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)

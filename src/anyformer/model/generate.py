@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyformer.components.base import Cache, UnmaskedPaddingError
-from anyformer.registry import capabilities, entry_of
 from anyformer.errors import SpecError, UserError
+from anyformer.registry import capabilities, entry_of
 
 if TYPE_CHECKING:
     from anyformer.model.transformer import Transformer

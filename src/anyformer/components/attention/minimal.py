@@ -44,7 +44,6 @@ class _MinimalBase(nn.Module):
     variants decode with a KV cache (the cached keys are the key vectors of each head)
     and accept packed rows."""
 
-
     def __init__(self, dims: Dims, width: Width, impl: Impl) -> None:
         super().__init__()
         self.n_heads = dims.n_heads
@@ -105,7 +104,9 @@ class CollapsedParams(BaseModel):
     summary="one query-key matrix per head: scores x_i W_QK x_j^T instead of separate "
     "query and key projections",
     params=CollapsedParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")),
+    caps=Capabilities(
+        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+    ),
 )
 class CollapsedAttention(_MinimalBase):
     """softmax((x W_QK^h + b^h) x^T / sqrt(d_head) + B) (x W_V^h) per head h, then W_O.
@@ -162,7 +163,9 @@ class SymmetricParams(BaseModel):
     summary="a symmetric query-key matrix per head (L L^T from a triangular L): symmetric "
     "similarity with half the parameters",
     params=SymmetricParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")),
+    caps=Capabilities(
+        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+    ),
 )
 class SymmetricAttention(_MinimalBase):
     """softmax(x W^h x^T / sqrt(d_head) + B) (x W_V^h) per head h, W^h symmetric, then W_O.

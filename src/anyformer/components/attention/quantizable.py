@@ -66,7 +66,6 @@ class GatedAttention(QKVHeads):
     paper's MLP-shaped gate variants. Decodes with a KV cache; accepts packed rows.
     """
 
-
     def __init__(self, dims: Dims, params: GatedParams) -> None:
         super().__init__(dims)
         self.impl = params.impl
@@ -136,7 +135,6 @@ class ClippedSoftmaxAttention(QKVHeads):
     Nothing", Bondarenko et al., 2023. Not supported: a fused kernel (this is the explicit
     reference form), grouped key/value heads. Decodes with a KV cache; accepts packed rows.
     """
-
 
     def __init__(self, dims: Dims, params: ClippedSoftmaxParams) -> None:
         super().__init__(dims)

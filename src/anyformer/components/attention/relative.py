@@ -117,7 +117,9 @@ class ComplexParams(BaseModel):
     summary="complex multi-head attention: per-head polar q/k whose phase difference mixes "
     "a learned scaling of the semantic angle with a learned relative-position angle",
     params=ComplexParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")),
+    caps=Capabilities(
+        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+    ),
 )
 class ComplexAttention(QKVHeads):
     """Score(m, n) = sum_c |q_mc| |k_nc| cos(s_hc (theta_q,mc - theta_k,nc) + p_hc omega_c (m - n)) / sqrt(d_head).
@@ -144,7 +146,6 @@ class ComplexAttention(QKVHeads):
     Not supported: grouped key/value heads. Decodes with a KV cache (of the rotated keys)
     and accepts packed rows (rotating by the per-document positions).
     """
-
 
     def __init__(self, dims: Dims, params: ComplexParams) -> None:
         super().__init__(dims)

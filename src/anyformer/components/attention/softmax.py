@@ -141,7 +141,6 @@ class SoftmaxAttention(nn.Module):
     Paper: "Attention Is All You Need", Vaswani et al., 2017.
     """
 
-
     def __init__(self, dims: Dims, params: SoftmaxParams) -> None:
         super().__init__()
         self.n_heads = dims.n_heads
