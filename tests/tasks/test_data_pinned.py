@@ -1,0 +1,153 @@
+"""Every task's data, pinned: a digest of a few training batches and of both evaluation
+sets per configuration. A refactor of the task code must leave every digest unchanged
+(a change of the data itself must update the digest here, on purpose)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from anyformer import registry
+from anyformer.tasks.base import Batch, Task
+
+#: (task, parameters) pairs covering every registered task and its main modes.
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("copy", {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7}),
+    ("reverse", {"min_len": 3, "max_len": 6, "ood_min_len": 7, "ood_max_len": 8}),
+    ("sort", {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7}),
+    ("sort", {"max_len": 6, "ood_min_len": 7, "ood_max_len": 8, "hint": "successor"}),
+    ("sort", {"max_len": 6, "ood_min_len": 7, "ood_max_len": 8, "hint": "rank"}),
+    ("parity", {"min_len": 2, "max_len": 6, "ood_min_len": 7, "ood_max_len": 9}),
+    ("addition", {"max_len": 3, "ood_min_len": 4, "ood_max_len": 4}),
+    ("addition", {"max_len": 2, "ood_min_len": 3, "ood_max_len": 3, "format": "reversed"}),
+    ("selective_copy", {"max_len": 10, "ood_min_len": 11, "ood_max_len": 12}),
+    ("multiplication", {"max_len": 2, "ood_min_len": 3, "ood_max_len": 3}),
+    ("multiplication", {"max_len": 2, "ood_min_len": 3, "ood_max_len": 3, "format": "scratchpad"}),
+    ("dyck", {"max_len": 10, "ood_min_len": 11, "ood_max_len": 14}),
+    ("dyck", {"max_len": 10, "ood_min_len": 11, "ood_max_len": 14, "mode": "recognize"}),
+    ("listops", {"max_depth": 2, "ood_min_depth": 3, "ood_max_depth": 3}),
+    ("graph_search", {"min_vertices": 6, "max_vertices": 7, "ood_min_vertices": 8,
+                      "ood_max_vertices": 9}),
+    ("graph_search", {"query": "connected", "min_vertices": 6, "max_vertices": 7,
+                      "ood_min_vertices": 8, "ood_max_vertices": 9, "trace": "bfs"}),
+    ("graph_search", {"min_vertices": 6, "max_vertices": 7, "ood_min_vertices": 8,
+                      "ood_max_vertices": 9, "trace": "dfs"}),
+    ("two_hop", {"n_entities": 8, "n_functions": 3}),
+    ("kg_reasoning", {"n_entities": 12, "n_relations": 2, "ood_fraction": 0.25,
+                      "inferred_ratio": 1.0}),
+    ("kg_reasoning", {"reasoning": "comparison", "n_entities": 12, "n_relations": 2,
+                      "ood_fraction": 0.25, "inferred_ratio": 1.0}),
+    ("mqar", {"n_keys": 16, "n_values": 8, "min_pairs": 2, "max_pairs": 4, "ood_min_pairs": 5,
+              "ood_max_pairs": 6, "n_queries": 2}),
+    ("mqar", {"n_keys": 16, "n_values": 8, "min_pairs": 2, "max_pairs": 4, "ood_min_pairs": 5,
+              "ood_max_pairs": 6, "n_queries": 2, "seq_len": 24}),
+    ("icl_linear_regression", {"dims": 3, "n_points": 6}),
+    ("icl_linear_regression", {"dims": 3, "n_points": 6, "ood": "task", "tokens": "paired"}),
+    ("icl_boolean", {"n_bits": 4, "n_points": 6}),
+    ("icl_ar", {"n_points": 8}),
+    ("icl_mixture", {"dims": 2, "n_points": 6}),
+    ("icl_uncertainty", {"dims": 2, "n_points": 6}),
+    ("stdlib_lm", {"seq_len": 16, "val_fraction": 0.3}),
+]  # fmt: skip
+
+#: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
+DIGESTS: dict[str, str] = {
+    "copy,max_len=5,min_len=2,ood_max_len=7,ood_min_len=6": "68578a055c6a5752",
+    "reverse,max_len=6,min_len=3,ood_max_len=8,ood_min_len=7": "8c7fdf545f860b4b",
+    "sort,max_len=5,min_len=2,ood_max_len=7,ood_min_len=6": "d3b86654e87b3d3f",
+    "sort,hint=successor,max_len=6,ood_max_len=8,ood_min_len=7": "c91bfe05c06b057f",
+    "sort,hint=rank,max_len=6,ood_max_len=8,ood_min_len=7": "4400908f13faffb6",
+    "parity,max_len=6,min_len=2,ood_max_len=9,ood_min_len=7": "0d59fd4b0f3dbe07",
+    "addition,max_len=3,ood_max_len=4,ood_min_len=4": "b9f686842e688db2",
+    "addition,format=reversed,max_len=2,ood_max_len=3,ood_min_len=3": "9dd5437b17e9daad",
+    "selective_copy,max_len=10,ood_max_len=12,ood_min_len=11": "c8fdafe63755853f",
+    "multiplication,max_len=2,ood_max_len=3,ood_min_len=3": "794e6478b870cb32",
+    "multiplication,format=scratchpad,max_len=2,ood_max_len=3,ood_min_len=3": "7d90229766b60a51",
+    "dyck,max_len=10,ood_max_len=14,ood_min_len=11": "b319e0db930eae8c",
+    "dyck,max_len=10,mode=recognize,ood_max_len=14,ood_min_len=11": "5cf3466b234ccf43",
+    "listops,max_depth=2,ood_max_depth=3,ood_min_depth=3": "fe4dae3ff9e94b20",
+    "graph_search,max_vertices=7,min_vertices=6,ood_max_vertices=9,ood_min_vertices=8": "8132a811e881e58c",
+    "graph_search,max_vertices=7,min_vertices=6,ood_max_vertices=9,ood_min_vertices=8,query=connected,trace=bfs": "f2e6a3ce4001ceee",
+    "graph_search,max_vertices=7,min_vertices=6,ood_max_vertices=9,ood_min_vertices=8,trace=dfs": "43b379b066e0a97c",
+    "two_hop,n_entities=8,n_functions=3": "07a3e084ff33af54",
+    "kg_reasoning,inferred_ratio=1.0,n_entities=12,n_relations=2,ood_fraction=0.25": "7c96d1efb58a044c",
+    "kg_reasoning,inferred_ratio=1.0,n_entities=12,n_relations=2,ood_fraction=0.25,reasoning=comparison": "8ad049cdae924716",
+    "mqar,max_pairs=4,min_pairs=2,n_keys=16,n_queries=2,n_values=8,ood_max_pairs=6,ood_min_pairs=5": "11fe2b0eeb492acb",
+    "mqar,max_pairs=4,min_pairs=2,n_keys=16,n_queries=2,n_values=8,ood_max_pairs=6,ood_min_pairs=5,seq_len=24": "3ec2b9ce0bae83df",
+    "icl_linear_regression,dims=3,n_points=6": "80203179705d7356",
+    "icl_linear_regression,dims=3,n_points=6,ood=task,tokens=paired": "b616edf5cb411df5",
+    "icl_boolean,n_bits=4,n_points=6": "c753f28716ae6509",
+    "icl_ar,n_points=8": "a98085a617399b67",
+    "icl_mixture,dims=2,n_points=6": "e1957bd7c6592d86",
+    "icl_uncertainty,dims=2,n_points=6": "0532cedcd23a31e3",
+    "stdlib_lm,seq_len=16,val_fraction=0.3": "440c0b361c110e60",
+}  # fmt: skip
+
+
+def _case_id(name: str, params: dict[str, Any]) -> str:
+    return name + "".join(f",{k}={v}" for k, v in sorted(params.items()))
+
+
+def stdlib_tree(root: Path) -> Path:
+    """A small fixed source tree (library modules and test suites) for ``stdlib_lm``."""
+    for i in range(4):
+        for j in range(5):
+            path = root / f"pkg{i}" / f"mod{j}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"def f_{i}_{j}(x):\n    return x * {i + j}\n" * 4, encoding="utf-8")
+    (root / "test").mkdir(exist_ok=True)
+    (root / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
+    return root
+
+
+def build(name: str, params: dict[str, Any], seed: int = 0) -> Task:
+    entry = registry.get("task", name)
+    return entry.cls(entry.make_params(params), seed)
+
+
+def _feed(h: Any, batch: Batch) -> None:
+    def tensor(t: torch.Tensor | None) -> None:
+        if t is None:
+            h.update(b"none")
+            return
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+
+    for t in (batch.inputs, batch.targets, batch.loss_mask, batch.padding_mask):
+        tensor(t)
+    h.update(repr(batch.group).encode())
+    for key in sorted(batch.extras):
+        h.update(key.encode())
+        tensor(batch.extras[key])
+
+
+def data_digest(task: Task) -> str:
+    """Digest of the model fields, training batches of steps 0, 1 and 7 (8 rows) and the
+    ``id`` and ``ood`` evaluation sets of size 16."""
+    h = hashlib.sha256()
+    h.update(json.dumps(task.model_io(), sort_keys=True).encode())
+    h.update(str(task.max_seq_len()).encode())
+    for step in (0, 1, 7):
+        _feed(h, task.train_batch(step, 8))
+    for split in ("id", "ood"):
+        for batch in task.make_eval_set(split, 16):
+            _feed(h, batch)
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
+def test_task_data_is_pinned(name: str, params: dict[str, Any], tmp_path: Path) -> None:
+    if name == "stdlib_lm":
+        params = {**params, "root": str(stdlib_tree(tmp_path))}
+    digest = data_digest(build(name, params))
+    case = _case_id(name, {k: v for k, v in params.items() if k != "root"})
+    assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"
+
+
+def test_every_registered_task_is_pinned() -> None:
+    assert {n for n, _ in CASES} == set(registry.components("task"))
