@@ -17,9 +17,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationInfo
+from pydantic import BaseModel, ValidationInfo, field_validator
 
 SPLIT_IDS = {"train": 0, "id": 1, "ood": 2}
+#: The parameter names of the inclusive size ranges of most tasks: training (and ``id``)
+#: from ``min_len`` to ``max_len``, ``ood`` from ``ood_min_len`` to ``ood_max_len``.
+LENGTH_FIELDS = ("min_len", "max_len", "ood_min_len", "ood_max_len")
 
 
 @dataclass
@@ -96,6 +99,19 @@ def eval_set_by_size(
     if not batches:
         raise ValueError(none_drawn)
     return batches
+
+
+def split_range(params: BaseModel, split: str, fields: Sequence[str] = LENGTH_FIELDS) -> range:
+    """The sizes (lengths, depths, vertex or pair counts) of ``split``, read from
+    ``params``: ``fields`` names the inclusive bounds ``(low, high, ood_low, ood_high)``;
+    ``train`` and ``id`` share the first pair, ``ood`` has the second."""
+    if split in ("train", "id"):
+        low, high = fields[0], fields[1]
+    elif split == "ood":
+        low, high = fields[2], fields[3]
+    else:
+        raise ValueError(f"unknown split '{split}' (valid: train, id, ood)")
+    return range(getattr(params, low), getattr(params, high) + 1)
 
 
 def torch_generator(seed: int, *stream: int) -> torch.Generator:
@@ -193,3 +209,19 @@ def at_least(
         return v
 
     return check
+
+
+def range_validators(fields: Sequence[str] = LENGTH_FIELDS, why: str = "") -> tuple[Any, Any, Any]:
+    """The field validators that order a task's split ranges (``fields`` as in
+    :func:`split_range`): ``high >= low``, ``ood_low > high`` (``why`` ends that message)
+    and ``ood_high >= ood_low``.
+
+    Use as ``_max, _ood, _ood_max = range_validators((...))`` in the parameter class (the
+    four fields declared in that order, before the assignment).
+    """
+    low, high, ood_low, ood_high = fields
+    return (
+        field_validator(high)(at_least(low)),
+        field_validator(ood_low)(at_least(high, strict=True, why=why)),
+        field_validator(ood_high)(at_least(ood_low)),
+    )

@@ -22,10 +22,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.algorithmic import FIRST_SYMBOL, PAD, SequenceTask
-from anyformer.tasks.base import Batch, at_least
+from anyformer.tasks.base import Batch, range_validators
+from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, SequenceTask
 
 SAPAROV = Paper("Transformers Struggle to Learn to Search", 2024, "Saparov et al.")
+#: The parameters bounding the graph sizes: ``(min, max, ood_min, ood_max)``.
+VERTEX_FIELDS = ("min_vertices", "max_vertices", "ood_min_vertices", "ood_max_vertices")
 
 
 class GraphSearchParams(BaseModel):
@@ -65,9 +67,7 @@ class GraphSearchParams(BaseModel):
             )
         return v
 
-    _max = field_validator("max_vertices")(at_least("min_vertices"))
-    _ood = field_validator("ood_min_vertices")(at_least("max_vertices", strict=True))
-    _ood_max = field_validator("ood_max_vertices")(at_least("ood_min_vertices"))
+    _max, _ood, _ood_max = range_validators(VERTEX_FIELDS)
 
 
 @register(
@@ -108,6 +108,7 @@ class GraphSearch(SequenceTask):
     enumerate_prompts: ClassVar[bool] = False
     extra_tokens: ClassVar[int] = 5
     length_name: ClassVar[str] = "vertices"
+    range_fields: ClassVar[tuple[str, str, str, str]] = VERTEX_FIELDS
 
     @property
     def alphabet(self) -> int:
@@ -132,14 +133,6 @@ class GraphSearch(SequenceTask):
     @property
     def no_token(self) -> int:
         return self.edge_token + 4
-
-    def lengths(self, split: str) -> range:
-        p = self.params
-        if split in ("train", "id"):
-            return range(p.min_vertices, p.max_vertices + 1)
-        if split == "ood":
-            return range(p.ood_min_vertices, p.ood_max_vertices + 1)
-        raise ValueError(f"unknown split '{split}' (valid: train, id, ood)")
 
     def max_distance(self, n: int) -> int:
         """The largest lookahead a graph of ``n`` vertices is built with."""

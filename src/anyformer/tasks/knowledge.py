@@ -2,7 +2,7 @@
 
 The world (random lookup tables, a knowledge graph, attribute values) is fixed by the
 task's seed. Every fact is a short prompt of 2 or 3 tokens and a one-token answer,
-written ``BOS prompt SEP answer EOS`` as in :mod:`anyformer.tasks.algorithmic`; the loss
+written ``BOS prompt SEP answer EOS`` as in :mod:`anyformer.tasks.sequence`; the loss
 and the scores cover the answer and ``EOS``. The training set is a fixed, finite set of
 facts (batches sample it uniformly, by ``(seed, step)``); the ``id`` and ``ood`` sets are
 facts never trained on, drawn without replacement (a set holds at most all of them).
@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.algorithmic import EVAL_BATCH_ROWS, FIRST_SYMBOL, PAD, SequenceTask
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.sequence import EVAL_BATCH_ROWS, FIRST_SYMBOL, PAD, SequenceTask
 
 COVERAGE = Paper(
     "The Coverage Principle: A Framework for Understanding Compositional Generalization",

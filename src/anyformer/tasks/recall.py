@@ -23,7 +23,7 @@ region after ``SEP`` is cut into two-token slots, the ``Q`` query/answer pairs t
 ``Q`` slots chosen uniformly (in order) and the rest hold ``FILL`` tokens, so queries
 sit at random distances from their pairs, as in Zoology's MQAR.
 
-Splits (the same machinery as :mod:`anyformer.tasks.algorithmic`):
+Splits (the same machinery as :mod:`anyformer.tasks.sequence`):
 
 - training: ``min_pairs..max_pairs`` pairs; each step draws ONE pair count for its whole
   batch (no padding). The data depend only on ``(seed, step)``.
@@ -53,8 +53,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.algorithmic import is_test_member
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, at_least, eval_set_by_size, rng_for
+from anyformer.tasks.base import (
+    SPLIT_IDS,
+    Batch,
+    Task,
+    at_least,
+    eval_set_by_size,
+    rng_for,
+    split_range,
+)
+from anyformer.tasks.sequence import is_test_member, unique_rows
 
 PAD, BOS, SEP, FILL = 0, 1, 2, 3
 #: Token id of key 0.
@@ -63,6 +71,8 @@ FIRST_KEY = 4
 EVAL_BATCH_ROWS = 512
 #: Rejection sampling gives up after this many rounds (only reachable in tiny spaces).
 MAX_ROUNDS = 1000
+#: The parameters bounding the pair counts: ``(min, max, ood_min, ood_max)``.
+PAIR_FIELDS = ("min_pairs", "max_pairs", "ood_min_pairs", "ood_max_pairs")
 
 ZOOLOGY = Paper(
     "Zoology: Measuring and Improving Recall in Efficient Language Models",
@@ -100,6 +110,7 @@ class MQARParams(BaseModel):
     seq_len: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.1, gt=0.0, le=0.5)
 
+    # ood_max_pairs has its own validator (it is also bounded by n_keys)
     _max_pairs_order = field_validator("max_pairs")(at_least("min_pairs"))
     _ood_pairs_order = field_validator("ood_min_pairs")(
         at_least(
@@ -192,12 +203,7 @@ class MQAR(Task):
 
     def pair_counts(self, split: str) -> range:
         """The pair counts of a split (``train`` and ``id`` share theirs)."""
-        p = self.params
-        if split in ("train", "id"):
-            return range(p.min_pairs, p.max_pairs + 1)
-        if split == "ood":
-            return range(p.ood_min_pairs, p.ood_max_pairs + 1)
-        raise ValueError(f"unknown split '{split}' (valid: train, id, ood)")
+        return split_range(self.params, split, PAIR_FIELDS)
 
     def input_len(self, pairs: int) -> int:
         """Model input length of a sequence with ``pairs`` pairs."""
@@ -289,7 +295,7 @@ class MQAR(Task):
             kept.append(cand)
             have += cand.shape[0]
             if unique:
-                merged = _unique_rows(np.concatenate(kept))
+                merged = unique_rows(np.concatenate(kept))
                 kept, have = [merged], merged.shape[0]
             if have >= n:
                 break
@@ -331,9 +337,3 @@ class MQAR(Task):
             "chance": 1.0 / self.params.n_values,
             "curve": {"x": "pairs", "y": "accuracy", "series": {"model": dict(by_pairs)}},
         }
-
-
-def _unique_rows(a: np.ndarray) -> np.ndarray:
-    """Rows of ``a`` without repeats, in order of first appearance."""
-    _, first = np.unique(a, axis=0, return_index=True)
-    return a[np.sort(first)]

@@ -1,6 +1,6 @@
 """Symbolic sequence tasks: selective copying, multiplication, Dyck languages and ListOps.
 
-Every task here is a :class:`~anyformer.tasks.algorithmic.SequenceTask`: one example is
+Every task here is a :class:`~anyformer.tasks.sequence.SequenceTask`: one example is
 ``BOS prompt SEP answer EOS`` over ``PAD=0, BOS=1, SEP=2, EOS=3`` and the task's own
 tokens, the loss covers the answer and ``EOS``, the ``id`` split holds prompts whose
 hash marks them as test members (never trained on) at the training sizes, and the
@@ -18,15 +18,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.algorithmic import (
-    FIRST_SYMBOL,
-    LEE,
-    PAD,
-    LengthParams,
-    SequenceTask,
-    _add_digits,
-)
-from anyformer.tasks.base import at_least
+from anyformer.tasks.algorithmic import LEE, _add_digits
+from anyformer.tasks.base import at_least, range_validators, split_range
+from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, LengthParams, SequenceTask
 
 MAMBA = Paper("Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023, "Gu & Dao")
 DYCK_PAPER = Paper(
@@ -297,7 +291,7 @@ class Dyck(SequenceTask):
         if params.mode == "recognize":
             for split in ("train", "ood"):
                 if len(self.lengths_of(params, split)) == 0:
-                    lo, hi = _range_fields(split)
+                    lo, hi = self.range_fields[2:] if split == "ood" else self.range_fields[:2]
                     raise ValueError(
                         f"mode 'recognize' needs an even length in {lo}..{hi} "
                         f"({getattr(params, lo)}..{getattr(params, hi)})"
@@ -316,17 +310,16 @@ class Dyck(SequenceTask):
     def false_token(self) -> int:
         return self.true_token + 1
 
-    @staticmethod
-    def lengths_of(params: DyckParams, split: str) -> range:
-        lo, hi = _range_fields(split)
-        start, stop = getattr(params, lo), getattr(params, hi) + 1
+    @classmethod
+    def lengths_of(cls, params: DyckParams, split: str) -> range:
+        """The lengths of ``split``: the range of ``params``, even lengths only in mode
+        ``recognize``."""
+        lengths = split_range(params, split, cls.range_fields)
         if params.mode == "recognize":
-            return range(start + start % 2, stop, 2)
-        return range(start, stop)
+            return range(lengths.start + lengths.start % 2, lengths.stop, 2)
+        return lengths
 
     def lengths(self, split: str) -> range:
-        if split not in ("train", "id", "ood"):
-            raise ValueError(f"unknown split '{split}' (valid: train, id, ood)")
         return self.lengths_of(self.params, split)
 
     def depth_for(self, length: int) -> int:
@@ -362,10 +355,6 @@ class Dyck(SequenceTask):
         inner = np.take_along_axis(stack, np.clip(depth[:, None] - 1 - cols, 0, None), axis=1)
         answer = np.where(cols < depth[:, None], inner + k + FIRST_SYMBOL, PAD)
         return prompt, answer
-
-
-def _range_fields(split: str) -> tuple[str, str]:
-    return ("ood_min_len", "ood_max_len") if split == "ood" else ("min_len", "max_len")
 
 
 def _dyck_walk(
@@ -455,6 +444,8 @@ def _dyck_stack(raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 # --------------------------------------------------------------------------- listops
 LISTOPS_OPS = ("MIN", "MAX", "MED", "SM")
+#: The parameters bounding the ListOps depths: ``(min, max, ood_min, ood_max)``.
+DEPTH_FIELDS = ("min_depth", "max_depth", "ood_min_depth", "ood_max_depth")
 
 
 class ListOpsParams(BaseModel):
@@ -479,9 +470,7 @@ class ListOpsParams(BaseModel):
     branch_prob: float = Field(0.25, ge=0.0, le=1.0)
     test_fraction: float = Field(0.1, gt=0.0, le=0.5)
 
-    _max = field_validator("max_depth")(at_least("min_depth"))
-    _ood = field_validator("ood_min_depth")(at_least("max_depth", strict=True))
-    _ood_max = field_validator("ood_max_depth")(at_least("ood_min_depth"))
+    _max, _ood, _ood_max = range_validators(DEPTH_FIELDS)
     _args = field_validator("max_args")(at_least("min_args"))
 
 
@@ -513,18 +502,11 @@ class ListOps(SequenceTask):
     extra_tokens: ClassVar[int] = 5
     CLOSE: ClassVar[int] = FIRST_SYMBOL + 14
     length_name: ClassVar[str] = "depth"
+    range_fields: ClassVar[tuple[str, str, str, str]] = DEPTH_FIELDS
 
     @property
     def alphabet(self) -> int:
         return 10
-
-    def lengths(self, split: str) -> range:
-        p = self.params
-        if split in ("train", "id"):
-            return range(p.min_depth, p.max_depth + 1)
-        if split == "ood":
-            return range(p.ood_min_depth, p.ood_max_depth + 1)
-        raise ValueError(f"unknown split '{split}' (valid: train, id, ood)")
 
     def width(self, depth: int) -> int:
         """The most tokens an expression of ``depth`` can have."""
