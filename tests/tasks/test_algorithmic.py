@@ -224,11 +224,13 @@ def test_score_perfect_wrong_and_partial(name: str) -> None:
     lengths = {str(b.group) for b in batches}
     assert set(perfect["by_length"]) == lengths
     assert all(v == 1.0 for v in perfect["by_length"].values())
-    assert perfect["curve"] == {
-        "x": "length",
-        "y": "exact_match",
-        "series": {"model": perfect["by_length"]},
-    }
+    assert perfect["curve"]["x"] == "length" and perfect["curve"]["y"] == "exact_match"
+    assert perfect["curve"]["series"]["model"] == perfect["by_length"]
+    # only parity's answer is a class: it alone carries baselines (and their series)
+    assert ("baselines" in perfect) == (name == "parity")
+    assert set(perfect["curve"]["series"]) == (
+        {"model", "chance", "majority"} if name == "parity" else {"model"}
+    )
 
     wrong = task.score([logits((b.targets + 1) % vocab) for b in batches], batches)
     assert wrong["exact_match"] == 0.0 and wrong["token_accuracy"] == 0.0
@@ -239,7 +241,8 @@ def test_score_perfect_wrong_and_partial(name: str) -> None:
     ]
     assert task.score(prompt_wrong, batches)["exact_match"] == 1.0
 
-    # one wrong answer token in every other row: exact match halves, tokens mostly right
+    # a wrong EOS in every other row: those rows are not exact, but token accuracy
+    # counts answer tokens only, so it stays 1; eos_accuracy reports the EOS
     half = []
     for b in batches:
         t = b.targets.clone()
@@ -249,7 +252,20 @@ def test_score_perfect_wrong_and_partial(name: str) -> None:
     n_rows = sum(b.inputs.shape[0] for b in batches)
     n_bad = sum((b.inputs.shape[0] + 1) // 2 for b in batches)
     assert scores["exact_match"] == pytest.approx(1 - n_bad / n_rows)
-    assert 0 < scores["token_accuracy"] < 1
+    assert scores["token_accuracy"] == 1.0
+    assert scores["eos_accuracy"] == pytest.approx(1 - n_bad / n_rows)
+    assert perfect["eos_accuracy"] == 1.0 and wrong["eos_accuracy"] == 0.0
+    # one wrong answer token (the last) in every other row: tokens mostly right
+    last = []
+    for b in batches:
+        t = b.targets.clone()
+        t[::2, -2] = (t[::2, -2] + 1) % vocab
+        last.append(logits(t))
+    scores = task.score(last, batches)
+    answer_tokens = sum(int((b.loss_mask & (b.targets != alg.EOS)).sum()) for b in batches)
+    assert scores["exact_match"] == pytest.approx(1 - n_bad / n_rows)
+    assert scores["token_accuracy"] == pytest.approx(1 - n_bad / answer_tokens)
+    assert scores["eos_accuracy"] == 1.0
     # predicted ids are accepted as well as logits
     ids = task.score([b.targets for b in batches], batches)
     assert ids["exact_match"] == 1.0

@@ -181,7 +181,8 @@ def test_masks_and_scores(name: str, params: dict) -> None:
         return torch.nn.functional.one_hot(targets, vocab).float()
 
     perfect = task.score([logits(b.targets) for b in batches], batches)
-    assert perfect == {"exact_match": 1.0, "token_accuracy": 1.0}
+    assert perfect["exact_match"] == 1.0 and perfect["token_accuracy"] == 1.0
+    assert set(perfect) == {"exact_match", "token_accuracy", "baselines"}
     wrong = task.score([logits((b.targets + 1) % vocab) for b in batches], batches)
     assert wrong["exact_match"] == 0.0
     half = []

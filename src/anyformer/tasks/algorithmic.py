@@ -240,6 +240,9 @@ class Parity(SequenceTask):
     def alphabet(self) -> int:
         return 2
 
+    def answer_classes(self) -> int | None:
+        return 2
+
     def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         return _symbols(raw), _symbols(raw.sum(axis=1, keepdims=True) % 2)
 

@@ -128,6 +128,10 @@ class Task:
     #: Whether the token ids are exactly the UTF-8 bytes 0-255 of text (vocabulary 256, no
     #: special tokens); ``anyformer generate`` then reads and writes text, not token ids.
     byte_level: ClassVar[bool] = False
+    #: Whether no ``id`` or ``ood`` example ever occurs in training by construction
+    #: (held out by size, by prompt hash or as explicit sets); the contract tests compare
+    #: whole rows to check it.
+    disjoint_splits: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, seed: int = 0) -> None:
         self.params = params
@@ -154,6 +158,12 @@ class Task:
     def max_seq_len(self) -> int:
         """The longest sequence any split produces (the model's ``max_len`` must cover it)."""
         raise NotImplementedError
+
+    def split_sizes(self, split: str) -> range | None:
+        """The sizes (lengths, pair counts, ...) of ``split`` when the task splits by size:
+        every batch of the split has one of them as its ``group``, and the ``ood`` sizes
+        all exceed the ``train`` ones; None (the default) when it does not."""
+        return None
 
     # ------------------------------------------------------------------ shared
     def eval_set(self, split: str, size: int) -> list[Batch]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch, range_validators
+from anyformer.tasks.baselines import class_baselines, with_baseline_series
 from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, SequenceTask
 
 SAPAROV = Paper("Transformers Struggle to Learn to Search", 2024, "Saparov et al.")
@@ -134,6 +135,11 @@ class GraphSearch(SequenceTask):
     def no_token(self) -> int:
         return self.edge_token + 4
 
+    def answer_classes(self) -> int | None:
+        """2: the source's two children (goal and decoy chain) for ``next_vertex``,
+        ``YES``/``NO`` for ``connected``."""
+        return 2
+
     def max_distance(self, n: int) -> int:
         """The largest lookahead a graph of ``n`` vertices is built with."""
         if self.params.query == "connected":
@@ -222,7 +228,8 @@ class GraphSearch(SequenceTask):
     # ------------------------------------------------------------ metrics
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """:meth:`SequenceTask.score` (``by_length``: per graph size) plus
-        ``by_distance`` (exact match per lookahead ``k``), which is also the curve."""
+        ``by_distance`` (exact match per lookahead ``k``), which is also the curve, with
+        the baselines' ``by_distance`` beside it."""
         metrics = super().score(outputs, batches)
         counts: dict[int, list[int]] = {}
         for out, batch in zip(outputs, batches):
@@ -233,11 +240,15 @@ class GraphSearch(SequenceTask):
                 c[1] += 1
         by_distance = {str(k): counts[k][0] / counts[k][1] for k in sorted(counts)}
         metrics["by_distance"] = by_distance
-        metrics["curve"] = {
-            "x": "distance",
-            "y": "exact_match",
-            "series": {"model": dict(by_distance)},
-        }
+        curve = {"x": "distance", "y": "exact_match", "series": {"model": dict(by_distance)}}
+        if batches:
+            labels = torch.cat([self.answer_labels(b) for b in batches])
+            distances = torch.cat([b.extras["distance"] for b in batches])
+            by_k = class_baselines(labels, 2, distances, by="by_distance")
+            for name, baseline in metrics["baselines"].items():
+                baseline["by_distance"] = by_k[name]["by_distance"]
+            curve = with_baseline_series(curve, metrics["baselines"], "by_distance")
+        metrics["curve"] = curve
         return metrics
 
 

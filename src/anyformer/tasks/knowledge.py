@@ -57,8 +57,16 @@ class FactTask(SequenceTask):
         """Raw fact rows of the ``train``, ``id`` and ``ood`` sets."""
         raise NotImplementedError
 
+    def answer_classes(self) -> int | None:
+        """Entities (the answer of a lookup or composition); a subclass with other
+        answers overrides this."""
+        return self.params.n_entities  # type: ignore[attr-defined]
+
     def lengths(self, split: str) -> range:
         raise NotImplementedError(f"{type(self).__name__} has explicit fact sets, not lengths")
+
+    def split_sizes(self, split: str) -> range | None:
+        return None
 
     def max_seq_len(self) -> int:
         return 6  # BOS, 3 prompt tokens, SEP, answer (EOS is only a target)
@@ -92,7 +100,8 @@ class FactTask(SequenceTask):
         return self.batch_from_tokens(prompt, answer, None)
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
-        """Teacher-forced exact match (answer and ``EOS`` right) and token accuracy."""
+        """Teacher-forced exact match (answer and ``EOS`` right), token accuracy (the
+        answer token) and the ``chance`` and ``majority`` baselines on the same facts."""
         rows = right_rows = tokens_right = tokens_total = 0
         for out, batch in zip(outputs, batches):
             exact, right, total = self.row_exact(out, batch)
@@ -100,10 +109,14 @@ class FactTask(SequenceTask):
             rows += int(exact.numel())
             tokens_right += right
             tokens_total += total
-        return {
+        metrics: dict[str, Any] = {
             "exact_match": right_rows / max(rows, 1),
             "token_accuracy": tokens_right / max(tokens_total, 1),
         }
+        baselines = self.trivial_baselines(batches)
+        if baselines is not None:
+            metrics["baselines"] = baselines
+        return metrics
 
 
 def _facts(*columns: np.ndarray) -> np.ndarray:
@@ -284,6 +297,11 @@ class KGReasoning(FactTask):
         """``<``; ``=`` and ``>`` follow it (comparison only)."""
         p = self.params
         return FIRST_SYMBOL + p.n_entities + p.n_relations + p.n_values
+
+    def answer_classes(self) -> int | None:
+        """Entities (``composition``) or the three comparisons ``<``, ``=``, ``>``
+        (the ``id`` and ``ood`` sets hold inferred facts only)."""
+        return self.params.n_entities if self.params.reasoning == "composition" else 3
 
     def build(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p = self.params

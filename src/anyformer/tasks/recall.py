@@ -35,8 +35,11 @@ Splits (the same machinery as :mod:`anyformer.tasks.sequence`):
 
 Metrics (teacher-forced argmax at the query positions): ``accuracy`` (the headline,
 over all queries), ``exact_match`` (sequences with every query right), ``by_pairs``
-(accuracy per pair count), ``exact_match_by_pairs``, ``chance`` (``1 / n_values``, the
-accuracy of guessing a value) and a ``curve`` of accuracy against the number of pairs.
+(accuracy per pair count), ``exact_match_by_pairs``, ``baselines`` (``chance``: guessing
+a value, ``majority``: always the set's most common value; each with ``accuracy``,
+``exact_match`` and ``by_pairs``, see :mod:`anyformer.tasks.baselines`), ``chance``
+(``1 / n_values``, the same as ``baselines.chance.accuracy``, kept for earlier results)
+and a ``curve`` of accuracy against the number of pairs, with the baselines beside it.
 
 Paper: Arora, Eyuboglu, Timalsina, Johnson, Poli, Zou, Rudra & Ré, "Zoology: Measuring
 and Improving Recall in Efficient Language Models" (2023). Not implemented: the paper's
@@ -62,6 +65,7 @@ from anyformer.tasks.base import (
     rng_for,
     split_range,
 )
+from anyformer.tasks.baselines import class_baselines, majority_answer, with_baseline_series
 from anyformer.tasks.sequence import is_test_member, unique_rows
 
 PAD, BOS, SEP, FILL = 0, 1, 2, 3
@@ -185,6 +189,7 @@ class MQAR(Task):
     default_objective: ClassVar[str] = "causal_lm"
     headline: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
+    disjoint_splits: ClassVar[bool] = True
 
     params: MQARParams
 
@@ -204,6 +209,9 @@ class MQAR(Task):
     def pair_counts(self, split: str) -> range:
         """The pair counts of a split (``train`` and ``id`` share theirs)."""
         return split_range(self.params, split, PAIR_FIELDS)
+
+    def split_sizes(self, split: str) -> range | None:
+        return self.pair_counts(split)
 
     def input_len(self, pairs: int) -> int:
         """Model input length of a sequence with ``pairs`` pairs."""
@@ -329,11 +337,38 @@ class MQAR(Task):
         total = [sum(c[i] for c in counts.values()) for i in range(4)]
         by_pairs = {str(k): counts[k][0] / counts[k][1] for k in sorted(counts) if counts[k][1]}
         exact_by = {str(k): counts[k][2] / counts[k][3] for k in sorted(counts) if counts[k][3]}
-        return {
+        curve = {"x": "pairs", "y": "accuracy", "series": {"model": dict(by_pairs)}}
+        metrics: dict[str, Any] = {
             "accuracy": total[0] / max(total[1], 1),
             "exact_match": total[2] / max(total[3], 1),
             "by_pairs": by_pairs,
             "exact_match_by_pairs": exact_by,
             "chance": 1.0 / self.params.n_values,
-            "curve": {"x": "pairs", "y": "accuracy", "series": {"model": dict(by_pairs)}},
         }
+        if batches:
+            metrics["baselines"] = self.trivial_baselines(batches)
+            curve = with_baseline_series(curve, metrics["baselines"], "by_pairs")
+        metrics["curve"] = curve
+        return metrics
+
+    # ------------------------------------------------------------ baselines
+    def answers(self, batch: Batch) -> torch.Tensor:
+        """``[N, n_queries]``: the value token each query of a row asks for, in order."""
+        return batch.targets[batch.loss_mask].view(batch.targets.shape[0], -1)
+
+    def trivial_baselines(self, batches: list[Batch]) -> dict[str, dict[str, Any]]:
+        """``chance`` and ``majority`` (:mod:`anyformer.tasks.baselines`) on the queries
+        of ``batches``: ``accuracy``, ``exact_match`` and ``by_pairs`` (accuracy)."""
+        labels = torch.cat([self.answers(b) for b in batches])
+        groups = torch.cat([torch.full((b.inputs.shape[0],), int(b.group)) for b in batches])
+        return class_baselines(
+            labels, self.params.n_values, groups, by="by_pairs", headline="accuracy"
+        )
+
+    def baseline_outputs(self, name: str, batches: list[Batch]) -> list[torch.Tensor]:
+        """Predicted ids ``[B, T]`` of the baseline ``majority``: the targets with every
+        answer replaced by the set's most common value (scored, its numbers)."""
+        if name != "majority":
+            raise ValueError(f"MQAR has no deterministic baseline '{name}'")
+        value = majority_answer(torch.cat([self.answers(b) for b in batches]))
+        return [torch.where(b.loss_mask, torch.tensor(value), b.targets) for b in batches]

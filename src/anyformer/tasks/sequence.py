@@ -35,7 +35,11 @@ as the last; after a round of ``ENUMERATE_LIMIT`` candidates the set is taken as
 complete (a small space may then give fewer examples than asked).
 
 Scores are teacher-forced: an example is an exact match when the argmax of the model's
-logits is right at every loss-masked position.
+logits is right at every scored position (the answer and the closing ``EOS``);
+``token_accuracy`` is the share of answer tokens right (``EOS`` not counted) and
+``eos_accuracy`` the share of examples whose closing ``EOS`` is predicted. A task whose
+answer is one class (:meth:`SequenceTask.answer_classes`) also reports the ``chance`` and
+``majority`` baselines of :mod:`anyformer.tasks.baselines` on the same examples.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from anyformer.tasks.base import (
     rng_for,
     split_range,
 )
+from anyformer.tasks.baselines import class_baselines, majority_answer, with_baseline_series
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 #: Token id of symbol 0; symbol ``s`` is token ``FIRST_SYMBOL + s``.
@@ -160,6 +165,7 @@ class SequenceTask(Task):
     enumerate_prompts: ClassVar[bool] = True
     #: What a "length" counts, the x axis of the curve (e.g. ``depth``).
     length_name: ClassVar[str] = "length"
+    disjoint_splits: ClassVar[bool] = True
     #: The parameters bounding the split lengths: ``(min, max, ood_min, ood_max)``.
     range_fields: ClassVar[tuple[str, str, str, str]] = LENGTH_FIELDS
 
@@ -216,6 +222,9 @@ class SequenceTask(Task):
         """The lengths of a split (``train`` and ``id`` share theirs), read from the
         parameters named by ``range_fields``."""
         return split_range(self.params, split, self.range_fields)
+
+    def split_sizes(self, split: str) -> range | None:
+        return self.lengths(split)
 
     def input_len(self, length: int) -> int:
         """Model input length of an example of ``length`` (prompt + answer + 2)."""
@@ -305,38 +314,100 @@ class SequenceTask(Task):
 
     @staticmethod
     def row_exact(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int, int]:
-        """(exact ``[N]`` bool, right tokens, counted tokens) of one batch's outputs.
+        """(exact ``[N]`` bool, right answer tokens, answer tokens) of one batch's outputs.
 
-        Counted positions are ``extras['score_mask']`` when present, else ``loss_mask``.
+        Scored positions are ``extras['score_mask']`` when present, else ``loss_mask``; a
+        row is exact when every scored position is right, the closing ``EOS`` included;
+        the token counts leave the ``EOS`` out (see :meth:`eos_right`).
         """
         pred = out.argmax(-1) if out.dim() == 3 else out
         mask = batch.extras.get("score_mask", batch.loss_mask)
         right = (pred.to(batch.targets.device) == batch.targets) & mask
         exact = (right | ~mask).all(dim=1)
-        return exact, int(right.sum()), int(mask.sum())
+        answer = mask & (batch.targets != EOS)
+        return exact, int((right & answer).sum()), int(answer.sum())
+
+    @staticmethod
+    def eos_right(out: torch.Tensor, batch: Batch) -> tuple[int, int]:
+        """(rows whose closing ``EOS`` is predicted, rows) of one batch's outputs."""
+        pred = out.argmax(-1) if out.dim() == 3 else out
+        eos = batch.loss_mask & (batch.targets == EOS)
+        right = (pred.to(batch.targets.device) == batch.targets) & eos
+        return int(right.sum()), int(eos.sum())
+
+    # ------------------------------------------------------------ baselines
+    def answer_classes(self) -> int | None:
+        """How many answers a blind guess chooses from, when the scored answer of every
+        example is one token besides ``EOS`` (a class); None (the default) when the
+        answer is a sequence: the task then reports no baselines."""
+        return None
+
+    @staticmethod
+    def answer_positions(batch: Batch) -> torch.Tensor:
+        """Bool ``[N, T]``: the scored answer positions of a batch (``EOS`` left out)."""
+        mask = batch.extras.get("score_mask", batch.loss_mask)
+        return mask & (batch.targets != EOS)
+
+    def answer_labels(self, batch: Batch) -> torch.Tensor:
+        """``[N]``: the target token of each row's one scored answer position."""
+        at = self.answer_positions(batch)
+        if not bool((at.sum(dim=1) == 1).all()):
+            raise ValueError(
+                f"{type(self).__name__}.answer_classes() says the answer is one class, but "
+                f"rows score {sorted(set(at.sum(dim=1).tolist()))} answer tokens"
+            )
+        return batch.targets[at]
+
+    def trivial_baselines(self, batches: list[Batch]) -> dict[str, dict[str, Any]] | None:
+        """The ``chance`` and ``majority`` baselines on ``batches``, with ``by_length``
+        when the batches have groups (None when the task's answer is not a class; see :mod:`anyformer.tasks.baselines`)."""
+        classes = self.answer_classes()
+        if classes is None or not batches:
+            return None
+        labels = torch.cat([self.answer_labels(b) for b in batches])
+        groups = None
+        if any(b.group is not None for b in batches):
+            groups = torch.cat([torch.full((b.inputs.shape[0],), _group(b)) for b in batches])
+        return class_baselines(labels, classes, groups, by="by_length")
+
+    def baseline_outputs(self, name: str, batches: list[Batch]) -> list[torch.Tensor]:
+        """Predicted token ids ``[B, T]`` per batch of the deterministic baseline
+        ``name`` (``majority``): the targets, with every answer replaced by the set's most
+        common one. Scored as a model, they reproduce the baseline's numbers."""
+        if name != "majority" or self.answer_classes() is None:
+            raise ValueError(f"{type(self).__name__} has no deterministic baseline '{name}'")
+        answer = majority_answer(torch.cat([self.answer_labels(b) for b in batches]))
+        return [
+            torch.where(self.answer_positions(b), torch.tensor(answer), b.targets) for b in batches
+        ]
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
-        """Teacher-forced exact match and token accuracy, overall and per length.
+        """Teacher-forced exact match, token accuracy (answer tokens) and ``EOS``
+        accuracy, overall; exact match per length; and, for an answer that is a class,
+        the ``baselines`` (``chance``, ``majority``) on the same batches.
 
         ``outputs`` are logits ``[B, T, V]`` (or predicted ids ``[B, T]``). Only scored
         positions count (``extras['score_mask']`` when a batch has one).
         """
         rows: dict[int, list[int]] = {}
-        tokens_right = tokens_total = 0
+        tokens_right = tokens_total = eos_right = eos_total = 0
         for out, batch in zip(outputs, batches):
             exact, right, total = self.row_exact(out, batch)
             tokens_right += right
             tokens_total += total
-            key = int(batch.group) if batch.group is not None else -1
+            eos = self.eos_right(out, batch)
+            eos_right, eos_total = eos_right + eos[0], eos_total + eos[1]
+            key = _group(batch)
             counts = rows.setdefault(key, [0, 0])
             counts[0] += int(exact.sum())
             counts[1] += int(exact.numel())
         n_right = sum(c[0] for c in rows.values())
         n_rows = sum(c[1] for c in rows.values())
         by_length = {str(k): rows[k][0] / rows[k][1] for k in sorted(rows) if rows[k][1]}
-        return {
+        metrics: dict[str, Any] = {
             "exact_match": n_right / max(n_rows, 1),
             "token_accuracy": tokens_right / max(tokens_total, 1),
+            "eos_accuracy": eos_right / max(eos_total, 1),
             "by_length": by_length,
             "curve": {
                 "x": self.length_name,
@@ -344,6 +415,11 @@ class SequenceTask(Task):
                 "series": {"model": dict(by_length)},
             },
         }
+        baselines = self.trivial_baselines(batches)
+        if baselines is not None:
+            metrics["baselines"] = baselines
+            metrics["curve"] = with_baseline_series(metrics["curve"], baselines, "by_length")
+        return metrics
 
     # ------------------------------------------------------------ sampling
     def _space(self, length: int) -> int:
@@ -415,6 +491,11 @@ def unique_rows(a: np.ndarray) -> np.ndarray:
     """Rows of ``a`` without repeats, in order of first appearance."""
     _, first = np.unique(a, axis=0, return_index=True)
     return a[np.sort(first)]
+
+
+def _group(batch: Batch) -> int:
+    """A batch's group as an int (-1 when it has none)."""
+    return int(batch.group) if batch.group is not None else -1
 
 
 def symbols(raw: np.ndarray) -> np.ndarray:

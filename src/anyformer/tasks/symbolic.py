@@ -302,6 +302,10 @@ class Dyck(SequenceTask):
     def alphabet(self) -> int:
         return 2 * self.params.k
 
+    def answer_classes(self) -> int | None:
+        """``TRUE``/``FALSE`` in mode ``recognize``; none for a closing sequence."""
+        return 2 if self.params.mode == "recognize" else None
+
     @property
     def true_token(self) -> int:
         return FIRST_SYMBOL + 2 * self.params.k
@@ -507,6 +511,9 @@ class ListOps(SequenceTask):
     @property
     def alphabet(self) -> int:
         return 10
+
+    def answer_classes(self) -> int | None:
+        return 10  # the value, a digit
 
     def width(self, depth: int) -> int:
         """The most tokens an expression of ``depth`` can have."""

@@ -1,0 +1,189 @@
+"""The task contract (``anyformer.tasks.contract``), generated from the registry: every
+registered task, with small parameters, keeps every check; a task registered later is
+picked up; a task that breaks the contract fails the check named for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from anyformer import registry
+from anyformer.registry import Capabilities, register
+from anyformer.tasks.base import Batch
+from anyformer.tasks.contract import CHECKS, CheckResult, check_task
+from anyformer.tasks.sequence import LengthParams, SequenceTask
+
+#: Small parameters per task, to keep the contract fast; a task not listed runs with its
+#: defaults (so a new task is checked as soon as it is registered).
+SMALL: dict[str, dict[str, Any]] = {
+    "copy": {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7},
+    "reverse": {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7},
+    "sort": {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7, "hint": "rank"},
+    "parity": {"min_len": 2, "max_len": 6, "ood_min_len": 7, "ood_max_len": 8},
+    "addition": {"max_len": 2, "ood_min_len": 3, "ood_max_len": 3},
+    "multiplication": {"max_len": 2, "ood_min_len": 3, "ood_max_len": 3},
+    "selective_copy": {"max_len": 10, "ood_min_len": 11, "ood_max_len": 12},
+    "dyck": {"max_len": 10, "ood_min_len": 11, "ood_max_len": 14, "mode": "recognize"},
+    "listops": {"max_depth": 2, "ood_min_depth": 3, "ood_max_depth": 3},
+    "graph_search": {"min_vertices": 6, "max_vertices": 7, "ood_min_vertices": 8,
+                     "ood_max_vertices": 9},
+    "two_hop": {"n_entities": 8, "n_functions": 3},
+    "kg_reasoning": {"n_entities": 16, "n_relations": 2, "ood_fraction": 0.25,
+                     "inferred_ratio": 1.0},
+    "mqar": {"n_keys": 16, "n_values": 8, "min_pairs": 2, "max_pairs": 4, "ood_min_pairs": 5,
+             "ood_max_pairs": 6, "n_queries": 2},
+    "icl_linear_regression": {"dims": 2, "n_points": 5},
+    "icl_boolean": {"n_bits": 4, "n_points": 6},
+    "icl_ar": {"n_points": 8},
+    "icl_mixture": {"dims": 2, "n_points": 5},
+    "icl_uncertainty": {"dims": 2, "n_points": 5},
+    "stdlib_lm": {"seq_len": 16, "val_fraction": 0.3},
+}  # fmt: skip
+#: Further modes whose data or baselines differ from the defaults.
+MODES: list[tuple[str, dict[str, Any]]] = [
+    ("dyck", {"max_len": 10, "ood_min_len": 11, "ood_max_len": 14}),
+    ("graph_search", {**SMALL["graph_search"], "query": "connected", "trace": "bfs"}),
+    ("kg_reasoning", {**SMALL["kg_reasoning"], "reasoning": "comparison"}),
+    ("mqar", {**SMALL["mqar"], "seq_len": 24}),
+]
+
+
+def stdlib_tree(root: Path) -> Path:
+    """A small source tree of library modules and a test suite for ``stdlib_lm``."""
+    for i in range(4):
+        for j in range(5):
+            path = root / f"pkg{i}" / f"mod{j}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"def f_{i}_{j}(x):\n    return x * {i + j}\n" * 4, encoding="utf-8")
+    (root / "test").mkdir(exist_ok=True)
+    (root / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
+    return root
+
+
+def registered_cases() -> list[tuple[str, dict[str, Any]]]:
+    """Every registered task with its small parameters, then the further modes."""
+    return [(name, SMALL.get(name, {})) for name in registry.components("task")] + MODES
+
+
+def run_contract(name: str, params: dict[str, Any], tmp_path: Path) -> list[CheckResult]:
+    if name == "stdlib_lm":
+        params = {**params, "root": str(stdlib_tree(tmp_path))}
+    entry = registry.get("task", name)
+    return check_task(entry.cls, entry.make_params(params))
+
+
+def _failures(results: list[CheckResult]) -> list[str]:
+    return [f"{r.name}: {r.reason}" for r in results if not r.passed]
+
+
+CASES = registered_cases()
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    CASES,
+    ids=[n + ("" if p is SMALL.get(n) else f"-{i}") for i, (n, p) in enumerate(CASES)],
+)
+def test_registered_task_keeps_the_contract(
+    name: str, params: dict[str, Any], tmp_path: Path
+) -> None:
+    results = run_contract(name, params, tmp_path)
+    assert [r.name for r in results] == list(CHECKS)
+    assert not _failures(results), _failures(results)
+
+
+def _ran(results: list[CheckResult]) -> set[str]:
+    return {r.name for r in results if r.passed and not r.skipped}
+
+
+def test_the_contract_applies_where_tasks_declare_it(tmp_path: Path) -> None:
+    """The checks that depend on a declaration run where the task makes it."""
+    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm"}
+    with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
+                     "mqar"}  # fmt: skip
+    for name in registry.components("task"):
+        ran = _ran(run_contract(name, SMALL.get(name, {}), tmp_path / name))
+        sized = not (name in no_sizes or name.startswith("icl_"))
+        assert ("declared_sizes" in ran) == sized, name
+        assert ("baselines_same_prompts" in ran) == (name in with_majority), name
+        if name in with_majority or name.startswith("icl_"):
+            assert "baselines_ignore_model" in ran, name
+        if not name.startswith(("icl_", "stdlib")):
+            assert "held_out" in ran, name
+
+
+class _ThrowawayParams(LengthParams):
+    pass
+
+
+class _Leaky(SequenceTask):
+    """A copy task whose training batches depend on how often it was asked (a counter),
+    and whose ``ood`` set reuses training lengths: it breaks two checks."""
+
+    params: _ThrowawayParams
+    calls: ClassVar[int] = 0
+
+    @property
+    def alphabet(self) -> int:
+        return 4
+
+    def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        return raw + 4, raw + 4
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        type(self).calls += 1
+        return super().train_batch(step + type(self).calls, batch_size)
+
+    def split_sizes(self, split: str) -> range | None:
+        return self.lengths("train")
+
+
+def test_a_task_registered_later_is_picked_up_and_its_breaches_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(registry._REGISTRY, "task", dict(registry._REGISTRY["task"]))
+    register("task", "throwaway_leaky", paper=None, summary="a leaky task",
+             params=_ThrowawayParams, caps=Capabilities())(_Leaky)  # fmt: skip
+    cases = dict(registered_cases())
+    assert "throwaway_leaky" in cases
+    params = {"min_len": 3, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7}
+    results = {r.name: r for r in run_contract("throwaway_leaky", params, tmp_path)}
+    assert not results["train_deterministic"].passed
+    assert "different batches" in results["train_deterministic"].reason
+    assert not results["declared_sizes"].passed
+    assert "'ood' batches have sizes [6, 7] outside range(3, 6)" in results["declared_sizes"].reason
+    assert results["held_out"].passed and results["eval_fixed"].passed
+
+
+def test_a_task_that_cannot_be_built_fails_every_check() -> None:
+    class Broken(_Leaky):
+        def __init__(self, params: Any, seed: int = 0) -> None:
+            raise RuntimeError("no data")
+
+    results = check_task(Broken, _ThrowawayParams())
+    assert [r.passed for r in results] == [False] * len(CHECKS)
+    assert all("RuntimeError: no data" in r.reason for r in results)
+
+
+def test_baselines_that_depend_on_the_model_are_caught() -> None:
+    class Peeking(_Leaky):
+        def train_batch(self, step: int, batch_size: int) -> Batch:
+            return SequenceTask.train_batch(self, step, batch_size)
+
+        def split_sizes(self, split: str) -> range | None:
+            return self.lengths(split)
+
+        def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
+            metrics = super().score(outputs, batches)
+            peek = float(outputs[0].argmax(-1).sum())
+            metrics["baselines"] = {"chance": {"exact_match": peek}}
+            return metrics
+
+    results = {r.name: r for r in check_task(Peeking, _ThrowawayParams())}
+    assert not results["baselines_ignore_model"].passed
+    assert "change with the model's outputs" in results["baselines_ignore_model"].reason
+    assert results["train_deterministic"].passed and results["declared_sizes"].passed
