@@ -1,8 +1,10 @@
-"""Fixtures shared by the task tests: a linear self-attention layer set by hand."""
+"""Fixtures shared by the task tests: a linear self-attention layer set by hand, and a
+small source tree for ``stdlib_lm``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +53,17 @@ def one_gd_step_lsa(task: dict[str, Any], m: int, eta: float) -> Transformer:
 def hand_built_lsa() -> LSABuilder:
     """:func:`one_gd_step_lsa`."""
     return one_gd_step_lsa
+
+
+@pytest.fixture
+def stdlib_tree(tmp_path: Path) -> Path:
+    """A small fixed source tree for ``stdlib_lm`` (``root``): 20 library modules and one
+    test suite."""
+    for i in range(4):
+        for j in range(5):
+            path = tmp_path / f"pkg{i}" / f"mod{j}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"def f_{i}_{j}(x):\n    return x * {i + j}\n" * 4, encoding="utf-8")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
+    return tmp_path

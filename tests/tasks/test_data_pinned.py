@@ -93,18 +93,6 @@ def _case_id(name: str, params: dict[str, Any]) -> str:
     return name + "".join(f",{k}={v}" for k, v in sorted(params.items()))
 
 
-def stdlib_tree(root: Path) -> Path:
-    """A small fixed source tree (library modules and test suites) for ``stdlib_lm``."""
-    for i in range(4):
-        for j in range(5):
-            path = root / f"pkg{i}" / f"mod{j}.py"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"def f_{i}_{j}(x):\n    return x * {i + j}\n" * 4, encoding="utf-8")
-    (root / "test").mkdir(exist_ok=True)
-    (root / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
-    return root
-
-
 def build(name: str, params: dict[str, Any], seed: int = 0) -> Task:
     entry = registry.get("task", name)
     return entry.cls(entry.make_params(params), seed)
@@ -141,9 +129,9 @@ def data_digest(task: Task) -> str:
 
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
-def test_task_data_is_pinned(name: str, params: dict[str, Any], tmp_path: Path) -> None:
+def test_task_data_is_pinned(name: str, params: dict[str, Any], stdlib_tree: Path) -> None:
     if name == "stdlib_lm":
-        params = {**params, "root": str(stdlib_tree(tmp_path))}
+        params = {**params, "root": str(stdlib_tree)}
     digest = data_digest(build(name, params))
     case = _case_id(name, {k: v for k, v in params.items() if k != "root"})
     assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"

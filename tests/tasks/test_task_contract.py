@@ -52,26 +52,14 @@ MODES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def stdlib_tree(root: Path) -> Path:
-    """A small source tree of library modules and a test suite for ``stdlib_lm``."""
-    for i in range(4):
-        for j in range(5):
-            path = root / f"pkg{i}" / f"mod{j}.py"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"def f_{i}_{j}(x):\n    return x * {i + j}\n" * 4, encoding="utf-8")
-    (root / "test").mkdir(exist_ok=True)
-    (root / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
-    return root
-
-
 def registered_cases() -> list[tuple[str, dict[str, Any]]]:
     """Every registered task with its small parameters, then the further modes."""
     return [(name, SMALL.get(name, {})) for name in registry.components("task")] + MODES
 
 
-def run_contract(name: str, params: dict[str, Any], tmp_path: Path) -> list[CheckResult]:
+def run_contract(name: str, params: dict[str, Any], stdlib: Path) -> list[CheckResult]:
     if name == "stdlib_lm":
-        params = {**params, "root": str(stdlib_tree(tmp_path))}
+        params = {**params, "root": str(stdlib)}
     entry = registry.get("task", name)
     return check_task(entry.cls, entry.make_params(params))
 
@@ -89,9 +77,9 @@ CASES = registered_cases()
     ids=[n + ("" if p is SMALL.get(n) else f"-{i}") for i, (n, p) in enumerate(CASES)],
 )
 def test_registered_task_keeps_the_contract(
-    name: str, params: dict[str, Any], tmp_path: Path
+    name: str, params: dict[str, Any], stdlib_tree: Path
 ) -> None:
-    results = run_contract(name, params, tmp_path)
+    results = run_contract(name, params, stdlib_tree)
     assert [r.name for r in results] == list(CHECKS)
     assert not _failures(results), _failures(results)
 
@@ -100,13 +88,13 @@ def _ran(results: list[CheckResult]) -> set[str]:
     return {r.name for r in results if r.passed and not r.skipped}
 
 
-def test_the_contract_applies_where_tasks_declare_it(tmp_path: Path) -> None:
+def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path) -> None:
     """The checks that depend on a declaration run where the task makes it."""
     no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm"}
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar"}  # fmt: skip
     for name in registry.components("task"):
-        ran = _ran(run_contract(name, SMALL.get(name, {}), tmp_path / name))
+        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree))
         sized = not (name in no_sizes or name.startswith("icl_"))
         assert ("declared_sizes" in ran) == sized, name
         assert ("baselines_same_prompts" in ran) == (name in with_majority), name

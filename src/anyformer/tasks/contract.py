@@ -126,7 +126,7 @@ class _Context:
 
     def __init__(
         self, build: Callable[[int], Task], seed: int, steps: int, batch_size: int, size: int
-    ):
+    ) -> None:
         self.build, self.seed, self.steps, self.size = build, seed, steps, size
         self.batch_size = batch_size
         self.task = build(seed)
