@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from anyformer import registry
+from anyformer.errors import SpecError
 from anyformer.registry import Capabilities, register
-from anyformer.tasks.base import Batch
+from anyformer.tasks.base import LENGTH_FIELDS, Batch, split_range
 from anyformer.tasks.contract import CHECKS, CheckResult, check_task
+from anyformer.tasks.graphs import VERTEX_FIELDS
+from anyformer.tasks.recall import PAIR_FIELDS
 from anyformer.tasks.sequence import LengthParams, SequenceTask
+from anyformer.tasks.symbolic import DEPTH_FIELDS
 
 #: Small parameters per task, to keep the contract fast; a task not listed runs with its
 #: defaults (so a new task is checked as soon as it is registered).
@@ -175,3 +179,36 @@ def test_baselines_that_depend_on_the_model_are_caught() -> None:
     assert not results["baselines_ignore_model"].passed
     assert "change with the model's outputs" in results["baselines_ignore_model"].reason
     assert results["train_deterministic"].passed and results["declared_sizes"].passed
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "bad", "message"),
+    [
+        ("copy", LENGTH_FIELDS, {"ood_min_len": 12},
+         "ood_min_len=12 must be > max_len=12 (OOD lengths are longer than every training "
+         "length)"),
+        ("listops", DEPTH_FIELDS, {"max_depth": 3, "ood_min_depth": 3},
+         "ood_min_depth=3 must be > max_depth=3"),
+        ("graph_search", VERTEX_FIELDS, {"ood_max_vertices": 13},
+         "ood_max_vertices=13 must be >= ood_min_vertices=14"),
+        ("mqar", PAIR_FIELDS, {"max_pairs": 3}, "max_pairs=3 must be >= min_pairs=4"),
+    ],
+)  # fmt: skip
+def test_one_helper_reads_and_orders_the_split_ranges(
+    name: str, fields: tuple[str, ...], bad: dict[str, int], message: str
+) -> None:
+    entry = registry.get("task", name)
+    task = entry.cls(entry.make_params({}), 0)
+    p = task.params
+    expected = {
+        "train": range(getattr(p, fields[0]), getattr(p, fields[1]) + 1),
+        "ood": range(getattr(p, fields[2]), getattr(p, fields[3]) + 1),
+    }
+    for split in ("train", "id", "ood"):
+        want = expected["ood" if split == "ood" else "train"]
+        assert split_range(p, split, fields) == want == task.split_sizes(split)
+    with pytest.raises(ValueError, match="unknown split 'test' \\(valid: train, id, ood\\)"):
+        split_range(p, "test", fields)
+    with pytest.raises(SpecError) as err:
+        entry.make_params(bad)
+    assert message in str(err.value)
