@@ -17,7 +17,7 @@ from anyformer.tasks.sequence import EOS
 
 def make(name: str, **params: Any) -> Task:
     entry = registry.get("task", name)
-    return entry.cls(entry.make_params(params), 0)
+    return entry.build(entry.make_params(params), 0)
 
 
 def test_class_baselines_by_hand() -> None:

@@ -95,7 +95,7 @@ def _case_id(name: str, params: dict[str, Any]) -> str:
 
 def build(name: str, params: dict[str, Any], seed: int = 0) -> Task:
     entry = registry.get("task", name)
-    return entry.cls(entry.make_params(params), seed)
+    return entry.build(entry.make_params(params), seed)
 
 
 def _feed(h: Any, batch: Batch) -> None:

@@ -198,7 +198,7 @@ def test_one_helper_reads_and_orders_the_split_ranges(
     name: str, fields: tuple[str, ...], bad: dict[str, int], message: str
 ) -> None:
     entry = registry.get("task", name)
-    task = entry.cls(entry.make_params({}), 0)
+    task = entry.build(entry.make_params({}), 0)
     p = task.params
     expected = {
         "train": range(getattr(p, fields[0]), getattr(p, fields[1]) + 1),
