@@ -1,8 +1,8 @@
-"""Atomic checkpoints in two formats, each loadable by single-process and distributed runs.
+"""Atomic, verified checkpoints in two formats, each loadable by single-process and distributed runs.
 
 A single-process run writes ``checkpoint/step-<N>/`` with ``model.safetensors`` (weights),
 ``state.pt`` (optimizer and RNG states, loadable with ``weights_only=True``) and
-``state.json`` (step and spec hash).
+``state.json`` (step, the spec the run trained, and the SHA-256 of every other file).
 
 A distributed run (``train.distributed=ddp|fsdp``) writes the same folder with ``dcp/``, a
 :mod:`torch.distributed.checkpoint` (DCP) checkpoint of the model and optimizer (each rank
@@ -12,14 +12,26 @@ DCP reshards on load, so a run saved on N processes resumes on M, and a single p
 (no process group) loads it into a plain model. A distributed run also loads a
 safetensors checkpoint (a single-process run continued on N processes).
 
-Either way the checkpoint is written into a temporary folder and renamed into place, then
-the text file ``checkpoint/latest`` is replaced atomically, so an interruption at any
-moment leaves the previous checkpoint intact.
+**Publishing.** A checkpoint is written into a temporary folder ``.tmp-step-N`` and
+renamed to a name that nothing points to (``step-N``, or ``step-N.1`` when ``step-N`` is
+the live checkpoint of the same step saved again), then the text file
+``checkpoint/latest`` is replaced atomically, and only then are older folders removed.
+At every instant ``latest`` names a complete checkpoint; a crash leaves at most a
+temporary or unreferenced folder, which the next save removes. Non-finite weights are
+never saved (:class:`NonFiniteWeights`).
+
+**Loading** trusts nothing in the folder (:mod:`anyformer.training.safeload`): the pointer
+must name a ``step-N`` folder inside ``checkpoint/``, ``state.json`` must be well formed,
+every file must match its recorded digest (checkpoints written before digests were
+recorded load with a warning), nothing is unpickled except through ``weights_only`` or the
+DCP-metadata unpickler, the spec recorded with the checkpoint must still match the model
+(:func:`spec_changes`), and loaded weights must be finite.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -30,11 +42,38 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from anyformer.errors import RunFolderError
+from anyformer.errors import RunError, RunFolderError
 from anyformer.spec import write_text_atomic
-from anyformer.training.distributed import DistInfo, barrier
+from anyformer.training.distributed import DistInfo, barrier, sum_across
+from anyformer.training.safeload import (
+    POINTER,
+    digests,
+    inside,
+    load_tensors_file,
+    pointer_target,
+    read_dcp_metadata,
+    safe_planner,
+    safe_reader,
+    verify_digests,
+)
+
+log = logging.getLogger(__name__)
 
 KEEP = 2
+MAX_STEP = 10**12  # a step beyond this in state.json is damage, not a run
+MAX_STATE_BYTES = 16 * 2**20
+
+
+class NonFiniteWeights(RunError):
+    """The model holds a NaN or infinite weight, so it is not saved as a checkpoint."""
+
+    def __init__(self, tensor: str, step: int) -> None:
+        super().__init__(
+            f"the weights became non-finite ('{tensor}' holds NaN or inf) by step {step}; "
+            f"no checkpoint was written, the previous one is kept"
+        )
+        self.tensor = tensor
+        self.step = step
 
 
 def rng_states() -> dict[str, Any]:
@@ -46,9 +85,38 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    if not isinstance(states, dict) or not isinstance(states.get("torch"), torch.Tensor):
+        raise RunFolderError("the checkpoint's random state is damaged (no 'torch' state)")
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def first_non_finite(model: nn.Module) -> str | None:
+    """Name of the first parameter or floating buffer (this rank's shard) that holds a NaN
+    or inf, or ``None``."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if local.is_floating_point() and not bool(torch.isfinite(local.detach()).all()):
+            return name
+    return None
+
+
+def _non_finite_anywhere(model: nn.Module, dist: DistInfo | None) -> str | None:
+    """:func:`first_non_finite` agreed by every rank (a name, ``"<another rank>"`` or None)."""
+    bad = first_non_finite(model)
+    if dist is None or not dist.active or dist.world_size == 1:
+        return bad
+    flag = torch.tensor([1.0 if bad else 0.0], device=dist.device)
+    if float(sum_across(flag, dist)) == 0:
+        return None
+    return bad or "<a tensor on another rank>"
+
+
+def _model_spec(model: nn.Module) -> dict[str, Any] | None:
+    spec = getattr(model, "spec", None)
+    dump = getattr(spec, "model_dump", None)
+    return dump(mode="json") if callable(dump) else None
 
 
 def save_checkpoint(
@@ -61,39 +129,91 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``step`` under ``root`` atomically; keep the last two.
 
-    With an active ``dist`` every rank must call this (DCP format); otherwise the
-    single-process safetensors format is written.
+    ``state.json`` gets ``info``, the model's spec (``model_spec``) and the SHA-256 of
+    every file (``files``). Refuses non-finite weights (:class:`NonFiniteWeights`). With an
+    active ``dist`` every rank must call this (DCP format); otherwise the single-process
+    safetensors format is written.
     """
+    bad = _non_finite_anywhere(model, dist)
+    if bad is not None:
+        raise NonFiniteWeights(bad, step)
+    meta: dict[str, Any] = {"step": step}
+    model_spec = _model_spec(model)
+    if model_spec is not None:
+        meta["model_spec"] = model_spec
     if dist is not None and dist.active:
-        return _save_dcp(root, step, model, optimizer, info, dist)
-    final, tmp = _start(root, step)
+        return _save_dcp(root, step, model, optimizer, {**meta, **info}, dist)
+    tmp = _start(root, step)
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng_states()}, tmp / "state.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **info}, indent=1))
-    _publish(root, tmp, final)
+    _finish(tmp, {**meta, **info})
+    return _publish(root, tmp, step)
+
+
+def _finish(tmp: Path, state: dict[str, Any]) -> None:
+    """Write ``state.json`` with the digests of every other file, flushed to disk."""
+    state = {**state, "files": digests(tmp)}
+    with open(tmp / "state.json", "w") as fh:
+        fh.write(json.dumps(state, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _start(root: Path, step: int) -> Path:
+    """A fresh ``.tmp-step-<step>`` folder; leftovers of a killed save are removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".latest.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = root / f".tmp-step-{step}"
+    tmp.mkdir()
+    return tmp
+
+
+def _live_name(root: Path) -> str | None:
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(errors="replace").strip()
+    return name if POINTER.fullmatch(name) else None
+
+
+def _step_of(name: str) -> int:
+    match = POINTER.fullmatch(name)
+    return int(match.group(1)) if match else -1
+
+
+def _publish(root: Path, tmp: Path, step: int) -> Path:
+    """Rename ``tmp`` to a name ``latest`` does not point to, swap ``latest``, then prune.
+
+    The live checkpoint is never removed or renamed before ``latest`` names the new one.
+    """
+    live = _live_name(root)
+    name = f"step-{step}" if live != f"step-{step}" else f"step-{step}.1"
+    final = root / name
+    if final.exists():  # not live: an earlier copy, or left by a crash before the swap
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_text_atomic(root / "latest", name)
+    _prune(root, name)
     return final
 
 
-def _start(root: Path, step: int) -> tuple[Path, Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return final, tmp
-
-
-def _publish(root: Path, tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``, point ``latest`` at it and prune older checkpoints."""
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_text_atomic(root / "latest", final.name)
-    old = sorted(
-        (p for p in root.glob("step-*") if p.is_dir() and p != final),
-        key=lambda p: int(p.name.split("-")[1]),
+def _prune(root: Path, live: str) -> None:
+    """Keep ``live`` and the newest ``KEEP - 1`` older steps; remove the rest (including
+    folders of later steps that were never published)."""
+    live_step = _step_of(live)
+    others = [
+        p for p in root.iterdir() if p.is_dir() and POINTER.fullmatch(p.name) and p.name != live
+    ]
+    older = sorted(
+        (p for p in others if _step_of(p.name) < live_step), key=lambda p: _step_of(p.name)
     )
-    for path in old[: max(len(old) - (KEEP - 1), 0)]:
-        shutil.rmtree(path, ignore_errors=True)
+    keep = {p.name for p in older[len(older) - (KEEP - 1) :]} if KEEP > 1 else set()
+    for path in others:
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _save_dcp(
@@ -101,34 +221,58 @@ def _save_dcp(
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    info: dict[str, Any],
+    state: dict[str, Any],
     dist: DistInfo,
 ) -> Path:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    tmp = root / f".tmp-step-{step}"
     if dist.is_main:
         _start(root, step)
     barrier(dist)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    try:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    except CheckpointException as exc:  # a BaseException: would escape every handler
+        raise RunError(
+            f"the checkpoint of step {step} could not be written ({_first(exc)})"
+        ) from None
     torch.save(rng_states(), tmp / f"rng-{dist.rank}.pt")
     barrier(dist)
+    final = root / f"step-{step}"
     if dist.is_main:
-        meta = {"step": step, "format": "dcp", "world_size": dist.world_size, "mode": dist.mode}
-        (tmp / "state.json").write_text(json.dumps({**meta, **info}, indent=1))
-        _publish(root, tmp, final)
+        meta = {"format": "dcp", "world_size": dist.world_size, "mode": dist.mode}
+        _finish(tmp, {**state, **meta})
+        final = _publish(root, tmp, step)
     barrier(dist)
     return final
 
 
+def _first(exc: BaseException) -> str:
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) else inner
+        if isinstance(inner, RunFolderError):
+            raise inner
+        return f"{type(inner).__name__}: {inner}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    """The folder ``checkpoint/latest`` points to, or ``None`` when there is none."""
+    """The folder ``checkpoint/latest`` points to, or ``None`` when there is none.
+
+    The pointer must name a ``step-N`` folder inside ``root``; anything else (``../x``, an
+    absolute path, a link out) is refused with :class:`RunFolderError` naming the file.
+    """
     pointer = root / "latest"
     if not pointer.is_file():
         return None
-    path = root / pointer.read_text().strip()
+    raw = pointer.read_bytes()[:1024]
+    path = pointer_target(root, raw.decode("utf-8", errors="replace"))
     if not path.is_dir():
         raise RunFolderError(
             f"checkpoint pointer {pointer} names '{path.name}', which does not exist"
@@ -137,22 +281,78 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def checkpoint_info(path: Path) -> dict[str, Any]:
-    """``state.json`` of a checkpoint folder, with ``format`` (``safetensors`` or ``dcp``)."""
-    if not (path / "state.json").is_file():
+    """``state.json`` of a checkpoint folder, checked, with ``format`` (``safetensors`` or
+    ``dcp``): a JSON object in UTF-8 whose ``step`` is an integer in ``[0, 10**12]``."""
+    state = path / "state.json"
+    if not state.is_file():
         raise RunFolderError(f"checkpoint {path} is damaged: 'state.json' is missing")
+    if state.stat().st_size > MAX_STATE_BYTES:
+        raise RunFolderError(f"checkpoint {path} is damaged: {state} is implausibly large")
     try:
-        info = json.loads((path / "state.json").read_text())
-        info["step"] = int(info["step"])
-    except (ValueError, KeyError, TypeError) as exc:
+        info = json.loads(state.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunFolderError(f"checkpoint {path} is damaged: {state} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise RunFolderError(f"checkpoint {path} is damaged: {state} is not JSON ({exc})") from None
+    if not isinstance(info, dict):
         raise RunFolderError(
-            f"checkpoint {path} is damaged: state.json is unreadable ({exc})"
-        ) from None
+            f"checkpoint {path} is damaged: {state} holds a {type(info).__name__}, not an "
+            f"object with 'step'"
+        )
+    step = info.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise RunFolderError(
+            f"checkpoint {path} is damaged: {state} has step={step!r} (valid: an integer "
+            f"from 0 to {MAX_STEP})"
+        )
     info.setdefault("format", "safetensors")
+    if info["format"] not in ("safetensors", "dcp"):
+        raise RunFolderError(
+            f"checkpoint {path} is damaged: {state} has format={info['format']!r} "
+            f"(valid: 'safetensors', 'dcp')"
+        )
+    for key in ("spec", "model_spec"):
+        if key in info and not isinstance(info[key], dict):
+            raise RunFolderError(f"checkpoint {path} is damaged: {state} '{key}' is not an object")
     needed = ["model.safetensors", "state.pt"] if info["format"] != "dcp" else ["dcp/.metadata"]
     for name in needed:
-        if not (path / name).is_file():
+        if not inside(path, name, what=f"checkpoint {path}").is_file():
             raise RunFolderError(f"checkpoint {path} is damaged: '{name}' is missing")
     return info
+
+
+def spec_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"field: A in the checkpoint, B now"`` for every leaf field that differs."""
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += spec_changes(a, b, name)
+        elif a != b:
+            changes.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+    return changes
+
+
+def spec_mismatch(path: Path, changes: list[str]) -> RunFolderError:
+    """The error for a spec.yaml edited after ``path`` was written."""
+    shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+    return RunFolderError(
+        f"the spec no longer matches the checkpoint {path} (spec.yaml was changed after it "
+        f"was written): {shown}. Restore those fields, or start a new run with the new spec"
+    )
+
+
+def verify_checkpoint(path: Path, info: dict[str, Any]) -> None:
+    """Check the files of ``path`` against the digests in its ``state.json``."""
+    if "files" in info:
+        verify_digests(path, info["files"])
+    else:
+        log.warning(
+            "checkpoint %s records no file digests (written by an older anyformer): its "
+            "files are loaded unverified",
+            path,
+        )
 
 
 def load_checkpoint(
@@ -164,10 +364,15 @@ def load_checkpoint(
     """Load weights (and optimizer/RNG state) from a checkpoint folder; returns ``state.json``.
 
     Either format loads into a plain model and into a DDP/FSDP-wrapped one (pass its
-    ``dist``; every rank must call this then). Any missing or damaged file raises
-    :class:`RunFolderError` naming it.
+    ``dist``; every rank must call this then). Any missing, damaged, unsafe or altered
+    file, a model whose spec differs from the recorded one, and non-finite weights raise
+    :class:`RunFolderError` naming the file, the fields or the tensor.
     """
     info = checkpoint_info(path)
+    verify_checkpoint(path, info)
+    saved, current = info.get("model_spec"), _model_spec(model)
+    if saved is not None and current is not None and saved != current:
+        raise spec_mismatch(path, spec_changes(saved, current, "model"))
     distributed = dist is not None and dist.active
     if info["format"] == "dcp":
         _load_dcp(path, model, optimizer, dist.rank if distributed else 0)
@@ -175,8 +380,28 @@ def load_checkpoint(
         _load_safetensors_distributed(path, model, optimizer)
     else:
         _load_safetensors(path, model, optimizer)
+    bad = _non_finite_anywhere(model, dist)
+    if bad is not None:
+        raise RunFolderError(
+            f"checkpoint {path} holds non-finite weights: '{bad}' has NaN or inf; "
+            f"refusing to use it"
+        )
     info.pop("format")
     return info
+
+
+def _mismatch(path: Path, exc: Exception) -> RunFolderError:
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    sizes = [x for x in lines if "size mismatch" in x]
+    if sizes:
+        return RunFolderError(
+            f"checkpoint {path} does not match the model built from spec.yaml ({len(sizes)} "
+            f"tensors differ in shape, first: {sizes[0][:200]}); was spec.yaml edited?"
+        )
+    return RunFolderError(
+        f"checkpoint {path} is damaged: model.safetensors cannot be loaded "
+        f"({(lines[0] if lines else type(exc).__name__)[:300]})"
+    )
 
 
 def _load_safetensors(
@@ -185,9 +410,7 @@ def _load_safetensors(
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except Exception as exc:  # safetensors raises several types on corrupt files
-        raise RunFolderError(
-            f"checkpoint {path} is damaged: model.safetensors cannot be loaded ({exc})"
-        ) from None
+        raise _mismatch(path, exc) from None
     if missing or unexpected:
         raise RunFolderError(
             f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
@@ -195,19 +418,25 @@ def _load_safetensors(
         )
     if optimizer is not None:  # weights alone (generate, evaluate) need no state.pt
         state = _load_state_pt(path)
-        optimizer.load_state_dict(state["optimizer"])  # moves the state to the params
+        try:
+            optimizer.load_state_dict(state["optimizer"])  # moves the state to the params
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise RunFolderError(
+                f"checkpoint {path} is damaged: the optimizer state in state.pt does not fit "
+                f"this model ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
         set_rng_states(state["rng"])
 
 
 def _load_state_pt(path: Path) -> dict[str, Any]:
     """Optimizer and RNG state, read onto the CPU (a run saved on a GPU resumes anywhere;
     ``Optimizer.load_state_dict`` then moves each tensor to its parameter's device)."""
-    try:
-        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:
+    state = load_tensors_file(path / "state.pt", f"checkpoint {path}")
+    if not isinstance(state, dict) or not {"optimizer", "rng"} <= set(state):
         raise RunFolderError(
-            f"checkpoint {path} is damaged: state.pt cannot be loaded ({exc})"
-        ) from None
+            f"checkpoint {path} is damaged: {path / 'state.pt'} lacks 'optimizer' or 'rng'"
+        )
+    return state
 
 
 def _full_state_from_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -270,6 +499,7 @@ def _load_dcp(
 ) -> None:
     """A DCP checkpoint into any model: plain (no process group), DDP or FSDP, any world size."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_state_dict,
@@ -282,15 +512,22 @@ def _load_dcp(
         state: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
     else:
         state = {"model": get_model_state_dict(model)}
+    read_dcp_metadata(path / "dcp")  # refuses unsafe or malformed metadata, naming it
     try:
         with warnings.catch_warnings():  # loading into one plain process is intended
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             no_dist = not torch.distributed.is_initialized()
-            dcp.load(state, checkpoint_id=str(path / "dcp"), no_dist=no_dist)
-    except Exception as exc:  # DCP wraps reader and planner errors in several types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            dcp.load(
+                state,
+                storage_reader=safe_reader(path / "dcp"),
+                planner=safe_planner(),
+                no_dist=no_dist,
+            )
+    except RunFolderError:
+        raise
+    except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
         raise RunFolderError(
-            f"checkpoint {path} cannot be loaded into this model ({first})"
+            f"checkpoint {path} cannot be loaded into this model ({_first(exc)[:300]})"
         ) from None
     if optimizer is None:
         set_model_state_dict(model, state["model"])
@@ -298,8 +535,8 @@ def _load_dcp(
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
-    rng = path / f"rng-{rank}.pt"
+    rng = inside(path, f"rng-{rank}.pt", what=f"checkpoint {path}")
     if not rng.is_file():  # resumed on more ranks than saved: take rank 0's
-        rng = path / "rng-0.pt"
+        rng = inside(path, "rng-0.pt", what=f"checkpoint {path}")
     if rng.is_file():
-        set_rng_states(torch.load(rng, map_location="cpu", weights_only=True))
+        set_rng_states(load_tensors_file(rng, f"checkpoint {path}"))
