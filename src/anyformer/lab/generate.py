@@ -16,14 +16,17 @@ from pathlib import Path
 import torch
 
 from anyformer.errors import RunFolderError, UserError
-from anyformer.lab.run import load_run_spec
+from anyformer.lab.run import check_checkpoint_spec, load_run_spec
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ExperimentSpec
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
 
 
 def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
-    """The run's spec and its model with the weights of the latest checkpoint (eval mode)."""
+    """The run's spec and its model with the weights of the latest checkpoint (eval mode).
+
+    The checkpoint is verified and loaded without running anything from the folder
+    (:func:`~anyformer.training.checkpoint.load_checkpoint`)."""
     folder = Path(run_dir)
     spec = load_run_spec(folder)
     path = latest_checkpoint(folder / "checkpoint")
@@ -31,6 +34,7 @@ def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
         raise RunFolderError(
             f"run '{run_dir}' has no checkpoint yet (checkpoint/latest is missing)"
         )
+    check_checkpoint_spec(folder, spec)  # spec.yaml edited after the checkpoint: refused
     model = build_model(spec.model)  # spec.yaml holds the resolved spec
     load_checkpoint(path, model)
     return spec, model.eval()

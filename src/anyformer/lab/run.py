@@ -3,11 +3,23 @@
 ``runs/<name>-<hash>/`` holds ``spec.yaml`` (the resolved spec), ``metrics.jsonl``,
 ``checkpoint/``, ``report.md`` and ``plots/*.png``. Running a spec whose folder exists
 continues that run from its last checkpoint instead of starting over.
+
+One process writes a run folder at a time (:func:`run_lock`): ``.lock`` holds the
+writer's PID and host under an exclusive ``flock``, so a second ``anyformer run`` on the
+same folder is refused with the holder named, and the lock of a process that died (even
+by SIGKILL) is free again because the kernel drops its ``flock``.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +37,153 @@ from anyformer.training.trainer import Trainer, TrainResult, resolve_device, see
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.yaml"
+LOCK_FILE = ".lock"
+
+# train.* fields that may change when a run resumes: they do not change what was trained
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "eval_every",
+        "eval_size",
+        "checkpoint_every",
+        "log_every",
+        "progress",
+        "device",
+        "threads",
+        "compile",
+        "precision",
+        "activation_checkpointing",
+        "distributed",
+        "packing",
+    }
+)
+_HELD: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, depth) of our locks
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(errors="replace")[:4096])
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _acquire(folder: Path) -> int:
+    import fcntl
+
+    path = folder / LOCK_FILE
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            holder = _holder(path)
+            unsupported = exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            same_host = holder.get("host") == socket.gethostname()
+            if unsupported and same_host and not _pid_alive(holder.get("pid")):
+                path.unlink(missing_ok=True)  # no flock here: a dead writer's file
+                continue
+            since = holder.get("since")
+            when = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(since))
+                if isinstance(since, (int, float))
+                else "?"
+            )
+            raise RunFolderError(
+                f"run folder {folder} is in use by process {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} (since {when}; lock file {path}); wait for it to "
+                f"finish or stop it, then run again"
+            ) from None
+        try:  # the file may have been removed by its last holder after we opened it
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(record).encode())
+        return fd
+    raise RunFolderError(f"could not take the lock {path} (it keeps changing)")
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` for the block (re-entrant in one process; rank 0 alone under
+    ``torchrun``). Refuses with :class:`RunFolderError` naming the holder's PID and host
+    while another live process holds it; released on any exit, Ctrl-C included."""
+    if env_rank() != 0:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        fd, depth = _HELD[key]
+        _HELD[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _HELD[key] = (fd, _HELD[key][1] - 1)
+        return
+    fd = _acquire(folder)
+    _HELD[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        (folder / LOCK_FILE).unlink(missing_ok=True)  # before closing: nobody holds it now
+        os.close(fd)
+
+
+def _trained(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a spec that decide what a checkpoint holds (not name, description or
+    the resumable ``train`` fields)."""
+    out = {k: v for k, v in spec_dict.items() if k not in ("name", "description")}
+    train = out.get("train")
+    if isinstance(train, dict):
+        out["train"] = {k: v for k, v in train.items() if k not in RESUMABLE}
+    return out
+
+
+def check_checkpoint_spec(folder: Path, spec: ExperimentSpec) -> None:
+    """Refuse a run folder whose latest checkpoint was trained under another spec (listing
+    the changed fields) or is past ``spec.train.steps``."""
+    from anyformer.training.checkpoint import (
+        checkpoint_info,
+        latest_checkpoint,
+        spec_changes,
+        spec_mismatch,
+    )
+
+    path = latest_checkpoint(folder / "checkpoint")
+    if path is None:
+        return
+    info = checkpoint_info(path)
+    saved = info.get("spec")
+    if isinstance(saved, dict) and info.get("spec_hash") != spec.hash:
+        changes = spec_changes(_trained(saved), _trained(spec.to_dict()))
+        if changes:
+            raise spec_mismatch(path, changes)
+    if info["step"] > spec.train.steps:
+        raise SpecError(
+            f"train.steps={spec.train.steps} is below the step of the checkpoint {path} "
+            f"({info['step']}); a run cannot go back: give train.steps of at least "
+            f"{info['step']}"
+        )
 
 
 @dataclass
@@ -117,21 +276,21 @@ def run_experiment(
     task = build_task(spec)
     model = prepare_model(spec)
     folder = run_dir or run_folder(spec, out)
-    folder.mkdir(parents=True, exist_ok=True)
-    saved = folder / SPEC_FILE
-    main = env_rank() == 0  # under torchrun only rank 0 writes the spec and the report
-    if main and not saved.exists():
-        spec.save(saved)
-    trainer = Trainer(
-        model, task, build_objective(spec, task), spec.train, folder, info={"spec_hash": spec.hash}
-    )
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
-    run = Run(folder, spec, result, task)
-    if main and not result.interrupted:
-        write_report(run, model)
+    with run_lock(folder):
+        check_checkpoint_spec(folder, spec)
+        saved = folder / SPEC_FILE
+        main = env_rank() == 0  # under torchrun only rank 0 writes the spec and the report
+        if main and not saved.exists():
+            spec.save(saved)
+        info = {"spec_hash": spec.hash, "spec": spec.to_dict()}
+        trainer = Trainer(model, task, build_objective(spec, task), spec.train, folder, info=info)
+        try:
+            result = trainer.fit()
+        finally:
+            trainer.close()
+        run = Run(folder, spec, result, task)
+        if main and not result.interrupted:
+            write_report(run, model)
     return run
 
 
@@ -165,32 +324,21 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
         raise RunFolderError(
             f"run '{run_dir}' has no checkpoint to resume from (checkpoint/latest is missing)"
         )
-    if overrides:
-        allowed = {
-            "steps",
-            "eval_every",
-            "eval_size",
-            "checkpoint_every",
-            "log_every",
-            "progress",
-            "device",
-            "threads",
-            "compile",
-            "precision",
-            "activation_checkpointing",
-            "distributed",
-            "packing",
-        }
-        for item in overrides:
-            key = item.split("=", 1)[0]
-            section, _, field = key.partition(".")
-            if section != "train" or field not in allowed:
-                raise SpecError(
-                    f"'{key}' cannot change when resuming (it would change what was already "
-                    f"trained); resumable overrides: {', '.join('train.' + a for a in sorted(allowed))}"
-                )
-        new = spec.with_overrides(overrides)
-        if env_rank() == 0:
-            new.save(folder / SPEC_FILE)
-        spec = new
-    return run_experiment(spec, run_dir=folder)
+    with run_lock(folder):
+        check_checkpoint_spec(folder, spec)
+        if overrides:
+            for item in overrides:
+                key = item.split("=", 1)[0]
+                section, _, field = key.partition(".")
+                if section != "train" or field not in RESUMABLE:
+                    raise SpecError(
+                        f"'{key}' cannot change when resuming (it would change what was "
+                        f"already trained); resumable overrides: "
+                        f"{', '.join('train.' + a for a in sorted(RESUMABLE))}"
+                    )
+            new = spec.with_overrides(overrides)
+            check_checkpoint_spec(folder, new)  # e.g. train.steps below the checkpoint's
+            if env_rank() == 0:
+                new.save(folder / SPEC_FILE)
+            spec = new
+        return run_experiment(spec, run_dir=folder)

@@ -27,7 +27,12 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +43,15 @@ from torch import nn
 
 from anyformer.errors import RunError, SpecError
 from anyformer.nn.packing import Packed
-from anyformer.spec import ModelSpec, TrainSpec, packing_refusal
+from anyformer.spec import ModelSpec, TrainSpec, packing_refusal, write_text_atomic
 from anyformer.tasks.base import Batch, Task
 from anyformer.tasks.packing import model_inputs, pack_batch
-from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from anyformer.training.checkpoint import (
+    NonFiniteWeights,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from anyformer.training.distributed import (
     close_distributed,
     graph_breaks,
@@ -158,6 +168,8 @@ class Trainer:
         )
         self._graph_breaks: dict[str, int] = {}
         self.step = 0
+        self.start_step = 0  # the step this session started (or resumed) at
+        self.grad_norms: deque[tuple[int, torch.Tensor]] = deque(maxlen=64)
         self.last_tokens = 0
         self.last_seq_len = 0
 
@@ -198,34 +210,86 @@ class Trainer:
             self.model.train(was_training)
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl`` (append-only while training)."""
         if self.run_dir is None:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def _checkpoint(self) -> None:
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is None:
+            return
+        try:
             save_checkpoint(
                 self.checkpoint_dir, self.step, self.model, self.optimizer, self.info, self.dist
             )
+        except NonFiniteWeights as exc:
+            raise RunError(f"{exc}; {self._advice(self.step - 1)}") from None
 
     def _resume(self) -> None:
-        if self.checkpoint_dir is None:
-            return
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return
-        state = load_checkpoint(path, self.model, self.optimizer, self.dist)
-        self.step = state["step"]
-        metrics = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
-        if metrics is not None and metrics.exists():  # drop lines logged after the checkpoint
-            kept = [
-                line
-                for line in metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step
-            ]
-            metrics.write_text("".join(line + "\n" for line in kept))
-        log.info("resumed from %s at step %d", path, self.step)
+        if self.checkpoint_dir is not None:
+            path = latest_checkpoint(self.checkpoint_dir)
+            if path is not None:
+                state = load_checkpoint(path, self.model, self.optimizer, self.dist)
+                if state["step"] > self.train.steps:
+                    raise SpecError(
+                        f"train.steps={self.train.steps} is below the step of the checkpoint "
+                        f"{path} ({state['step']}); a run cannot go back: give train.steps of "
+                        f"at least {state['step']}"
+                    )
+                self.step = state["step"]
+                log.info("resumed from %s at step %d", path, self.step)
+        self.start_step = self.step
+        if self.run_dir is not None:
+            trim_metrics(self.run_dir / "metrics.jsonl", self.step)
+
+    def _advice(self, step: int) -> str:
+        """The likely cause of a divergence at (0-based) ``step``, from what was seen: the
+        step (before any update: the initial model), the gradient norms of the last steps
+        (non-finite or exploding), and settings that cannot work (lr, weight decay)."""
+        t = self.train
+        causes, fixes = [], []
+        if not math.isfinite(t.lr) or t.lr >= 1.0:
+            causes.append(f"train.lr={t.lr} is far too large")
+        if math.isfinite(t.lr) and t.weight_decay * t.lr >= 1.0:
+            causes.append(
+                f"train.weight_decay x train.lr = {t.weight_decay * t.lr:.3g} >= 1, so every "
+                f"step's decay overshoots zero (use a weight_decay below {1 / t.lr:.3g})"
+            )
+        if step == 0:
+            causes.append(
+                "the loss was non-finite before any update, so the initial model or the "
+                "objective produces it (check model.init_std and the initialisation"
+                + (", and train.precision: fp16 overflows" if self.precision == "fp16" else "")
+                + ")"
+            )
+            return "likely cause: " + "; ".join(causes)
+        norms = []
+        for s, n in self.grad_norms:
+            try:
+                norms.append((s, float(n.full_tensor() if hasattr(n, "full_tensor") else n)))
+            except RuntimeError:
+                continue
+        finite = [n for _, n in norms if math.isfinite(n)]
+        if norms and not math.isfinite(norms[-1][1]):
+            causes.append(f"the gradients became non-finite at step {norms[-1][0]}")
+        elif len(finite) >= 4 and finite[-1] > 10 * sorted(finite[:-1])[len(finite[:-1]) // 2]:
+            typical = sorted(finite[:-1])[len(finite[:-1]) // 2]
+            causes.append(
+                f"the gradient norm exploded from about {typical:.3g} to {finite[-1]:.3g} "
+                f"by step {norms[-1][0]}"
+            )
+        if step - self.start_step < 3 and self.start_step == 0:
+            causes.append(f"it diverged within the first updates at train.lr={t.lr}")
+        if self.precision == "fp16":
+            causes.append("train.precision=fp16 can overflow (bf16 cannot)")
+        fixes.append(f"lower train.lr (now {t.lr})")
+        if not t.grad_clip:
+            fixes.append("set train.grad_clip (now 0: off)")
+        if step < max(t.warmup_steps, 1) * 2:
+            fixes.append(f"lengthen train.warmup_steps (now {t.warmup_steps})")
+        head = ("likely cause: " + "; ".join(causes) + ". ") if causes else ""
+        return head + "Try: " + ", or ".join(fixes)
 
     def training_outputs(self, batch: Batch, step: int) -> list[tuple[float, torch.Tensor]]:
         """``[(loss weight, outputs)]`` of one step: ``[(1.0, model(inputs))]``, or the
@@ -269,10 +333,7 @@ class Trainer:
             loss = loss * weight
         value = float(sum_across(loss.detach(), self.dist)) / world
         if not math.isfinite(value):
-            raise RunError(
-                f"the loss became {value} at step {step + 1}; lower train.lr "
-                f"(now {self.train.lr}) or set train.grad_clip (now {self.train.grad_clip})"
-            )
+            raise RunError(f"the loss became {value} at step {step + 1}; {self._advice(step)}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:  # fp16: scale the loss, unscale before clipping
             self.scaler.scale(loss).backward()
@@ -280,7 +341,11 @@ class Trainer:
         else:
             loss.backward()
         if self.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        self.grad_norms.append((step + 1, norm.detach()))  # read only to explain a divergence
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -324,6 +389,10 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._resume()
+        with _sigterm_as_interrupt():
+            return self._loop(stop)
+
+    def _loop(self, stop: int) -> TrainResult:
         self.model.train()
         result = TrainResult(step=self.step)
         start = time.perf_counter()
@@ -370,6 +439,65 @@ class Trainer:
         result.seconds = time.perf_counter() - start
         result.tokens_per_s = meter.mean_tokens_per_s
         return result
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what job schedulers send) as an interruption: the run saves and stops."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so
+    it saves a checkpoint and stops exactly like Ctrl-C. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Make ``metrics.jsonl`` hold only the lines of steps ``<= step`` (the checkpoint the
+    run continues from; 0 when it starts over), rewritten atomically (temporary file and
+    rename) and only when something goes. A torn line (a kill mid-write) or any other
+    unreadable line is dropped with a warning, never an error."""
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    kept, torn, later = [], [], 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            at = record["step"]
+            if isinstance(at, bool) or not isinstance(at, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            torn.append(number)
+            continue
+        if at <= step:
+            kept.append(line.decode("utf-8"))
+        else:
+            later += 1
+    if torn:
+        where = "the last line" if torn == [len(lines) - (not lines[-1])] else f"lines {torn[:5]}"
+        log.warning(
+            "%s: %s could not be read (cut off by a kill during a write?) and %s dropped",
+            path,
+            where,
+            "was" if len(torn) == 1 else "were",
+        )
+    if torn or later:
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class _Progress:
