@@ -196,19 +196,21 @@ def _publish(root: Path, tmp: Path, step: int) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_text_atomic(root / "latest", name)
-    _prune(root, name)
+    _prune(root, name, live)
     return final
 
 
-def _prune(root: Path, live: str) -> None:
-    """Keep ``live`` and the newest ``KEEP - 1`` older steps; remove the rest (including
-    folders of later steps that were never published)."""
+def _prune(root: Path, live: str, before: str | None) -> None:
+    """Keep ``live`` and the newest ``KEEP - 1`` older steps (of two copies of one step,
+    the one ``latest`` named ``before``); remove the rest, including folders of later
+    steps that were never published."""
     live_step = _step_of(live)
     others = [
         p for p in root.iterdir() if p.is_dir() and POINTER.fullmatch(p.name) and p.name != live
     ]
     older = sorted(
-        (p for p in others if _step_of(p.name) < live_step), key=lambda p: _step_of(p.name)
+        (p for p in others if _step_of(p.name) < live_step),
+        key=lambda p: (_step_of(p.name), p.name == before),
     )
     keep = {p.name for p in older[len(older) - (KEEP - 1) :]} if KEEP > 1 else set()
     for path in others:
