@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the run saved a checkpoint and stopped
 
 
 def _rank() -> int:

@@ -19,6 +19,12 @@ is not counted).
 per row, kept apart by ``segments``), the loss is computed on the packed batch (the
 same mean as on the padded one), and evaluation outputs are mapped back to the padded
 rows, so the task's ``score`` sees what it would without packing (0 at padding).
+
+Stopping: Ctrl-C and SIGTERM save a checkpoint of the current step and return an
+interrupted result (the CLI exits 130); a non-finite loss raises :class:`RunError` with
+the likely cause (:meth:`Trainer._advice`) and never saves non-finite weights.
+``metrics.jsonl`` is append-only while training and trimmed atomically to the checkpoint
+a run (re)starts from (:func:`trim_metrics`).
 """
 
 from __future__ import annotations
@@ -122,7 +128,10 @@ class Trainer:
     """Train ``model`` on ``task`` with ``objective`` as ``train`` says.
 
     With ``run_dir`` the trainer appends to ``run_dir/metrics.jsonl`` and checkpoints to
-    ``run_dir/checkpoint/``; :meth:`fit` resumes from the latest checkpoint there.
+    ``run_dir/checkpoint/``; :meth:`fit` resumes from the latest checkpoint there
+    (refusing one past ``train.steps``). The learning rate of step ``s`` is always
+    ``lr_at(s, train)`` of the current ``train.steps``: a resume with more steps re-plans
+    the schedule from there on.
     """
 
     def __init__(
