@@ -341,3 +341,16 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteWeights, match="step 7"):
         save_checkpoint(root, 7, model, opt, {})
     assert (root / "latest").read_text() == "step-6"
+
+
+def test_a_file_added_to_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    spec, path = make_run(tmp_path / "run")
+    torch.save(ckpt.rng_states(), path / "rng-0.pt")
+    with pytest.raises(RunFolderError, match="rng-0.pt is not one of the files recorded"):
+        load_checkpoint(path, prepare_model(spec))
+
+
+def test_fields_added_by_a_newer_version_are_not_changes() -> None:
+    saved = {"model": {"d_model": 16}, "train": {"lr": 0.001}}
+    current = {"model": {"d_model": 16, "new_field": 1}, "train": {"lr": 0.002}}
+    assert ckpt.spec_changes(saved, current) == ["train.lr: 0.001 in the checkpoint, 0.002 now"]

@@ -324,11 +324,13 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
 
 
 def spec_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"field: A in the checkpoint, B now"`` for every leaf field that differs."""
+    """``"field: A in the checkpoint, B now"`` for every leaf field that differs. Fields
+    only one side has (added to or removed from the spec by another anyformer version)
+    are not changes."""
     changes = []
-    for key in sorted(set(saved) | set(current), key=str):
+    for key in sorted(set(saved) & set(current), key=str):
         name = f"{prefix}.{key}" if prefix else str(key)
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        a, b = saved[key], current[key]
         if isinstance(a, dict) and isinstance(b, dict):
             changes += spec_changes(a, b, name)
         elif a != b:
@@ -349,6 +351,17 @@ def verify_checkpoint(path: Path, info: dict[str, Any]) -> None:
     """Check the files of ``path`` against the digests in its ``state.json``."""
     if "files" in info:
         verify_digests(path, info["files"])
+        listed = set(info["files"]) | {"state.json"}
+        extra = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if not p.is_dir() and p.relative_to(path).as_posix() not in listed
+        )
+        if extra:
+            raise RunFolderError(
+                f"checkpoint {path} is damaged: {path / extra[0]} is not one of the files "
+                f"recorded in state.json (added after the checkpoint was written)"
+            )
     else:
         log.warning(
             "checkpoint %s records no file digests (written by an older anyformer): its "
@@ -373,8 +386,9 @@ def load_checkpoint(
     info = checkpoint_info(path)
     verify_checkpoint(path, info)
     saved, current = info.get("model_spec"), _model_spec(model)
-    if saved is not None and current is not None and saved != current:
-        raise spec_mismatch(path, spec_changes(saved, current, "model"))
+    changes = spec_changes(saved, current, "model") if saved and current else []
+    if changes:
+        raise spec_mismatch(path, changes)
     distributed = dist is not None and dist.active
     if info["format"] == "dcp":
         _load_dcp(path, model, optimizer, dist.rank if distributed else 0)
