@@ -337,3 +337,29 @@ def test_ctrl_c_with_non_finite_weights_keeps_the_last_finite_checkpoint(tmp_pat
     with pytest.raises(RunError, match="'norm.weight' holds NaN or inf"):
         t.fit()
     assert (tmp_path / "checkpoint" / "latest").read_text() == "step-6"
+
+
+def test_links_planted_in_a_run_folder_are_not_followed(tmp_path: Path) -> None:
+    """A shared folder whose .lock, metrics.jsonl or checkpoint/ is a link must not make a
+    run truncate, append to or load another file."""
+    from anyformer.errors import RunFolderError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    spec = tiny(6)
+    run = run_experiment(spec, run_dir=tmp_path / "r")
+    (run.dir / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a link"):
+        resume_run(run.dir)
+    (run.dir / LOCK_FILE).unlink()
+    (run.dir / "metrics.jsonl").unlink()
+    (run.dir / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(RunFolderError, match="is a link"):
+        resume_run(run.dir)
+    assert victim.read_text() == "keep me\n"
+    other = run_experiment(tiny(6, seed=1), run_dir=tmp_path / "other")
+    (run.dir / "metrics.jsonl").unlink()
+    (run.dir / "checkpoint").rename(tmp_path / "moved")
+    (run.dir / "checkpoint").symlink_to(other.dir / "checkpoint")
+    with pytest.raises(RunFolderError, match="is a link"):
+        resume_run(run.dir)

@@ -85,7 +85,14 @@ def _acquire(folder: Path) -> int:
 
     path = folder / LOCK_FILE
     for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # never through a link: a shared folder's .lock must not truncate another file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise RunFolderError(
+                f"{path} is a link (to {path.resolve()}), not a lock file; remove it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -159,11 +159,19 @@ def _finish(tmp: Path, state: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def _remove(path: Path) -> None:
+    """Delete a folder, file or link (a link itself, never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _start(root: Path, step: int) -> Path:
     """A fresh ``.tmp-step-<step>`` folder; leftovers of a killed save are removed first."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
     for stale in root.glob(".latest.*.tmp"):
         stale.unlink(missing_ok=True)
     tmp = root / f".tmp-step-{step}"
@@ -193,7 +201,7 @@ def _publish(root: Path, tmp: Path, step: int) -> Path:
     name = f"step-{step}" if live != f"step-{step}" else f"step-{step}.1"
     final = root / name
     if final.exists():  # not live: an earlier copy, or left by a crash before the swap
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     write_text_atomic(root / "latest", name)
     _prune(root, name, live)
@@ -215,7 +223,7 @@ def _prune(root: Path, live: str, before: str | None) -> None:
     keep = {p.name for p in older[len(older) - (KEEP - 1) :]} if KEEP > 1 else set()
     for path in others:
         if path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
 
 
 def _save_dcp(
@@ -271,6 +279,11 @@ def latest_checkpoint(root: Path) -> Path | None:
     absolute path, a link out) is refused with :class:`RunFolderError` naming the file.
     """
     pointer = root / "latest"
+    if root.is_symlink():
+        raise RunFolderError(
+            f"checkpoint folder {root} is a link (to {root.resolve()}), so its checkpoints "
+            f"are not this run's; refusing to read it"
+        )
     if not pointer.is_file():
         return None
     raw = pointer.read_bytes()[:1024]

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anyformer.errors import RunError, SpecError
+from anyformer.errors import RunError, RunFolderError, SpecError
 from anyformer.nn.packing import Packed
 from anyformer.spec import ModelSpec, TrainSpec, packing_refusal, write_text_atomic
 from anyformer.tasks.base import Batch, Task
@@ -477,6 +477,8 @@ def trim_metrics(path: Path, step: int) -> None:
     run continues from; 0 when it starts over), rewritten atomically (temporary file and
     rename) and only when something goes. A torn line (a kill mid-write) or any other
     unreadable line is dropped with a warning, never an error."""
+    if path.is_symlink():  # appending would write wherever it points
+        raise RunFolderError(f"{path} is a link (to {path.resolve()}), not this run's log")
     if not path.is_file():
         return
     raw = path.read_bytes()
