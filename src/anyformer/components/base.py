@@ -71,7 +71,7 @@ class Cache:
     Rows padded at the front (prompts of different lengths, aligned at their ends) pass
     ``key_mask`` ``[B, capacity]``, True at the indices that hold real tokens, and
     ``position_shift`` ``[B]``, the padding before each row's first token. Attention
-    hides the masked keys (:func:`~anyformer.components.attention.softmax.cached_bias`
+    hides the masked keys (:func:`~anyformer.components.attention.common.cached_bias`
     applies the mask and reports it with :meth:`masked`), absolute position embeddings
     count from each row's first token, and relative schemes see unchanged distances,
     so every row computes what it would alone. A mixer that keeps other state (a

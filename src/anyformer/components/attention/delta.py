@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
+from anyformer.components.attention.common import Impl
+from anyformer.components.attention.qkv import linear_flops, project_qkv, qkv_projection
 from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import delta_rule_chunked, delta_rule_recurrent, delta_rule_step
 from anyformer.registry import Capabilities, Dims, Paper, register
@@ -17,13 +19,16 @@ from anyformer.registry import Capabilities, Dims, Paper, register
 class DeltaParams(BaseModel):
     """Parameters of ``delta`` attention.
 
-    - ``impl``: ``chunked`` (the WY/UT chunked parallel form of Yang et al. 2024; fast)
-      or ``recurrent`` (the sequential delta rule, token by token; the reference).
-    - ``chunk_size``: tokens per chunk for ``impl=chunked``.
+    - ``impl``: ``fast`` (the WY/UT chunked parallel form of Yang et al. 2024) or
+      ``reference`` (the sequential delta rule, token by token); ``chunked`` and
+      ``recurrent`` are their deprecated names.
+    - ``chunk_size``: tokens per chunk for ``impl=fast``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    impl: Literal["chunked", "recurrent"] = "chunked"
+    #: what the registry-generated test of ``impl`` builds with: several chunks
+    IMPL_CHECK: ClassVar[dict[str, Any]] = {"chunk_size": 4}
+    impl: Impl = "fast"
     chunk_size: PositiveInt = 64
 
 
@@ -59,7 +64,7 @@ class DeltaAttention(nn.Module):
 
     Papers: "Linear Transformers Are Secretly Fast Weight Programmers", Schlag et al.,
     2021 (the delta rule); "Parallelizing Linear Transformers with the Delta Rule over
-    Sequence Length", Yang et al., 2024 (the chunked WY/UT form, ``impl=chunked``).
+    Sequence Length", Yang et al., 2024 (the chunked WY/UT form, ``impl=fast``).
 
     Does not support: bidirectional use (the recurrence is causal only; encoders are
     rejected), rotary or score-bias positions, attention dropout, packed rows. The short
@@ -71,7 +76,7 @@ class DeltaAttention(nn.Module):
         self.n_heads = dims.n_heads
         self.d_head = dims.d_head
         self.params = params
-        self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
+        self.qkv = qkv_projection(dims)
         self.beta = nn.Linear(dims.d_model, dims.n_heads, bias=dims.bias)
         self.out = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
         self.out.residual_projection = True
@@ -86,11 +91,10 @@ class DeltaAttention(nn.Module):
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised q, k, v ``[..., H, Dh]`` and beta ``[..., H]`` from ``x [..., D]``."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        shape = (*x.shape[:-1], self.n_heads, self.d_head)
-        q = F.normalize(q.reshape(shape), dim=-1)
-        k = F.normalize(k.reshape(shape), dim=-1)
-        return q, k, v.reshape(shape), torch.sigmoid(self.beta(x))
+        q, k, v = project_qkv(self.qkv, x, heads_first=False)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        return q, k, v, torch.sigmoid(self.beta(x))
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         if not ctx.causal:
@@ -107,7 +111,7 @@ class DeltaAttention(nn.Module):
         )
         if ctx.padding_mask is not None:
             beta = beta * ctx.padding_mask[:, None, :].to(beta.dtype)
-        if self.params.impl == "recurrent":
+        if self.params.impl == "reference":
             y, _ = delta_rule_recurrent(q, k, v, beta)
         else:
             y, _ = delta_rule_chunked(q, k, v, beta, self.params.chunk_size)
@@ -135,7 +139,5 @@ class DeltaAttention(nn.Module):
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token: projections plus the state read, error and update
         (``6 Dh^2`` per head, recurrent count)."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.beta.in_features * self.beta.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = linear_flops(self.qkv, self.beta, self.out)
         return proj + self.n_heads * 6 * self.d_head * self.d_head

@@ -9,13 +9,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
-from anyformer.components.attention._heads import (
-    Impl,
-    QKVHeads,
-    attend,
-    context_bias,
-    merge_heads,
-)
+from anyformer.components.attention.common import Impl, attend, context_bias, merge_heads
+from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -39,13 +34,13 @@ def two_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class DifferentialParams(BaseModel):
     """``lambda_init``: the constant lambda_init; ``None`` uses the paper's depth schedule
     0.8 - 0.6 exp(-0.3 * layer) with the 0-based layer index (the paper's l - 1).
-    ``impl``: ``sdpa`` (two fused softmax-attention calls, A1 V - lambda A2 V) or
+    ``impl``: ``fast`` (two fused softmax-attention calls, A1 V - lambda A2 V) or
     ``reference`` (the explicit map (A1 - lambda A2) applied to V); tested equal.
     ``eps``: epsilon of the per-head RMS norm."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     lambda_init: float | None = None
-    impl: Impl = "sdpa"
+    impl: Impl = "fast"
     eps: PositiveFloat = 1e-5
 
 
@@ -73,7 +68,7 @@ class DifferentialAttention(QKVHeads):
     Positions: a rotary scheme rotates the full q/k before the split; the split keeps each
     rotary channel pair inside one map (map 1 gets the high, map 2 the low frequencies), so
     both maps stay relative-position encodings. A score bias is added to both maps.
-    With dropout, ``reference`` drops entries of the difference map; ``sdpa`` drops each
+    With dropout, ``reference`` drops entries of the difference map; ``fast`` drops each
     map independently.
 
     Paper: "Differential Transformer", Ye et al., 2024. Requires d_head divisible by 4.
@@ -117,9 +112,9 @@ class DifferentialAttention(QKVHeads):
         q1, q2 = two_maps(q)
         k1, k2 = two_maps(k)
         lam = self.lam().to(q.dtype)
-        if self.impl == "sdpa":
-            y1 = attend(q1, k1, v, ctx, "sdpa", self.dropout, self.training)
-            y2 = attend(q2, k2, v, ctx, "sdpa", self.dropout, self.training)
+        if self.impl == "fast":
+            y1 = attend(q1, k1, v, ctx, "fast", self.dropout, self.training)
+            y2 = attend(q2, k2, v, ctx, "fast", self.dropout, self.training)
             y = y1 - lam * y2
         else:
             scale = 1.0 / math.sqrt(q1.shape[-1])

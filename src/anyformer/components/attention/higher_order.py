@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyformer.components.attention._heads import allowed_mask, merge_heads, split_heads
+from anyformer.components.attention.common import allowed_mask, merge_heads
+from anyformer.components.attention.qkv import linear_flops, project_qkv, qkv_projection
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
 
@@ -89,7 +90,7 @@ class Tensor3WayAttention(nn.Module):
         self.d_head = dims.d_head
         self.dropout = dims.dropout
         d = dims.n_heads * dims.d_head
-        self.qkv = nn.Linear(dims.d_model, 5 * d, bias=dims.bias)  # q, k1, k2, v1, v2
+        self.qkv = qkv_projection(dims, parts=5)  # q, k1, k2, v1, v2
         self.out = nn.Linear(d, dims.d_model, bias=dims.bias)
         self.out.residual_projection = True
 
@@ -105,15 +106,14 @@ class Tensor3WayAttention(nn.Module):
             raise ValueError(
                 f"tensor_3way is O(n^3); a sequence of {t} tokens exceeds its limit {MAX_LEN}"
             )
-        q, k1, k2, v1, v2 = (split_heads(p, self.n_heads) for p in self.qkv(x).chunk(5, -1))
+        q, k1, k2, v1, v2 = project_qkv(self.qkv, x)
         allowed = allowed_mask(ctx, t, x.device)
         y = tensor_attention(q, k1, k2, v1, v2, allowed, self.dropout, self.training)
         return self.out(merge_heads(y))
 
     def flops_per_token(self, seq_len: int) -> int:
         """Projections; n^2 pair scores and the pair-weighted sum per query."""
-        proj = 2 * (self.qkv.in_features * self.qkv.out_features)
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = linear_flops(self.qkv, self.out)
         return proj + 4 * seq_len * seq_len * self.n_heads * self.d_head
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
+from anyformer.components.attention.common import Impl
+from anyformer.components.attention.qkv import linear_flops, project_qkv, qkv_projection
 from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import (
     linear_attention_chunked,
@@ -30,10 +32,11 @@ class LinearParams(BaseModel):
       (ReLU features re-weighted by cos/sin of the position, Qin et al. 2022) or
       ``identity`` (phi(x) = x: plain linear self-attention; only with
       ``normalize=False``, since the normaliser q . sum k can be zero or negative).
-    - ``impl``: causal algorithm: ``chunked`` (parallel within chunks, state across
-      them; the fast form) or ``recurrent`` (token by token; the reference). An encoder
-      always uses the global (bidirectional) sums, which have a single form.
-    - ``chunk_size``: tokens per chunk for ``impl=chunked``.
+    - ``impl``: causal algorithm: ``fast`` (parallel within chunks, state across them)
+      or ``reference`` (token by token); ``chunked`` and ``recurrent`` are their
+      deprecated names. An encoder always uses the global (bidirectional) sums, which
+      have a single form.
+    - ``chunk_size``: tokens per chunk for ``impl=fast``.
     - ``n_features``: random features per head (``favor`` only).
     - ``seed``: seed of the fixed random features (``favor`` only); layer ``l`` draws
       from ``torch.Generator().manual_seed(seed * 1_000_003 + l)``.
@@ -44,8 +47,10 @@ class LinearParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: what the registry-generated test of ``impl`` builds with: several chunks
+    IMPL_CHECK: ClassVar[dict[str, Any]] = {"chunk_size": 4}
     feature_map: Literal["elu1", "relu", "favor", "cosformer", "identity"] = "elu1"
-    impl: Literal["chunked", "recurrent"] = "chunked"
+    impl: Impl = "fast"
     chunk_size: PositiveInt = 64
     n_features: PositiveInt = 64
     seed: int = 0
@@ -146,7 +151,7 @@ class LinearAttention(nn.Module):
         self.d_head = dims.d_head
         self.params = params
         self.max_len = dims.max_len
-        self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
+        self.qkv = qkv_projection(dims)
         self.out = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
         self.out.residual_projection = True
         if params.feature_map == "favor":
@@ -191,9 +196,8 @@ class LinearAttention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[..., H, Dh]`` (heads before the last dim) from ``x [..., D]``."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        shape = (*x.shape[:-1], self.n_heads, self.d_head)
-        return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+        q, k, v = project_qkv(self.qkv, x, heads_first=False)
+        return q, k, v
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -208,7 +212,7 @@ class LinearAttention(nn.Module):
         eps, norm = self.params.eps, self.params.normalize
         if not ctx.causal:
             y = linear_attention_global(fq, fk, v, eps, norm)
-        elif self.params.impl == "recurrent":
+        elif self.params.impl == "reference":
             y = linear_attention_recurrent(fq, fk, v, eps, norm)
         else:
             y = linear_attention_chunked(fq, fk, v, self.params.chunk_size, eps, norm)
@@ -247,8 +251,7 @@ class LinearAttention(nn.Module):
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token: projections, the feature map's projection (favor),
         the state update and the read-out (``4 F (Dh + 1)`` per head)."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = linear_flops(self.qkv, self.out)
         f = self.n_features
         fmap = 2 * 2 * f * self.d_head if self.params.feature_map == "favor" else 0
         return proj + self.n_heads * (fmap + 4 * f * (self.d_head + 1))

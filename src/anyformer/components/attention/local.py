@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
-from anyformer.components.attention.softmax import cached_bias, extend_cache, masked_bias
+from anyformer.components.attention.common import Impl, cached_bias, extend_cache, masked_bias
+from anyformer.components.attention.qkv import QKVHeads, project_qkv, qkv_projection
 from anyformer.components.base import Context
 from anyformer.nn import padding_to_key_mask
 from anyformer.nn.local_ops import band_mask, blocked_local_attention, masked_attention
@@ -22,14 +23,17 @@ class SlidingWindowParams(BaseModel):
 
     - ``window``: width w. A decoder's query i sees keys ``i - w < j <= i`` (w keys,
       itself included); an encoder's sees ``|i - j| < w`` (2w - 1 keys, symmetric).
-    - ``impl``: ``blocked`` (queries in blocks of w scoring only the neighbouring
-      blocks: O(n w) time and memory; the fast form) or ``masked`` (full scores with a
-      banded boolean mask through SDPA: O(n^2); the reference).
+    - ``impl``: ``fast`` (queries in blocks of w scoring only the neighbouring blocks:
+      O(n w) time and memory) or ``reference`` (full scores with a banded boolean mask
+      through SDPA: O(n^2)); ``blocked`` and ``masked`` are their deprecated names.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: what the registry-generated test of ``impl`` builds with: a window shorter than
+    #: its sequences, so that the blocks matter
+    IMPL_CHECK: ClassVar[dict[str, Any]] = {"window": 3}
     window: PositiveInt = 128
-    impl: Literal["blocked", "masked"] = "blocked"
+    impl: Impl = "fast"
 
 
 @register(
@@ -41,7 +45,7 @@ class SlidingWindowParams(BaseModel):
     params=SlidingWindowParams,
     caps=Capabilities(complexity="O(n w)", kv_cache=True),
 )
-class SlidingWindowAttention(nn.Module):
+class SlidingWindowAttention(QKVHeads):
     """Softmax attention in which query i sees only keys j with ``0 <= i - j < w`` in a
     decoder, or ``|i - j| < w`` in an encoder (Longformer's local window, without its
     task-specific global tokens or dilation).
@@ -57,19 +61,13 @@ class SlidingWindowAttention(nn.Module):
     """
 
     def __init__(self, dims: Dims, params: SlidingWindowParams) -> None:
-        super().__init__()
-        self.n_heads = dims.n_heads
-        self.d_head = dims.d_head
+        super().__init__(dims)
         self.causal = dims.causal
         self.params = params
-        self.dropout = dims.dropout
-        self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
-        self.out = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
-        self.out.residual_projection = True
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self.project(x)
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
         drop = self.dropout if self.training else 0.0
         window = self.params.window
@@ -77,7 +75,7 @@ class SlidingWindowAttention(nn.Module):
             k, v, key_positions = extend_cache(ctx, k, v, window)
             full = cached_bias(ctx, key_positions, q.dtype, window)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
-        elif self.params.impl == "blocked":
+        elif self.params.impl == "fast":
             y = blocked_local_attention(
                 q, k, v, window, ctx.causal, ctx.padding_mask, ctx.positions,
                 ctx.position.score_bias, drop,
@@ -93,8 +91,7 @@ class SlidingWindowAttention(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token: projections plus scores and sums over the window."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = self.projection_flops()
         keys = self.params.window if self.causal else 2 * self.params.window - 1
         return proj + 4 * min(keys, seq_len) * self.n_heads * self.d_head
 
@@ -159,22 +156,22 @@ class LocalGlobalAttention(nn.Module):
         self.group = params.group_size
         self.n_latents = params.n_latents
         self.dropout = dims.dropout
-        self.qkv = nn.Linear(d, 3 * d, bias=dims.bias)
+        self.qkv = qkv_projection(dims)
         self.latents = nn.Parameter(0.02 * torch.randn(params.n_latents, d))
         self.read_q = nn.Linear(d, d, bias=dims.bias)
         self.read_out = nn.Linear(d, d, bias=dims.bias)
         self.global_norm = nn.LayerNorm(d, bias=dims.bias)
-        self.global_qkv = nn.Linear(d, 3 * d, bias=dims.bias)
+        self.global_qkv = qkv_projection(dims)
         self.global_out = nn.Linear(d, d, bias=dims.bias)
         self.write_norm = nn.LayerNorm(d, bias=dims.bias)
-        self.write_kv = nn.Linear(d, 2 * d, bias=dims.bias)
+        self.write_kv = qkv_projection(dims, parts=2)  # keys and values of the latents
         self.out = nn.Linear(d, d, bias=dims.bias)
         self.out.residual_projection = True
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, n, L, D]`` -> ``[B, H, n, L, Dh]``."""
-        b, n, length, _ = x.shape
-        return x.view(b, n, length, self.n_heads, self.d_head).permute(0, 3, 1, 2, 4)
+        """``[B, n, L, H, Dh]`` or ``[B, n, L, D]`` -> ``[B, H, n, L, Dh]``."""
+        b, n, length = x.shape[:3]
+        return x.reshape(b, n, length, self.n_heads, self.d_head).permute(0, 3, 1, 2, 4)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         b, t, d = x.shape
@@ -185,10 +182,8 @@ class LocalGlobalAttention(nn.Module):
         real = torch.ones(b, t, dtype=torch.bool, device=x.device) if real is None else real
         real = F.pad(real.bool(), (0, n * g - t), value=False).view(b, n, g)
         group_real = real.any(dim=-1)  # [B, n]
-        q, k, v = (
-            self._heads(y)
-            for y in self.qkv(F.pad(x, (0, 0, 0, n * g - t))).view(b, n, g, 3 * d).chunk(3, -1)
-        )
+        grouped = F.pad(x, (0, 0, 0, n * g - t)).view(b, n, g, d)
+        q, k, v = (self._heads(y) for y in project_qkv(self.qkv, grouped, heads_first=False))
 
         # 1. each group's latents read the real tokens of their group
         z = self.latents.expand(b, n, m, d)
@@ -197,11 +192,7 @@ class LocalGlobalAttention(nn.Module):
         z = z + self.read_out(read.permute(0, 2, 3, 1, 4).reshape(b, n, m, d))
 
         # 2. latents attend globally (block-causally over groups in a decoder)
-        gq, gk, gv = (
-            self.global_qkv(self.global_norm(z))
-            .reshape(b, n * m, 3, self.n_heads, self.d_head)
-            .permute(2, 0, 3, 1, 4)
-        )
+        gq, gk, gv = project_qkv(self.global_qkv, self.global_norm(z).reshape(b, n * m, d))
         allowed = group_real.repeat_interleave(m, dim=1)[:, None, None, :]  # keys of real groups
         if ctx.causal:
             gid = torch.arange(n, device=x.device).repeat_interleave(m)
@@ -213,7 +204,10 @@ class LocalGlobalAttention(nn.Module):
         z = z + self.global_out(glob.transpose(1, 2).reshape(b, n, m, d))
 
         # 3. tokens attend to their group's tokens and to latents (previous group if causal)
-        lk, lv = (self._heads(y) for y in self.write_kv(self.write_norm(z)).chunk(2, -1))
+        lk, lv = (
+            self._heads(y)
+            for y in project_qkv(self.write_kv, self.write_norm(z), heads_first=False)
+        )
         latent_ok = group_real
         if ctx.causal:
             lk = F.pad(lk, (0, 0, 0, 0, 1, 0))[:, :, :n]

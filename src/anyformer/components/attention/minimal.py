@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from anyformer.components.attention._heads import Impl, attend, merge_heads, split_heads
+from anyformer.components.attention.common import Impl, attend, merge_heads, split_heads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -40,7 +40,11 @@ Width = Literal["model", "head"]
 class _MinimalBase(nn.Module):
     """Value and output projections, and the per-head view of the input that W_QK acts on.
 
-    Attention goes through :func:`~anyformer.components.attention._heads.attend`, so both
+    Not built on the shared :func:`~anyformer.components.attention.qkv.qkv_projection`:
+    queries and keys come from one W_QK per head (the point of these variants), so only
+    the value projection is an ordinary linear map.
+
+    Attention goes through :func:`~anyformer.components.attention.common.attend`, so both
     variants decode with a KV cache (the cached keys are the key vectors of each head)
     and accept packed rows."""
 
@@ -90,11 +94,11 @@ class _MinimalBase(nn.Module):
 class CollapsedParams(BaseModel):
     """``width``: ``model`` (W_QK acts on the whole token, d_model x d_model per head) or
     ``head`` (on the head's d_head-slice, d_head x d_head per head).
-    ``impl``: ``sdpa`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
+    ``impl``: ``fast`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     width: Width = "model"
-    impl: Impl = "sdpa"
+    impl: Impl = "fast"
 
 
 @register(
@@ -148,12 +152,12 @@ class SymmetricParams(BaseModel):
     the paper's parameterisation) or ``symmetrized`` (W_QK = (L + L^T) / 2: any symmetric
     matrix). Both hold only the m(m+1)/2 entries of L.
     ``width``: ``model`` or ``head`` (see the module docstring).
-    ``impl``: ``sdpa`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
+    ``impl``: ``fast`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     form: Literal["cholesky", "symmetrized"] = "cholesky"
     width: Width = "model"
-    impl: Impl = "sdpa"
+    impl: Impl = "fast"
 
 
 @register(

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import nn
 
+from anyformer.components.attention.common import Impl, merge_heads
+from anyformer.components.attention.qkv import QKVHeads, project_qkv
 from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import (
     linear_attention_chunked,
@@ -19,18 +21,6 @@ from anyformer.nn.linear_scan import (
     linear_attention_step,
 )
 from anyformer.registry import Capabilities, Dims, Paper, register
-
-
-def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """``[B, T, H*D]`` -> ``[B, H, T, D]``."""
-    b, t, _ = x.shape
-    return x.view(b, t, n_heads, -1).transpose(1, 2)
-
-
-def _merge(y: torch.Tensor) -> torch.Tensor:
-    """``[B, H, T, D]`` -> ``[B, T, H*D]``."""
-    b, h, t, d = y.shape
-    return y.transpose(1, 2).reshape(b, t, h * d)
 
 
 # --------------------------------------------------------------------------- linformer
@@ -60,7 +50,7 @@ class LinformerParams(BaseModel):
     params=LinformerParams,
     caps=Capabilities(causal_safe=False, complexity="O(n k)", position_modes=("none", "embed")),
 )
-class LinformerAttention(nn.Module):
+class LinformerAttention(QKVHeads):
     """softmax(Q (E K)^T / sqrt(d_head)) (F V) per head, with E, F ``[k, max_len]``.
 
     Each projected key row mixes keys from every position, so no query can be kept from
@@ -83,15 +73,8 @@ class LinformerAttention(nn.Module):
     """
 
     def __init__(self, dims: Dims, params: LinformerParams) -> None:
-        super().__init__()
-        self.n_heads = dims.n_heads
-        self.d_head = dims.d_head
+        super().__init__(dims)
         self.max_len = dims.max_len
-        self.dropout = dims.dropout
-        d = dims.d_model
-        self.qkv = nn.Linear(d, 3 * d, bias=dims.bias)
-        self.out = nn.Linear(d, d, bias=dims.bias)
-        self.out.residual_projection = True
         k = params.k or min(128, dims.max_len)
         std = math.sqrt(2.0 / (k + dims.max_len))
         self.proj_k = nn.Parameter(torch.randn(k, dims.max_len) * std)
@@ -111,7 +94,7 @@ class LinformerAttention(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        b, t, dm = x.shape
+        t = x.shape[1]
         if ctx.causal:
             raise ValueError("linformer is bidirectional only; it cannot run with a causal mask")
         if t > self.max_len:
@@ -119,7 +102,7 @@ class LinformerAttention(nn.Module):
                 f"linformer: sequence length {t} exceeds model.max_len={self.max_len}, "
                 f"the length its projections E, F were built for"
             )
-        q, k, v = (_heads(z, self.n_heads) for z in self.qkv(x).split(dm, dim=-1))
+        q, k, v = self.project(x)
         if ctx.padding_mask is not None:
             real = ctx.padding_mask[:, None, :, None].to(k.dtype)
             k, v = k * real, v * real
@@ -127,12 +110,11 @@ class LinformerAttention(nn.Module):
         vp = torch.einsum("nt,bhtd->bhnd", self.proj_v[:, :t], v)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, kp, vp, dropout_p=drop)
-        return self.out(_merge(y))
+        return self.out(merge_heads(y))
 
     def flops_per_token(self, seq_len: int) -> int:
         """Projections, E K and F V (k rows each), then scores and sum over k rows."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = self.projection_flops()
         width = self.n_heads * self.d_head
         return proj + 8 * self.proj_k.shape[0] * width
 
@@ -145,16 +127,19 @@ class BinaryHashParams(BaseModel):
     - ``anchors``: number of kernel anchor points per head (the kernel feature size).
     - ``bandwidth``: sigma of the Gaussian kernel ``exp(-|x - a|^2 / (2 sigma^2))``
       between L2-normalised queries/keys and the anchors.
-    - ``impl``: causal algorithm: ``chunked`` (fast) or ``recurrent`` (token by token,
-      the reference). An encoder always uses the global sums.
-    - ``chunk_size``: tokens per chunk for ``impl=chunked``.
+    - ``impl``: causal algorithm: ``fast`` (chunked) or ``reference`` (token by token);
+      ``chunked`` and ``recurrent`` are their deprecated names. An encoder always uses
+      the global sums.
+    - ``chunk_size``: tokens per chunk for ``impl=fast``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: what the registry-generated test of ``impl`` builds with: several chunks
+    IMPL_CHECK: ClassVar[dict[str, Any]] = {"chunk_size": 4}
     bits: PositiveInt = 16
     anchors: PositiveInt = 32
     bandwidth: PositiveFloat = 1.0
-    impl: Literal["chunked", "recurrent"] = "chunked"
+    impl: Impl = "fast"
     chunk_size: PositiveInt = 64
 
 
@@ -177,7 +162,7 @@ def sign_ste(y: torch.Tensor) -> torch.Tensor:
         complexity="O(n)", recurrent=True, kv_cache=True, position_modes=("none", "embed")
     ),
 )
-class BinaryHashAttention(nn.Module):
+class BinaryHashAttention(QKVHeads):
     """Linear attention on learned binary codes of queries and keys.
 
     Per head, a query or key x is L2-normalised and mapped to Gaussian-kernel features
@@ -204,17 +189,11 @@ class BinaryHashAttention(nn.Module):
     """
 
     def __init__(self, dims: Dims, params: BinaryHashParams) -> None:
-        super().__init__()
-        self.n_heads = dims.n_heads
-        self.d_head = dims.d_head
+        super().__init__(dims)
         self.bits = params.bits
         self.impl = params.impl
         self.chunk_size = params.chunk_size
         self.bandwidth = params.bandwidth
-        d = dims.d_model
-        self.qkv = nn.Linear(d, 3 * d, bias=dims.bias)
-        self.out = nn.Linear(d, d, bias=dims.bias)
-        self.out.residual_projection = True
         h, a, m = dims.n_heads, params.anchors, params.bits
         self.anchors = nn.Parameter(F.normalize(torch.randn(h, a, dims.d_head), dim=-1))
         self.hash_weight = nn.Parameter(torch.randn(h, m, a) / math.sqrt(a))
@@ -246,16 +225,15 @@ class BinaryHashAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         if ctx.cache is not None:
             return step_through(self, x, ctx)
-        dm = x.shape[-1]
-        q, k, v = (_heads(z, self.n_heads) for z in self.qkv(x).split(dm, dim=-1))
+        q, k, v = self.project(x)
         fq, fk = self.features(q, k, ctx.padding_mask)
         if not ctx.causal:
             y = linear_attention_global(fq, fk, v)
-        elif self.impl == "recurrent":
+        elif self.impl == "reference":
             y = linear_attention_recurrent(fq, fk, v)
         else:
             y = linear_attention_chunked(fq, fk, v, self.chunk_size)
-        return self.out(_merge(y))
+        return self.out(merge_heads(y))
 
     def step(
         self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -263,7 +241,7 @@ class BinaryHashAttention(nn.Module):
         """Causal decoding of one token ``x_t [B, D]``; the state is
         ``(sum f_k v^T [B, H, m+1, Dh], sum f_k [B, H, m+1])``. Equals :meth:`forward`."""
         b, dm = x_t.shape
-        q, k, v = (z.view(b, self.n_heads, 1, -1) for z in self.qkv(x_t).split(dm, dim=-1))
+        q, k, v = (z.unsqueeze(2) for z in project_qkv(self.qkv, x_t, heads_first=False))
         fq, fk = self.features(q, k, None)
         if state is None:
             f = fq.shape[-1]
@@ -276,8 +254,7 @@ class BinaryHashAttention(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> int:
         """Projections, kernel features and hashing of q and k, linear attention."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = self.projection_flops()
         h, m, a = self.hash_weight.shape
         hashing = 2 * h * 2 * (a * self.d_head + m * a)
         return proj + hashing + 4 * h * (m + 1) * self.d_head

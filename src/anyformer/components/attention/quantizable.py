@@ -13,14 +13,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from anyformer.components.attention._heads import (
+from anyformer.components.attention.common import (
     Impl,
-    QKVHeads,
     attend,
+    cached_bias,
     context_bias,
+    extend_cache,
     merge_heads,
 )
-from anyformer.components.attention.softmax import cached_bias, extend_cache
+from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -35,11 +36,11 @@ PAPER = Paper(
 class GatedParams(BaseModel):
     """``gate_bias_init``: initial bias b_init of every head's gate, so the gates start at
     sigmoid(b_init) (0 -> 0.5; the paper finds sigmoid(b_init) in about [0.1, 0.9] works).
-    ``impl``: ``sdpa`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
+    ``impl``: ``fast`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     gate_bias_init: float = 0.0
-    impl: Impl = "sdpa"
+    impl: Impl = "fast"
 
 
 @register(

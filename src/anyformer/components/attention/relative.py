@@ -8,13 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
-from anyformer.components.attention._heads import (
-    Impl,
-    QKVHeads,
-    attend,
-    context_bias,
-    merge_heads,
-)
+from anyformer.components.attention.common import Impl, attend, context_bias, merge_heads
+from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
 
@@ -97,12 +92,12 @@ def polar(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 class ComplexParams(BaseModel):
     """``base``: base of the relative-position frequencies omega_c = base^(-2c/d_head)
-    (as in RoPE). ``impl``: ``sdpa`` (fused kernel on the rotated q/k) or ``reference``
+    (as in RoPE). ``impl``: ``fast`` (fused kernel on the rotated q/k) or ``reference``
     (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     base: PositiveFloat = 10000.0
-    impl: Impl = "sdpa"
+    impl: Impl = "fast"
 
 
 @register(

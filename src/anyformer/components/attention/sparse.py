@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
-from torch import nn
 
-from anyformer.components.attention.softmax import masked_bias
+from anyformer.components.attention.common import Impl, masked_bias, merge_heads
+from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -22,16 +22,23 @@ class ProbSparseParams(BaseModel):
       (n = real tokens, or in a decoder the real tokens up to the query) and
       ``c * ceil(ln max_len)`` keys are sampled per query for the sparsity measurement.
       A factor large enough that ``u >= n`` makes every query active (= softmax attention).
-    - ``impl``: ``sampled`` (the fast form: measurement on sampled keys, full attention
-      computed only for the active queries) or ``reference`` (exact measurement over all
-      keys, dense attention for every query, lazy rows replaced afterwards).
+    - ``impl``: ``fast`` (measurement on sampled keys, full attention computed only for
+      the active queries) or ``reference`` (exact measurement over all keys, dense
+      attention for every query, lazy rows replaced afterwards); ``sampled`` is the
+      deprecated name of ``fast``. The two pick the same active queries only when the
+      samples find each query's top scores; with every query active (``factor`` large)
+      both are softmax attention.
     - ``seed``: seed of the fixed key-sample table; layer ``l`` draws from
       ``torch.Generator().manual_seed(seed * 1_000_003 + l)``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: what the registry-generated test of ``impl`` builds with: every query active, where
+    #: the sampled measurement cannot change the result (the gathered attention must
+    #: still equal the dense one)
+    IMPL_CHECK: ClassVar[dict[str, Any]] = {"factor": 100}
     factor: PositiveInt = 5
-    impl: Literal["sampled", "reference"] = "sampled"
+    impl: Impl = "fast"
     seed: int = 0
 
 
@@ -96,12 +103,12 @@ def lazy_output(v: torch.Tensor, real: torch.Tensor, causal: bool) -> torch.Tens
     params=ProbSparseParams,
     caps=Capabilities(complexity="O(n log n)"),
 )
-class ProbSparseAttention(nn.Module):
+class ProbSparseAttention(QKVHeads):
     """Informer's ProbSparse self-attention.
 
     Each query's sparsity measurement is ``M(q_i, K) = max_j s_ij - mean_j s_ij`` with
     ``s_ij = q_i . k_j / sqrt(d_head) + bias_ij``, computed on ``c ln(max_len)`` keys drawn
-    per query from a fixed seeded table (``impl=sampled``), or exactly over all keys
+    per query from a fixed seeded table (``impl=fast``), or exactly over all keys
     (``impl=reference``). The ``u = c ceil(ln n)`` queries with the largest M ("active")
     get ordinary softmax attention; every other ("lazy") query outputs the mean of the
     values. Layout as :class:`SoftmaxAttention` (one fused qkv projection, an output
@@ -127,17 +134,10 @@ class ProbSparseAttention(nn.Module):
     """
 
     def __init__(self, dims: Dims, params: ProbSparseParams) -> None:
-        super().__init__()
-        self.n_heads = dims.n_heads
-        self.d_head = dims.d_head
+        super().__init__(dims)
         self.factor = params.factor
         self.impl = params.impl
-        self.dropout = dims.dropout
         self.max_len = dims.max_len
-        d = dims.d_model
-        self.qkv = nn.Linear(d, 3 * d, bias=dims.bias)
-        self.out = nn.Linear(d, d, bias=dims.bias)
-        self.out.residual_projection = True
         n_samples = params.factor * max(1, math.ceil(math.log(dims.max_len)))
         gen = torch.Generator().manual_seed(params.seed * 1_000_003 + dims.layer)
         table = torch.rand(dims.max_len, n_samples, generator=gen, dtype=torch.float64)
@@ -270,15 +270,13 @@ class ProbSparseAttention(nn.Module):
         return lazy.scatter(2, rows_d, ya)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        b, t, dm = x.shape
-        h, d = self.n_heads, self.d_head
+        b, t, _ = x.shape
         if t > self.max_len:
             raise ValueError(
                 f"prob_sparse: sequence length {t} exceeds model.max_len={self.max_len} "
                 f"(its key-sample table has max_len rows)"
             )
-        q, k, v = self.qkv(x).split(dm, dim=-1)
-        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))
+        q, k, v = self.project(x)
         q, k = ctx.position.rotate(q, k, ctx.positions, ctx.positions)
         bias = ctx.position.score_bias(ctx.positions, ctx.positions)
         real = (
@@ -300,12 +298,11 @@ class ProbSparseAttention(nn.Module):
                 m = self.sampled_measurement(q, k, bias, real, ctx.causal)
                 active = self.active_queries(m, real, ctx.causal)
             y = self.attend_gathered(q, k, v, active, lazy, bias, real, ctx.causal)
-        return self.out(y.transpose(1, 2).reshape(b, t, dm))
+        return self.out(merge_heads(y))
 
     def flops_per_token(self, seq_len: int) -> int:
         """Projections, the sampled measurement, and full rows for ~u of seq_len queries."""
-        proj = 2 * self.qkv.in_features * self.qkv.out_features
-        proj += 2 * self.out.in_features * self.out.out_features
+        proj = self.projection_flops()
         width = self.n_heads * self.d_head
         samples = self.sample_table.shape[1]
         u = self.factor * max(1, math.ceil(math.log(max(seq_len, 1))))

@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
+from anyformer.components.attention.common import Impl
 from anyformer.components.base import Context
 from anyformer.nn.long_conv import long_conv_direct, long_conv_fft
 from anyformer.registry import Capabilities, Dims, Paper, register
@@ -20,8 +21,8 @@ class CausalConvParams(BaseModel):
     - ``filter``: ``implicit`` (taps are a small MLP of sinusoidal features of the offset,
       times a fixed exponential decay per channel, as in Hyena) or ``explicit`` (one
       learned tap per offset and channel).
-    - ``impl``: ``fft`` (O(n log n), the fast form) or ``direct`` (O(n^2) shifted sums,
-      the reference it is tested against).
+    - ``impl``: ``fast`` (FFT, O(n log n)) or ``reference`` (O(n^2) shifted sums, what
+      the fast form is tested against); ``fft`` and ``direct`` are their deprecated names.
     - ``gate``: multiply the convolution output by a second projection of the input
       (Hyena's data-controlled gating); without it the mixer is linear in its input.
     - ``two_sided``: in an encoder, let the filter also read later tokens (offsets
@@ -32,7 +33,7 @@ class CausalConvParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     filter: Literal["implicit", "explicit"] = "implicit"
-    impl: Literal["fft", "direct"] = "fft"
+    impl: Impl = "fast"
     gate: bool = True
     two_sided: bool = True
     n_freqs: PositiveInt = 8
@@ -136,7 +137,7 @@ class CausalConv(nn.Module):
         if ctx.padding_mask is not None:
             u = u * ctx.padding_mask[..., None].to(u.dtype)
         taps, first = self.filter(t, ctx.causal)
-        conv = long_conv_fft if self.impl == "fft" else long_conv_direct
+        conv = long_conv_fft if self.impl == "fast" else long_conv_direct
         y = conv(u, taps.to(u.dtype), first) + self.skip * u
         if g is not None:
             y = y * g

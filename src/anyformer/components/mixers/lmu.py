@@ -3,13 +3,12 @@ parallel (convolution) form and a recurrent (one token at a time) form."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import nn
 
+from anyformer.components.attention.common import Impl
 from anyformer.components.base import Context, step_through
 from anyformer.nn.long_conv import long_conv_fft
 from anyformer.registry import Capabilities, Dims, Paper, register
@@ -22,16 +21,16 @@ class LMUParams(BaseModel):
       (memory size per channel).
     - ``channels``: memory input channels ``u = W_u x`` (``None``: ``max(1, d_model // 4)``).
     - ``theta``: length of the remembered window in tokens (``None``: ``max_len``).
-    - ``impl``: ``parallel`` (the memory for all tokens at once, as an FFT convolution
-      with the LTI impulse response) or ``recurrent`` (the state update token by token,
-      the reference).
+    - ``impl``: ``fast`` (the memory for all tokens at once, as an FFT convolution with
+      the LTI impulse response) or ``reference`` (the state update token by token);
+      ``parallel`` and ``recurrent`` are their deprecated names.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     order: PositiveInt = 16
     channels: PositiveInt | None = None
     theta: PositiveFloat | None = None
-    impl: Literal["parallel", "recurrent"] = "parallel"
+    impl: Impl = "fast"
 
 
 def legendre_state_space(order: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +161,7 @@ class LMU(nn.Module):
         u = self.encode(x)
         if ctx.padding_mask is not None:
             u = u * ctx.padding_mask[..., None].to(u.dtype)
-        m = self.memory_parallel(u) if self.impl == "parallel" else self.memory_recurrent(u)
+        m = self.memory_parallel(u) if self.impl == "fast" else self.memory_recurrent(u)
         return self._readout(m, x)
 
     def flops_per_token(self, seq_len: int) -> int:

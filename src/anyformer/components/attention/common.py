@@ -1,0 +1,215 @@
+"""What the attention variants share: the ``impl`` vocabulary, head reshaping, the masks
+a context asks for (causal, key padding, packed documents), additive score biases, the
+key/value cache helpers and softmax attention itself, fused or written out.
+
+Registers nothing. The q/k/v projection the variants share is in
+:mod:`~anyformer.components.attention.qkv`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BeforeValidator
+
+from anyformer.components.base import Context
+from anyformer.nn import causal_mask, combine_masks, padding_to_key_mask
+from anyformer.nn.kv_cache import KVBuffer, cached_key_mask
+from anyformer.nn.packing import segment_mask
+
+# --------------------------------------------------------------------------- impl
+#: The two ways a mixer with an ``impl`` parameter can compute the same function:
+#: ``fast`` (fused kernels, chunked or FFT forms; the default) and ``reference`` (the
+#: readable, obviously correct form). The registry-generated tests hold every ``fast``
+#: path equal to its ``reference`` in outputs and in gradients.
+ImplName = Literal["fast", "reference"]
+
+#: Names each mixer family used before the ``fast``/``reference`` pair; still accepted
+#: (old specs and run folders validate) and mapped to the new name, which is the one
+#: written back.
+DEPRECATED_IMPLS: dict[str, ImplName] = {
+    "sdpa": "fast",
+    "chunked": "fast",
+    "blocked": "fast",
+    "sampled": "fast",
+    "parallel": "fast",
+    "fft": "fast",
+    "recurrent": "reference",
+    "masked": "reference",
+    "direct": "reference",
+}
+
+
+def canonical_impl(value: Any) -> Any:
+    """Map a deprecated ``impl`` name (``sdpa``, ``chunked``, ``recurrent``, ...) to
+    ``fast`` or ``reference``; any other value is left for validation to judge."""
+    return DEPRECATED_IMPLS.get(value, value) if isinstance(value, str) else value
+
+
+#: The type of every mixer's ``impl`` field: ``fast`` or ``reference``, the old names
+#: accepted as aliases (:data:`DEPRECATED_IMPLS`).
+Impl = Annotated[ImplName, BeforeValidator(canonical_impl)]
+
+
+# --------------------------------------------------------------------------- heads
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[B, T, H*D]`` -> ``[B, H, T, D]``."""
+    b, t, _ = x.shape
+    return x.reshape(b, t, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, D]`` -> ``[B, T, H*D]``."""
+    b, h, t, d = y.shape
+    return y.transpose(1, 2).reshape(b, t, h * d)
+
+
+# --------------------------------------------------------------------------- masks
+def masked_bias(
+    bias: torch.Tensor | None, allowed: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Fold a boolean ``allowed`` mask into an additive float bias (very negative where not
+    allowed; finite, so a row with nothing allowed is uniform, never NaN)."""
+    if allowed is None:
+        return bias
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    blocked = blocked.masked_fill(~allowed, torch.finfo(dtype).min / 2)
+    return blocked if bias is None else bias.to(dtype) + blocked
+
+
+def key_mask(ctx: Context) -> torch.Tensor | None:
+    """Boolean mask of the keys each query may see besides causality: real (unpadded) keys
+    ``[B, 1, 1, T]`` and, in packed rows, keys of the same document ``[B, 1, T, T]``."""
+    keys = padding_to_key_mask(ctx.padding_mask) if ctx.padding_mask is not None else None
+    docs = segment_mask(ctx.segments) if ctx.segments is not None else None
+    return combine_masks(keys, docs)
+
+
+def allowed_mask(ctx: Context, t: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (True = query may see key), broadcastable to ``[B, H, T, T]``:
+    the causal mask when ``ctx.causal``, AND the key-padding mask, AND (packed rows) the
+    same-document mask; ``None`` if none applies."""
+    return combine_masks(causal_mask(t, device=device) if ctx.causal else None, key_mask(ctx))
+
+
+def context_bias(
+    ctx: Context, t: int, dtype: torch.dtype, device: torch.device, position_bias: bool = True
+) -> torch.Tensor | None:
+    """Additive score bias: the positional scheme's ``score_bias`` (if ``position_bias``)
+    plus a very negative value where :func:`allowed_mask` forbids attention."""
+    pos = ctx.bias_positions()
+    bias = ctx.position.score_bias(pos, pos) if position_bias else None
+    return masked_bias(bias, allowed_mask(ctx, t, device), dtype)
+
+
+def attention_bias(
+    ctx: Context, t: int, dtype: torch.dtype, device: torch.device, position_bias: bool = True
+) -> tuple[torch.Tensor | None, bool]:
+    """``(bias, is_causal)`` for self-attention over ``t`` tokens without a cache.
+
+    ``bias`` is the positional score bias (if ``position_bias``) plus a very negative
+    value where the causal, padding or document mask forbids attention; when there is
+    nothing but (possibly) causality it is ``None`` and ``is_causal`` says whether the
+    causal mask still has to be applied (so SDPA can use its fused causal path).
+    """
+    pos = ctx.bias_positions()
+    bias = ctx.position.score_bias(pos, pos) if position_bias else None
+    keys = key_mask(ctx)
+    if bias is None and keys is None:
+        return None, ctx.causal
+    allowed = combine_masks(causal_mask(t, device=device) if ctx.causal else None, keys)
+    return masked_bias(bias, allowed, dtype), False
+
+
+# --------------------------------------------------------------------------- cache
+def extend_cache(
+    ctx: Context, k: torch.Tensor, v: torch.Tensor, window: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append the new keys/values ``[B, G, T, D]`` (already rotated) to this call's slot of
+    ``ctx.cache``; returns all keys, values and key positions the new queries may see."""
+    if not ctx.causal:
+        raise ValueError("a KV cache is for causal decoding; this attention is bidirectional")
+    if ctx.padding_mask is not None or ctx.segments is not None:
+        raise ValueError("cached decoding takes unpadded, unpacked rows (no padding_mask/segments)")
+    slot = ctx.cache.slot()  # type: ignore[union-attr]
+    if slot.state is None:
+        slot.state = KVBuffer(window, capacity=ctx.cache.capacity)  # type: ignore[union-attr]
+    return slot.state.extend(k, v, ctx.positions)
+
+
+def cached_bias(
+    ctx: Context,
+    key_positions: torch.Tensor,
+    dtype: torch.dtype,
+    window: int | None = None,
+    position_bias: bool = True,
+) -> torch.Tensor | None:
+    """Additive bias of the new queries over cached keys: score bias plus the causal (and
+    window) mask from absolute positions, and the cache's ``key_mask`` of padded rows
+    ``[B, 1, Tq, Tk]``; ``None`` when nothing needs masking."""
+    bias = ctx.position.score_bias(ctx.positions, key_positions) if position_bias else None
+    allowed = cached_key_mask(ctx.positions, key_positions, window)
+    cache = ctx.cache
+    if cache is not None and cache.key_mask is not None:  # rows padded at the front
+        real = cache.key_mask[:, key_positions.clamp(min=0)][:, None, None, :]  # [B,1,1,Tk]
+        allowed = real if allowed is None else allowed & real
+        cache.masked()
+    return masked_bias(bias, allowed, dtype)
+
+
+# --------------------------------------------------------------------------- softmax
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v, written out; q/k/v ``[B, H, T, D]``."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    probs = scores.softmax(dim=-1)
+    if dropout and training:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ctx: Context,
+    impl: ImplName = "fast",
+    dropout: float = 0.0,
+    training: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(scale * q k^T + position bias + masks) v on ``[B, H, T, D]`` tensors.
+
+    ``scale`` defaults to ``1/sqrt(q.shape[-1])``. ``impl='fast'`` uses the fused
+    kernel (``F.scaled_dot_product_attention``), ``'reference'`` the explicit
+    :func:`reference_attention`; they agree. With ``ctx.cache`` the keys and values
+    (``k``/``v`` already rotated) are appended to this call's cache slot and the new
+    queries attend over all cached ones.
+    """
+    t = q.shape[-2]
+    if scale is not None:
+        q = q * (scale * math.sqrt(q.shape[-1]))
+    drop = dropout if training else 0.0
+    if ctx.cache is not None:
+        k, v, key_positions = extend_cache(ctx, k, v)
+        full = cached_bias(ctx, key_positions, q.dtype)
+    else:
+        pos = ctx.bias_positions()
+        bias = ctx.position.score_bias(pos, pos)
+        if impl == "fast" and bias is None and ctx.padding_mask is None and ctx.segments is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=ctx.causal)
+        full = masked_bias(bias, allowed_mask(ctx, t, q.device), q.dtype)
+    if impl == "fast":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
+    return reference_attention(q, k, v, full, dropout, training)
