@@ -25,7 +25,7 @@ the allocator's caching and other tenants of a shared machine make it noisy.
 
 Cells are skipped, and marked ``skipped: <reason>``, when the mixer refuses the length
 (its ``check_dims`` or ``caps.max_len``, e.g. ``tensor_3way`` above 256 tokens), when a
-reference path (``impl=reference``/``masked``/``direct``/``recurrent``) is asked for
+reference path (``impl=reference``, or one of its deprecated names) is asked for
 more than ``REFERENCE_MAX_LEN`` tokens, or when the time or memory extrapolated from the
 mixer's two previous lengths (power law through them) exceeds ``--max-seconds`` or
 ``--max-memory-gb``.
@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from anyformer import registry
+from anyformer.components.attention.common import canonical_impl
 from anyformer.components.base import Context
 from anyformer.registry import Dims
 
@@ -68,7 +69,6 @@ QUICK_LENGTHS = (256, 512)
 D_MODEL, N_HEADS, BATCH = 256, 4, 1
 #: Reference (readable, usually quadratic or token-by-token) paths stop here.
 REFERENCE_MAX_LEN = 4096
-REFERENCE_IMPLS = ("reference", "masked", "direct", "recurrent")
 #: Complexities counted as linear in sequence length for the growth target.
 LINEAR_COST = ("O(n)", "O(n w)", "O(n k)")
 GROWTH_FROM, GROWTH_TO, GROWTH_MAX = 1024, 8192, 10.0
@@ -115,7 +115,7 @@ class Variant:
 
     @property
     def is_reference(self) -> bool:
-        return self.params.get("impl") in REFERENCE_IMPLS
+        return canonical_impl(self.params.get("impl")) == "reference"
 
 
 def _value(text: str) -> Any:

@@ -82,7 +82,7 @@ def test_zero_beta_writes_nothing() -> None:
 
 # --------------------------------------------------------------------------- the component
 def test_component_chunked_equals_recurrent_and_step() -> None:
-    chunked, recurrent = mixer(chunk_size=8), mixer(impl="recurrent")
+    chunked, recurrent = mixer(chunk_size=8), mixer(impl="reference")
     x = torch.randn(2, 27, 32, generator=torch.Generator().manual_seed(4))
     ctx = Context(torch.arange(27), True, NoPosition(None, None))
     y = chunked(x, ctx)
@@ -96,7 +96,7 @@ def test_component_chunked_equals_recurrent_and_step() -> None:
     assert state.shape == (2, 4, 8, 8)  # constant-size fast-weight state
 
 
-@pytest.mark.parametrize("impl", ["chunked", "recurrent"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_decoder_causal_by_perturbation_and_left_padding(impl: str) -> None:
     net = model(impl=impl, chunk_size=4)
     gen = torch.Generator().manual_seed(5)

@@ -81,7 +81,7 @@ def test_global_form_is_unmasked_quadratic_and_skips_zero_keys() -> None:
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
 def test_component_chunked_equals_recurrent_and_step(fmap: str) -> None:
     chunked = mixer(feature_map=fmap, chunk_size=8)
-    recurrent = mixer(feature_map=fmap, impl="recurrent")
+    recurrent = mixer(feature_map=fmap, impl="reference")
     x = torch.randn(2, 21, 32, generator=torch.Generator().manual_seed(2))
     y = chunked(x, ctx(21))
     assert y.abs().mean() > 0.05  # weights are O(1): the tolerance below is meaningful
@@ -216,7 +216,7 @@ def test_unnormalised_kernels_equal_the_masked_score_sum(chunk: int) -> None:
 
 def test_identity_lsa_component_forms_agree_and_compute_plain_sums() -> None:
     lsa = mixer(feature_map="identity", normalize=False, chunk_size=4)
-    rec = mixer(feature_map="identity", normalize=False, impl="recurrent")
+    rec = mixer(feature_map="identity", normalize=False, impl="reference")
     x = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(7))
     y = lsa(x, ctx(11))
     torch.testing.assert_close(y, rec(x, ctx(11)), **TOL)

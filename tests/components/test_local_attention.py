@@ -53,15 +53,15 @@ def test_blocked_equals_masked_reference(kind: str, position: str) -> None:
     mask[1, 17:] = False
     ctx = context(net, 23, mask)
     for window in (1, 4, 7, 30):
-        mix.params = mix.params.model_copy(update={"window": window, "impl": "blocked"})
+        mix.params = mix.params.model_copy(update={"window": window, "impl": "fast"})
         blocked = mix(x, ctx)
-        mix.params = mix.params.model_copy(update={"impl": "masked"})
+        mix.params = mix.params.model_copy(update={"impl": "reference"})
         masked = mix(x, ctx)
         assert blocked.abs().mean() > 0.1
         torch.testing.assert_close(blocked[mask], masked[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["blocked", "masked"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
 def test_window_covering_the_sequence_is_softmax_attention(kind: str, impl: str) -> None:
     spec = dict(kind=kind, d_model=32, n_heads=4, max_len=64, n_outputs=2)

@@ -207,7 +207,7 @@ def test_long_conv_fft_equals_direct_and_toeplitz(first: int) -> None:
 def test_causal_conv_fft_equals_direct(filt: str, causal: bool, two_sided: bool) -> None:
     params = CausalConvParams(filter=filt, two_sided=two_sided)
     fast = CausalConv(Dims(16, 2, 48, causal), params)
-    ref = CausalConv(Dims(16, 2, 48, causal), params.model_copy(update={"impl": "direct"}))
+    ref = CausalConv(Dims(16, 2, 48, causal), params.model_copy(update={"impl": "reference"}))
     ref.load_state_dict(fast.state_dict())
     with torch.no_grad():  # give the implicit filter non-trivial taps
         for p in fast.parameters():
@@ -238,7 +238,7 @@ def test_causal_conv_filter_reads_only_the_past_in_decoders() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 def test_lmu_parallel_equals_recurrent_and_step(causal: bool) -> None:
     par = LMU(Dims(32, 4, 64, causal), LMUParams(order=12, theta=20.0))
-    rec = LMU(Dims(32, 4, 64, causal), LMUParams(order=12, theta=20.0, impl="recurrent"))
+    rec = LMU(Dims(32, 4, 64, causal), LMUParams(order=12, theta=20.0, impl="reference"))
     rec.load_state_dict(par.state_dict())
     x = torch.randn(2, 64, 32)
     mask = torch.ones(2, 64, dtype=torch.bool)

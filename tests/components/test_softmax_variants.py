@@ -169,7 +169,7 @@ def differential_by_hand(
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_differential_matches_the_papers_formula(causal: bool, impl: str) -> None:
     m = build("differential", DEC if causal else ENC, impl=impl)
     x = x_input()
@@ -177,7 +177,7 @@ def test_differential_matches_the_papers_formula(causal: bool, impl: str) -> Non
 
 
 def test_differential_fast_path_matches_reference_with_rotary_and_padding() -> None:
-    fast = build("differential", impl="sdpa")
+    fast = build("differential", impl="fast")
     ref = build("differential", impl="reference")
     ref.load_state_dict(fast.state_dict())
     ctx = make_ctx(10, position=RotaryPosition(ENC, RopeParams()), padding=padding())
@@ -220,7 +220,7 @@ def fold_softmax_into_collapsed(
         collapsed.out.load_state_dict(soft.out.state_dict())
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_collapsed_equals_softmax_with_query_key_folded(impl: str) -> None:
     torch.manual_seed(3)
     soft = SoftmaxAttention(ENC, SoftmaxParams(impl="reference")).eval()
@@ -280,7 +280,7 @@ def test_symmetrized_equals_collapsed_with_the_same_matrix() -> None:
 
 @pytest.mark.parametrize("name", ["collapsed", "symmetric", "complex", "gated"])
 def test_fast_path_matches_reference(name: str) -> None:
-    fast, ref = build(name, impl="sdpa"), build(name, impl="reference")
+    fast, ref = build(name, impl="fast"), build(name, impl="reference")
     ref.load_state_dict(fast.state_dict())
     x = x_input()
     for ctx in (

@@ -54,6 +54,14 @@ def canonical_impl(value: Any) -> Any:
 Impl = Annotated[ImplName, BeforeValidator(canonical_impl)]
 
 
+#: The ``IMPL_CHECK`` class attribute a mixer's params class may set: parameter
+#: overrides, one set per entry, under which the registry-generated test compares each
+#: ``impl`` with ``reference`` (a small chunk or window, so that the fast form's blocks
+#: are exercised on short test sequences; options that change the computed path). It
+#: defaults to ``({},)``, the default parameters.
+ImplCheck = tuple[dict[str, Any], ...]
+
+
 # --------------------------------------------------------------------------- heads
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """``[B, T, H*D]`` -> ``[B, H, T, D]``."""

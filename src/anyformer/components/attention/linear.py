@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from anyformer.components.attention.common import Impl
+from anyformer.components.attention.common import Impl, ImplCheck
 from anyformer.components.attention.qkv import linear_flops, project_qkv, qkv_projection
 from anyformer.components.base import Context, step_through
 from anyformer.nn.linear_scan import (
@@ -47,8 +47,14 @@ class LinearParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    #: what the registry-generated test of ``impl`` builds with: several chunks
-    IMPL_CHECK: ClassVar[dict[str, Any]] = {"chunk_size": 4}
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    #: (several chunks; every feature map)
+    IMPL_CHECK: ClassVar[ImplCheck] = (
+        {"chunk_size": 4},
+        {"chunk_size": 4, "feature_map": "favor", "n_features": 8},
+        {"chunk_size": 4, "feature_map": "cosformer"},
+        {"chunk_size": 4, "feature_map": "identity", "normalize": False},
+    )
     feature_map: Literal["elu1", "relu", "favor", "cosformer", "identity"] = "elu1"
     impl: Impl = "fast"
     chunk_size: PositiveInt = 64

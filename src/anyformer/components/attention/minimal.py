@@ -19,13 +19,13 @@ the parameters.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from anyformer.components.attention.common import Impl, attend, merge_heads, split_heads
+from anyformer.components.attention.common import Impl, ImplCheck, attend, merge_heads, split_heads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
 
@@ -97,6 +97,8 @@ class CollapsedParams(BaseModel):
     ``impl``: ``fast`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    IMPL_CHECK: ClassVar[ImplCheck] = ({}, {"width": "head"})
     width: Width = "model"
     impl: Impl = "fast"
 
@@ -155,6 +157,8 @@ class SymmetricParams(BaseModel):
     ``impl``: ``fast`` (fused kernel) or ``reference`` (explicit softmax), tested equal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    IMPL_CHECK: ClassVar[ImplCheck] = ({}, {"form": "symmetrized", "width": "head"})
     form: Literal["cholesky", "symmetrized"] = "cholesky"
     width: Width = "model"
     impl: Impl = "fast"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from anyformer.components.attention.common import (
     Impl,
+    ImplCheck,
     attention_bias,
     cached_bias,
     extend_cache,
@@ -28,6 +31,9 @@ class SoftmaxParams(BaseModel):
     ``sdpa`` is the deprecated name of ``fast``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    #: (one key/value head per query head, and grouped)
+    IMPL_CHECK: ClassVar[ImplCheck] = ({}, {"kv_heads": 1})
     kv_heads: PositiveInt | None = None
     impl: Impl = "fast"
 

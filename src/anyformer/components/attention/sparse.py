@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from anyformer.components.attention.common import Impl, masked_bias, merge_heads
+from anyformer.components.attention.common import Impl, ImplCheck, masked_bias, merge_heads
 from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.registry import Capabilities, Dims, Paper, register
@@ -33,10 +33,10 @@ class ProbSparseParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    #: what the registry-generated test of ``impl`` builds with: every query active, where
-    #: the sampled measurement cannot change the result (the gathered attention must
-    #: still equal the dense one)
-    IMPL_CHECK: ClassVar[dict[str, Any]] = {"factor": 100}
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    #: (every query active, where the sampled measurement cannot change the result
+    #: and the gathered attention must still equal the dense one)
+    IMPL_CHECK: ClassVar[ImplCheck] = ({"factor": 100},)
     factor: PositiveInt = 5
     impl: Impl = "fast"
     seed: int = 0

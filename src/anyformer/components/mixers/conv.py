@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
-from anyformer.components.attention.common import Impl
+from anyformer.components.attention.common import Impl, ImplCheck
 from anyformer.components.base import Context
 from anyformer.nn.long_conv import long_conv_direct, long_conv_fft
 from anyformer.registry import Capabilities, Dims, Paper, register
@@ -32,6 +32,8 @@ class CausalConvParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: parameter sets under which the registry test holds ``fast`` equal to ``reference``
+    IMPL_CHECK: ClassVar[ImplCheck] = ({}, {"filter": "explicit", "gate": False})
     filter: Literal["implicit", "explicit"] = "implicit"
     impl: Impl = "fast"
     gate: bool = True

@@ -109,9 +109,11 @@ class LMU(nn.Module):
         for s in range(dims.max_len):
             response[s] = state
             state = a @ state
-        self.register_buffer("a_bar", a.float(), persistent=False)
-        self.register_buffer("b_bar", b.float(), persistent=False)
-        self.register_buffer("response", response.float(), persistent=False)
+        # kept in float64 and cast where used: both forms then read the same constants
+        # (in float32 exactly what a float32 buffer held; in float64 nothing is rounded)
+        self.register_buffer("a_bar", a, persistent=False)
+        self.register_buffer("b_bar", b, persistent=False)
+        self.register_buffer("response", response, persistent=False)
         self.encode = nn.Linear(d, self.channels, bias=dims.bias)
         self.memory = nn.Linear(self.channels * params.order, d, bias=dims.bias)
         self.direct = nn.Linear(d, d, bias=False)
