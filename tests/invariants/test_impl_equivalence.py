@@ -242,6 +242,8 @@ def test_an_old_spec_validates_and_is_written_back_with_the_new_name() -> None:
     assert old == parse(ModelSpec, _old_spec({"name": "delta", "impl": "reference"}))
     written = old.model_dump(mode="json")["attention"]
     assert written["impl"] == "reference"
+    with pytest.raises(SpecError, match=r"attention: impl='quick': .*'fast' or 'reference'"):
+        parse(ModelSpec, _old_spec({"name": "softmax", "impl": "quick"}))
 
 
 @pytest.mark.parametrize(

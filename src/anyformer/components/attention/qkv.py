@@ -48,11 +48,10 @@ def project_qkv(
     or ``[..., T, H_i, d_head]`` (heads next to the channels, as a one-token recurrent
     step over ``x [B, D]`` wants: ``[B, H_i, d_head]``)."""
     groups: tuple[int, ...] = qkv.head_groups  # type: ignore[assignment]
-    y = qkv(x)
-    parts = y.unflatten(-1, (sum(groups), -1)).split(groups, dim=-2)
-    if heads_first:
-        return tuple(p.transpose(-3, -2) for p in parts)
-    return tuple(parts)
+    heads = qkv(x).unflatten(-1, (sum(groups), -1))  # [..., T, sum(groups), d_head]
+    if heads_first:  # one transpose, then views of it (as few ops as decoding allows)
+        return heads.transpose(-3, -2).split(groups, dim=-3)
+    return heads.split(groups, dim=-2)
 
 
 def linear_flops(*layers: nn.Linear) -> int:
