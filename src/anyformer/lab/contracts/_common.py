@@ -76,7 +76,7 @@ def close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 1e-5, rtol:
     if a.shape != b.shape:
         raise CheckFailure(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     if not torch.allclose(a, b, atol=atol, rtol=rtol):
-        diff = float((a - b).abs().max())
+        diff = float((a - b).detach().abs().max())
         raise CheckFailure(f"{what} (largest difference {diff:.3g})")
 
 

@@ -32,7 +32,7 @@ def loss_on(task_name: str, objective: str) -> None:
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise CheckFailure(f"on task {task_name} the loss is not a scalar tensor")
     if not torch.isfinite(loss):
-        raise CheckFailure(f"on task {task_name} the loss is {float(loss)}")
+        raise CheckFailure(f"on task {task_name} the loss is {float(loss.detach())}")
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads or not all(torch.isfinite(g).all() for g in grads):
