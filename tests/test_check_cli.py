@@ -3,6 +3,7 @@ exit 0 when all pass, 1 when one fails, 2 on bad input (with a message, no trace
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """A fresh process (the examples register their classes), run from the repository."""
     return subprocess.run(
         [sys.executable, "-m", "anyformer", "check", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**__import__("os").environ, "COLUMNS": "160"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160"},
+    )
 
 
 def test_the_example_attention_passes_every_check() -> None:
@@ -52,18 +56,26 @@ def test_a_module_path_works_too(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["examples/my_attention.py:MyAttention", "--slot", "atention"],
-         ["'atention' is not a slot", "did you mean 'attention'", "valid slots"]),
-        (["examples/no_such_file.py:X", "--slot", "attention"],
-         ["file 'examples/no_such_file.py' does not exist"]),
-        (["no_such_package.mod:X", "--slot", "norm"],
-         ["module 'no_such_package.mod' could not be imported"]),
-        (["anyformer.components.norm:RMSNrom", "--slot", "norm"],
-         ["has no class 'RMSNrom'", "did you mean 'RMSNorm'"]),
+        (
+            ["examples/my_attention.py:MyAttention", "--slot", "atention"],
+            ["'atention' is not a slot", "did you mean 'attention'", "valid slots"],
+        ),
+        (
+            ["examples/no_such_file.py:X", "--slot", "attention"],
+            ["file 'examples/no_such_file.py' does not exist"],
+        ),
+        (
+            ["no_such_package.mod:X", "--slot", "norm"],
+            ["module 'no_such_package.mod' could not be imported"],
+        ),
+        (
+            ["anyformer.components.norm:RMSNrom", "--slot", "norm"],
+            ["has no class 'RMSNrom'", "did you mean 'RMSNorm'"],
+        ),
         (["anyformer.components.norm", "--slot", "norm"], ["path/to/file.py:Class"]),
         (["torch.nn:Linear", "--slot", "task"], ["cannot be a task", "does not subclass"]),
     ],
-)  # fmt: skip
+)
 def test_bad_input_exits_2_with_the_reason(
     args: list[str], words: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

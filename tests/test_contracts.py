@@ -21,9 +21,12 @@ from anyformer.registry import CONTRACTS, Dims, NoParams, Paper, register
 def _params() -> list[Any]:
     return [
         pytest.param(
-            slot, name, check.name, id=f"{slot}-{name}-{check.name}",
+            slot,
+            name,
+            check.name,
+            id=f"{slot}-{name}-{check.name}",
             marks=[pytest.mark.slow] if check.slow else [],
-        )  # fmt: skip
+        )
         for slot, name, check in cases()
     ]
 
@@ -57,8 +60,14 @@ def test_a_throwaway_component_in_every_slot_gets_every_check_of_its_slot() -> N
     classes = _throwaways()
     for slot, cls in classes.items():
         parent = registry.entries(slot)[0]
-        register(slot, "throwaway_for_test", paper=Paper("t", 2026), summary="t",
-                 params=parent.params, caps=parent.caps)(cls)  # fmt: skip
+        register(
+            slot,
+            "throwaway_for_test",
+            paper=Paper("t", 2026),
+            summary="t",
+            params=parent.params,
+            caps=parent.caps,
+        )(cls)
     try:
         generated = {(slot, name, check.name) for slot, name, check in cases()}
         for slot in CONTRACTS:
@@ -154,15 +163,23 @@ def test_the_cache_check_catches_a_mixer_that_claims_a_cache_it_ignores() -> Non
     """Declaring kv_cache without keeping past keys: the prefill (token 0) is right, the
     first token decoded alone (token 1) sees only itself."""
     cls = _attention()
-    register("attention", "cacheless_for_test", paper=None, summary="t",
-             caps=registry.Capabilities(kv_cache=True))(cls)  # fmt: skip
+    register(
+        "attention",
+        "cacheless_for_test",
+        paper=None,
+        summary="t",
+        caps=registry.Capabilities(kv_cache=True),
+    )(cls)
     try:
         failed = _failed(anyformer.check(cls, "attention"))
     finally:
         registry._REGISTRY["attention"].pop("cacheless_for_test")
         registry._BY_CLASS.pop(cls)
     assert set(failed) == {"kv_cache"}
-    assert "cached logits differ from recomputation at new token 1 (position=none)" in failed["kv_cache"]
+    assert (
+        "cached logits differ from recomputation at new token 1 (position=none)"
+        in failed["kv_cache"]
+    )
 
 
 def test_the_per_token_check_catches_a_norm_over_the_sequence() -> None:
@@ -190,8 +207,10 @@ def test_the_ffn_gradient_check_catches_a_detached_branch() -> None:
             return self.up(x) * self.gate(x).detach().sigmoid()
 
     failed = _failed(anyformer.check(Detached, "ffn"))
-    assert failed == {"gradients": "no gradient reaches gate.weight, gate.bias "
-                      "(loss = sum(output * random weights))"}  # fmt: skip
+    assert failed == {
+        "gradients": "no gradient reaches gate.weight, gate.bias "
+        "(loss = sum(output * random weights))"
+    }
 
 
 def test_the_position_checks_catch_an_embedding_that_adds_the_next_token() -> None:

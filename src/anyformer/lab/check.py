@@ -150,7 +150,9 @@ def _import_module(name: str, allow_import: bool) -> object:
     try:
         return importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - a user's module may fail in any way
-        raise SpecError(f"module '{name}' could not be imported: {type(exc).__name__}: {exc}") from None
+        raise SpecError(
+            f"module '{name}' could not be imported: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _import_file(path: Path, allow_import: bool) -> object:
@@ -180,7 +182,9 @@ def _import_file(path: Path, allow_import: bool) -> object:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     except Exception as exc:  # noqa: BLE001 - a user's file may fail in any way
         del sys.modules[name]
-        raise SpecError(f"file '{path}' could not be imported: {type(exc).__name__}: {exc}") from None
+        raise SpecError(
+            f"file '{path}' could not be imported: {type(exc).__name__}: {exc}"
+        ) from None
     return module
 
 
@@ -204,10 +208,13 @@ def _entry_for(cls: type, slot: str, label: str) -> Iterator[Entry]:
     name = "checked_" + "".join(c if c.isalnum() else "_" for c in cls.__qualname__)
     parent = entry if entry is not None and entry.slot == slot else None
     registry.register(
-        slot, name, paper=None, summary=cls.__doc__ or "",
+        slot,
+        name,
+        paper=None,
+        summary=cls.__doc__ or "",
         params=parent.params if parent else registry.NoParams,
         caps=parent.caps if parent else None,
-    )(cls)  # fmt: skip
+    )(cls)
     try:
         yield registry.get(slot, name)
     finally:

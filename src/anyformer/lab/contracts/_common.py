@@ -21,18 +21,24 @@ def model_data(kind: str, attention: Any = "softmax", position: str = "none", **
     """The dict of a toy model spec (2 layers, d_model 32, 4 heads); encoders get a
     per-token head unless ``extra`` says otherwise."""
     data: dict[str, Any] = dict(
-        kind=kind, vocab_size=V, d_model=32, n_heads=4, n_layers=2, max_len=32,
-        attention=attention, position=position,
-    )  # fmt: skip
+        kind=kind,
+        vocab_size=V,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        max_len=32,
+        attention=attention,
+        position=position,
+    )
     if kind == "encoder":
         data.update(head="token_classify", n_outputs=3)
     data.update(extra)
     return data
 
 
-def try_spec(kind: str, attention: Any = "softmax", position: str = "none", **extra: Any) -> tuple[
-    ModelSpec | None, str
-]:
+def try_spec(
+    kind: str, attention: Any = "softmax", position: str = "none", **extra: Any
+) -> tuple[ModelSpec | None, str]:
     """``(spec, "")``, or ``(None, reason)`` when validation refuses the combination."""
     try:
         return parse(ModelSpec, model_data(kind, attention, position, **extra)), ""
@@ -47,9 +53,9 @@ def allowed(kind: str, attention: str, position: str) -> bool:
     return ok_kind and (pos.caps.position_mode or "none") in entry.caps.position_modes
 
 
-def toy_model(kind: str, attention: Any = "softmax", position: str = "none", **extra: Any) -> (
-    Transformer
-):
+def toy_model(
+    kind: str, attention: Any = "softmax", position: str = "none", **extra: Any
+) -> Transformer:
     """A toy model; a refused spec fails the check with validation's message."""
     spec, why = try_spec(kind, attention, position, **extra)
     if spec is None:
@@ -69,9 +75,9 @@ def tokens(b: int = 2, t: int = T, seed: int = 0) -> torch.Tensor:
     return torch.randint(4, V, (b, t), generator=g)
 
 
-def close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-5) -> (
-    None
-):
+def close(
+    a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-5
+) -> None:
     """Raise :class:`CheckFailure` naming ``what`` and the largest difference unless close."""
     if a.shape != b.shape:
         raise CheckFailure(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -143,5 +149,6 @@ def encoder_ignores_padding(attention: Any, position: str, **extra: Any) -> None
     with torch.no_grad():
         a = model(real, padding_mask=torch.ones(2, 8, dtype=torch.bool))
         b = model(padded, padding_mask=mask)
-    close(a, b[:, :8], f"padding changed the outputs of real tokens (position={position})",
-          rtol=1e-4)  # fmt: skip
+    close(
+        a, b[:, :8], f"padding changed the outputs of real tokens (position={position})", rtol=1e-4
+    )

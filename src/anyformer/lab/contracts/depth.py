@@ -25,8 +25,16 @@ V, SEP = 32, 2
 
 def depth_data(n_layers: int = 2, depth: Any = "stack", **extra: Any) -> dict[str, Any]:
     """A toy decoder spec (softmax, rope) with ``n_layers`` distinct blocks run by ``depth``."""
-    data = dict(vocab_size=V, d_model=32, n_heads=4, n_layers=n_layers, max_len=64,
-                position="rope", attention="softmax", depth=depth)  # fmt: skip
+    data = dict(
+        vocab_size=V,
+        d_model=32,
+        n_heads=4,
+        n_layers=n_layers,
+        max_len=64,
+        position="rope",
+        attention="softmax",
+        depth=depth,
+    )
     data.update(extra)
     return data
 
@@ -59,8 +67,12 @@ def schedule_is_causal(n_layers: int, depth: Any, training: bool) -> None:
         changed = x.clone()
         changed[:, t] = (x[:, t] - 4 + 5) % (V - 4) + 4  # another non-SEP token
         out = model(changed)
-        close(out[:, :t], base[:, :t], f"causality: changing token {t} changed earlier "
-              f"outputs ({mode} mode)", atol=1e-6)  # fmt: skip
+        close(
+            out[:, :t],
+            base[:, :t],
+            f"causality: changing token {t} changed earlier outputs ({mode} mode)",
+            atol=1e-6,
+        )
         if torch.allclose(out[:, t:], base[:, t:]):
             raise CheckFailure(f"changing token {t} changed no later output ({mode} mode)")
 
@@ -102,7 +114,7 @@ def default_layers(entry: Entry) -> int:
             return n
         except SpecError:
             continue
-    raise CheckFailure(f"its default parameters fit no model of 1 to 8 blocks")
+    raise CheckFailure("its default parameters fit no model of 1 to 8 blocks")
 
 
 @contract_check(SLOT, "causal")

@@ -30,7 +30,9 @@ SLOT = "attention"
 @contract_check(SLOT, "shape")
 def output_shape(entry: Entry) -> None:
     """forward(x [B, T, D], ctx) returns finite [B, T, D] in every mode it declares"""
-    modes = [c for c, ok in ((True, entry.caps.causal_safe), (False, entry.caps.bidirectional)) if ok]
+    modes = [
+        c for c, ok in ((True, entry.caps.causal_safe), (False, entry.caps.bidirectional)) if ok
+    ]
     if not modes:
         raise CheckFailure("its capabilities allow neither decoders nor encoders")
     for causal in modes:
@@ -52,11 +54,14 @@ def output_shape(entry: Entry) -> None:
 
 @contract_check(SLOT, "causal")
 def causal(entry: Entry) -> None:
-    """in a causal decoder, changing token t changes no earlier output (every position scheme)"""
-    if not entry.caps.causal_safe:
-        raise NotApplicable("not causal_safe (encoders only); decoders must refuse it")
-    for position in registry.components("position"):
+    """in a causal decoder, changing token t changes no earlier output (every position scheme)
+
+    A position scheme whose mode the mixer does not honour, or any decoder for a mixer
+    that is not ``causal_safe``, must be refused by validation instead."""
+    for position in registry.components("position"):  # also: refused where excluded
         decoder_never_reads_the_future(entry.name, position)
+    if not entry.caps.causal_safe:
+        raise NotApplicable("not causal_safe (encoders only); decoders refuse it")
 
 
 @contract_check(SLOT, "encoder_padding")
@@ -106,8 +111,13 @@ def cached_decoding_equals_recomputation(
         for i in range(new):
             cached = model(step_in, cache=cache)[:, -1]
             full = model(seq)[:, -1]
-            close(cached, full, f"cached logits differ from recomputation at new token {i} "
-                  f"(position={position})", atol=1e-4, rtol=0)  # fmt: skip
+            close(
+                cached,
+                full,
+                f"cached logits differ from recomputation at new token {i} (position={position})",
+                atol=1e-4,
+                rtol=0,
+            )
             if float(full.std(dim=-1).min()) < 0.1:
                 raise CheckFailure("logits are nearly uniform: the cache test would prove nothing")
             step_in = full.argmax(-1, keepdim=True)

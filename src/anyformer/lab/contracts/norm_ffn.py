@@ -48,8 +48,12 @@ def per_token(entry: Entry) -> None:
             a, b = module(x), module(y)
         others = [i for i in range(T) if i != j]
         mode = "training" if training else "evaluation"
-        close(a[:, others], b[:, others], f"changing token {j} changed other tokens' outputs "
-              f"({mode} mode): it mixes across tokens")  # fmt: skip
+        close(
+            a[:, others],
+            b[:, others],
+            f"changing token {j} changed other tokens' outputs "
+            f"({mode} mode): it mixes across tokens",
+        )
         if not entry.caps.empty and torch.allclose(a[:, j], b[:, j]):
             raise CheckFailure(f"changing token {j} did not change its own output ({mode} mode)")
 
