@@ -248,7 +248,9 @@ def test_the_task_check_catches_batches_drawn_from_the_global_generator() -> Non
             return batch
 
     failed = _failed(anyformer.check(Global, "task"))
-    assert failed == {"deterministic": "the batch of step 3 depends on what was drawn before it"}
+    assert failed == {
+        "train_deterministic": "step 0: two instances with seed 0 give different batches"
+    }
 
 
 def test_the_objective_check_catches_a_loss_that_is_not_finite() -> None:
