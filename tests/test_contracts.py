@@ -303,3 +303,17 @@ def test_bad_input_is_refused_naming_what_is_wrong() -> None:
         anyformer.check("anyformer.components.norm:RMSNorm", "ffn")
     with pytest.raises(SpecError, match="allow_import=False"):
         anyformer.check("json.tool:Nothing", "norm", allow_import=False)
+
+
+def test_a_component_that_crashes_fails_with_the_exception_shown_as_written() -> None:
+    class Crashes(nn.Module):
+        def __init__(self, dims: Dims, params: NoParams) -> None:
+            super().__init__()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("shape [B, T] expected [/]")  # rich markup must not apply
+
+    report = anyformer.check(Crashes, "norm")
+    assert {o.status for o in report.outcomes} == {"failed"}
+    assert "raised ValueError: shape [B, T] expected [/]" in report.failed[0].reason
+    assert "expected [/]" in report.table(width=200)

@@ -24,11 +24,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anyformer import registry
 from anyformer.errors import SpecError, did_you_mean
 from anyformer.lab.contracts import Outcome, checks_for, run_check
 from anyformer.registry import Entry
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -53,18 +57,19 @@ class CheckReport:
         """``(check, status, reason)`` per check, in order."""
         return [(o.check.name, o.status, o.reason) for o in self.outcomes]
 
-    def rich_table(self) -> object:
+    def rich_table(self) -> Table:
         """The report as a :class:`rich.table.Table`."""
+        from rich.markup import escape
         from rich.table import Table
 
         verdict = "passed" if self.passed else f"{len(self.failed)} failed"
-        table = Table(title=f"{self.component} as {self.slot} '{self.name}': {verdict}")
+        table = Table(title=escape(f"{self.component} as {self.slot} '{self.name}': {verdict}"))
         table.add_column("check")
         table.add_column("result")
         table.add_column("reason", overflow="fold")
         colour = {"passed": "green", "failed": "bold red", "skipped": "dim"}
         for name, status, reason in self.rows():
-            table.add_row(name, f"[{colour[status]}]{status}[/]", reason)
+            table.add_row(escape(name), f"[{colour[status]}]{status}[/]", escape(reason))
         return table
 
     def table(self, width: int = 110) -> str:
