@@ -34,7 +34,7 @@ def test_the_example_attention_passes_every_check() -> None:
     assert "as attention 'qk_norm': passed" in out
     for check in ("shape", "causal", "encoder_padding", "gradients"):
         assert f"│ {check}" in out
-    assert "failed" not in out
+    assert "failed" not in out and "not registered" not in out
 
 
 def test_the_leaky_example_fails_the_causality_check() -> None:
@@ -45,6 +45,8 @@ def test_the_leaky_example_fails_the_causality_check() -> None:
     row = next(line for line in out.splitlines() if line.startswith("│ causal "))
     assert "failed" in row and "causality: changing token 7 changed earlier outputs" in row
     assert "Traceback" not in res.stderr
+    # named by path, unregistered: the report says which capabilities it was held to
+    assert "not registered: checked with causal_safe, bidirectional, no kv_cache" in out
 
 
 def test_a_module_path_works_too(capsys: pytest.CaptureFixture[str]) -> None:

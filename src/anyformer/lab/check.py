@@ -43,6 +43,8 @@ class CheckReport:
     slot: str
     name: str
     outcomes: list[Outcome] = field(default_factory=list)
+    #: what the checks assumed about an unregistered class (its capabilities)
+    note: str = ""
 
     @property
     def passed(self) -> bool:
@@ -63,7 +65,10 @@ class CheckReport:
         from rich.table import Table
 
         verdict = "passed" if self.passed else f"{len(self.failed)} failed"
-        table = Table(title=escape(f"{self.component} as {self.slot} '{self.name}': {verdict}"))
+        table = Table(
+            title=escape(f"{self.component} as {self.slot} '{self.name}': {verdict}"),
+            caption=escape(self.note) or None,
+        )
         table.add_column("check")
         table.add_column("result")
         table.add_column("reason", overflow="fold")
@@ -109,8 +114,8 @@ def check_component(
     if problems:
         raise SpecError(f"{label} cannot be a {slot}: {'; '.join(problems)}")
     checks = checks_for(slot)
-    with _entry_for(cls, slot, label) as entry:
-        report = CheckReport(label, slot, entry.name)
+    with _entry_for(cls, slot, label) as (entry, registered):
+        report = CheckReport(label, slot, entry.name, note="" if registered else _note(entry))
         for check in checks:
             outcome = run_check(check, entry)
             report.outcomes.append(outcome)
@@ -194,8 +199,9 @@ def _import_file(path: Path, allow_import: bool) -> object:
 
 
 @contextmanager
-def _entry_for(cls: type, slot: str, label: str) -> Iterator[Entry]:
-    """The registry entry the checks build ``cls`` through, by a name a spec resolves.
+def _entry_for(cls: type, slot: str, label: str) -> Iterator[tuple[Entry, bool]]:
+    """The registry entry the checks build ``cls`` through, by a name a spec resolves, and
+    whether ``cls`` was registered itself.
 
     A class registered with ``@register`` has its entry; one a dotted path reaches gets
     the entry a spec naming that path would; any other (e.g. defined inside a function)
@@ -204,11 +210,12 @@ def _entry_for(cls: type, slot: str, label: str) -> Iterator[Entry]:
     if entry is not None and entry.cls is cls:
         if entry.slot != slot:
             raise SpecError(f"{label} is registered as a {entry.slot}, not a {slot}")
-        yield entry
+        # registered itself, unless an earlier lookup by path made this entry
+        yield entry, ":" not in entry.name
         return
     path = f"{cls.__module__}:{cls.__qualname__}"
     if cls.__qualname__.isidentifier() and _reaches(cls):
-        yield registry.get(slot, path)
+        yield registry.get(slot, path), False
         return
     name = "checked_" + "".join(c if c.isalnum() else "_" for c in cls.__qualname__)
     parent = entry if entry is not None and entry.slot == slot else None
@@ -221,10 +228,23 @@ def _entry_for(cls: type, slot: str, label: str) -> Iterator[Entry]:
         caps=parent.caps if parent else None,
     )(cls)
     try:
-        yield registry.get(slot, name)
+        yield registry.get(slot, name), False
     finally:
         registry._REGISTRY[slot].pop(name, None)
         registry._BY_CLASS.pop(cls, None)
+
+
+def _note(entry: Entry) -> str:
+    """The capabilities an unregistered class was checked with, and how to declare others."""
+    caps = entry.caps
+    flags = {"causal_safe": caps.causal_safe, "bidirectional": caps.bidirectional,
+             "kv_cache": caps.kv_cache}  # fmt: skip
+    said = ", ".join(("" if on else "no ") + name for name, on in flags.items())
+    whose = "its registered parent's" if caps != registry.Capabilities() else "the defaults"
+    return (
+        f"not registered: checked with {said} ({whose}); "
+        f"declare others with @register(..., caps=Capabilities(...))"
+    )
 
 
 def _reaches(cls: type) -> bool:
