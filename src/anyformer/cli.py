@@ -1,4 +1,4 @@
-"""The ``anyformer`` command line: run, resume, list and show experiments.
+"""The ``anyformer`` command line: run, resume, list and show experiments; check components.
 
 Heavy modules (torch, the registry's components, matplotlib) are imported inside the
 commands, so ``anyformer --help`` stays fast. Every user error (bad spec, bad argument,
@@ -238,6 +238,33 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run a slot's contract checks on a component; 0 when none fails, 1 when one does."""
+    from anyformer.lab.check import check_component
+
+    console = _console()
+
+    def progress(outcome: Any) -> None:
+        colour = {"passed": "green", "failed": "red", "skipped": "dim"}[outcome.status]
+        console.print(f"[dim]{outcome.check.name}:[/dim] [{colour}]{outcome.status}[/]")
+
+    report = check_component(args.component, args.slot, progress=progress)
+    console.print(report.rich_table())
+    return 0 if report.passed else 1
+
+
+def _add_check_parser(sub: Any) -> None:
+    chk = sub.add_parser(
+        "check", help="run a slot's contract checks on a component (yours: PATH:Class)"
+    )
+    chk.add_argument(
+        "component",
+        help="path/to/file.py:Class or package.module:Class (the file or module is imported)",
+    )
+    chk.add_argument("--slot", required=True, help="the slot it fills, e.g. attention, norm, ffn")
+    chk.set_defaults(func=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anyformer",
@@ -329,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--write-docs", action="store_true", help="write docs/findings.md (full mode)")
     rep.set_defaults(func=cmd_reproduce)
+    _add_check_parser(sub)
     return parser
 
 

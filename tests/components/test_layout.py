@@ -94,7 +94,8 @@ def test_post_norm_outputs_are_normalised() -> None:
     assert isinstance(model.norm, torch.nn.Identity)
 
 
-def test_every_layout_learns_and_reaches_every_parameter() -> None:
+def test_every_layout_learns() -> None:
+    """(Causality, padding and gradients to every parameter: the layout contract checks.)"""
     for layout in registry.components("layout"):
         torch.manual_seed(0)
         model = build_model({**BASE, "norm_placement": layout})
@@ -105,13 +106,6 @@ def test_every_layout_learns_and_reaches_every_parameter() -> None:
             loss = torch.nn.functional.cross_entropy(model(X).reshape(-1, 40), y.reshape(-1))
             opt.zero_grad()
             loss.backward()
-            if not losses:
-                dead = [
-                    n
-                    for n, p in model.named_parameters()
-                    if p.grad is None or not p.grad.abs().sum()
-                ]
-                assert not dead, (layout, dead)
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < 0.5 * losses[0], (layout, losses[0], losses[-1])

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from anyformer import registry
 from anyformer.errors import SpecError
+from anyformer.lab.contracts import depth as contract
 from anyformer.model.transformer import Transformer, build_model
 
 V = 32
@@ -358,6 +360,8 @@ def test_continuous_thought_with_zero_thoughts_is_the_stack_and_needs_sep() -> N
 
 
 # --------------------------------------------------------------------------- all schedules
+#: Hand-picked parameters per schedule (the contract tests use the defaults); the checks
+#: are the depth slot's contract (:mod:`anyformer.lab.contracts.depth`).
 SCHEDULES: list[tuple[int, Any]] = [
     (2, "stack"),
     (2, {"name": "looped", "loops": 3}),
@@ -369,30 +373,23 @@ SCHEDULES: list[tuple[int, Any]] = [
 ]
 
 
+def _name(depth: Any) -> str:
+    return depth if isinstance(depth, str) else depth["name"]
+
+
+def test_the_hand_picked_schedules_cover_the_registry() -> None:
+    assert {_name(d) for _, d in SCHEDULES} == set(registry.components("depth"))
+
+
 @pytest.mark.parametrize(("n_layers", "depth"), SCHEDULES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_every_schedule_is_causal(n_layers: int, depth: Any, mode: str) -> None:
-    model = build_model(_spec(n_layers, depth))
-    model.train(mode == "train")
-    x = _tokens(b=2, t=14)
-    base = model(x)
-    for t in (2, 8):  # before and after the SEP at position 4
-        changed = x.clone()
-        changed[:, t] = (x[:, t] - 4 + 5) % (V - 4) + 4  # another non-SEP token
-        out = model(changed)
-        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(out[:, t:], base[:, t:])
+    contract.schedule_is_causal(n_layers, depth, training=mode == "train")
 
 
 @pytest.mark.parametrize(("n_layers", "depth"), SCHEDULES)
 def test_every_schedule_sends_gradient_to_every_parameter(n_layers: int, depth: Any) -> None:
-    model = build_model(_spec(n_layers, depth, tie_embeddings=False)).train()
-    x = _tokens(b=2, t=14)
-    pairs = model.training_outputs(x, None, 0)
-    loss = sum(w * F.cross_entropy(o.reshape(-1, V), x.roll(-1, 1).reshape(-1)) for w, o in pairs)
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    contract.schedule_trains_every_parameter(n_layers, depth)
 
 
 def test_looped_model_learns_a_batch() -> None:
@@ -413,11 +410,7 @@ def test_looped_model_learns_a_batch() -> None:
 def test_generation_with_every_schedule(n_layers: int, depth: Any) -> None:
     """Fixed schedules decode with a KV cache (one slot per block execution) exactly as
     without; early exit and continuous thought refuse a cache and recompute."""
-    model = build_model(_spec(n_layers, depth)).eval()
-    x = _tokens(b=2, t=6)
-    plain = model.generate(x, 4, use_cache=False)
-    assert torch.equal(model.generate(x, 4), plain)
-    name = depth if isinstance(depth, str) else depth["name"]
-    if name in ("early_exit", "continuous_thought"):
-        with pytest.raises(SpecError, match=f"depth={name}"):
-            model.generate(x, 4, use_cache=True)
+    name = _name(depth)
+    kv_cache = registry.get("depth", name).caps.kv_cache
+    assert kv_cache == (name not in ("early_exit", "continuous_thought"))
+    contract.schedule_generates_alike(n_layers, depth, kv_cache, name)
