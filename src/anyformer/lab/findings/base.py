@@ -2,8 +2,12 @@
 
 A finding is registered in the ``finding`` slot with its paper. It states the claim in
 one sentence, builds its comparison(s) at full or quick size, and reads the results to
-say ``holds`` or ``does not hold`` with the numbers that decided it. Quick mode only
-proves the pipeline (toy size, seconds); its verdict means nothing and is labelled so.
+say ``holds``, ``does not hold`` or ``inconclusive`` with the numbers that decided it.
+A check says ``inconclusive`` when its experiment cannot decide the claim: the models
+learned nothing (a claim that something *fails*, or that two models are *alike*, holds
+trivially for models that learned nothing) or the measure cannot separate what the claim
+compares. Quick mode only proves the pipeline (toy size, seconds); its verdict means
+nothing and is labelled so.
 """
 
 from __future__ import annotations
@@ -29,17 +33,45 @@ class Comparison:
         return ExperimentSpec.from_dict(self.base)
 
 
+#: The three outcomes of a check, as written in reports and ``verdict.json`` (``status``).
+STATUSES = ("holds", "does not hold", "inconclusive")
+
+
 @dataclass
 class Verdict:
-    """The outcome of a check: whether the claim holds here, and the deciding numbers."""
+    """The outcome of a check: whether the claim holds here, and the deciding numbers.
 
-    holds: bool
+    ``holds`` is ``True``, ``False`` or ``None`` (inconclusive: the experiment could not
+    decide, e.g. its models learned nothing); ``status`` names the three in words."""
+
+    holds: bool | None
     numbers: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
     @property
-    def label(self) -> str:
+    def status(self) -> str:
+        if self.holds is None:
+            return "inconclusive"
         return "holds" if self.holds else "does not hold"
+
+    @property
+    def label(self) -> str:
+        return self.status
+
+    @classmethod
+    def decide(
+        cls,
+        holds: bool,
+        numbers: dict[str, float],
+        reason: str,
+        decidable: bool = True,
+        undecided: str = "",
+    ) -> Verdict:
+        """``holds`` when the experiment can decide (``decidable``); else inconclusive,
+        with ``undecided`` (why it cannot) in front of the reason."""
+        if decidable:
+            return cls(bool(holds), numbers, reason)
+        return cls(None, numbers, f"inconclusive: {undecided}; {reason}")
 
 
 class Finding:

@@ -30,7 +30,15 @@ def _headline(result: CompareResult, label: str, metric: str, split: str) -> flo
 class NoPELengthGeneralization(Finding):
     """Decoders differing only in their positional scheme learn ``copy`` on lengths 1–10
     and are tested on 11–16. The claim holds when both NoPE and T5-bias have a higher
-    out-of-distribution token accuracy than each of sinusoidal APE, RoPE and ALiBi."""
+    out-of-distribution token accuracy than each of sinusoidal APE, RoPE and ALiBi.
+
+    Only models that learned the task in distribution (id token accuracy at least 0.9,
+    ``learned_at``) can show length generalization: the check is inconclusive when NoPE
+    or T5-bias did not learn it, or when it would hold only because a competitor that
+    did not learn it scores low out of distribution. A competitor that learned it and
+    beats NoPE or T5-bias out of distribution decides "does not hold"."""
+
+    learned_at = 0.9
 
     claim = (
         "In decoder-only Transformers, no positional encoding (NoPE) and T5's relative bias "
@@ -58,14 +66,28 @@ class NoPELengthGeneralization(Finding):
             f"{p} ood exact_match": _headline(r, f"position={p}", "exact_match", "ood")
             for p in self.positions
         }
-        best_claimed = min(acc["none"], acc["t5_bias"])
-        best_other = max(acc["sinusoidal"], acc["rope"], acc["alibi"])
-        numbers = {f"{p} ood token_accuracy": a for p, a in acc.items()} | ood_em
-        return Verdict(
-            best_claimed > best_other,
+        in_dist = {p: _headline(r, f"position={p}", "token_accuracy", "id") for p in self.positions}
+        learned = {p: a >= self.learned_at for p, a in in_dist.items()}
+        claimed, others = ("none", "t5_bias"), ("sinusoidal", "rope", "alibi")
+        best_claimed = min(acc[p] for p in claimed)
+        best_other = max(acc[p] for p in others)
+        beaten_by_learned = any(learned[p] and acc[p] >= best_claimed for p in others)
+        numbers = (
+            {f"{p} ood token_accuracy": a for p, a in acc.items()}
+            | ood_em
+            | {f"{p} id token_accuracy": a for p, a in in_dist.items()}
+        )
+        unlearned = [p for p in self.positions if not learned[p]]
+        holds = best_claimed > best_other
+        decidable = all(learned[p] for p in claimed) and (beaten_by_learned or not unlearned)
+        return Verdict.decide(
+            holds,
             numbers,
             f"min(NoPE, T5) = {best_claimed:.3f} vs max(APE, RoPE, ALiBi) = {best_other:.3f} "
-            "(out-of-distribution token accuracy)",
+            f"(out-of-distribution token accuracy); not learned in distribution (id token "
+            f"accuracy < {self.learned_at}): {', '.join(unlearned) or 'none'}",
+            decidable,
+            "a model the comparison rests on did not learn the task in distribution",
         )
 
 
@@ -79,7 +101,9 @@ class NoPELengthGeneralization(Finding):
 class ReversedAddition(Finding):
     """3-digit addition, plain vs reversed answer, at three training budgets (samples =
     steps × batch). Holds when reversed is at least as accurate as plain at every budget
-    and ahead by at least 0.25 exact match at some budget.
+    and ahead by at least 0.25 exact match at some budget. Inconclusive when neither
+    format reaches 0.5 exact match at any budget (``learned_at``): then nothing was
+    learned whose speed could be compared.
 
     Protocol note: learned absolute positions, as in the paper's NanoGPT models. The
     library's default (RoPE) confounds the comparison: with relative positions the plain
@@ -93,6 +117,7 @@ class ReversedAddition(Finding):
         "Emitting the sum of an addition in reverse digit order (least significant first) lets "
         "a small Transformer learn addition from far fewer examples than the plain format."
     )
+    learned_at = 0.5
 
     def comparisons(self, quick: bool) -> dict[str, Comparison]:
         task = {"name": "addition", "min_len": 3, "max_len": 3, "ood_min_len": 4, "ood_max_len": 4}
@@ -120,10 +145,14 @@ class ReversedAddition(Finding):
             numbers[f"reversed @ {samples} samples"] = rev
             gaps.append(rev - plain)
         holds = min(gaps) >= -0.02 and max(gaps) >= 0.25
-        return Verdict(
+        best = max(numbers.values())
+        return Verdict.decide(
             holds,
             numbers,
             f"reversed − plain exact match per budget: {', '.join(f'{g:+.2f}' for g in gaps)}",
+            best >= self.learned_at,
+            f"neither format learned addition at any budget (best exact match {best:.3f}, "
+            f"needs >= {self.learned_at})",
         )
 
 
@@ -157,7 +186,11 @@ def forward_latency_ms(
 class WideVsDeep(Finding):
     """An encoder-free decoder on ``sort``: 1 layer × 8 heads vs 4 layers × 2 heads (same
     d_model and total heads). Holds when the wide model's in-distribution exact match is
-    within 0.05 of the deep one's and its CPU forward latency is lower."""
+    within 0.05 of the deep one's and its CPU forward latency is lower. Inconclusive
+    when the deep model sorts fewer than half of the in-distribution strings
+    (``learned_at``): two models that learned nothing are "about as accurate" too."""
+
+    learned_at = 0.5
 
     claim = (
         "A single wide attention layer is about as accurate as a deep stack with the same "
@@ -184,6 +217,12 @@ class WideVsDeep(Finding):
         numbers = {"wide exact_match": acc_w, "deep exact_match": acc_d,
                    "wide latency ms": lat_w, "deep latency ms": lat_d}  # fmt: skip
         holds = abs(acc_w - acc_d) <= 0.05 and lat_w < lat_d
-        return Verdict(
-            holds, numbers, f"accuracy gap {acc_w - acc_d:+.3f}, latency ratio {lat_w / lat_d:.2f}"
+        return Verdict.decide(
+            holds,
+            numbers,
+            f"accuracy gap {acc_w - acc_d:+.3f} (needs within ±0.05), latency ratio "
+            f"{lat_w / lat_d:.2f} (needs < 1)",
+            acc_d >= self.learned_at,
+            f"the deep model did not learn to sort (exact match {acc_d:.3f}, needs >= "
+            f"{self.learned_at})",
         )

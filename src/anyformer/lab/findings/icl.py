@@ -21,12 +21,16 @@ from anyformer.registry import NoParams, Paper, register
 class ICLTracksLeastSquares(Finding):
     """A decoder trained on noiseless linear-regression prompts (d=5, 11 pairs).
 
-    Holds when (a) its error at the last in-context example is below a quarter of its
-    error with one example and below the one-step-GD baseline's (it keeps improving
-    with examples, past a weak learner), and (b) scaling the inputs x by 2 (covariate
-    shift) costs it more, relative to the zero predictor on the same prompts, than
-    scaling the weights w by 2 (task shift). Garg et al. 2022; Akyürek et al. 2022;
-    Zhang, Frei & Bartlett 2023.
+    Holds when (a) it tracks least squares: at the largest number of in-context
+    examples its error leaves at most 10% (``tolerance``) of the gap between the zero
+    predictor's error and least squares' (``(model - LS) / (zero - LS) <= 0.1``; with
+    more examples than dimensions least squares is exact, so this asks for 90% of the
+    way from predicting 0 to the optimal learner), and (b) scaling the inputs x by 2
+    (covariate shift) costs it more, relative to the zero predictor on the same prompts,
+    than scaling the weights w by 2 (task shift). Inconclusive when the model learned
+    nothing: its in-distribution error is not at least 10% below the zero predictor's.
+    Its error with one example and the one-step-GD baseline's are reported beside.
+    Garg et al. 2022; Akyürek et al. 2022; Zhang, Frei & Bartlett 2023.
 
     Paired tokens (token i holds x_i and the previous pair): with interleaved x and y
     tokens, models of this size stayed at the zero predictor's error within the CPU
@@ -53,33 +57,56 @@ class ICLTracksLeastSquares(Finding):
             "main": Comparison(base, [("task.ood", ["covariate", "task"])], seeds=1 if quick else 4)
         }
 
+    #: Share of the zero predictor's excess error over least squares the model may keep
+    #: at the largest number of examples.
+    tolerance = 0.1
+    #: The model learned when its id error is at most this fraction of the zero predictor's.
+    learned_below = 0.9
+
     def check(self, results: dict[str, CompareResult]) -> Verdict:
         r = results["main"]
         label = "ood=covariate"
         ks = sorted(int(k.split(".")[1]) for k in r.summary[label]["id"] if k.startswith("by_k."))
-        first, last = r.mean(label, f"by_k.{ks[0]}"), r.mean(label, f"by_k.{ks[-1]}")
-        gd_last = r.mean(label, f"baselines.gd_one_step.by_k.{ks[-1]}")
-        ls_last = r.mean(label, f"baselines.least_squares.by_k.{ks[-1]}")
+        k = ks[-1]
+        first, last = r.mean(label, f"by_k.{ks[0]}"), r.mean(label, f"by_k.{k}")
+        gd_last = r.mean(label, f"baselines.gd_one_step.by_k.{k}")
+        ls_last = r.mean(label, f"baselines.least_squares.by_k.{k}")
+        zero_last = r.mean(label, f"baselines.zero.by_k.{k}")
+        mse, zero = r.mean(label, "mse"), r.mean(label, "baselines.zero.mse")
         shifted = {}
         for shift in ("covariate", "task"):
             model = r.mean(f"ood={shift}", "mse", "ood")
-            zero = r.mean(f"ood={shift}", "baselines.zero.mse", "ood")
-            shifted[shift] = model / zero
+            zero_shift = r.mean(f"ood={shift}", "baselines.zero.mse", "ood")
+            shifted[shift] = model / zero_shift
+        room = zero_last - ls_last  # what the optimal learner gains over predicting 0
+        left = (last - ls_last) / room if room > 0 else float("inf")
         numbers = {
             "model mse, 1 example": first,
-            f"model mse, {ks[-1]} examples": last,
-            f"one-step GD mse, {ks[-1]} examples": gd_last,
-            f"least squares mse, {ks[-1]} examples": ls_last,
+            f"model mse, {k} examples": last,
+            f"least squares mse, {k} examples": ls_last,
+            f"zero predictor mse, {k} examples": zero_last,
+            f"share of the zero-to-least-squares gap left, {k} examples": left,
+            f"one-step GD mse, {k} examples": gd_last,
+            "model mse (all k)": mse,
+            "zero predictor mse (all k)": zero,
             "covariate shift: model / zero": shifted["covariate"],
             "task shift: model / zero": shifted["task"],
         }
-        tracks = last < 0.25 * first and last < gd_last
+        tracks = left <= self.tolerance
         shift_order = shifted["covariate"] > shifted["task"]
+        learned = mse <= self.learned_below * zero
         reason = (
-            f"tracks least squares: {tracks} (last {last:.3f} vs first {first:.3f}, one-step GD {gd_last:.3f}); "
-            f"covariate shift hurts more: {shift_order} ({shifted['covariate']:.3f} vs {shifted['task']:.3f})"
+            f"tracks least squares: {tracks} (at {k} examples the model's mse {last:.3f} "
+            f"leaves {left:.1%} of the gap from the zero predictor's {zero_last:.3f} to least "
+            f"squares' {ls_last:.3f}, needs <= {self.tolerance:.0%}; 1 example {first:.3f}, "
+            f"one-step GD {gd_last:.3f}); covariate shift hurts more: {shift_order} "
+            f"({shifted['covariate']:.3f} vs {shifted['task']:.3f} of the zero predictor's error)"
         )
-        return Verdict(tracks and shift_order, numbers, reason)
+        return Verdict.decide(
+            tracks and shift_order, numbers, reason, learned and room > 0,
+            f"the model did not learn (mse {mse:.3f} vs the zero predictor's {zero:.3f}; "
+            f"needs <= {self.learned_below} x) or least squares is no better than 0",
+        )  # fmt: skip
 
 
 #: One layer of norm-free linear self-attention with linear read-in/read-out (von Oswald et al.).
@@ -133,7 +160,8 @@ class LSAIsOneStepGD(Finding):
     error (von Oswald et al. compare predictions, not only losses), and (c) its
     predictions are closer to the GD step's than to least squares' (it implements GD,
     not the optimal learner). The per-n tuned GD and least-squares errors are reported
-    beside them.
+    beside them. Inconclusive when the layer learned nothing (its error is not at least
+    10% below the zero predictor's).
     """
 
     claim = (
@@ -176,12 +204,15 @@ class LSAIsOneStepGD(Finding):
             "per-n tuned GD mse": r.mean(label, "baselines.gd_one_step.mse"),
             "least squares mse": r.mean(label, "baselines.least_squares.mse"),
         }
+        mse, zero = numbers["model mse"], r.mean(label, "baselines.zero.mse")
+        numbers["zero predictor mse"] = zero
         holds = rel_gd <= 0.10 and gap_gd <= 0.10 * gd_mse and gap_gd < gap_ls
-        return Verdict(holds, numbers, (
+        return Verdict.decide(holds, numbers, (
             f"error {rel_gd:.1%} from fixed-step GD on average over k; prediction gap "
             f"{gap_gd:.4f} = {gap_gd / gd_mse:.1%} of GD's mse {gd_mse:.3f}; gap to least "
             f"squares {gap_ls:.3f}"
-        ))  # fmt: skip
+        ), mse <= 0.9 * zero, f"the layer did not learn (mse {mse:.3f} vs the zero "
+           f"predictor's {zero:.3f}; needs <= 0.9 x)")  # fmt: skip
 
 
 @register(
@@ -199,7 +230,12 @@ class ICLBoolean(Finding):
     """A decoder trained in context on conjunctions or on sparse parities (8 bits,
     parities of 2 bits). Holds when the gap to the optimal learner (elimination /
     Gaussian elimination over GF(2)) is at most 0.1 for conjunctions and at least 0.2
-    for parities."""
+    for parities. Inconclusive when the conjunction model is not at least 0.1 more
+    accurate than always answering the majority label: a setup that learns nothing is
+    also "far from optimal" on parities."""
+
+    #: Accuracy over the majority-label baseline that shows the conjunction model learned.
+    learned_margin = 0.1
 
     claim = (
         "Transformers learn conjunctions in context almost as well as the optimal learner, "
@@ -238,10 +274,18 @@ class ICLBoolean(Finding):
             "conjunction gap to optimal": conj,
             "parity gap to optimal": par,
         }
-        return Verdict(
+        majority = c.mean(cl, "baselines.majority.accuracy")
+        numbers["conjunction: majority-label accuracy"] = majority
+        numbers["parity: majority-label accuracy"] = p.mean(pl, "baselines.majority.accuracy")
+        conj_acc = numbers["conjunction: model accuracy"]
+        return Verdict.decide(
             conj <= 0.1 and par >= 0.2,
             numbers,
-            f"gap to optimal: conjunctions {conj:.3f}, parities {par:.3f}",
+            f"gap to optimal: conjunctions {conj:.3f} (needs <= 0.1), parities {par:.3f} "
+            f"(needs >= 0.2)",
+            conj_acc >= majority + self.learned_margin,
+            f"the conjunction model did not learn (accuracy {conj_acc:.3f} vs "
+            f"{majority:.3f} for the majority label; needs +{self.learned_margin})",
         )
 
 
@@ -258,8 +302,18 @@ class ICLAutoregression(Finding):
     forecasts ``x_{t+1}``, then the previous regression pair, i.e. the Hankel column
     ``(x_{t-2}, x_{t-1}, x_t)`` of Zhou et al.), so that one layer can regress on the
     lags at all (with scalar tokens it cannot form the products ``x_{s-i} x_s``). Holds
-    when, once the least-squares AR(2) fit is well posed, the model's error is not lower
-    than that fit's (ratio ≥ 0.95)."""
+    when, once the least-squares AR(2) fit is well posed (``k >= 2p + 4`` values), the
+    model's error is not lower than that fit's (ratio ≥ 0.95).
+
+    A model that learned nothing does not beat least squares either, so the verdict
+    needs evidence of learning: on the same positions the model must close at least
+    half (``learned_share``) of the gap between the better trivial forecast (zero or
+    the last value) and the oracle (the true coefficients), else the check is
+    inconclusive. Measured at quick size with a 512-series evaluation: 1 step of
+    training closes 9% of it, 30 steps 45%, 100 steps 56%."""
+
+    #: Share of the trivial-to-oracle gap the model must close to count as trained.
+    learned_share = 0.5
 
     claim = (
         "For in-context forecasting of AR(p) series, linear self-attention does not beat the "
@@ -290,4 +344,25 @@ class ICLAutoregression(Finding):
                    f"least squares mse, {last} values":
                        r.mean(label, f"baselines.least_squares.by_k.{last}"),
                    f"oracle mse, {last} values": r.mean(label, f"baselines.oracle.by_k.{last}")}  # fmt: skip
-        return Verdict(ratio >= 0.95, numbers, f"model / least-squares AR fit = {ratio:.3f}")
+        p = int(r.base.task.params["order"])
+        posed = [k for k in range(2 * p + 4, last + 1) if f"by_k.{k}" in r.summary[label]["id"]]
+
+        def posed_mean(prefix: str) -> float:
+            return sum(r.mean(label, f"{prefix}by_k.{k}") for k in posed) / len(posed)
+
+        model = posed_mean("")
+        trivial = min(posed_mean("baselines.zero."), posed_mean("baselines.last_value."))
+        oracle = posed_mean("baselines.oracle.")
+        closed = (trivial - model) / (trivial - oracle) if trivial > oracle else float("-inf")
+        numbers |= {"model mse (posed)": model, "best trivial forecast mse (posed)": trivial,
+                    "oracle mse (posed)": oracle,
+                    "share of the trivial-to-oracle gap closed (posed)": closed}  # fmt: skip
+        return Verdict.decide(
+            ratio >= 0.95,
+            numbers,
+            f"model / least-squares AR fit = {ratio:.3f} (holds at >= 0.95); the model closes "
+            f"{closed:.0%} of the gap from the best trivial forecast ({trivial:.3f}) to the "
+            f"oracle ({oracle:.3f})",
+            closed >= self.learned_share,
+            f"the model did not learn (needs >= {self.learned_share:.0%} of that gap closed)",
+        )

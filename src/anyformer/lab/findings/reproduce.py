@@ -9,11 +9,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anyformer import registry
 from anyformer.errors import SpecError, did_you_mean
 from anyformer.lab.compare import CompareResult, compare, table_markdown
-from anyformer.lab.findings.base import Finding, Verdict
+from anyformer.lab.findings.base import STATUSES, Finding, Verdict
 from anyformer.spec import write_text_atomic
 
 
@@ -98,11 +99,25 @@ def write_finding_report(rep: Reproduction) -> Path:
             lines.append(f"![{png.stem}]({png.relative_to(rep.dir)})")
     path = rep.dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
-    record = {"name": rep.name, "holds": rep.verdict.holds, "numbers": rep.verdict.numbers,
-              "reason": rep.verdict.reason, "quick": rep.quick,
+    # ``holds`` stays a bool for conclusive verdicts (readers of older records); it is
+    # null when inconclusive, and ``status`` names the outcome in words
+    record = {"name": rep.name, "holds": rep.verdict.holds, "status": rep.verdict.status,
+              "numbers": rep.verdict.numbers, "reason": rep.verdict.reason, "quick": rep.quick,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     write_text_atomic(rep.dir / "verdict.json", json.dumps(record, indent=1))
     return path
+
+
+def verdict_status(record: dict[str, Any]) -> str:
+    """The outcome a ``verdict.json`` record states: its ``status``, or for records written
+    before verdicts could be inconclusive, ``holds`` in words."""
+    status = record.get("status")
+    if status in STATUSES:
+        return str(status)
+    holds = record.get("holds")
+    if holds is None:
+        return "inconclusive"
+    return "holds" if holds else "does not hold"
 
 
 def findings_markdown(root: Path | str = "findings") -> str:
@@ -121,7 +136,7 @@ def findings_markdown(root: Path | str = "findings") -> str:
         path = Path(root) / "full" / name / "verdict.json"
         if path.is_file():
             v = json.loads(path.read_text())
-            verdict = ("holds" if v["holds"] else "does not hold") + f" ({v['date'][:10]})"
+            verdict = f"{verdict_status(v)} ({v['date'][:10]})"
             numbers = v["reason"]
         else:
             verdict, numbers = "not run yet", ""
