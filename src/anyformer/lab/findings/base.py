@@ -68,10 +68,10 @@ class Verdict:
         undecided: str = "",
     ) -> Verdict:
         """``holds`` when the experiment can decide (``decidable``); else inconclusive,
-        with ``undecided`` (why it cannot) in front of the reason."""
+        with ``undecided`` (why it cannot decide) in front of the reason."""
         if decidable:
             return cls(bool(holds), numbers, reason)
-        return cls(None, numbers, f"inconclusive: {undecided}; {reason}")
+        return cls(None, numbers, f"{undecided}; {reason}")
 
 
 class Finding:

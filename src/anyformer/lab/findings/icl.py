@@ -310,7 +310,8 @@ class ICLAutoregression(Finding):
     half (``learned_share``) of the gap between the better trivial forecast (zero or
     the last value) and the oracle (the true coefficients), else the check is
     inconclusive. Measured at quick size with a 512-series evaluation: 1 step of
-    training closes 9% of it, 30 steps 45%, 100 steps 56%."""
+    training closes 9% of it, 30 steps (the quick run) 42-45%, 100 steps 56%; the last
+    full run (3,000 steps) 69%."""
 
     #: Share of the trivial-to-oracle gap the model must close to count as trained.
     learned_share = 0.5
@@ -325,7 +326,7 @@ class ICLAutoregression(Finding):
         train = {"steps": 3000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "eval_size": 512,
                  "weight_decay": 0.0}  # fmt: skip
         if quick:
-            train = quick_train()
+            train = quick_train(eval_size=512)  # 32 series left its learning check at noise
         train |= {"eval_every": 100000, "checkpoint_every": 100000}
         base = {"name": "icl_ar_least_squares", "model": LSA_MODEL, "task": task, "train": train}
         return {"main": Comparison(base, [("model.n_layers", ["1"])], seeds=1 if quick else 2)}
