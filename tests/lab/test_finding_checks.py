@@ -580,9 +580,21 @@ def test_inconclusive_verdict_is_recorded_and_listed(tmp_path: Path) -> None:
     write_finding_report(Reproduction(name, finding, verdict, {}, folder, quick=False))
     record = json.loads((folder / "verdict.json").read_text())
     assert record["holds"] is None and record["status"] == "inconclusive"
-    assert "**Verdict (full):** inconclusive — widths not apart" in (folder / "report.md").read_text()  # fmt: skip
+    report = (folder / "report.md").read_text()
+    assert "**Verdict (full):** inconclusive — widths not apart" in report
+    # the report states the whole check, including when it is inconclusive
+    assert "Inconclusive when the independent models do not separate the widths" in report
     assert f"| `{name}` |" in findings_markdown(tmp_path)
     assert "| inconclusive (" in findings_markdown(tmp_path)
+
+
+def test_every_check_says_when_it_is_inconclusive() -> None:
+    """The docstring (printed in the report as what is checked) names the holding rule
+    and the inconclusive case."""
+    for name in registry.components("finding"):
+        doc = " ".join((registry.get("finding", name).cls.__doc__ or "").split())
+        assert "Holds when" in doc or "holds when" in doc, name
+        assert "nconclusive" in doc, name
 
 
 def test_records_written_before_inconclusive_verdicts_still_read() -> None:

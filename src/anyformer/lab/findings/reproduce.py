@@ -75,6 +75,10 @@ def write_finding_report(rep: Reproduction) -> Path:
         "",
         f"**Claim:** {rep.finding.claim}",
         "",
+        "**What is checked** (when it holds, does not hold, or is inconclusive):",
+        "",
+        inspect.cleandoc(type(rep.finding).__doc__ or ""),
+        "",
     ]
     mode = (
         "quick (toy size: proves the pipeline, the verdict means nothing)" if rep.quick else "full"
