@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyformer.decoding import generate as decode
 from anyformer.training.throughput import benchmark_environment, save_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,7 +130,7 @@ def hf_generate(hf: nn.Module, prompt: torch.Tensor, new: int) -> torch.Tensor:
 def check_same(model: nn.Module, hf: nn.Module, prompt: torch.Tensor, new: int) -> float:
     """Assert identical greedy outputs; return the largest logit difference of a forward."""
     with torch.no_grad():
-        ours = model.generate(prompt, new)
+        ours = decode(model, prompt, new)
         theirs = hf_generate(hf, prompt, new)
         if not torch.equal(ours, theirs):
             raise AssertionError("anyformer and HF GPT-2 greedy outputs differ")
@@ -160,7 +161,7 @@ def weight_floor(model: nn.Module, batch: int) -> Callable[[int], None]:
     weight once per token and skips attention, norms, activations, caches and sampling),
     so ``floor tok/s / HF tok/s`` bounds the ratio any implementation could reach.
     """
-    from anyformer.model.generate import column_major_candidates, column_major_weight
+    from anyformer.decoding.generation import column_major_candidates, column_major_weight
 
     column = {id(m) for m in column_major_candidates(model)}
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -186,7 +187,7 @@ def handwritten_decoder(model: nn.Module) -> Callable[[torch.Tensor, int], torch
     implementation reaches here, and anyformer's share of it is the price of its
     generality. Greedy only; outputs are checked equal to anyformer's.
     """
-    from anyformer.model.generate import column_major_candidates, column_major_weight
+    from anyformer.decoding.generation import column_major_candidates, column_major_weight
 
     column = {id(m) for m in column_major_candidates(model)}
 
@@ -287,13 +288,13 @@ def measure_ragged(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
         )  # fmt: skip
 
     with torch.no_grad():
-        a, b = model.generate(ours, new, padding_mask=mask), hf_ragged()
+        a, b = decode(model, ours, new, padding_mask=mask), hf_ragged()
     for row, n in enumerate(lengths.tolist()):
         if not torch.equal(a[row, n : n + new], b[row, width:]):
             raise AssertionError(f"row {row}: anyformer and HF GPT-2 ragged outputs differ")
     floor = weight_floor(model, batch)
     contenders = {
-        "anyformer": lambda: model.generate(ours, new, padding_mask=mask),
+        "anyformer": lambda: decode(model, ours, new, padding_mask=mask),
         "hf_gpt2": hf_ragged,
         "weight_floor": lambda: floor(new),
     }
@@ -317,10 +318,10 @@ def measure(cfg: dict[str, int], runs: dict[str, int]) -> dict[str, Any]:
     logit_diff = check_same(model, hf, prompt, runs["new"])
     floor = weight_floor(model, runs["batch"])
     handwritten = handwritten_decoder(model)
-    if not torch.equal(handwritten(prompt, runs["new"]), model.generate(prompt, runs["new"])):
+    if not torch.equal(handwritten(prompt, runs["new"]), decode(model, prompt, runs["new"])):
         raise AssertionError("the handwritten decoder and anyformer greedy outputs differ")
     contenders = {
-        "anyformer": lambda: model.generate(prompt, runs["new"]),
+        "anyformer": lambda: decode(model, prompt, runs["new"]),
         "hf_gpt2": lambda: hf_generate(hf, prompt, runs["new"]),
         "handwritten": lambda: handwritten(prompt, runs["new"]),
         "weight_floor": lambda: floor(runs["new"]),

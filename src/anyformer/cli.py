@@ -131,6 +131,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from anyformer.decoding import generate
     from anyformer.lab.generate import decode_tokens, encode_prompt, is_byte_level, load_run_model
 
     spec, model = load_run_model(args.run_dir)
@@ -140,8 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     batch = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # padded at the end
     mask = torch.arange(batch.shape[1]) < lengths[:, None]
     generator = torch.Generator().manual_seed(args.seed)
-    out = model.generate(
-        batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+    out = generate(
+        model, batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, eos=args.eos, generator=generator, padding_mask=mask,
     )  # fmt: skip
     made = out.shape[1] - batch.shape[1]  # new tokens per row (a row may end at eos)

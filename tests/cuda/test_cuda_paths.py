@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 import anyformer
+from anyformer.decoding import generate
 from anyformer.lab.run import SPEC_FILE, build_objective, build_task, prepare_model, resolve
-from anyformer.model.generate import generate
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.base import Batch

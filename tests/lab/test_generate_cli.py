@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from anyformer.cli import main
+from anyformer.decoding import generate
 from anyformer.lab.generate import decode_tokens, encode_prompt, load_run_model
 from anyformer.lab.run import SPEC_FILE, prepare_model, resolve
 from anyformer.spec import ExperimentSpec
@@ -39,7 +40,7 @@ def test_generate_continues_token_ids_like_the_model(
     out = capsys.readouterr().out.split()
     assert code == 0 and len(out) == 6
     _, model = load_run_model(run_dir)
-    expected = model.generate(torch.tensor([[1, 5, 7, 2]]), 6)[0, 4:].tolist()
+    expected = generate(model, torch.tensor([[1, 5, 7, 2]]), 6)[0, 4:].tolist()
     assert [int(t) for t in out] == expected
 
 
@@ -100,7 +101,7 @@ def test_stdlib_lm_runs_take_and_give_text(
     assert main(["generate", str(folder), "--prompt", "def ", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     prompt = torch.tensor([list(b"def ")])
-    new = model.eval().generate(prompt, 8)[0, 4:].tolist()
+    new = generate(model.eval(), prompt, 8)[0, 4:].tolist()
     assert out == "def " + decode_tokens(new, byte_level=True) + "\n"
     # the same prompt read as token ids (--ids) is refused: "def" is not an id
     assert main(["generate", str(folder), "--prompt", "def ", "--ids"]) == 2

@@ -114,7 +114,7 @@ def test_looped_loss_window_reads_out_the_last_iterates() -> None:
     assert [w for w, _ in pairs] == pytest.approx([1 / 3] * 3)
     for (_, out), expected in zip(pairs, iterates[1:], strict=True):
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    assert model.depth.exit_outputs == []  # the graph is not kept alive
+    assert "exit_outputs" not in vars(model.depth)  # nothing of a call is kept on it
     model.eval()  # evaluation returns only the final iterate
     torch.testing.assert_close(model(x), iterates[-1], rtol=0, atol=0)
     # a window of 1 is the plain single-output training path
@@ -243,31 +243,34 @@ def test_early_exit_threshold_zero_uses_the_first_exit_and_one_the_last() -> Non
     model = build_model(_spec(3, {"name": "early_exit", "threshold": 0.0}))
     x = _tokens()
     model.train()
-    full = model(x)
-    exits = model.depth.exit_outputs
-    assert len(exits) == 3 and torch.equal(exits[-1], full)
+    trained = model(x, return_outputs=True)
+    full, exits = trained.logits, trained.trained_outputs
+    assert len(exits) == 3 and torch.equal(exits[-1], full) and torch.equal(model(x), full)
+    assert trained.blocks_executed is None
     model.eval()
-    first = model(x)
-    torch.testing.assert_close(first, exits[0], rtol=0, atol=0)
-    assert model.depth.blocks_executed == 1.0
+    first = model(x, return_outputs=True)
+    torch.testing.assert_close(first.logits, exits[0], rtol=0, atol=0)
+    assert float(first.mean_blocks_executed) == 1.0 and first.extra_logits == []
     model.depth.threshold = 1.0
-    torch.testing.assert_close(model(x), full, rtol=0, atol=0)
-    assert model.depth.blocks_executed == 3.0
+    last = model(x, return_outputs=True)
+    torch.testing.assert_close(last.logits, full, rtol=0, atol=0)
+    assert float(last.mean_blocks_executed) == 3.0
+    assert torch.equal(last.blocks_executed, torch.full(x.shape, 3))
 
 
 def test_early_exit_per_token_mixes_depths_and_exact_first_exits() -> None:
     model = build_model(_spec(3, {"name": "early_exit"}))
     x = _tokens()
     model.train()
-    model(x)
-    first = model.depth.exit_outputs[0]
+    first = model(x, return_outputs=True).extra_logits[0]
     conf = model.depth.confidence(first)
     model.depth.threshold = float(conf.detach().median())
-    out = model.eval()(x)
-    depth = model.depth.last_exit
+    result = model.eval()(x, return_outputs=True)
+    out, depth = result.logits, result.blocks_executed
     assert depth.shape == x.shape and set(depth.unique().tolist()) - {1} and (depth == 1).any()
     torch.testing.assert_close(out[depth == 1], first[depth == 1], rtol=0, atol=0)
-    assert 1 < model.depth.blocks_executed < 3
+    assert 1 < float(result.mean_blocks_executed) < 3
+    assert float(result.mean_blocks_executed) == pytest.approx(depth.float().mean().item())
 
 
 def test_early_exit_per_example_in_a_classifier() -> None:
@@ -277,12 +280,11 @@ def test_early_exit_per_example_in_a_classifier() -> None:
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[:3, 9:] = False
     model.train()
-    model(x, mask)
-    exits = [o.detach() for o in model.depth.exit_outputs]
+    exits = [o.detach() for o in model(x, mask, return_outputs=True).trained_outputs]
     conf = model.depth.confidence(exits[0])
     model.depth.threshold = float(conf.detach().median())
-    out = model.eval()(x, mask)
-    depth = model.depth.last_exit
+    result = model.eval()(x, mask, return_outputs=True)
+    out, depth = result.logits, result.blocks_executed
     assert depth.shape == (8,) and len(depth.unique()) > 1
     for row in range(8):  # each example equals its own exit, computed on the full batch
         torch.testing.assert_close(out[row], exits[int(depth[row]) - 1][row], rtol=1e-5, atol=1e-6)

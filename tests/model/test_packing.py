@@ -33,9 +33,7 @@ def _spec(kind: str, attention: dict[str, Any], position: str) -> ModelSpec | No
 
 
 def _packing_capable() -> list[str]:
-    return [
-        e.name for e in registry.entries("attention") if e.caps.packing
-    ]
+    return [e.name for e in registry.entries("attention") if e.caps.packing]
 
 
 def _cases() -> list[Any]:

@@ -106,11 +106,10 @@ def evaluate_variants(
 
                     def predict(b: Batch, seen: list[tuple[float, int]] = seen) -> torch.Tensor:
                         b = b.to(device)
-                        out = model(b.inputs, padding_mask=b.padding_mask)
-                        executed = getattr(model.depth, "blocks_executed", None)
-                        if executed is not None:
-                            seen.append((executed, b.inputs.shape[0]))
-                        return out
+                        out = model(b.inputs, padding_mask=b.padding_mask, return_outputs=True)
+                        if out.mean_blocks_executed is not None:
+                            seen.append((float(out.mean_blocks_executed), b.inputs.shape[0]))
+                        return out.logits
 
                     metrics = task.evaluate(predict, split, eval_size, objective)
                     if seen:

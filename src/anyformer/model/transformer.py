@@ -9,7 +9,8 @@ norm gains start at one.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from anyformer.components.base import Cache, Context, PositionScheme, dropout_or
 from anyformer.errors import SpecError
 from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
+from anyformer.model.output import ModelOutput
+from anyformer.model.widths import nested_ffns, training_widths, widths_set
 from anyformer.nn.packing import positions_from_segments
 from anyformer.registry import Dims, capabilities, entry_of
 from anyformer.spec import LayerSpec, ModelSpec, parse
@@ -94,16 +97,29 @@ def check_packing(model: Transformer) -> None:
         raise SpecError(f"{problem}; pass padded rows (padding_mask) instead of segments")
 
 
+def cache_blockers(model: nn.Module) -> list[str]:
+    """What keeps the model from decoding with a cache (empty: nothing): the names of
+    mixers whose registry capabilities lack ``kv_cache``, and ``depth=<name>`` when the
+    depth schedule's capabilities lack it (its depth varies per step)."""
+    blockers = set()
+    for mixer in mixers(model):
+        if not capabilities(mixer).kv_cache:
+            blockers.add(mixer_name(mixer))
+    depth = getattr(model, "depth", None)
+    if depth is not None and not capabilities(depth).kv_cache:
+        entry = entry_of(type(depth))
+        blockers.add(f"depth={entry.name if entry is not None else type(depth).__name__}")
+    return sorted(blockers)
+
+
 def check_cache(model: Transformer) -> None:
     """Refuse a cache for a model with a mixer (or depth schedule) that cannot use one: it
     would see only the new tokens and silently compute something else."""
-    from anyformer.model.generate import cache_blockers
-
     blockers = cache_blockers(model)
     if blockers:
         raise SpecError(
             f"{', '.join(blockers)} cannot decode with a cache (no kv_cache capability); "
-            f"recompute the full sequence instead (generate() falls back by itself)"
+            f"recompute the full sequence instead (decoding.generate() falls back by itself)"
         )
 
 
@@ -122,7 +138,10 @@ class Transformer(nn.Module):
     per document unless ``positions`` is given); ``positions`` ``[T]`` or ``[B, T]``
     overrides the default ``offset + arange(T)``; ``cache`` (a
     :class:`~anyformer.components.base.Cache`) decodes incrementally: the inputs are the
-    tokens after the ``cache.offset`` already seen (see :meth:`generate`).
+    tokens after the ``cache.offset`` already seen (see :func:`anyformer.decoding.generate`);
+    ``return_outputs=True`` returns a :class:`~anyformer.model.output.ModelOutput` (the
+    outputs and everything else the pass computed: exits, loss-window iterates, blocks
+    executed) instead of the outputs alone. A forward writes nothing on the modules.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -175,6 +194,32 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, 0.0, std)
 
     # ------------------------------------------------------------------ forward
+    @overload
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None = ...,
+        *,
+        positions: torch.Tensor | None = ...,
+        segments: torch.Tensor | None = ...,
+        cache: Cache | None = ...,
+        last_only: bool = ...,
+        return_outputs: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None = ...,
+        *,
+        positions: torch.Tensor | None = ...,
+        segments: torch.Tensor | None = ...,
+        cache: Cache | None = ...,
+        last_only: bool = ...,
+        return_outputs: Literal[True],
+    ) -> ModelOutput: ...
+
     def forward(
         self,
         inputs: torch.Tensor,
@@ -184,11 +229,13 @@ class Transformer(nn.Module):
         segments: torch.Tensor | None = None,
         cache: Cache | None = None,
         last_only: bool = False,
-    ) -> torch.Tensor:
+        return_outputs: bool = False,
+    ) -> torch.Tensor | ModelOutput:
         """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
         the last position alone and the outputs are ``[B, 1, ...]`` (what generation
         needs: over a long prompt and a large vocabulary the head costs as much as many
-        decoding steps). Only for heads applied per position (not pooled ones)."""
+        decoding steps). Only for heads applied per position (not pooled ones). With
+        ``return_outputs`` the result is the pass's :class:`ModelOutput`."""
         if last_only and self.pool is not None:
             raise ValueError("last_only needs a per-position head; this model pools")
         t = inputs.shape[1]
@@ -221,7 +268,9 @@ class Transformer(nn.Module):
         out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
         if cache is not None:
             cache.end(t)
-        return out
+        if not isinstance(out, ModelOutput):  # a user's schedule returning the outputs
+            out = ModelOutput(out)
+        return out if return_outputs else out.logits
 
     def readout(
         self,
@@ -242,10 +291,8 @@ class Transformer(nn.Module):
 
     @property
     def trains_several_outputs(self) -> bool:
-        """Whether training uses :meth:`training_outputs` (early exits, a looped loss
-        window or nested widths) rather than the single output of :meth:`forward`."""
-        from anyformer.model.elastic import nested_ffns
-
+        """Whether a training step has several outputs to weight (early exits, a looped
+        loss window, or nested widths), rather than the single output of :meth:`forward`."""
         return self.depth.several_outputs or bool(nested_ffns(self))
 
     def training_outputs(
@@ -256,50 +303,27 @@ class Transformer(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        module: Callable[..., Any] | None = None,
     ) -> list[tuple[float, torch.Tensor]]:
         """``[(weight, outputs), ...]``: the Trainer minimises the weighted sum of the
-        objective over these. One ``(1.0, self(inputs))`` for most models; an
-        ``early_exit`` depth gives every exit weight ``1 / n_exits`` (a ``looped`` loss
-        window every iterate in it, ``1 / loss_window``); nested MatFormer FFNs
-        give each trained width its own forward (all of them, or one sampled by ``step``).
-        ``positions`` and ``segments`` (packed rows) are passed to every forward."""
-        from anyformer.model.elastic import training_widths, widths_set
-
+        objective over these. One ``(1.0, logits)`` for most models; an ``early_exit``
+        depth gives every exit weight ``1 / n_exits`` (a ``looped`` loss window every
+        iterate in it, ``1 / loss_window``; :meth:`ModelOutput.weighted`); nested
+        MatFormer FFNs give each trained width its own forward (all of them, or one
+        sampled by ``step``). ``positions`` and ``segments`` (packed rows) are passed to
+        every forward. ``module`` runs the forward instead of the model itself: its
+        data-parallel wrapper (DDP), which sees the exits in the returned
+        :class:`ModelOutput` like any other output."""
+        run = self if module is None else module
         pairs: list[tuple[float, torch.Tensor]] = []
         for weight, widths in training_widths(self, step):
             with widths_set(self, widths):
-                out = self(inputs, padding_mask, positions=positions, segments=segments)
-            exits = [out]
-            if self.depth.several_outputs:
-                exits = list(self.depth.exit_outputs) or exits
-                self.depth.exit_outputs = []  # do not keep the graph alive
-            pairs += [(weight / len(exits), o) for o in exits]
+                out = run(
+                    inputs, padding_mask, positions=positions, segments=segments,
+                    return_outputs=True,
+                )  # fmt: skip
+            pairs += out.weighted(weight)
         return pairs
-
-    # ------------------------------------------------------------------ generation
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool | None = None,
-        padding_mask: torch.Tensor | None = None,
-        pad_id: int = 0,
-    ) -> torch.Tensor:
-        """Continue ``input_ids [B, T]`` by up to ``max_new_tokens`` tokens (greedy at
-        ``temperature=0``; prompts of different lengths padded at the end, with their
-        ``padding_mask``); see :func:`anyformer.model.generate.generate`."""
-        from anyformer.model.generate import generate
-
-        return generate(
-            self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, eos=eos, generator=generator, use_cache=use_cache,
-            padding_mask=padding_mask, pad_id=pad_id,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------ accounting
     def num_params(self, exclude_embeddings: bool = False) -> int:

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from anyformer.errors import RunError, RunFolderError, SpecError
+from anyformer.model.widths import training_widths
 from anyformer.nn.packing import Packed
 from anyformer.spec import ModelSpec, TrainSpec, packing_refusal, write_text_atomic
 from anyformer.tasks.base import Batch, Task
@@ -301,18 +302,23 @@ class Trainer:
         return head + "Try: " + ", or ".join(fixes)
 
     def training_outputs(self, batch: Batch, step: int) -> list[tuple[float, torch.Tensor]]:
-        """``[(loss weight, outputs)]`` of one step: ``[(1.0, model(inputs))]``, or the
-        model's own ``training_outputs`` when it trains several outputs per step (exits of
-        an ``early_exit`` depth, widths of ``matformer`` FFNs); the loss is the weighted
-        sum of the objective over them."""
+        """``[(loss weight, outputs)]`` of one step: ``[(1.0, model(inputs))]``, or, when
+        the model trains several outputs per step, the model's ``training_outputs``: the
+        exits of an ``early_exit`` depth or the iterates of a looped loss window, each
+        weighted ``1 / n`` (they come back in the forward's ``ModelOutput``, so they run
+        through the DDP wrapper like a plain output), and the widths of ``matformer``
+        FFNs; the loss is the weighted sum of the objective over them."""
         kwargs = model_inputs(batch)  # padding_mask, and segments/positions when packed
         if getattr(self.model, "trains_several_outputs", False):
-            if self.wrapped is not self.model:
+            if self.wrapped is not self.model and len(training_widths(self.model, step)) > 1:
                 raise RunError(
-                    "train.distributed='ddp' cannot train several outputs per step (an "
-                    "early_exit depth or matformer FFNs); train without ddp"
+                    "train.distributed='ddp' cannot train several widths per step (matformer "
+                    "FFNs with train='sum' run one forward per width); use train='sample' "
+                    "or train without ddp"
                 )
-            return self.model.training_outputs(batch.inputs, step=step, **kwargs)
+            return self.model.training_outputs(
+                batch.inputs, step=step, module=self.wrapped, **kwargs
+            )
         return [(1.0, self.wrapped(batch.inputs, **kwargs))]
 
     def train_step(self, step: int) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from anyformer.decoding import generate
 from anyformer.errors import SpecError
 from anyformer.lab.contracts import CheckFailure, contract_check
 from anyformer.lab.contracts._common import close, no_dead_parameters
@@ -92,13 +93,13 @@ def schedule_generates_alike(n_layers: int, depth: Any, kv_cache: bool, name: st
     without ``kv_cache`` refuses ``use_cache=True`` with an error naming it."""
     model = _model(n_layers, depth).eval()
     x = depth_tokens(b=2, t=6)
-    plain = model.generate(x, 4, use_cache=False)
-    if not torch.equal(model.generate(x, 4), plain):
+    plain = generate(model, x, 4, use_cache=False)
+    if not torch.equal(generate(model, x, 4), plain):
         raise CheckFailure("generation with the default cache choice differs from recomputation")
     if kv_cache:
         return
     try:
-        model.generate(x, 4, use_cache=True)
+        generate(model, x, 4, use_cache=True)
     except SpecError as exc:
         if f"depth={name}" not in str(exc):
             raise CheckFailure(f"the cache refusal does not name depth={name}: {exc}") from None

@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 import torch
 
-import anyformer.model.generate as gen_module
+import anyformer.decoding.generation as gen_module
 from anyformer import registry
 from anyformer.components.base import Cache
-from anyformer.errors import SpecError, UserError
-from anyformer.model.generate import (
+from anyformer.decoding.generation import (
     cache_blockers,
     column_major_linears,
     direct_module_calls,
     generate,
     sample_next,
 )
+from anyformer.errors import SpecError, UserError
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ModelSpec, parse
 
@@ -425,8 +425,8 @@ def test_fallback_recomputes_with_a_notice(caplog: pytest.LogCaptureFixture) -> 
     model = _model(name, "none")
     assert cache_blockers(model) == [name]
     prompt = torch.randint(0, V, (2, PROMPT))
-    with caplog.at_level(logging.WARNING, logger="anyformer.model.generate"):
-        out = model.generate(prompt, 8)
+    with caplog.at_level(logging.WARNING, logger="anyformer.decoding.generation"):
+        out = generate(model, prompt, 8)
     assert len(caplog.records) == 1 and name in caplog.records[0].getMessage()
     expected = prompt
     with torch.no_grad():

@@ -40,7 +40,6 @@ import logging
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +47,7 @@ from torch import nn
 
 from anyformer.components.base import Cache, UnmaskedPaddingError
 from anyformer.errors import SpecError, UserError
-from anyformer.registry import capabilities, entry_of
-
-if TYPE_CHECKING:
-    from anyformer.model.transformer import Transformer
+from anyformer.model.transformer import Transformer, cache_blockers
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +58,6 @@ Decoded = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 #: weights of the layers that do not narrow (unless copies are already kept): a copy
 #: costs about as much as 10-20 decoding steps save.
 COLUMN_MAJOR_MIN_TOKENS = 32
-
-
-def cache_blockers(model: Transformer) -> list[str]:
-    """What keeps the model from decoding with a cache (empty: nothing): the names of
-    mixers whose registry capabilities lack ``kv_cache``, and ``depth=<name>`` when the
-    depth schedule's capabilities lack it (its depth varies per step)."""
-    from anyformer.model.transformer import mixer_name, mixers
-
-    blockers = set()
-    for mixer in mixers(model):
-        if not capabilities(mixer).kv_cache:
-            blockers.add(mixer_name(mixer))
-    depth = getattr(model, "depth", None)
-    if depth is not None and not capabilities(depth).kv_cache:
-        entry = entry_of(type(depth))
-        blockers.add(f"depth={entry.name if entry is not None else type(depth).__name__}")
-    return sorted(blockers)
 
 
 #: Column-major weight copies kept between calls, per layer: ``(data_ptr, version, copy)``.
