@@ -12,7 +12,9 @@
 3. continues the single-process run folder ``OUT/resume`` (safetensors checkpoint) to
    twice its steps with FSDP2, writing ``OUT/resumed-losses-<rank>.json``;
 4. runs the command line again with padding-free batches,
-   ``train.distributed=ddp train.packing=true --out OUT/cli-packed``.
+   ``train.distributed=ddp train.packing=true --out OUT/cli-packed``;
+5. runs the command line with each depth schedule of ``OUT/depths.json`` (name ->
+   overrides: early exits, a looped loss window) into ``OUT/cli-<name>``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def main() -> None:
     code = cli([*packed, "--out", str(out / "cli-packed")])
     if code != 0:
         raise SystemExit(f"anyformer run (packed) exited with {code}")
+    for name, overrides in json.loads((out / "depths.json").read_text()).items():
+        depth = ["run", str(out / "spec.yaml"), "train.distributed=ddp", *overrides]
+        code = cli([*depth, "--out", str(out / f"cli-{name}")])
+        if code != 0:
+            raise SystemExit(f"anyformer run ({name}) exited with {code}")
     dist.destroy_process_group()
 
 

@@ -1,7 +1,9 @@
 """DDP and FSDP2 under ``torchrun --nproc_per_node=2`` on CPU (gloo), against one process.
 
 One torchrun launch (``dist_worker.py``) serves every test of the module: a DDP run through
-the command line, an FSDP2 run, and an FSDP2 continuation of a single-process checkpoint.
+the command line, an FSDP2 run, an FSDP2 continuation of a single-process checkpoint, and
+DDP runs of depth schedules that train several outputs per step (early exits, a looped
+loss window).
 The references are single-process runs of the same spec in this process. The learning
 rate is constant so that runs of different lengths share their first steps.
 """
@@ -20,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anyformer.errors import SpecError
+from anyformer.errors import RunError, SpecError
 from anyformer.lab.run import prepare_model, resolve, resume_run, run_experiment
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.base import Batch
@@ -29,6 +31,11 @@ from anyformer.training.distributed import init_distributed, loss_weight, shard_
 
 STEPS = 6
 WORKER = Path(__file__).with_name("dist_worker.py")
+#: Depth schedules whose forward returns extra outputs the loss averages over.
+DEPTHS = {
+    "early-exit": ["model.depth.name=early_exit"],
+    "loss-window": ["model.depth.name=looped", "model.depth.loops=3", "model.depth.loss_window=2"],
+}
 
 
 def tiny(steps: int = STEPS) -> ExperimentSpec:
@@ -80,6 +87,9 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copytree(single.dir, out / "resume")
     run_experiment(tiny(2 * STEPS), run_dir=out / "single-long")
     run_experiment(tiny().with_overrides(["train.packing=true"]), run_dir=out / "single-packed")
+    for name, overrides in DEPTHS.items():
+        run_experiment(tiny().with_overrides(overrides), run_dir=out / f"single-{name}")
+    (out / "depths.json").write_text(json.dumps(DEPTHS))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
@@ -88,7 +98,8 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert proc.returncode == 0, proc.stderr[-4000:]
     (cli_run,) = (out / "cli").iterdir()
     (packed_run,) = (out / "cli-packed").iterdir()
-    return {"out": out, "cli": cli_run, "packed": packed_run}
+    runs = {name: next((out / f"cli-{name}").iterdir()) for name in DEPTHS}
+    return {"out": out, "cli": cli_run, "packed": packed_run, **runs}
 
 
 def test_ddp_through_the_cli_matches_one_process(launched: dict[str, Path]) -> None:
@@ -109,6 +120,20 @@ def test_ddp_with_packed_batches_matches_one_process(launched: dict[str, Path]) 
     assert "packing: true" in (launched["packed"] / "spec.yaml").read_text()
     # packing is exact: the same per-token losses as padded batches, under DDP too
     assert close(ddp, losses(launched["out"] / "single"), 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(DEPTHS))
+def test_ddp_trains_several_outputs_per_step_as_one_process(
+    launched: dict[str, Path], name: str
+) -> None:
+    """Early exits and a looped loss window come back in the forward's output, so the
+    DDP wrapper sees them like any output: the same losses as one process."""
+    ddp, single = losses(launched[name]), losses(launched["out"] / f"single-{name}")
+    assert len(ddp) == STEPS
+    assert close(ddp, single, 1e-5), (ddp, single)
+    assert DEPTHS[name][0].split("=")[1] in (launched[name] / "spec.yaml").read_text()
+    # and not the plain model's losses: the extra outputs are in the loss
+    assert not close(ddp, losses(launched["out"] / "single"), 1e-3)
 
 
 def test_fsdp_matches_one_process_and_its_checkpoint_loads_on_one_rank(
@@ -173,3 +198,38 @@ def test_python_dash_m_anyformer_is_the_command_line() -> None:
         [sys.executable, "-m", "anyformer", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "usage: anyformer" in proc.stdout
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for the DDP wrapper: forwards every call to the model, counting them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module, self.calls = model, 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["sum", "sample"])
+def test_a_wrapped_model_runs_its_outputs_through_the_wrapper(mode: str) -> None:
+    """Every forward of a training step goes through the (DDP) wrapper; only MatFormer's
+    ``train: sum``, one forward per width, is refused there."""
+    from anyformer.lab.run import build_objective, build_task
+    from anyformer.training.trainer import Trainer
+
+    ffn = {"name": "matformer", "widths": [0.5, 1.0], "train": mode}
+    spec = tiny().with_overrides(["model.depth.name=early_exit"])
+    spec = ExperimentSpec.model_validate({**spec.model_dump(), "model": {
+        **spec.model.model_dump(mode="json"), "ffn": ffn}})  # fmt: skip
+    task = build_task(spec)
+    trainer = Trainer(prepare_model(spec), task, build_objective(spec, task), spec.train)
+    trainer.wrapped = wrapper = _Wrapper(trainer.model)
+    batch = task.train_batch(0, 4)
+    if mode == "sum":
+        with pytest.raises(RunError, match="cannot train several widths per step"):
+            trainer.training_outputs(batch, 0)
+        return
+    pairs = trainer.training_outputs(batch, 0)
+    assert wrapper.calls == 1 and [w for w, _ in pairs] == [0.5, 0.5]
