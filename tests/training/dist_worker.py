@@ -13,8 +13,8 @@
    twice its steps with FSDP2, writing ``OUT/resumed-losses-<rank>.json``;
 4. runs the command line again with padding-free batches,
    ``train.distributed=ddp train.packing=true --out OUT/cli-packed``;
-5. runs the command line with each depth schedule of ``OUT/depths.json`` (name ->
-   overrides: early exits, a looped loss window) into ``OUT/cli-<name>``.
+5. runs the command line with each model of ``OUT/depths.json`` (name -> overrides:
+   early exits, a looped loss window, MatFormer widths) into ``OUT/cli-<name>``.
 """
 
 from __future__ import annotations

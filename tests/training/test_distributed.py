@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anyformer.errors import RunError, SpecError
+from anyformer.errors import SpecError
 from anyformer.lab.run import prepare_model, resolve, resume_run, run_experiment
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.base import Batch
@@ -31,10 +31,12 @@ from anyformer.training.distributed import init_distributed, loss_weight, shard_
 
 STEPS = 6
 WORKER = Path(__file__).with_name("dist_worker.py")
-#: Depth schedules whose forward returns extra outputs the loss averages over.
+#: Models that train several outputs per step: depth schedules whose forward returns
+#: extra outputs the loss averages over, and MatFormer FFNs (one forward per width).
 DEPTHS = {
     "early-exit": ["model.depth.name=early_exit"],
     "loss-window": ["model.depth.name=looped", "model.depth.loops=3", "model.depth.loss_window=2"],
+    "matformer-sum": ["model.ffn.name=matformer", "model.ffn.widths=[0.5,1.0]"],
 }
 
 
@@ -127,11 +129,13 @@ def test_ddp_trains_several_outputs_per_step_as_one_process(
     launched: dict[str, Path], name: str
 ) -> None:
     """Early exits and a looped loss window come back in the forward's output, so the
-    DDP wrapper sees them like any output: the same losses as one process."""
+    DDP wrapper sees them like any output, and the widths of a MatFormer step are two
+    forwards through the wrapper before one backward: the same losses as one process."""
     ddp, single = losses(launched[name]), losses(launched["out"] / f"single-{name}")
     assert len(ddp) == STEPS
     assert close(ddp, single, 1e-5), (ddp, single)
     assert DEPTHS[name][0].split("=")[1] in (launched[name] / "spec.yaml").read_text()
+    assert checkpoint_info(latest_checkpoint(launched[name] / "checkpoint"))["mode"] == "ddp"
     # and not the plain model's losses: the extra outputs are in the loss
     assert not close(ddp, losses(launched["out"] / "single"), 1e-3)
 
@@ -214,8 +218,8 @@ class _Wrapper(torch.nn.Module):
 
 @pytest.mark.parametrize("mode", ["sum", "sample"])
 def test_a_wrapped_model_runs_its_outputs_through_the_wrapper(mode: str) -> None:
-    """Every forward of a training step goes through the (DDP) wrapper; only MatFormer's
-    ``train: sum``, one forward per width, is refused there."""
+    """Every forward of a training step goes through the (DDP) wrapper: one per trained
+    width, each with its two exits."""
     from anyformer.lab.run import build_objective, build_task
     from anyformer.training.trainer import Trainer
 
@@ -227,9 +231,10 @@ def test_a_wrapped_model_runs_its_outputs_through_the_wrapper(mode: str) -> None
     trainer = Trainer(prepare_model(spec), task, build_objective(spec, task), spec.train)
     trainer.wrapped = wrapper = _Wrapper(trainer.model)
     batch = task.train_batch(0, 4)
-    if mode == "sum":
-        with pytest.raises(RunError, match="cannot train several widths per step"):
-            trainer.training_outputs(batch, 0)
-        return
     pairs = trainer.training_outputs(batch, 0)
-    assert wrapper.calls == 1 and [w for w, _ in pairs] == [0.5, 0.5]
+    forwards = 2 if mode == "sum" else 1
+    assert wrapper.calls == forwards and [w for w, _ in pairs] == [0.5, 0.5] * forwards
+    trainer.wrapped = trainer.model
+    expected = trainer.training_outputs(batch, 0)
+    for (_, got), (_, want) in zip(pairs, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -48,7 +48,6 @@ import torch
 from torch import nn
 
 from anyformer.errors import RunError, RunFolderError, SpecError
-from anyformer.model.widths import training_widths
 from anyformer.nn.packing import Packed
 from anyformer.spec import ModelSpec, TrainSpec, packing_refusal, write_text_atomic
 from anyformer.tasks.base import Batch, Task
@@ -305,17 +304,13 @@ class Trainer:
         """``[(loss weight, outputs)]`` of one step: ``[(1.0, model(inputs))]``, or, when
         the model trains several outputs per step, the model's ``training_outputs``: the
         exits of an ``early_exit`` depth or the iterates of a looped loss window, each
-        weighted ``1 / n`` (they come back in the forward's ``ModelOutput``, so they run
-        through the DDP wrapper like a plain output), and the widths of ``matformer``
-        FFNs; the loss is the weighted sum of the objective over them."""
+        weighted ``1 / n``, and the widths of ``matformer`` FFNs (one forward each); the
+        loss is the weighted sum of the objective over them. Every forward runs through
+        ``self.wrapped`` (the DDP wrapper under ddp): the extra outputs come back in the
+        forward's ``ModelOutput`` like a plain output, and DDP reduces the gradient of
+        the one backward over all forwards of the step."""
         kwargs = model_inputs(batch)  # padding_mask, and segments/positions when packed
         if getattr(self.model, "trains_several_outputs", False):
-            if self.wrapped is not self.model and len(training_widths(self.model, step)) > 1:
-                raise RunError(
-                    "train.distributed='ddp' cannot train several widths per step (matformer "
-                    "FFNs with train='sum' run one forward per width); use train='sample' "
-                    "or train without ddp"
-                )
             return self.model.training_outputs(
                 batch.inputs, step=step, module=self.wrapped, **kwargs
             )
