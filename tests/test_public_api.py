@@ -8,7 +8,7 @@ import sys
 
 import anyformer
 
-PUBLIC = ["components", "build_model", "load_experiment", "train", "check", "load_run"]
+PUBLIC = ["components", "build_model", "load_experiment", "train", "check", "load_run", "generate"]
 
 
 def test_public_names_are_listed_by_dir() -> None:
@@ -30,7 +30,7 @@ def test_every_public_name_twice_in_a_fresh_process(tmp_path) -> None:
     """Each public function called twice in one process (a new one, so no earlier test
     has imported anything): the values agree and nothing is replaced between calls."""
     code = f"""
-import anyformer, pathlib
+import anyformer, pathlib, torch
 out = pathlib.Path({str(tmp_path)!r})
 for _ in range(2):
     assert "softmax" in anyformer.components("attention")
@@ -42,6 +42,8 @@ for _ in range(2):
     run = anyformer.train(spec, out=str(out))
     loaded = anyformer.load_run(run.dir)
     assert loaded.spec == run.spec and loaded.model.num_params() > 0
+    ids = anyformer.generate(loaded.model, torch.tensor([[1, 2, 3]]), 4)
+    assert ids.shape == (1, 7)
     report = anyformer.check("anyformer.components.norm:RMSNorm", "norm")
     assert report.passed, report.table()
 print("ok")

@@ -29,6 +29,7 @@ _LAZY = {
     "ExperimentSpec": ("anyformer.spec", "ExperimentSpec"),
     "TrainSpec": ("anyformer.spec", "TrainSpec"),
     "build_model": ("anyformer.model.transformer", "build_model"),
+    "generate": ("anyformer.decoding", "generate"),
     "register": ("anyformer.registry", "register"),
     "load_experiment": ("anyformer.lab.experiments", "load_experiment"),
     "load_run": ("anyformer.lab.loaded", "load_run"),
