@@ -139,7 +139,10 @@ SLOTS: dict[str, str] = {slot: c.description for slot, c in CONTRACTS.items()}
 class Dims:
     """Sizes and flags every component is built with, besides its own parameters.
 
-    ``layer`` is the block's index (0-based) and ``n_layers`` the depth of the stack."""
+    ``layer`` is the block's index (0-based) and ``n_layers`` the depth of the stack.
+    ``grid`` is ``(H, W)`` when the embedder lays tokens out on a 2-D grid (image
+    patches): tokens ``0 .. n_prefix - 1`` are prefix tokens (CLS, registers), token
+    ``n_prefix + r * W + c`` is grid cell ``(r, c)``; ``None`` for 1-D sequences."""
 
     d_model: int
     n_heads: int
@@ -149,6 +152,8 @@ class Dims:
     bias: bool = True
     layer: int = 0
     n_layers: int = 1
+    grid: tuple[int, int] | None = None
+    n_prefix: int = 0
 
     @property
     def d_head(self) -> int:
@@ -193,6 +198,10 @@ class Capabilities:
       (``ctx.segments``); (depth schedules) keeps packed documents apart.
     - ``empty``: (FFNs) computes nothing; residual layouts skip it and its norm.
     - ``final_norm``: (layouts) the model applies a final norm after the last block.
+    - ``input_kind``: (embedders) what the embedder reads: ``tokens``, ``vectors``,
+      ``image`` or ``table``.
+    - ``grid``: (embedders) lays tokens out on a 2-D grid; (mixers, positions) needs one.
+    - ``pooled``: (heads) one output per example, pooled over the tokens.
 
     Every capability has this one default; a variant states what differs from it.
     """
@@ -208,6 +217,9 @@ class Capabilities:
     packing: bool = False
     empty: bool = False
     final_norm: bool = True
+    input_kind: str | None = None
+    grid: bool = False
+    pooled: bool = False
 
 
 @dataclass(frozen=True)

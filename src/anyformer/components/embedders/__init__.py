@@ -1,0 +1,1 @@
+"""Embedders (slot ``embedder``): what turns a batch's inputs into token vectors."""
