@@ -64,6 +64,13 @@ _MODULE = "torch.nn:Module"
 #: contracts. The modules are named as data: this is the only place layer 0 names a
 #: higher layer, like a plugin entry point.
 CONTRACTS: dict[str, SlotContract] = {
+    "embedder": SlotContract(
+        "embedders: turn token ids, vectors, images or table rows into token vectors",
+        ("anyformer.components.embedders",),
+        "anyformer.components.embedders.base:Embedder",
+        ("spec", "params"),
+        ("forward",),
+    ),
     "attention": SlotContract(
         "token mixers built on attention (and attention-free mixers)",
         ("anyformer.components.attention", "anyformer.components.mixers"),
@@ -100,6 +107,13 @@ CONTRACTS: dict[str, SlotContract] = {
         ("anyformer.components.layout",),
         _MODULE,
         ("dims", "params", "parts"),
+        ("forward",),
+    ),
+    "head": SlotContract(
+        "heads: turn the final hidden states into outputs (logits, values, distributions)",
+        ("anyformer.components.heads",),
+        "anyformer.components.heads.base:Head",
+        ("spec", "params"),
         ("forward",),
     ),
     "depth": SlotContract(

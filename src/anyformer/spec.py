@@ -19,6 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar, Literal
 
 import yaml
@@ -140,10 +141,17 @@ class ObjectiveRef(Ref):
     slot: ClassVar[str] = "objective"
 
 
+class EmbedderRef(Ref):
+    slot: ClassVar[str] = "embedder"
+
+
+class HeadRef(Ref):
+    slot: ClassVar[str] = "head"
+
+
 # --------------------------------------------------------------------------- model
-HeadKind = Literal["lm", "classify", "regress", "token_classify", "token_regress"]
-#: Heads that pool each row into one output (the others give one output per token).
-POOLED_HEADS = ("classify", "regress")
+#: The head of a spec that names none: ``lm`` for decoders, ``classify`` for encoders.
+DEFAULT_HEADS = {"decoder": "lm", "encoder": "classify"}
 
 
 class LayerOverride(_Frozen):
@@ -176,8 +184,13 @@ BLOCK_SLOTS = ("attention", "norm", "ffn", "norm_placement")
 class ModelSpec(_Frozen):
     """Architecture of one model: embedder -> blocks -> head.
 
-    ``vocab_size``, ``input_dim`` and ``n_outputs`` may be left empty in an experiment;
-    the run fills them from the task before building. ``norm_placement`` names the
+    ``vocab_size``, ``input_dim``, ``input_shape`` and ``n_outputs`` may be left empty
+    in an experiment; the run fills them from the task before building. ``embedder``
+    (slot ``embedder``: ``tokens``, ``vectors``, ``patches``, ...) reads the inputs;
+    when unset, ``embed`` names it (``tokens`` or ``vectors``, the two embedders of
+    earlier versions). ``input_shape`` is the per-example shape an image or table
+    embedder reads (``[C, H, W]``, ``[n_columns]``). ``head`` (slot ``head``) writes
+    the outputs; unset, it is ``lm`` for decoders and ``classify`` for encoders. ``norm_placement`` names the
     residual layout (``pre``, ``post``, ``sandwich``, ``sandwich_norm``, ``macaron``,
     ``parallel``); ``layers`` overrides block slots per layer, e.g.
     ``{2: {attention: softmax}}`` (on the command line ``model.layers.2.attention=softmax``).
@@ -189,8 +202,10 @@ class ModelSpec(_Frozen):
 
     kind: Literal["decoder", "encoder"] = "decoder"
     embed: Literal["tokens", "vectors"] = "tokens"
+    embedder: EmbedderRef | None = None
     vocab_size: PositiveInt | None = None
     input_dim: PositiveInt | None = None
+    input_shape: tuple[PositiveInt, ...] | None = None
     d_model: PositiveInt = 128
     n_layers: PositiveInt = 2
     n_heads: PositiveInt = 4
@@ -200,7 +215,7 @@ class ModelSpec(_Frozen):
     norm_placement: LayoutRef = Field("pre", validate_default=True)
     ffn: FFNRef = Field("mlp", validate_default=True)
     max_len: PositiveInt = 512
-    head: HeadKind | None = None
+    head: HeadRef | None = None
     n_outputs: PositiveInt | None = None
     pool: Literal["mean", "first", "last"] = "mean"
     tie_embeddings: bool = True
@@ -230,13 +245,61 @@ class ModelSpec(_Frozen):
             problem = self._check_layer(self.layer(i), self.dims(i), where)
             if problem:
                 raise ValueError(problem)
-        if self.resolved_head == "lm" and self.embed != "tokens":
-            raise ValueError("head='lm' needs embed='tokens'; use token_classify for vectors")
+        problem = self._check_io()
+        if problem:
+            raise ValueError(problem)
         check_depth = getattr(self.depth.entry.cls, "check_spec", None)
         problem = check_depth(self.depth.config, self) if check_depth is not None else None
         if problem:
             raise ValueError(f"depth='{self.depth.name}': {problem}")
         return self
+
+    def _check_io(self) -> str | None:
+        """The embedder and head against the inputs, the length and each other."""
+        embedder, head = self.embedder_ref, self.head_ref
+        for field, ref in (("embedder", embedder), ("head", head)):
+            check = getattr(ref.entry.cls, "check", None)
+            problem = check(ref.config, self) if check is not None else None
+            if problem:
+                return f"{field}='{ref.name}': {problem}"
+        if head.name == "lm" and self.input_kind != "tokens":
+            return (
+                f"head='lm' needs an embedder that reads tokens (embedder='{embedder.name}' "
+                f"reads {self.input_kind}); use token_classify or another head"
+            )
+        length = self.token_layout.length
+        if length is not None and length > self.max_len:
+            return (
+                f"embedder='{embedder.name}' makes {length} tokens from input_shape="
+                f"{list(self.input_shape or [])}, more than max_len={self.max_len}; raise "
+                f"model.max_len to at least {length}"
+            )
+        return None
+
+    @property
+    def embedder_ref(self) -> EmbedderRef:
+        """The embedder: ``embedder`` when set (it wins over ``embed``), or the one
+        ``embed`` names."""
+        return self.embedder if self.embedder is not None else EmbedderRef(name=self.embed)
+
+    @property
+    def input_kind(self) -> str:
+        """What the embedder reads: ``tokens``, ``vectors``, ``image`` or ``table``."""
+        return self.embedder_ref.entry.caps.input_kind or "tokens"
+
+    @property
+    def token_layout(self) -> Any:
+        """The embedder's :class:`~anyformer.components.embedders.base.TokenLayout`."""
+        ref = self.embedder_ref
+        layout = getattr(ref.entry.cls, "layout", None)
+        if layout is None:  # a user's embedder without the base class's method
+            return SimpleNamespace(length=None, grid=None, n_prefix=0)
+        return layout(ref.config, self)
+
+    @property
+    def head_ref(self) -> HeadRef:
+        """The head: ``head``, or the kind's default (``lm`` / ``classify``)."""
+        return self.head if self.head is not None else HeadRef(name=DEFAULT_HEADS[self.kind])
 
     def layer(self, i: int) -> LayerSpec:
         """The block slots of layer ``i``, with its overrides applied."""
@@ -274,8 +337,12 @@ class ModelSpec(_Frozen):
         return None
 
     def dims(self, layer: int = 0) -> registry.Dims:
-        """The sizes and flags components of layer ``layer`` are built with."""
+        """The sizes and flags components of layer ``layer`` are built with (the token
+        grid, if any, from the embedder's layout)."""
+        tokens = self.token_layout
         return registry.Dims(
+            grid=tokens.grid,
+            n_prefix=tokens.n_prefix,
             d_model=self.d_model,
             n_heads=self.n_heads,
             max_len=self.max_len,
@@ -296,7 +363,7 @@ class ModelSpec(_Frozen):
         one output per token (a pooled head would mix the documents of a row).
         ``check_head=False`` skips the head, for a spec whose head the task decides later.
         """
-        if check_head and self.resolved_head in POOLED_HEADS:
+        if check_head and self.head_ref.entry.caps.pooled:
             return (
                 f"packed rows (segments) need a per-token head; head='{self.resolved_head}' "
                 f"pools each row into one output"
@@ -326,11 +393,9 @@ class ModelSpec(_Frozen):
         return None
 
     @property
-    def resolved_head(self) -> HeadKind:
-        """The head, defaulting to ``lm`` for decoders and ``classify`` for encoders."""
-        if self.head is not None:
-            return self.head
-        return "lm" if self.kind == "decoder" else "classify"
+    def resolved_head(self) -> str:
+        """The head's name, defaulting to ``lm`` for decoders and ``classify`` for encoders."""
+        return self.head_ref.name
 
 
 # --------------------------------------------------------------------------- training

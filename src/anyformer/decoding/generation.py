@@ -93,7 +93,7 @@ class _ColumnMajorForward:
         self.linear = linear
         self.weight: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *_: object) -> torch.Tensor:
         linear = self.linear
         if torch.is_grad_enabled():
             return F.linear(x, linear.weight, linear.bias)
@@ -109,7 +109,8 @@ def column_major_candidates(model: nn.Module) -> list[nn.Linear]:
     return [
         m
         for m in model.modules()
-        if type(m) is nn.Linear
+        if (type(m) is nn.Linear or getattr(type(m), "plain_linear", False))
+        and isinstance(m, nn.Linear)
         and m.out_features >= m.in_features
         and m.weight.device.type == "cpu"
         and m.weight.dtype == torch.float32
@@ -268,10 +269,11 @@ def _check(
     top_k: int | None,
     top_p: float | None,
 ) -> None:
-    if not model.causal or model.head_kind != "lm" or model.spec.embed != "tokens":
+    if not model.causal or model.head_kind != "lm" or model.spec.input_kind != "tokens":
         raise SpecError(
             f"generate needs a token decoder with an lm head; this model is "
-            f"kind={model.spec.kind}, head={model.head_kind}, embed={model.spec.embed}"
+            f"kind={model.spec.kind}, head={model.head_kind}, "
+            f"embedder={model.spec.embedder_ref.name}"
         )
     if input_ids.dim() != 2 or input_ids.shape[1] < 1 or input_ids.is_floating_point():
         raise UserError(

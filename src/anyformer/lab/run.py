@@ -239,14 +239,21 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     defaults = ModelSpec.model_fields
     for key, value in task.model_io().items():
         current = model[key]
+        if key == "input_shape" and value is not None:
+            value = list(value)
         if current is None or current == defaults[key].default or current == value:
             model[key] = value
+        elif key == "embedder" or (key == "head" and _same_shape_head(current, value)):
+            continue  # the user's own choice of embedder or head; validation checks it
         elif not (key == "vocab_size" and current > value):  # a larger vocabulary is allowed
             raise SpecError(
                 f"model.{key}={current!r} does not fit task '{spec.task.name}', "
                 f"which needs {key}={value!r}; remove model.{key} to let the task set it"
             )
     need = task.max_seq_len()
+    kind = getattr(task, "input_kind", None)
+    if kind is not None:
+        _check_input_kind(model, kind, spec.task.name)
     if model["max_len"] < need:
         raise SpecError(
             f"model.max_len={model['max_len']} is shorter than the longest sequence of task "
@@ -261,6 +268,33 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     if problem:
         raise SpecError(problem)
     return resolved
+
+
+def _ref_name(value: Any) -> str:
+    return value if isinstance(value, str) else dict(value).get("name", "")
+
+
+def _same_shape_head(chosen: Any, task_head: Any) -> bool:
+    """Whether the user's head gives outputs of the task's head's shape (both pooled,
+    or both per token); the objective check then decides whether it can be trained."""
+    try:
+        a = registry.get("head", _ref_name(chosen)).caps.pooled
+        b = registry.get("head", _ref_name(task_head)).caps.pooled
+    except SpecError:
+        return False
+    return a == b
+
+
+def _check_input_kind(model: dict[str, Any], kind: str, task: str) -> None:
+    """Refuse an embedder that reads something other than the task's inputs."""
+    name = _ref_name(model.get("embedder") or model.get("embed") or "tokens")
+    reads = registry.get("embedder", name, where="model.embedder").caps.input_kind
+    if reads is not None and reads != kind:
+        readers = [e.name for e in registry.entries("embedder") if e.caps.input_kind == kind]
+        raise SpecError(
+            f"model.embedder='{name}' reads {reads}, but task '{task}' gives {kind} "
+            f"(embedders for {kind}: {', '.join(readers) or 'none'})"
+        )
 
 
 def run_folder(spec: ExperimentSpec, out: Path | str = "runs") -> Path:

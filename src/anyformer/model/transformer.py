@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from anyformer.components.base import Cache, Context, PositionScheme, dropout_or_identity
+from anyformer.components.heads.base import build_head
 from anyformer.errors import SpecError
 from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
@@ -51,25 +52,6 @@ def build_block(spec: ModelSpec, index: int) -> nn.Module:
     layer, dims = spec.layer(index), spec.dims(index)
     ref = layer.norm_placement
     return ref.entry.build(ref.config, dims=dims, parts=BlockParts(layer, dims))
-
-
-class Pool(nn.Module):
-    """Pools ``[B, T, D]`` to ``[B, D]``: mean over real tokens, the first, or the last real one."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.how == "first":
-            return x[:, 0]
-        if padding_mask is None:
-            return x.mean(dim=1) if self.how == "mean" else x[:, -1]
-        real = padding_mask.to(x.dtype).unsqueeze(-1)
-        if self.how == "mean":
-            return (x * real).sum(1) / real.sum(1).clamp(min=1)
-        last = padding_mask.long().sum(1).clamp(min=1) - 1
-        return x[torch.arange(x.shape[0], device=x.device), last]
 
 
 def mixers(model: nn.Module) -> list[nn.Module]:
@@ -149,35 +131,23 @@ class Transformer(nn.Module):
         self.spec = spec
         self.causal = spec.kind == "decoder"
         self.head_kind = spec.resolved_head
-        d = spec.d_model
-        if spec.embed == "tokens":
-            if spec.vocab_size is None:
-                raise SpecError("model.vocab_size is required to build a token model (e.g. 256)")
-            self.embed: nn.Module = nn.Embedding(spec.vocab_size, d)
-        else:
-            if spec.input_dim is None:
-                raise SpecError("model.input_dim is required when model.embed='vectors'")
-            self.embed = nn.Linear(spec.input_dim, d)
+        embedder = spec.embedder_ref
+        try:
+            self.embed: nn.Module = embedder.entry.build(embedder.config, spec=spec)
+        except ValueError as exc:  # a required size the task did not fill
+            raise SpecError(str(exc)) from None
         self.position: PositionScheme = _build(spec.position, spec.dims())
         self.drop = dropout_or_identity(spec.dropout)
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
         final = capabilities(self.blocks[-1]).final_norm
         self.norm = _build(last.norm, spec.dims(spec.n_layers - 1)) if final else nn.Identity()
-        self.pool = Pool(spec.pool) if self.head_kind in ("classify", "regress") else None
-        self.head = nn.Linear(d, self._n_outputs(), bias=self.head_kind != "lm")
+        self.head = build_head(spec)
+        self.pooled = capabilities(self.head).pooled
         self.depth: DepthSchedule = spec.depth.entry.build(spec.depth.config, spec=spec)
         self.reset_parameters()
         if self.head_kind == "lm" and spec.tie_embeddings:
             self.head.weight = self.embed.weight
-
-    def _n_outputs(self) -> int:
-        spec = self.spec
-        if self.head_kind == "lm":
-            return spec.vocab_size  # type: ignore[return-value]
-        if spec.n_outputs is None:
-            raise SpecError(f"model.n_outputs is required for head='{self.head_kind}'")
-        return spec.n_outputs
 
     def reset_parameters(self) -> None:
         std = self.spec.init_std
@@ -236,7 +206,7 @@ class Transformer(nn.Module):
         needs: over a long prompt and a large vocabulary the head costs as much as many
         decoding steps). Only for heads applied per position (not pooled ones). With
         ``return_outputs`` the result is the pass's :class:`ModelOutput`."""
-        if last_only and self.pool is not None:
+        if last_only and self.pooled:
             raise ValueError("last_only needs a per-position head; this model pools")
         t = inputs.shape[1]
         offset = 0 if cache is None else cache.offset
@@ -285,9 +255,8 @@ class Transformer(nn.Module):
         if ctx.last_only:
             x = x[:, -1:]
         x = (self.norm if norm is None else norm)(x)
-        if self.pool is not None:
-            x = self.pool(x, ctx.padding_mask)
-        return (self.head if head is None else head)(x)
+        head = self.head if head is None else head
+        return head(x, ctx.padding_mask) if self.pooled else head(x)
 
     @property
     def trains_several_outputs(self) -> bool:

@@ -29,3 +29,15 @@ class Head(nn.Module):
     def check(cls, params: Any, spec: ModelSpec) -> str | None:
         """Why this head cannot serve the spec (``None`` when it can)."""
         return None
+
+
+def build_head(spec: ModelSpec) -> nn.Module:
+    """The head of ``spec`` built through its registry entry; a size the head needs but
+    the spec lacks is refused by name (:class:`~anyformer.errors.SpecError`)."""
+    from anyformer.errors import SpecError
+
+    ref = spec.head_ref
+    try:
+        return ref.entry.build(ref.config, spec=spec)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None

@@ -10,7 +10,7 @@ slot's checks) and ``anyformer check PATH:Class --slot SLOT`` on a user's compon
 (:mod:`anyformer.lab.check`).
 
 The checks of a slot live in one small module each (``mixer.py``, ``norm_ffn.py``,
-``position.py``, ``layout.py``, ``depth.py``, ``task.py``, ``objective.py``,
+``position.py``, ``layout.py``, ``io.py`` (embedders and heads), ``depth.py``, ``task.py``, ``objective.py``,
 ``finding.py``), imported the first time the slot's checks are asked for.
 """
 
@@ -50,6 +50,8 @@ class Check:
 
 #: Slot -> the module of this package that holds its checks.
 MODULES: dict[str, str] = {
+    "embedder": "io",
+    "head": "io",
     "attention": "mixer",
     "position": "position",
     "norm": "norm_ffn",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from anyformer.components.base import Context
+from anyformer.components.heads.base import build_head
 from anyformer.model.depth.base import DepthSchedule, frozen
 from anyformer.model.flops import forward_flops_per_token
 from anyformer.model.output import ModelOutput
@@ -118,17 +119,14 @@ class EarlyExit(DepthSchedule):
         super().__init__(spec, params)
         last = spec.n_layers - 1
         self.exit_after = sorted({i for i in range(last) if (i + 1) % params.every == 0} | {last})
-        self.per_token = spec.resolved_head in ("lm", "token_classify", "token_regress")
+        self.per_token = not spec.head_ref.entry.caps.pooled
         self.exits = nn.ModuleList()
         if not params.share_head:
-            head_kind = spec.resolved_head
-            n_out = spec.vocab_size if head_kind == "lm" else spec.n_outputs
             for i in self.exit_after[:-1]:
                 layer, dims = spec.layer(i), spec.dims(i)
                 final = layer.norm_placement.entry.caps.final_norm
                 norm = layer.norm.entry.build(layer.norm.config, dims) if final else nn.Identity()
-                head = nn.Linear(spec.d_model, n_out or 1, bias=head_kind != "lm")
-                self.exits.append(_Exit(norm, head))
+                self.exits.append(_Exit(norm, build_head(spec)))
         self.threshold = params.threshold
 
     @property
@@ -140,7 +138,7 @@ class EarlyExit(DepthSchedule):
         if params.every > spec.n_layers:
             return f"every={params.every} must be <= model.n_layers={spec.n_layers}"
         head = spec.resolved_head
-        if params.threshold < 1 and head in ("regress", "token_regress"):
+        if params.threshold < 1 and head not in ("lm", "classify", "token_classify"):
             return (
                 f"threshold={params.threshold} needs a head with a softmax confidence "
                 f"(lm, classify, token_classify); head='{head}' has none, use threshold=1"

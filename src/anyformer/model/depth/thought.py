@@ -75,10 +75,10 @@ class ContinuousThought(DepthSchedule):
 
     @staticmethod
     def check_spec(params: ContinuousThoughtParams, spec: ModelSpec) -> str | None:
-        if spec.kind != "decoder" or spec.embed != "tokens":
+        if spec.kind != "decoder" or spec.input_kind != "tokens":
             return (
-                f"needs kind='decoder' and embed='tokens' (got kind='{spec.kind}', "
-                f"embed='{spec.embed}'): thoughts follow a token prompt causally"
+                f"needs kind='decoder' and a token embedder (got kind='{spec.kind}', "
+                f"embedder='{spec.embedder_ref.name}'): thoughts follow a token prompt causally"
             )
         if spec.vocab_size is not None and params.sep_token >= spec.vocab_size:
             return f"sep_token={params.sep_token} must be < model.vocab_size={spec.vocab_size}"

@@ -1,0 +1,149 @@
+"""Linear heads: a language-model head, and classification and regression heads that
+read every token or pool each row first. Each subclasses ``nn.Linear`` so a model's
+state dict keeps the keys ``head.weight``/``head.bias``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anyformer.components.heads.base import Head
+from anyformer.registry import Capabilities, NoParams, Paper, register
+
+if TYPE_CHECKING:
+    from anyformer.spec import ModelSpec
+
+GPT = Paper("Improving Language Understanding by Generative Pre-Training", 2018, "Radford et al.")
+BERT = Paper(
+    "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
+    2019,
+    "Devlin et al.",
+)
+
+
+def pool(x: torch.Tensor, padding_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """``[B, T, D] -> [B, D]``: the mean over real tokens, the first token, or the last
+    real one (``padding_mask`` True at real tokens; ``None``: all real)."""
+    if how == "first":
+        return x[:, 0]
+    if padding_mask is None:
+        return x.mean(dim=1) if how == "mean" else x[:, -1]
+    real = padding_mask.to(x.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (x * real).sum(1) / real.sum(1).clamp(min=1)
+    last = padding_mask.long().sum(1).clamp(min=1) - 1
+    return x[torch.arange(x.shape[0], device=x.device), last]
+
+
+def n_outputs(spec: ModelSpec, name: str) -> int:
+    """``spec.n_outputs``, refused by name when missing."""
+    if spec.n_outputs is None:
+        raise ValueError(f"model.n_outputs is required for head='{name}'")
+    return spec.n_outputs
+
+
+class LinearHead(nn.Linear, Head):
+    """``x [B, T, D] -> x W^T (+ b)``, pooled first (``model.pool``) when ``pooled``.
+
+    ``plain_linear`` marks a per-token head whose forward is exactly ``F.linear`` on its
+    own weight, which decoding may run from a column-major copy like a plain layer."""
+
+    pooled: ClassVar[bool] = False
+    plain_linear: ClassVar[bool] = True
+    uses_bias: ClassVar[bool] = True
+
+    def __init__(self, spec: ModelSpec, params: NoParams) -> None:
+        nn.Linear.__init__(self, spec.d_model, self.out_size(spec), bias=self.uses_bias)
+        self.how = spec.pool
+
+    def out_size(self, spec: ModelSpec) -> int:
+        return n_outputs(spec, entry_name(self))
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooled:
+            x = pool(x, padding_mask, self.how)
+        return F.linear(x, self.weight, self.bias)
+
+
+def entry_name(head: nn.Module) -> str:
+    from anyformer.registry import entry_of
+
+    entry = entry_of(type(head))
+    return entry.name if entry is not None else type(head).__name__
+
+
+@register(
+    "head",
+    "lm",
+    paper=GPT,
+    summary="next-token logits over the vocabulary (tied to the token embedding by default)",
+    params=NoParams,
+    caps=Capabilities(complexity="O(n)"),
+)
+class LMHead(LinearHead):
+    """Per-token logits ``[B, T, vocab_size]``, no bias; ``model.tie_embeddings`` shares
+    the weight with the token embedding (the model ties them after building)."""
+
+    uses_bias = False
+
+    def out_size(self, spec: ModelSpec) -> int:
+        if spec.vocab_size is None:
+            raise ValueError("model.vocab_size is required for head='lm'")
+        return spec.vocab_size
+
+
+@register(
+    "head",
+    "token_classify",
+    paper=BERT,
+    summary="per-token class logits [B, T, n_outputs]",
+    params=NoParams,
+    caps=Capabilities(complexity="O(n)"),
+)
+class TokenClassifyHead(LinearHead):
+    """Per-token logits ``[B, T, n_outputs]``."""
+
+
+@register(
+    "head",
+    "token_regress",
+    paper=BERT,
+    summary="per-token values [B, T, n_outputs]",
+    params=NoParams,
+    caps=Capabilities(complexity="O(n)"),
+)
+class TokenRegressHead(LinearHead):
+    """Per-token values ``[B, T, n_outputs]``."""
+
+
+@register(
+    "head",
+    "classify",
+    paper=BERT,
+    summary="class logits [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    params=NoParams,
+    caps=Capabilities(pooled=True, complexity="O(n)"),
+)
+class ClassifyHead(LinearHead):
+    """Pooled logits ``[B, n_outputs]``."""
+
+    pooled = True
+    plain_linear = False
+
+
+@register(
+    "head",
+    "regress",
+    paper=BERT,
+    summary="values [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    params=NoParams,
+    caps=Capabilities(pooled=True, complexity="O(n)"),
+)
+class RegressHead(LinearHead):
+    """Pooled values ``[B, n_outputs]``."""
+
+    pooled = True
+    plain_linear = False
