@@ -92,16 +92,18 @@ def test_report_shows_the_depth_schedule_and_every_matformer_width(tmp_path: Pat
     rows = {
         tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
         for line in report.splitlines()
-        if line.startswith("| width=")
+        if line.startswith("| 0.5 |") or line.startswith("| 1 |")
     }
-    assert set(rows) == {(f"width={w}", s) for w in ("0.5", "1") for s in ("id", "ood")}
+    assert set(rows) == {(w, s) for w in ("0.5", "1") for s in ("id", "ood")}
     # the full width is the trained model: its loss is the run's own evaluation
-    head = next(line for line in report.splitlines() if line.startswith("| variant |"))
+    head = next(line for line in report.splitlines() if line.startswith("| width |"))
     col = [c.strip() for c in head.strip("|").split("|")].index("loss")
-    full = [c.strip() for c in rows[("width=1", "id")].strip("|").split("|")]
+    full = [c.strip() for c in rows[("1", "id")].strip("|").split("|")]
     assert full[col] == f"{run.metrics['id']['loss']:.4g}"
-    half = [c.strip() for c in rows[("width=0.5", "id")].strip("|").split("|")]
+    half = [c.strip() for c in rows[("0.5", "id")].strip("|").split("|")]
     assert half[col] != full[col]
+    p = [c.strip() for c in head.strip("|").split("|")].index("params")
+    assert int(half[p]) < int(full[p])  # a standalone model at half width is smaller
 
 
 # ------------------------------------------------------------------ figures

@@ -40,26 +40,11 @@ from anyformer.lab.compare_report import (  # noqa: F401  (re-exported)
     table_rows,
     write_compare_report,
 )
+from anyformer.lab.results import flatten, mean_interval, training_losses
 from anyformer.lab.run import resolve, run_folder
 from anyformer.spec import ExperimentSpec, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-#: Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
-
-
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T975[min(n - 1, len(_T975)) - 1] if n - 1 <= len(_T975) else 1.96
-    return mean, t * sd / math.sqrt(n)
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -454,7 +439,7 @@ def compare(
         if best_lr is not None:
             result.lrs[label] = best_lr
         result.summary[label], result.curves[label] = aggregate(per_lr[best_lr])
-    from anyformer.lab.cost import training_losses, variant_costs
+    from anyformer.lab.cost import variant_costs
 
     result.losses = {label: training_losses(result.run_dirs(label)) for label in by_variant}
     if progress and timing:
@@ -482,19 +467,6 @@ def _best_lr(per_lr: dict[Any, list[dict[str, Any]]], headline: str, higher: boo
         return m if higher else -m
 
     return max(per_lr, key=score)
-
-
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a nested metrics dict, keyed by dotted paths
-    (``baselines.least_squares.mse``, ``by_length.12``)."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
 
 
 def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:

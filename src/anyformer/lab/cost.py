@@ -15,9 +15,6 @@ building the variant and training a few steps, measured for one variant at a tim
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -149,34 +146,3 @@ def variant_costs(
             else None,
         }
     return out
-
-
-def read_losses(run_dir: Path) -> dict[int, float]:
-    """Training loss by step from a run's ``metrics.jsonl`` (evaluation lines and
-    unreadable lines, such as a torn last line, are skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out: dict[int, float] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or "split" in record:
-            continue
-        loss, step = record.get("loss"), record.get("step")
-        if isinstance(loss, (int, float)) and isinstance(step, int) and math.isfinite(loss):
-            out[step] = float(loss)
-    return out
-
-
-def training_losses(run_dirs: list[Path]) -> dict[int, tuple[float, float]]:
-    """Mean training loss over runs (seeds) and its 95% interval, by step."""
-    from anyformer.lab.compare import mean_interval
-
-    by_step: dict[int, list[float]] = {}
-    for d in run_dirs:
-        for step, loss in read_losses(d).items():
-            by_step.setdefault(step, []).append(loss)
-    return {step: mean_interval(v) for step, v in sorted(by_step.items())}

@@ -133,7 +133,7 @@ def _scale(ax: Any, metric: str) -> None:
 
 def _split_refs(result: CompareResult, split: str, metric: str) -> dict[str, float]:
     """Reference values of ``split`` averaged over variants (the data are the variants')."""
-    from anyformer.lab.compare import flatten
+    from anyformer.lab.results import flatten
 
     found: dict[str, list[float]] = {}
     for s in result.summary.values():

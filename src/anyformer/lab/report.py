@@ -63,7 +63,6 @@ def plot_curves(metrics: dict[str, dict[str, Any]], path: Path, title: str) -> P
     """Plot the merged curves to ``path``; ``None`` when the task reports no curve.
     Scalar baselines are grey reference lines, and points resting on few examples (a
     curve's ``n``) are annotated."""
-    from anyformer.lab.compare import flatten
     from anyformer.lab.plots import (
         _pyplot,
         _save,
@@ -72,6 +71,7 @@ def plot_curves(metrics: dict[str, dict[str, Any]], path: Path, title: str) -> P
         draw_references,
         reference_values,
     )
+    from anyformer.lab.results import flatten
 
     x_label, y_label, series = curves(metrics)
     if not series:
@@ -112,16 +112,15 @@ def session_record(provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     (UTC), the machine and the versions of python and torch."""
     import torch
 
-    import anyformer
     from anyformer.training.throughput import benchmark_environment
 
-    env = benchmark_environment(torch.get_num_threads())
+    env = benchmark_environment(torch.get_num_threads(), packages=("anyformer",))
     env["machine"].pop("loadavg", None)
     given = dict(provenance or {})
     return {
         **given,
         "command": given.get("command") or _python_command(),
-        "anyformer": anyformer.__version__,
+        "anyformer": env["versions"].pop("anyformer", "unknown (not installed)"),
         **env,
     }
 
@@ -217,25 +216,56 @@ def provenance_lines(folder: Path) -> list[str]:
     return out
 
 
-def width_rows(run: Run, model: nn.Module) -> list[dict[str, Any]]:
-    """For a MatFormer model: metrics of every split at every trained width ([] otherwise)."""
-    from anyformer.model.widths import nested_ffns
+def width_rows(run: Run, model: nn.Module, objective: Any) -> list[dict[str, Any]]:
+    """For a MatFormer model: the metrics of every split at every trained width (the
+    model set to that width, no retraining), with ``params``, those of a standalone model
+    extracted at that width; ``[]`` for a model without nested FFNs."""
+    import torch
+
+    from anyformer.model.elastic import extract
+    from anyformer.model.widths import granularities, nested_ffns, widths_set
 
     if not nested_ffns(model):
         return []
-    from anyformer.lab.elastic import Variant, evaluate_variants
-    from anyformer.lab.run import build_objective
-    from anyformer.model.widths import granularities
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
 
-    chosen = [Variant(f"width={w:g}", widths=w) for w in granularities(model)]
-    objective = build_objective(run.spec, run.task)
-    return evaluate_variants(model, run.task, objective, run.spec.train.eval_size, chosen)
+    def predict(b: Any) -> torch.Tensor:
+        b = b.to(device)
+        return model(b.inputs, padding_mask=b.padding_mask)
+
+    rows = []
+    try:
+        for width in granularities(model):
+            with widths_set(model, width):
+                params = extract(model, width)[0].num_params()
+                for split in run.metrics:
+                    if split not in run.task.splits:
+                        continue
+                    metrics = run.task.evaluate(predict, split, run.spec.train.eval_size, objective)
+                    rows.append({"width": f"{width:g}", "split": split, "params": params,
+                                 **scalar_metrics(metrics)})  # fmt: skip
+    finally:
+        model.train(was_training)
+    return rows
 
 
-def write_report(run: Run, model: nn.Module) -> Path:
-    """Write ``report.md``, ``plots/curve.png`` and ``plots/loss.png`` into the run folder."""
-    from anyformer.lab.cost import read_losses
+def rows_table(rows: list[dict[str, Any]], headline: str) -> list[str]:
+    """Markdown table of :func:`width_rows`: width, split, headline, loss, params."""
+    keys = [k for k in ("width", "split", headline, "loss", "params") if any(k in r for r in rows)]
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
+    """Write ``report.md``, ``plots/curve.png`` and ``plots/loss.png`` into the run folder
+    (``objective`` gives the loss of each MatFormer width)."""
     from anyformer.lab.plots import image_lines, plot_losses
+    from anyformer.lab.results import read_losses
 
     spec = run.spec
     plot = plot_curves(
@@ -260,14 +290,12 @@ def write_report(run: Run, model: nn.Module) -> Path:
         lines.append(
             f"| {split} | " + " | ".join(f"{m[k]:.4g}" if k in m else "" for k in names) + " |"
         )
-    widths = width_rows(run, model)
+    widths = width_rows(run, model, objective)
     if widths:
-        from anyformer.lab.elastic import rows_markdown
-
         lines += ["", "## MatFormer widths", "",
                   "Every trained width of the nested FFNs, evaluated without retraining "
                   "(params: a standalone model extracted at that width).", ""]  # fmt: skip
-        lines += rows_markdown(widths, run.task.headline).rstrip("\n").split("\n")
+        lines += rows_table(widths, run.task.headline)
     lines += image_lines([plot, loss_plot], run.dir)
     path = run.dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -336,14 +336,15 @@ def run_experiment(
         if main:
             record_session(folder, provenance)
         info = {"spec_hash": spec.hash, "spec": spec.to_dict()}
-        trainer = Trainer(model, task, build_objective(spec, task), spec.train, folder, info=info)
+        objective = build_objective(spec, task)
+        trainer = Trainer(model, task, objective, spec.train, folder, info=info)
         try:
             result = trainer.fit()
         finally:
             trainer.close()
         run = Run(folder, spec, result, task)
         if main and not result.interrupted:
-            write_report(run, model)
+            write_report(run, model, objective)
     return run
 
 
