@@ -65,15 +65,25 @@ def _finish(run: Any) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from anyformer.lab import load_experiment, run_experiment
+    from anyformer.lab.run import apply_run_overrides
 
-    spec = load_experiment(args.experiment).with_overrides(args.overrides)
-    return _finish(run_experiment(spec, out=args.out))
+    spec = apply_run_overrides(load_experiment(args.experiment), args.overrides)
+    origin = {"experiment": args.experiment, "overrides": list(args.overrides),
+              "command": _command(args)}  # fmt: skip
+    return _finish(run_experiment(spec, out=args.out, provenance=origin))
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (for run reports)."""
+    import shlex
+
+    return shlex.join(["anyformer", *getattr(args, "argv", [])])
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from anyformer.lab.run import resume_run
 
-    return _finish(resume_run(args.run_dir, args.overrides))
+    return _finish(resume_run(args.run_dir, args.overrides, command=_command(args)))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -121,9 +131,9 @@ def _yes(flag: bool) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from anyformer.lab import load_experiment
-    from anyformer.lab.run import resolve
+    from anyformer.lab.run import apply_run_overrides, resolve
 
-    spec = load_experiment(args.experiment).with_overrides(args.overrides)
+    spec = apply_run_overrides(load_experiment(args.experiment), args.overrides)
     sys.stdout.write(resolve(spec).to_yaml())
     return 0
 
@@ -168,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = load_experiment(args.experiment).with_overrides(args.overrides)
     axes = [parse_axis(v) for v in args.vary]
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else None
-    out = args.out or f"comparisons/{base.name}-{'-'.join(k.split('.')[-1] for k, _ in axes)}"
+    out = args.out  # None: comparisons/<name>-<axes>-<grid key>
     console = _console()
     result = compare(
         base, axes, out, seeds=args.seeds, match_params=args.match_params, lrs=lrs, jobs=args.jobs,
@@ -343,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     cmp.add_argument(
-        "--out", default=None, help="report folder (default comparisons/<name>-<axes>)"
+        "--out", default=None, help="report folder (default comparisons/<name>-<axes>-<grid hash>)"
     )
     cmp.set_defaults(func=cmd_compare)
     rep = sub.add_parser("reproduce", help="reproduce published findings and check their claims")
@@ -378,6 +388,7 @@ def _split_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

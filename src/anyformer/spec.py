@@ -428,6 +428,10 @@ class TrainSpec(_Frozen):
     grad_clip: float = Field(1.0, ge=0.0)
     eval_every: PositiveInt = 250
     eval_size: PositiveInt = 256
+    #: splits evaluated (None: the task's, e.g. id and ood); ``train`` scores the first
+    #: training batches (about ``eval_size`` examples, exactly as trained), to follow
+    #: memorisation over steps; checked against the task by the Trainer
+    eval_splits: tuple[str, ...] | None = None
     checkpoint_every: PositiveInt = 250
     log_every: PositiveInt = 10
     seed: int = 0

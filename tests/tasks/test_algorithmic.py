@@ -226,6 +226,10 @@ def test_score_perfect_wrong_and_partial(name: str) -> None:
     assert all(v == 1.0 for v in perfect["by_length"].values())
     assert perfect["curve"]["x"] == "length" and perfect["curve"]["y"] == "exact_match"
     assert perfect["curve"]["series"]["model"] == perfect["by_length"]
+    assert perfect["curve"]["n"] == {  # examples per point, for annotating points on few
+        length: sum(int(b.inputs.shape[0]) for b in batches if str(b.group) == length)
+        for length in perfect["by_length"]
+    }
     # only parity's answer is a class: it alone carries baselines (and their series)
     assert ("baselines" in perfect) == (name == "parity")
     assert set(perfect["curve"]["series"]) == (

@@ -183,6 +183,8 @@ def test_scores_by_distance(params: dict) -> None:
     assert all(v == 1.0 for v in perfect["by_distance"].values())
     assert perfect["curve"]["x"] == "distance"
     assert perfect["curve"]["series"]["model"] == perfect["by_distance"]
+    distances = [k for b in batches for k in b.extras["distance"].tolist()]
+    assert perfect["curve"]["n"] == {str(k): distances.count(k) for k in sorted(set(distances))}
     assert set(perfect["by_length"]) == {str(n) for n in task.lengths("ood")}
 
     # wrong only on rows at distance 1: exactly that point of the curve drops to 0

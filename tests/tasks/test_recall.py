@@ -123,6 +123,8 @@ def test_perfect_predictor_scores_one_and_errors_are_counted_per_query() -> None
     assert perfect["accuracy"] == 1.0 and perfect["exact_match"] == 1.0
     assert perfect["by_pairs"] == {"4": 1.0, "5": 1.0, "6": 1.0}
     assert perfect["curve"]["series"]["model"] == perfect["by_pairs"]
+    rows = {str(k): sum(int(b.inputs.shape[0]) for b in batches if b.group == k) for k in (4, 5, 6)}
+    assert perfect["curve"]["n"] == rows  # examples per point
     assert perfect["chance"] == 1 / 64
     # break the first query of every row of the 4-pair batch: 1 of its 4 queries is wrong
     outs = []

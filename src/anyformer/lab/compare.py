@@ -8,10 +8,19 @@ Metrics are aggregated over seeds as a mean and a 95% t-interval. With
 5% of the first variant's (iso-parameter comparison). With a learning-rate grid every
 variant is trained at every rate and the rate with the best mean headline metric on the
 in-distribution split counts, as in MAD-lab's protocol.
+
+A comparison folder belongs to one grid: the base spec, the axes with their values,
+``match_params`` and the learning rates (:func:`grid_key`; the seed count is left out,
+so more seeds extend a comparison and reuse its runs). The default folder
+(:func:`default_folder`) carries that key, and :func:`compare` refuses a folder that
+holds another grid unless told to replace it. Each variant's cost (parameters, FLOPs
+per token, tokens/s measured interleaved across variants, wall time and peak memory of
+its runs; :mod:`anyformer.lab.cost`) is reported beside its metrics.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -25,26 +34,17 @@ from typing import Any
 import yaml
 
 from anyformer.errors import SpecError
+from anyformer.lab.compare_report import (  # noqa: F401  (re-exported)
+    cost_markdown,
+    table_markdown,
+    table_rows,
+    write_compare_report,
+)
+from anyformer.lab.results import flatten, mean_interval, training_losses
 from anyformer.lab.run import resolve, run_folder
 from anyformer.spec import ExperimentSpec, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-#: Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
-
-
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T975[min(n - 1, len(_T975)) - 1] if n - 1 <= len(_T975) else 1.96
-    return mean, t * sd / math.sqrt(n)
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -131,6 +131,12 @@ class CompareResult:
     lrs: dict[str, float] = field(default_factory=dict)
     #: run folders per variant label and learning rate (None without an lr grid), by seed
     runs: dict[str, dict[Any, list[Path]]] = field(default_factory=dict)
+    match_params: bool = False
+    #: per variant: params, flops_per_token, tokens_per_s, wall_s, peak_memory_bytes, ...
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per variant: mean training loss over seeds by step ({step: (mean, ci95)})
+    losses: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
 
     def mean(self, variant: str, metric: str, split: str = "id") -> float:
         return float(self.summary[variant][split][metric]["mean"])
@@ -141,12 +147,22 @@ class CompareResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "grid": self.grid,
             "base": self.base.to_dict(),
             "axes": [{"key": k, "values": v} for k, v in self.axes],
             "variants": [
-                {"label": v.label, "overrides": v.overrides, "params": v.params}
+                {
+                    "label": v.label,
+                    "overrides": v.overrides,
+                    "params": v.params,
+                    "d_model": v.spec.model.d_model,
+                    "ffn": v.spec.model.ffn.name,
+                    "ffn_mult": v.spec.model.ffn.params.get("mult"),
+                }
                 for v in self.variants
-            ],
+            ],  # fmt: skip
+            "match_params": self.match_params,
+            "cost": self.cost,
             "headline": self.headline,
             "higher_is_better": self.higher_is_better,
             "learning_rates": self.lrs,
@@ -156,7 +172,89 @@ class CompareResult:
             },
             "summary": self.summary,
             "curves": self.curves,
+            "losses": {k: {str(s): list(v) for s, v in c.items()} for k, c in self.losses.items()},
         }
+
+
+def grid_key(
+    base: ExperimentSpec,
+    axes: list[tuple[str, list[str]]],
+    match_params: bool = False,
+    lrs: list[float] | None = None,
+) -> dict[str, Any]:
+    """What defines a comparison's results (not the seed count): the base spec's hash, the
+    axes with their values, ``match_params`` and the learning-rate grid, with ``key``, a
+    short hash of all of them."""
+    grid = {
+        "base": base.name,
+        "base_hash": base.with_overrides(["train.progress=false"]).hash,
+        "axes": [[k, list(v)] for k, v in axes],
+        "match_params": bool(match_params),
+        "lrs": [float(x) for x in lrs] if lrs else None,
+    }
+    text = json.dumps(grid, sort_keys=True, separators=(",", ":"))
+    return {"key": hashlib.sha256(text.encode()).hexdigest()[:8], **grid}
+
+
+def default_folder(
+    base: ExperimentSpec,
+    axes: list[tuple[str, list[str]]],
+    match_params: bool = False,
+    lrs: list[float] | None = None,
+    root: Path | str = "comparisons",
+) -> Path:
+    """``<root>/<name>-<axis names>-<grid key>``: two comparisons over the same axes with
+    other values, overrides or options get different folders."""
+    names = "-".join(k.split(".")[-1] for k, _ in axes)
+    return Path(root) / f"{base.name}-{names}-{grid_key(base, axes, match_params, lrs)['key']}"
+
+
+GRID_FILE = "grid.json"
+
+
+def _legacy_grid(path: Path, grid: dict[str, Any]) -> dict[str, Any]:
+    """The grid of a ``results.json`` written before grids were recorded: the same grid
+    when its base spec and axes match (``match_params`` and rates were not recorded)."""
+    try:
+        saved = json.loads(path.read_text())
+        old = {
+            "key": "?",
+            "base": saved["base"]["name"],
+            "base_hash": ExperimentSpec.from_dict(saved["base"]).hash,
+            "axes": [[a["key"], list(a["values"])] for a in saved["axes"]],
+        }
+    except (OSError, ValueError, KeyError, TypeError, SpecError):
+        return {"key": "?"}
+    if old["base_hash"] == grid["base_hash"] and old["axes"] == grid["axes"]:
+        old["key"] = grid["key"]
+    return old
+
+
+def claim_folder(folder: Path, grid: dict[str, Any], replace: bool = False) -> None:
+    """Record ``grid`` as the comparison of ``folder``; refuse (SpecError) a folder that
+    holds another comparison, unless ``replace`` (its runs stay; its report and results
+    are rewritten)."""
+    path = folder / GRID_FILE
+    old: dict[str, Any] | None = None
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+    elif (folder / "results.json").is_file():  # written before grids were recorded
+        old = _legacy_grid(folder / "results.json", grid)
+    if old is not None and old.get("key") != grid["key"] and not replace:
+
+        def axes(g: dict[str, Any]) -> str:
+            return "; ".join(f"{k}={','.join(v)}" for k, v in g.get("axes", [])) or "unknown"
+
+        raise SpecError(
+            f"comparison folder '{folder}' already holds another comparison (grid {old.get('key')}: "
+            f"base {old.get('base', '?')} {old.get('base_hash', '')}, axes {axes(old)}); this one "
+            f"is grid {grid['key']} (base {grid['base']} {grid['base_hash']}, axes {axes(grid)}). "
+            f"Choose another --out, or leave --out unset for a folder named by the grid"
+        )
+    write_text_atomic(path, json.dumps(grid, indent=1))
 
 
 def count_params(spec: ExperimentSpec) -> int:
@@ -247,9 +345,12 @@ def make_variants(
     return variants
 
 
-def _run_one(job: tuple[dict[str, Any], str, int | None]) -> dict[str, Any]:
-    """Train (or read back) one run; returns its final metrics per split."""
-    spec_dict, folder, threads = job
+def _run_one(
+    job: tuple[dict[str, Any], str, int | None, dict[str, Any] | None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train (or read back) one run; returns its final metrics per split and its cost
+    (``cost.json``: wall time and mean training tokens/s of its last session)."""
+    spec_dict, folder, threads, provenance = job
     from anyformer.lab.run import run_experiment
 
     if threads:
@@ -257,33 +358,47 @@ def _run_one(job: tuple[dict[str, Any], str, int | None]) -> dict[str, Any]:
 
         torch.set_num_threads(threads)
     spec = ExperimentSpec.from_dict(spec_dict)
-    done = Path(folder) / "final.json"
+    done, cost_file = Path(folder) / "final.json", Path(folder) / "cost.json"
     if done.is_file():
-        return json.loads(done.read_text())
-    run = run_experiment(spec, run_dir=Path(folder))
+        cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+        return json.loads(done.read_text()), cost
+    run = run_experiment(spec, run_dir=Path(folder), provenance=provenance)
     if run.result.interrupted:
         raise KeyboardInterrupt
     final = {split: m for split, m in run.metrics.items()}
+    cost = {
+        "wall_s": run.result.seconds,
+        "train_tokens_per_s": run.result.tokens_per_s,
+    }
+    write_text_atomic(cost_file, json.dumps(cost))
     write_text_atomic(done, json.dumps(final))
-    return final
+    return final, cost
 
 
 def compare(
     base: ExperimentSpec,
     axes: list[tuple[str, list[str]]],
-    out: Path | str,
+    out: Path | str | None,
     seeds: int = 1,
     match_params: bool = False,
     lrs: list[float] | None = None,
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
+    replace: bool = False,
+    timing: tuple[int, int] | None = (3, 3),
 ) -> CompareResult:
-    """Run the grid and aggregate it; writes ``report.md``, ``results.json`` and plots."""
-    folder = Path(out)
+    """Run the grid and aggregate it; writes ``report.md``, ``results.json`` and plots.
+
+    ``out`` is the comparison folder (``None``: :func:`default_folder`); a folder holding
+    another grid is refused unless ``replace``. ``timing`` = (rounds, steps) of the
+    interleaved speed measurement after training (``None`` skips it)."""
+    grid = grid_key(base, axes, match_params, lrs)
+    folder = Path(out) if out is not None else default_folder(base, axes, match_params, lrs)
     base = base.with_overrides(["train.progress=false"])
     variants = make_variants(base, axes, match_params)
+    claim_folder(folder, grid, replace)
     task_cls = variants[0].spec.task.entry.cls
-    grid = []
+    cells = []
     for v in variants:
         for lr in lrs or [None]:
             for seed in range(seeds):
@@ -291,35 +406,45 @@ def compare(
                     [f"train.lr={lr}"] if lr else []
                 )
                 spec = v.spec.with_overrides(extra)
-                grid.append((v.label, lr, seed, spec))
+                cells.append((v.label, lr, seed, spec, [*v.overrides, *extra]))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     work = [
-        (s.to_dict(), str(run_folder(s, folder / "runs")), threads if jobs > 1 else None)
-        for *_, s in grid
-    ]
+        (s.to_dict(), str(run_folder(s, folder / "runs")), threads if jobs > 1 else None,
+         {"comparison": str(folder), "experiment": base.name, "overrides": overrides})
+        for *_, s, overrides in cells
+    ]  # fmt: skip
     if jobs > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs) as pool:
-            finals = pool.map(_run_one, work)
+            outcomes = pool.map(_run_one, work)
     else:
-        finals = []
+        outcomes = []
         for i, job in enumerate(work):
             if progress:
-                label, lr, seed, _ = grid[i]
+                label, lr, seed, *_ = cells[i]
                 progress(f"[{i + 1}/{len(work)}] {label} seed {seed}" + (f" lr {lr}" if lr else ""))
-            finals.append(_run_one(job))
+            outcomes.append(_run_one(job))
     result = CompareResult(folder, base, axes, variants, headline=task_cls.headline,
-                           higher_is_better=task_cls.higher_is_better)  # fmt: skip
+                           higher_is_better=task_cls.higher_is_better,
+                           match_params=match_params, grid=grid)  # fmt: skip
     by_variant: dict[str, dict[Any, list[dict[str, Any]]]] = {}
-    for (label, lr, _seed, _), final, (_, run_dir, _) in zip(grid, finals, work):
+    run_costs: dict[str, dict[Any, list[dict[str, Any]]]] = {}
+    for (label, lr, *_), (final, cost), (_, run_dir, *_) in zip(cells, outcomes, work):
         by_variant.setdefault(label, {}).setdefault(lr, []).append(final)
+        run_costs.setdefault(label, {}).setdefault(lr, []).append(cost)
         result.runs.setdefault(label, {}).setdefault(lr, []).append(Path(run_dir))
     for label, per_lr in by_variant.items():
         best_lr = _best_lr(per_lr, result.headline, result.higher_is_better)
         if best_lr is not None:
             result.lrs[label] = best_lr
         result.summary[label], result.curves[label] = aggregate(per_lr[best_lr])
+    from anyformer.lab.cost import variant_costs
+
+    result.losses = {label: training_losses(result.run_dirs(label)) for label in by_variant}
+    if progress and timing:
+        progress(f"timing {len(variants)} variants, interleaved ({timing[0]} rounds)")
+    result.cost = variant_costs(variants, run_costs, result.lrs, timing)
     write_compare_report(result)
     return result
 
@@ -344,19 +469,6 @@ def _best_lr(per_lr: dict[Any, list[dict[str, Any]]], headline: str, higher: boo
     return max(per_lr, key=score)
 
 
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a nested metrics dict, keyed by dotted paths
-    (``baselines.least_squares.mse``, ``by_length.12``)."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
-
-
 def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Mean and 95% interval of every scalar metric and every curve point, over seeds."""
     summary: dict[str, dict[str, Any]] = {}
@@ -364,6 +476,7 @@ def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], 
     for split in finals[0]:
         metrics: dict[str, list[float]] = {}
         points: dict[str, dict[str, list[float]]] = {}
+        counts: dict[str, float] = {}
         x_label = y_label = ""
         for final in finals:
             m = final.get(split, {})
@@ -376,6 +489,8 @@ def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], 
                     for x, y in pts.items():
                         if y is not None:
                             points.setdefault(series, {}).setdefault(x, []).append(float(y))
+                for x, n in (curve.get("n") or {}).items():  # examples per point, over seeds
+                    counts[x] = counts.get(x, 0) + float(n)
         summary[split] = {
             k: dict(zip(("mean", "ci95"), mean_interval(v)), values=v, n=len(v))
             for k, v in metrics.items()
@@ -389,58 +504,6 @@ def aggregate(finals: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], 
                     for s, pts in points.items()
                 },
             }
+            if counts:
+                curves[split]["n"] = counts
     return summary, curves
-
-
-def write_compare_report(result: CompareResult) -> Path:
-    """``report.md``, ``results.json`` and ``plots/*.png`` in the comparison folder."""
-    from anyformer.lab.plots import plot_compare_curves, plot_metric_vs_params
-
-    folder = result.dir
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "results.json", json.dumps(result.to_json(), indent=1))
-    plots = plot_compare_curves(result, folder / "plots")
-    plots.append(plot_metric_vs_params(result, folder / "plots" / "params.png"))
-    lines = [f"# Comparison: {result.base.name}", "", result.base.description or "", ""]
-    lines += ["- axes: " + "; ".join(f"`{k}` ∈ {{{', '.join(v)}}}" for k, v in result.axes)]
-    n = max(
-        (
-            s["id"][result.headline]["n"]
-            for s in result.summary.values()
-            if "id" in s and result.headline in s["id"]
-        ),
-        default=0,
-    )
-    lines += [f"- seeds: {n}; values are mean ± 95% interval", ""]
-    lines += table_markdown(result)
-    lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
-    write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
-    return folder / "report.md"
-
-
-def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: variant, parameters, (lr), headline per split."""
-    splits = [s for s in ("id", "ood") if any(s in v for v in result.summary.values())]
-    head = (
-        ["variant", "params"]
-        + (["lr"] if result.lrs else [])
-        + [f"{result.headline} ({s})" for s in splits]
-    )
-    rows = []
-    for v in result.variants:
-        s = result.summary.get(v.label, {})
-        row = [v.label, f"{v.params:,}"] + (
-            [f"{result.lrs.get(v.label, '')}"] if result.lrs else []
-        )
-        for split in splits:
-            m = s.get(split, {}).get(result.headline)
-            row.append(f"{m['mean']:.4g} ± {m['ci95']:.2g}" if m else "-")
-        rows.append(row)
-    return head, rows
-
-
-def table_markdown(result: CompareResult) -> list[str]:
-    head, rows = table_rows(result)
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out

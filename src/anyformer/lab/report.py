@@ -1,8 +1,21 @@
-"""Reports of runs: a markdown summary and a PNG of the task's curve(s)."""
+"""Reports of runs: what ran, where and how, its results, and its figures.
+
+``report.md`` is generated from the resolved spec, not from the experiment it started
+from: the task with its parameters, the objective, the model (kind, depth schedule,
+sizes, components with their parameters, per-layer overrides), parameters and FLOPs per
+token, the training settings; then every session of the run (``provenance.json``: the
+command line, the experiment and overrides, the anyformer version, the date, the
+platform, python and torch versions, CPU and GPU); the final metrics of every evaluated
+split; for MatFormer models the results at every trained width; and the figures
+``plots/curve.png`` (the task's curves) and ``plots/loss.png`` (training loss by step).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +39,10 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def results_rows(run: Run) -> list[tuple[str, dict[str, float]]]:
-    """(split, scalar metrics) for every evaluated split, in the task's order."""
-    return [
-        (split, scalar_metrics(run.metrics[split]))
-        for split in run.task.splits
-        if split in run.metrics
-    ]
+    """(split, scalar metrics) for every evaluated split, the task's splits first (then
+    ``train`` when ``train.eval_splits`` asks for it)."""
+    order = [*run.task.splits, *(s for s in run.metrics if s not in run.task.splits)]
+    return [(split, scalar_metrics(run.metrics[split])) for split in order if split in run.metrics]
 
 
 def curves(metrics: dict[str, dict[str, Any]]) -> tuple[str, str, dict[str, dict[float, float]]]:
@@ -49,59 +60,228 @@ def curves(metrics: dict[str, dict[str, Any]]) -> tuple[str, str, dict[str, dict
 
 
 def plot_curves(metrics: dict[str, dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Plot the merged curves to ``path``; ``None`` when the task reports no curve."""
+    """Plot the merged curves to ``path``; ``None`` when the task reports no curve.
+    Scalar baselines are grey reference lines, and points resting on few examples (a
+    curve's ``n``) are annotated."""
+    from anyformer.lab.plots import (
+        _pyplot,
+        _save,
+        _scale,
+        annotate_counts,
+        draw_references,
+        reference_values,
+    )
+    from anyformer.lab.results import flatten
+
     x_label, y_label, series = curves(metrics)
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, points in series.items():
         xs = sorted(points)
         style = "-o" if name.startswith("model") else "--"
         ax.plot(xs, [points[x] for x in xs], style, label=name, markersize=3)
+    for m in metrics.values():
+        counts = (m.get("curve") or {}).get("n") or {}
+        model = (m.get("curve") or {}).get("series", {}).get("model", {})
+        xs = sorted(model, key=float)
+        annotate_counts(ax, [float(x) for x in xs], [model[x] for x in xs],
+                        [counts.get(x) for x in xs])  # fmt: skip
+    refs: dict[str, float] = {}
+    for m in metrics.values():
+        flat = flatten({k: v for k, v in m.items() if k != "curve"})
+        refs.update({k: v for k, v in reference_values(flat, y_label).items() if k not in series})
+    draw_references(ax, refs)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    if y_label == "mse":
-        ax.set_yscale("symlog", linthresh=1e-3)
+    _scale(ax, y_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    out = _save(fig, path)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return out
 
 
-def write_report(run: Run, model: nn.Module) -> Path:
-    """Write ``report.md`` and ``plots/curve.png`` into the run folder."""
+PROVENANCE_FILE = "provenance.json"
+
+
+def session_record(provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This session: ``provenance`` plus the command line, anyformer's version, the date
+    (UTC), the machine and the versions of python and torch."""
+    import torch
+
+    from anyformer.training.throughput import benchmark_environment
+
+    env = benchmark_environment(torch.get_num_threads(), packages=("anyformer",))
+    env["machine"].pop("loadavg", None)
+    given = dict(provenance or {})
+    return {
+        **given,
+        "command": given.get("command") or _python_command(),
+        "anyformer": env["versions"].pop("anyformer", "unknown (not installed)"),
+        **env,
+    }
+
+
+def _python_command() -> str | None:
+    """This process's command line (``python -m anyformer ...`` for the module)."""
+    if not sys.argv or not sys.argv[0]:
+        return None
+    if sys.argv[0].endswith("anyformer/__main__.py"):
+        return " ".join(["python -m anyformer", *map(shlex.quote, sys.argv[1:])])
+    return shlex.join(sys.argv)
+
+
+def read_sessions(folder: Path) -> list[dict[str, Any]]:
+    """The sessions recorded in a run folder (oldest first; [] when none or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return (
+        [s for s in data.get("sessions", []) if isinstance(s, dict)]
+        if isinstance(data, dict)
+        else []
+    )
+
+
+def record_session(folder: Path, provenance: dict[str, Any] | None = None) -> None:
+    """Append this session to the run folder's ``provenance.json`` (atomically)."""
+    sessions = [*read_sessions(folder), session_record(provenance)]
+    write_text_atomic(Path(folder) / PROVENANCE_FILE, json.dumps({"sessions": sessions}, indent=1))
+
+
+def _component(ref: Any) -> str:
+    params = {k: v for k, v in (ref.params or {}).items() if v is not None}
+    inner = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"`{ref.name}`" + (f" ({inner})" if inner else "")
+
+
+def what_ran(run: Run, model: nn.Module) -> list[str]:
+    """Markdown bullets describing the task, objective, model and training that ran."""
+    from anyformer import registry
+
+    spec, m = run.spec, run.spec.model
+    entry = registry.get("task", spec.task.name)
+    summary = f" — {entry.summary}" if entry.summary else ""
+    params = getattr(model, "num_params", lambda: 0)()
+    flops = getattr(model, "flops_per_token", None)
+    seq = run.task.max_seq_len()
+    objective = spec.objective.name if spec.objective else "-"
+    lines = [
+        f"- task: {_component(spec.task)}{summary}",
+        f"- objective: `{objective}`",
+        f"- model: {m.kind}, {m.n_layers} distinct blocks, d_model {m.d_model}, "
+        f"{m.n_heads} heads, depth schedule {_component(m.depth)}",
+        f"- components: attention {_component(m.attention)}, position {_component(m.position)}, "
+        f"ffn {_component(m.ffn)}, norm {_component(m.norm)} ({m.norm_placement.name})",
+    ]
+    if m.layers:
+        lines.append(f"- per-layer overrides: `{json.dumps(m.model_dump(mode='json')['layers'])}`")
+    lines += [f"- parameters: {params:,}"]
+    if callable(flops):
+        lines[-1] += f"; training FLOPs per token at length {seq}: {flops(seq):.3g}"
+    t = spec.train
+    lines += [
+        f"- training: {run.result.step} of {t.steps} steps, batch size {t.batch_size}, lr {t.lr}, "
+        f"seed {t.seed}; {run.result.seconds:.1f} s in the last session",
+        f"- spec hash: `{spec.hash}` (the full spec is `spec.yaml`)",
+    ]
+    return lines
+
+
+def provenance_lines(folder: Path) -> list[str]:
+    """One bullet per recorded session: when, what command, where."""
+    out = []
+    for i, s in enumerate(read_sessions(folder), 1):
+        machine, versions = s.get("machine", {}), s.get("versions", {})
+        what = "resumed" if s.get("resumed") else "started"
+        if s.get("comparison"):
+            what += f" by the comparison `{s['comparison']}`"
+        where = f"{machine.get('platform', '?')}, {machine.get('processor', '?')} x{machine.get('cpus', '?')}"
+        if machine.get("gpu"):
+            where += f", GPU {machine['gpu']} x{machine.get('gpu_count', 1)}"
+        parts = [f"{i}. {s.get('date', '?')}: {what}"]
+        if s.get("command"):
+            parts.append(f"command `{s['command']}`")
+        if s.get("experiment"):
+            parts.append(f"experiment `{s['experiment']}`")
+        if s.get("overrides"):
+            parts.append("overrides " + " ".join(f"`{o}`" for o in s["overrides"]))
+        parts.append(f"anyformer {s.get('anyformer', '?')}, python {versions.get('python', '?')}, "
+                     f"torch {versions.get('torch', '?')}; {where}")  # fmt: skip
+        out.append("; ".join(parts))
+    return out
+
+
+def width_rows(run: Run, model: nn.Module, objective: Any) -> list[dict[str, Any]]:
+    """For a MatFormer model: the metrics of every split at every trained width (the
+    model set to that width, no retraining), with ``params``, those of a standalone model
+    extracted at that width; ``[]`` for a model without nested FFNs."""
+    import torch
+
+    from anyformer.model.elastic import extract
+    from anyformer.model.widths import granularities, nested_ffns, widths_set
+
+    if not nested_ffns(model):
+        return []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def predict(b: Any) -> torch.Tensor:
+        b = b.to(device)
+        return model(b.inputs, padding_mask=b.padding_mask)
+
+    rows = []
+    try:
+        for width in granularities(model):
+            with widths_set(model, width):
+                params = extract(model, width)[0].num_params()
+                for split in run.metrics:
+                    if split not in run.task.splits:
+                        continue
+                    metrics = run.task.evaluate(predict, split, run.spec.train.eval_size, objective)
+                    rows.append({"width": f"{width:g}", "split": split, "params": params,
+                                 **scalar_metrics(metrics)})  # fmt: skip
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def rows_table(rows: list[dict[str, Any]], headline: str) -> list[str]:
+    """Markdown table of :func:`width_rows`: width, split, headline, loss, params."""
+    keys = [k for k in ("width", "split", headline, "loss", "params") if any(k in r for r in rows)]
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
+    """Write ``report.md``, ``plots/curve.png`` and ``plots/loss.png`` into the run folder
+    (``objective`` gives the loss of each MatFormer width)."""
+    from anyformer.lab.plots import image_lines, plot_losses
+    from anyformer.lab.results import read_losses
+
     spec = run.spec
     plot = plot_curves(
         run.metrics, run.dir / "plots" / "curve.png", f"{spec.name}: {spec.task.name}"
     )
-    lines = [
-        f"# {spec.name}",
-        "",
-        spec.description or "",
-        "",
-        f"- task: `{spec.task.name}`, objective: `{spec.objective.name if spec.objective else '-'}`",
-        f"- model: {spec.model.kind}, {spec.model.n_layers} layers, d_model {spec.model.d_model}, "
-        f"attention `{spec.model.attention.name}`, position `{spec.model.position.name}`, "
-        f"ffn `{spec.model.ffn.name}`, norm `{spec.model.norm.name}` ({spec.model.norm_placement.name})",
-        f"- parameters: {getattr(model, 'num_params', lambda: 0)():,}",
-        f"- steps: {run.result.step}, batch size {spec.train.batch_size}, "
-        f"{run.result.seconds:.1f} s in the last session",
-        f"- spec hash: `{spec.hash}`",
-        "",
-        "## Results",
-        "",
-    ]
+    losses = {step: (loss, 0.0) for step, loss in read_losses(run.dir).items()}
+    loss_plot = plot_losses({"train": losses}, run.dir / "plots" / "loss.png",
+                            f"{spec.name}: training loss")  # fmt: skip
+    lines = [f"# {spec.name}", ""]
+    if spec.description:
+        lines += [spec.description, ""]
+    lines += ["## What ran", "", *what_ran(run, model), ""]
+    sessions = provenance_lines(run.dir)
+    if sessions:
+        lines += ["## Sessions", "", *sessions, ""]
+    lines += ["## Results", ""]
     rows = results_rows(run)
     names = sorted({k for _, m in rows for k in m})
     lines.append("| split | " + " | ".join(names) + " |")
@@ -110,8 +290,13 @@ def write_report(run: Run, model: nn.Module) -> Path:
         lines.append(
             f"| {split} | " + " | ".join(f"{m[k]:.4g}" if k in m else "" for k in names) + " |"
         )
-    if plot is not None:
-        lines += ["", f"![curve](plots/{plot.name})"]
+    widths = width_rows(run, model, objective)
+    if widths:
+        lines += ["", "## MatFormer widths", "",
+                  "Every trained width of the nested FFNs, evaluated without retraining "
+                  "(params: a standalone model extracted at that width).", ""]  # fmt: skip
+        lines += rows_table(widths, run.task.headline)
+    lines += image_lines([plot, loss_plot], run.dir)
     path = run.dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

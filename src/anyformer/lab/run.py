@@ -1,13 +1,19 @@
 """Run an experiment into a folder: resolve the spec against its task, train, report.
 
 ``runs/<name>-<hash>/`` holds ``spec.yaml`` (the resolved spec), ``metrics.jsonl``,
-``checkpoint/``, ``report.md`` and ``plots/*.png``. Running a spec whose folder exists
+``checkpoint/``, ``provenance.json`` (each session's command, overrides, version, date
+and machine), ``report.md`` and ``plots/*.png``. Running a spec whose folder exists
 continues that run from its last checkpoint instead of starting over.
 
 One process writes a run folder at a time (:func:`run_lock`): ``.lock`` holds the
 writer's PID and host under an exclusive ``flock``, so a second ``anyformer run`` on the
 same folder is refused with the holder named, and the lock of a process that died (even
 by SIGKILL) is free again because the kernel drops its ``flock``.
+
+A run is named after its spec's ``name``, except when overrides change the task of a
+named experiment without naming the run (:func:`apply_run_overrides`): ``anyformer run
+quickstart task=icl_linear_regression`` is the run ``icl_linear_regression-<hash>``, not
+``quickstart-<hash>``, and its description says which experiment and overrides it came from.
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ from typing import Any
 
 from anyformer import registry
 from anyformer.errors import RunFolderError, SpecError
-from anyformer.lab.report import write_report
+from anyformer.lab.report import record_session, write_report
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
 from anyformer.spec import ExperimentSpec, ModelSpec, packing_refusal
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
-from anyformer.training.trainer import Trainer, TrainResult, resolve_device, seed_everything
+from anyformer.training.trainer import (
+    Trainer,
+    TrainResult,
+    check_eval_splits,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ RESUMABLE = frozenset(
         "steps",
         "eval_every",
         "eval_size",
+        "eval_splits",
         "checkpoint_every",
         "log_every",
         "progress",
@@ -297,6 +310,30 @@ def _check_input_kind(model: dict[str, Any], kind: str, task: str) -> None:
         )
 
 
+def apply_run_overrides(base: ExperimentSpec, overrides: list[str]) -> ExperimentSpec:
+    """``base`` with ``overrides``. Unless they set ``name`` or ``description``: when they
+    change the task, the run is named after the task it runs and its description says
+    where it came from (the base's description is about another task); when they change
+    the model, task parameters or objective, the description notes those overrides (the
+    base's text may name what they changed)."""
+    spec = base.with_overrides(overrides) if overrides else base
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if keys & {"name", "description"}:
+        return spec
+    data = spec.to_dict()
+    if spec.task.name != base.task.name:
+        data["name"] = spec.task.name
+        data["description"] = f"experiment '{base.name}' with overrides: {' '.join(overrides)}"
+    else:
+        changed = [o for o in overrides if o.split(".", 1)[0].split("=", 1)[0] != "train"]
+        if not changed:
+            return spec
+        data["description"] = (
+            f"{base.description.rstrip()} (Run with overrides: {' '.join(changed)}.)".lstrip()
+        )
+    return ExperimentSpec.from_dict(data)
+
+
 def run_folder(spec: ExperimentSpec, out: Path | str = "runs") -> Path:
     return Path(out) / f"{spec.name}-{spec.hash}"
 
@@ -308,13 +345,20 @@ def prepare_model(spec: ExperimentSpec) -> Transformer:
 
 
 def run_experiment(
-    spec: ExperimentSpec, out: Path | str = "runs", run_dir: Path | None = None
+    spec: ExperimentSpec,
+    out: Path | str = "runs",
+    run_dir: Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Run:
-    """Train ``spec`` in its run folder (resuming it if it exists), then write the report."""
+    """Train ``spec`` in its run folder (resuming it if it exists), then write the report.
+
+    ``provenance`` (e.g. ``{"experiment": ..., "overrides": [...]}``) is recorded with the
+    command line, version, date and machine of this session in ``provenance.json``."""
     spec = resolve(spec)
     # everything that can refuse the spec runs before the run folder is made
     resolve_device(spec.train.device)
     task = build_task(spec)
+    check_eval_splits(spec.train, task, spec.task.name)
     model = prepare_model(spec)
     folder = run_dir or run_folder(spec, out)
     with run_lock(folder):
@@ -323,15 +367,18 @@ def run_experiment(
         main = env_rank() == 0  # under torchrun only rank 0 writes the spec and the report
         if main and not saved.exists():
             spec.save(saved)
+        if main:
+            record_session(folder, provenance)
         info = {"spec_hash": spec.hash, "spec": spec.to_dict()}
-        trainer = Trainer(model, task, build_objective(spec, task), spec.train, folder, info=info)
+        objective = build_objective(spec, task)
+        trainer = Trainer(model, task, objective, spec.train, folder, info=info)
         try:
             result = trainer.fit()
         finally:
             trainer.close()
         run = Run(folder, spec, result, task)
         if main and not result.interrupted:
-            write_report(run, model)
+            write_report(run, model, objective)
     return run
 
 
@@ -350,11 +397,14 @@ def load_run_spec(run_dir: Path | str) -> ExperimentSpec:
     return ExperimentSpec.from_yaml(folder / SPEC_FILE)
 
 
-def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
+def resume_run(
+    run_dir: Path | str, overrides: list[str] | None = None, command: str | None = None
+) -> Run:
     """Continue a run from its last checkpoint, optionally with overrides such as
     ``train.steps=2000``. Only ``train.*`` fields that do not change what was already
-    computed (steps, evaluation and checkpoint cadence, progress, device, threads, and how
-    it runs: compile, precision, activation checkpointing, distributed, packing) may
+    computed (steps, evaluation splits, cadence and size, checkpoint cadence, progress,
+    device, threads, and how it runs: compile, precision, activation checkpointing,
+    distributed, packing) may
     change; a run saved on N processes resumes on M (``train.distributed=none`` for
     one)."""
     from anyformer.training.checkpoint import latest_checkpoint
@@ -382,4 +432,8 @@ def resume_run(run_dir: Path | str, overrides: list[str] | None = None) -> Run:
             if env_rank() == 0:
                 new.save(folder / SPEC_FILE)
             spec = new
-        return run_experiment(spec, run_dir=folder)
+        return run_experiment(
+            spec,
+            run_dir=folder,
+            provenance={"resumed": True, "overrides": list(overrides or []), "command": command},
+        )

@@ -240,7 +240,8 @@ class GraphSearch(SequenceTask):
                 c[1] += 1
         by_distance = {str(k): counts[k][0] / counts[k][1] for k in sorted(counts)}
         metrics["by_distance"] = by_distance
-        curve = {"x": "distance", "y": "exact_match", "series": {"model": dict(by_distance)}}
+        curve = {"x": "distance", "y": "exact_match", "series": {"model": dict(by_distance)},
+                 "n": {str(k): counts[k][1] for k in sorted(counts)}}  # fmt: skip
         if batches:
             labels = torch.cat([self.answer_labels(b) for b in batches])
             distances = torch.cat([b.extras["distance"] for b in batches])

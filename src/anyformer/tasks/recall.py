@@ -337,7 +337,8 @@ class MQAR(Task):
         total = [sum(c[i] for c in counts.values()) for i in range(4)]
         by_pairs = {str(k): counts[k][0] / counts[k][1] for k in sorted(counts) if counts[k][1]}
         exact_by = {str(k): counts[k][2] / counts[k][3] for k in sorted(counts) if counts[k][3]}
-        curve = {"x": "pairs", "y": "accuracy", "series": {"model": dict(by_pairs)}}
+        curve = {"x": "pairs", "y": "accuracy", "series": {"model": dict(by_pairs)},
+                 "n": {str(k): counts[k][3] for k in sorted(counts) if counts[k][1]}}  # fmt: skip
         metrics: dict[str, Any] = {
             "accuracy": total[0] / max(total[1], 1),
             "exact_match": total[2] / max(total[3], 1),

@@ -413,6 +413,7 @@ class SequenceTask(Task):
                 "x": self.length_name,
                 "y": "exact_match",
                 "series": {"model": dict(by_length)},
+                "n": {str(k): rows[k][1] for k in sorted(rows) if rows[k][1]},  # examples
             },
         }
         baselines = self.trivial_baselines(batches)

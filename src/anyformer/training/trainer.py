@@ -112,6 +112,31 @@ def make_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, foreach=True)
 
 
+#: the name of the evaluation split drawn from the training data (``train.eval_splits``)
+TRAIN_SPLIT = "train"
+
+
+def check_eval_splits(train: TrainSpec, task: Task, name: str | None = None) -> tuple[str, ...]:
+    """The splits to evaluate: ``train.eval_splits`` checked against the task's splits and
+    ``train`` (SpecError naming the bad value and the valid ones), else the task's.
+    ``name`` is the task's registered name for the message (default: its class name)."""
+    if train.eval_splits is None:
+        return tuple(task.splits)
+    valid = (*task.splits, TRAIN_SPLIT)
+    if not train.eval_splits:
+        raise SpecError(f"train.eval_splits is empty; name at least one of: {', '.join(valid)}")
+    for split in train.eval_splits:
+        if split not in valid:
+            raise SpecError(
+                f"train.eval_splits: '{split}' is not a split of task "
+                f"'{name or type(task).__name__}' "
+                f"(valid: {', '.join(valid)})"
+            )
+    if len(set(train.eval_splits)) != len(train.eval_splits):
+        raise SpecError(f"train.eval_splits={list(train.eval_splits)} names a split twice")
+    return tuple(train.eval_splits)
+
+
 @dataclass
 class TrainResult:
     """What a finished (or interrupted) training run leaves."""
@@ -155,6 +180,7 @@ class Trainer:
         problem = packing_refusal(train, spec) if isinstance(spec, ModelSpec) else None
         if problem:  # a spec validated before its head was decided, or a model built by hand
             raise SpecError(problem)
+        self.eval_splits = check_eval_splits(train, task)
         self.compile = device.type == "cuda" if train.compile is None else train.compile
         self.dist = init_distributed(train.distributed, device)
         self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
@@ -176,6 +202,7 @@ class Trainer:
             self.dist.world_size,
         )
         self._graph_breaks: dict[str, int] = {}
+        self._train_sample: list[Batch] | None = None
         self.step = 0
         self.start_step = 0  # the step this session started (or resumed) at
         self.grad_norms: deque[tuple[int, torch.Tensor]] = deque(maxlen=64)
@@ -207,16 +234,38 @@ class Trainer:
         return layout.unpack_padded(out, int(batch.inputs.shape[1]))
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
-        """Metrics of every split of the task at the current weights."""
+        """Metrics of every evaluated split (``train.eval_splits``, by default the task's)
+        at the current weights."""
         was_training = self.model.training
         self.model.eval()
         try:
-            return {
-                split: self.task.evaluate(self.predict, split, self.train.eval_size, self.objective)
-                for split in self.task.splits
-            }
+            return {split: self._evaluate_split(split) for split in self.eval_splits}
         finally:
             self.model.train(was_training)
+
+    def _evaluate_split(self, split: str) -> dict[str, Any]:
+        if split != TRAIN_SPLIT:
+            return self.task.evaluate(self.predict, split, self.train.eval_size, self.objective)
+        batches = self.train_sample()
+        with torch.no_grad():
+            outputs = [self.predict(b) for b in batches]
+            metrics = self.task.score([o.float().cpu() for o in outputs], batches)
+            total, weight = 0.0, 0
+            for out, b in zip(outputs, batches):
+                n = int(b.loss_mask.sum())
+                total += float(self.objective(out, b.to(out.device))) * n
+                weight += n
+        metrics["loss"] = total / max(weight, 1)
+        return metrics
+
+    def train_sample(self) -> list[Batch]:
+        """The ``train`` evaluation split: the training batches of steps ``0 .. k-1``, the
+        first ``k = ceil(eval_size / batch_size)`` batches the model trained on (the same
+        examples at every evaluation)."""
+        if self._train_sample is None:
+            k = -(-self.train.eval_size // self.train.batch_size)
+            self._train_sample = [self.task.train_batch(i, self.train.batch_size) for i in range(k)]
+        return self._train_sample
 
     def _log(self, record: dict[str, Any]) -> None:
         """Append one line to ``metrics.jsonl`` (append-only while training)."""

@@ -57,7 +57,7 @@ def reproduce(
                 progress(f"{name}: {key}")
             results[key] = compare(
                 comp.spec(), comp.axes, folder / key, seeds=comp.seeds, match_params=comp.match_params,
-                lrs=comp.lrs, progress=progress,
+                lrs=comp.lrs, progress=progress, replace=True,
             )  # fmt: skip
         verdict = finding.check(results)
         rep = Reproduction(name, finding, verdict, results, folder, quick)
@@ -100,7 +100,7 @@ def write_finding_report(rep: Reproduction) -> Path:
         ]
         lines += table_markdown(result)
         for png in sorted((result.dir / "plots").glob("*.png")):
-            lines.append(f"![{png.stem}]({png.relative_to(rep.dir)})")
+            lines += ["", f"![{png.stem}]({png.relative_to(rep.dir)})"]  # never inside the table
     path = rep.dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     # ``holds`` stays a bool for conclusive verdicts (readers of older records); it is
