@@ -280,7 +280,8 @@ class ModelSpec(_Frozen):
     def embedder_ref(self) -> EmbedderRef:
         """The embedder: ``embedder`` when set (it wins over ``embed``), or the one
         ``embed`` names."""
-        return self.embedder if self.embedder is not None else EmbedderRef(name=self.embed)
+        ref = self.embedder if self.embedder is not None else self.embed
+        return ref if isinstance(ref, EmbedderRef) else EmbedderRef.model_validate(ref)
 
     @property
     def input_kind(self) -> str:
@@ -299,7 +300,8 @@ class ModelSpec(_Frozen):
     @property
     def head_ref(self) -> HeadRef:
         """The head: ``head``, or the kind's default (``lm`` / ``classify``)."""
-        return self.head if self.head is not None else HeadRef(name=DEFAULT_HEADS[self.kind])
+        head = self.head if self.head is not None else DEFAULT_HEADS[self.kind]
+        return head if isinstance(head, HeadRef) else HeadRef.model_validate(head)
 
     def layer(self, i: int) -> LayerSpec:
         """The block slots of layer ``i``, with its overrides applied."""
@@ -374,22 +376,18 @@ class ModelSpec(_Frozen):
             if not ref.entry.caps.packing:
                 layers.setdefault(ref.name, []).append(i)
         if layers:
-            capable = [
-                e.name
-                for e in registry.entries("attention")
-                if getattr(e.cls, "supports_packing", False)
-            ]
+            capable = [e.name for e in registry.entries("attention") if e.caps.packing]
             where = "; ".join(
                 f"'{name}' in layers {', '.join(map(str, idx))}"
                 for name, idx in sorted(layers.items())
             )
             return (
                 f"attention {', '.join(repr(n) for n in sorted(layers))} cannot keep packed "
-                f"documents apart (no supports_packing: {where}; attention that can: "
+                f"documents apart (no packing capability: {where}; attention that can: "
                 f"{', '.join(capable)})"
             )
         if not self.depth.entry.caps.packing:
-            return f"depth='{self.depth.name}' cannot run packed rows (no supports_packing)"
+            return f"depth='{self.depth.name}' cannot run packed rows (no packing capability)"
         return None
 
     @property

@@ -60,6 +60,16 @@ def test_the_softmax_family_supports_packing() -> None:
     assert {"softmax", "gated", "clipped_softmax"} <= set(_packing_capable())
 
 
+def test_a_refusal_lists_the_attention_that_can_pack() -> None:
+    """The message used to read the removed class attribute and list nothing."""
+    from anyformer.spec import ModelSpec
+
+    spec = ModelSpec(vocab_size=8, d_model=16, n_heads=2, attention="linear", position="none")
+    problem = spec.packing_problem()
+    assert problem is not None and "attention that can: " in problem
+    assert "softmax" in problem.split("attention that can: ")[1]
+
+
 @pytest.mark.parametrize(("kind", "attention", "position"), _cases())
 def test_packed_equals_padded(kind: str, attention: dict, position: str) -> None:
     spec = _spec(kind, attention, position)
