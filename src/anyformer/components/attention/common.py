@@ -19,6 +19,7 @@ from anyformer.components.base import Context
 from anyformer.nn import causal_mask, combine_masks, padding_to_key_mask
 from anyformer.nn.kv_cache import KVBuffer, cached_key_mask
 from anyformer.nn.packing import segment_mask
+from anyformer.registry import Dims
 
 # --------------------------------------------------------------------------- impl
 #: The two ways a mixer with an ``impl`` parameter can compute the same function:
@@ -221,3 +222,40 @@ def attend(
     if impl == "fast":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
     return reference_attention(q, k, v, full, dropout, training)
+
+
+# --------------------------------------------------------------------------- grids
+def grid_problem(dims: Dims) -> str | None:
+    """Why a mixer over a 2-D grid of tokens cannot be built with ``dims`` (``None`` when
+    it can): the model's embedder must lay its tokens out on a grid."""
+    if dims.grid is None:
+        return (
+            "needs a 2-D grid of tokens (an image embedder such as model.embedder=patches); "
+            "this model's embedder makes a 1-D sequence (no grid)"
+        )
+    return None
+
+
+def check_grid_length(name: str, t: int, n_prefix: int, grid: tuple[int, int]) -> None:
+    """Refuse an input whose length is not ``n_prefix + H * W``."""
+    h, w = grid
+    if t != n_prefix + h * w:
+        raise ValueError(
+            f"{name}: {t} tokens do not form the model's layout of {n_prefix} prefix "
+            f"tokens and a {h}x{w} grid ({n_prefix + h * w} tokens)"
+        )
+
+
+def split_grid(
+    x: torch.Tensor, n_prefix: int, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [B, T, C]`` -> prefix tokens ``[B, P, C]`` and the grid as an image
+    ``[B, C, H, W]`` (tokens after the prefix are row-major grid cells)."""
+    h, w = grid
+    prefix, cells = x[:, :n_prefix], x[:, n_prefix:]
+    return prefix, cells.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def merge_grid(prefix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_grid`: ``[B, P, C]`` and ``[B, C, H, W]`` -> ``[B, P + H W, C]``."""
+    return torch.cat((prefix, image.flatten(2).transpose(1, 2)), dim=1)
