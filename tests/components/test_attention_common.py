@@ -14,6 +14,7 @@ import anyformer.components.attention as attention_pkg
 import anyformer.components.mixers as mixers_pkg
 from anyformer import registry
 from anyformer.components.attention.qkv import project_qkv, qkv_projection
+from anyformer.lab.contracts.mixer import mixer_dims
 from anyformer.registry import Dims
 
 SHARED = {"anyformer.components.attention.common", "anyformer.components.attention.qkv"}
@@ -50,7 +51,7 @@ def test_every_fused_projection_is_the_shared_one(name: str) -> None:
     one way."""
     entry = registry.get("attention", name)
     causal = entry.caps.causal_safe
-    mixer = entry.build(entry.make_params(), Dims(32, 4, 32, causal))
+    mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, 12, causal, max_len=32))
     fused = [n for n, m in mixer.named_modules() if n.split(".")[-1].endswith(("qkv", "_kv"))]
     for n in fused:
         assert hasattr(mixer.get_submodule(n), "head_groups"), f"{name}.{n}"

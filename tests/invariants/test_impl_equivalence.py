@@ -38,6 +38,7 @@ from anyformer.components.attention.common import (
 from anyformer.components.attention.qkv import QKVHeads
 from anyformer.components.base import Context
 from anyformer.errors import SpecError
+from anyformer.lab.contracts.mixer import mixer_dims
 from anyformer.registry import Capabilities, Dims, Entry, Paper
 
 ATOL, RTOL = 1e-9, 1e-7
@@ -73,7 +74,7 @@ def cases(entry: Entry, params: BaseModel) -> list[Case]:
     for causal in (True, False):
         if not (entry.caps.causal_safe if causal else entry.caps.bidirectional):
             continue
-        if entry.check(params, Dims(D, H, 16, causal)) is not None:
+        if entry.check(params, mixer_dims(entry, D, H, T, causal, max_len=16)) is not None:
             continue
         out.append(Case(causal, "none", "plain"))
         for mode, position in POSITIONS.items():
@@ -108,7 +109,7 @@ def _run(
     entry: Entry, params: BaseModel, case: Case, x: torch.Tensor, w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor | None]]:
     """Outputs, input gradient and parameter gradients of one impl on one case."""
-    dims = Dims(D, H, 16, case.causal)
+    dims = mixer_dims(entry, D, H, T, case.causal, max_len=16)
     torch.manual_seed(1)
     mixer = entry.build(params, dims).double().train()
     torch.manual_seed(2)

@@ -1,8 +1,15 @@
 """Contract checks of the ``attention`` slot (token mixers): ``forward(x, ctx)`` keeps the
 shape, a causal decoder never reads the future, an encoder ignores padding, gradient
-reaches every parameter, and cached decoding equals recomputation."""
+reaches every parameter, and cached decoding equals recomputation.
+
+A mixer whose capabilities say ``grid`` reads a 2-D grid of tokens: the checks build it
+with :func:`mixer_dims` (prefix tokens and a grid that make up the test length), check
+that validation refuses it in a model without a grid, and check padding as masked grid
+cells whose values reach no real token."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -27,6 +34,31 @@ from anyformer.registry import Dims, Entry
 SLOT = "attention"
 
 
+def grid_for(t: int) -> tuple[int, int, int]:
+    """``(n_prefix, H, W)`` with ``n_prefix + H * W = t``: the fewest prefix tokens (at
+    least one where possible, so prefix handling is exercised) and the squarest grid
+    with both sides at least 2."""
+    for n_prefix in (1, 2, 3, 0):
+        cells = t - n_prefix
+        sides = [(h, cells // h) for h in range(2, cells + 1) if cells % h == 0]
+        sides = [(h, w) for h, w in sides if h <= w and h >= 2]
+        if sides:
+            h, w = sides[-1]
+            return n_prefix, h, w
+    raise ValueError(f"no grid of at least 2x2 cells fits {t} tokens")
+
+
+def mixer_dims(entry: Entry, d_model: int, n_heads: int, t: int, causal: bool, **kw: Any) -> Dims:
+    """The ``Dims`` a check builds ``entry`` with for inputs of ``t`` tokens: a grid
+    mixer (``caps.grid``) gets prefix tokens and a grid of :func:`grid_for` ``(t)``;
+    ``max_len`` defaults to ``t``."""
+    kw.setdefault("max_len", t)
+    if entry.caps.grid:
+        n_prefix, h, w = grid_for(t)
+        kw.update(grid=(h, w), n_prefix=n_prefix)
+    return Dims(d_model=d_model, n_heads=n_heads, causal=causal, **kw)
+
+
 @contract_check(SLOT, "shape")
 def output_shape(entry: Entry) -> None:
     """forward(x [B, T, D], ctx) returns finite [B, T, D] in every mode it declares"""
@@ -36,7 +68,7 @@ def output_shape(entry: Entry) -> None:
     if not modes:
         raise CheckFailure("its capabilities allow neither decoders nor encoders")
     for causal in modes:
-        dims = Dims(d_model=32, n_heads=4, max_len=32, causal=causal)
+        dims = mixer_dims(entry, 32, 4, T, causal, max_len=32)
         params = entry.make_params()
         problem = entry.check(params, dims)
         if problem:
@@ -66,17 +98,31 @@ def causal(entry: Entry) -> None:
 
 @contract_check(SLOT, "encoder_padding")
 def encoder_padding(entry: Entry) -> None:
-    """in an encoder, padded tokens change no real token's output"""
+    """in an encoder, padded tokens change no real token's output (a grid mixer: padded
+    grid cells; and a model without a grid is refused with the reason)"""
+    if entry.caps.grid:
+        refuses_a_model_without_a_grid(entry)
     if not entry.caps.bidirectional:
         if try_spec("encoder", entry.name, "learned")[0] is not None:
             raise CheckFailure("validation accepted a causal-only mixer in an encoder")
         raise NotApplicable("not bidirectional (decoders only); encoders refuse it")
-    encoder_ignores_padding(entry.name, "learned")
+    if entry.caps.grid:
+        grid_cells_ignore_padding(entry)
+    else:
+        encoder_ignores_padding(entry.name, "learned")
 
 
 @contract_check(SLOT, "gradients")
 def gradients(entry: Entry) -> None:
     """a backward pass through a model with it reaches every parameter"""
+    if entry.caps.grid:
+        mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, T, False))
+        position = registry.get("position", "none").build(None, mixer_dims(entry, 32, 4, T, False))
+        mixer(torch.randn(2, T, 32), Context(torch.arange(T), False, position)).pow(
+            2
+        ).mean().backward()
+        no_dead_parameters(mixer, "on a grid")
+        return
     kind = "decoder" if entry.caps.causal_safe else "encoder"
     extra = {} if kind == "decoder" else {"n_outputs": V}
     model = toy_model(kind, entry.name, "none", **extra)
@@ -95,6 +141,34 @@ def kv_cache(entry: Entry) -> None:
         mode = registry.get("position", position).caps.position_mode or "none"
         if mode in entry.caps.position_modes:
             cached_decoding_equals_recomputation(entry.name, position)
+
+
+def refuses_a_model_without_a_grid(entry: Entry) -> None:
+    """Validation refuses a grid mixer in a token model (a 1-D sequence), saying why."""
+    spec, why = try_spec("encoder", entry.name, "none")
+    if spec is not None:
+        raise CheckFailure("validation accepted a grid mixer in a model without a grid")
+    if "grid" not in why:
+        raise CheckFailure(f"the refusal of a model without a grid does not say why: {why}")
+
+
+def grid_cells_ignore_padding(entry: Entry) -> None:
+    """Padded grid cells and prefix tokens (``padding_mask`` False) change no real token's
+    output, whatever their values."""
+    dims = mixer_dims(entry, 32, 4, T, False)
+    mixer = entry.build(entry.make_params(), dims).eval()
+    position = registry.get("position", "none").build(None, dims)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, T, 32, generator=g)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[0, -3:] = False
+    mask[1, dims.n_prefix + 1] = False
+    mask[1, 0] = dims.n_prefix == 0
+    other = torch.where(mask[..., None], x, torch.randn(2, T, 32, generator=g) * 3)
+    ctx = Context(torch.arange(T), False, position, padding_mask=mask)
+    with torch.no_grad():
+        a, b = mixer(x, ctx), mixer(other, ctx)
+    close(a[mask], b[mask], "padded grid cells changed the outputs of real tokens", rtol=1e-4)
 
 
 def cached_decoding_equals_recomputation(
