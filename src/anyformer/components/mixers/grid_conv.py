@@ -88,7 +88,8 @@ class GnConv(nn.Module):
     ``sum C_k`` channels, W_k a pointwise ``C_k -> C_{k+1}`` projection and ``s`` the
     scale. Order 1 is a gated depthwise convolution ``W_out (p_0 ⊙ DWConv(q))``. Each
     recursion step multiplies in one more spatially mixed gate, so the output is an n-th
-    order polynomial of the input over a growing neighbourhood. Prefix tokens take the
+    order polynomial of the inputs in the ``k x k`` neighbourhood (all gates come from
+    the one depthwise convolution, as in HorNet). Prefix tokens take the
     pointwise path (the depthwise convolution's centre tap and bias). Not supported: the
     global-filter (FFT) variant of DWConv in HorNet-GF.
     """
