@@ -276,19 +276,31 @@ def test_conv_attention_with_identity_1x1_convolutions_is_softmax_attention(impl
     torch.testing.assert_close(mixer(x, _ctx()), _softmax_like(mixer)(x, _ctx()))
 
 
-def test_strided_keys_are_the_strided_cells_and_the_prefix() -> None:
+@pytest.mark.parametrize("position", ["none", "rope", "t5_bias"])
+def test_strided_keys_are_the_strided_cells_and_the_prefix(position: str) -> None:
+    """With kv_stride=2 and identity 1x1 convolutions the keys are the prefix and the
+    cells (2i, 2j), at those cells' positions (rotation, score bias)."""
     torch.manual_seed(0)
     mixer = ConvAttention(DIMS, ConvAttentionParams(kernel_size=1, kv_stride=2))
     _identity_convs(mixer)
     keys = [0, _cell(0, 0), _cell(0, 2), _cell(2, 0), _cell(2, 2)]
     assert mixer.key_index.tolist() == keys
+    scheme = registry.get("position", position).build(None, DIMS)
+    with torch.no_grad():
+        for p in scheme.parameters():
+            p.normal_()
     x = _x()
     plain = _softmax_like(mixer)
+    q_pos, k_pos = torch.arange(T), torch.tensor(keys)
     q = plain.project(x)[0]
     _, k, v = plain.project(x[:, keys])
-    scores = (q @ k.transpose(-1, -2) / math.sqrt(D // 4)).softmax(-1)
-    want = plain.out((scores @ v).transpose(1, 2).reshape(2, T, D))
-    torch.testing.assert_close(mixer(x, _ctx()), want)
+    q, k = scheme.rotate(q, k, q_pos, k_pos)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D // 4)
+    bias = scheme.score_bias(q_pos, k_pos)
+    scores = scores if bias is None else scores + bias
+    want = plain.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, T, D))
+    ctx = Context(torch.arange(T), False, scheme)
+    torch.testing.assert_close(mixer(x, ctx), want)
 
 
 def test_conv_attention_convolutions_mix_neighbours_and_skip_the_prefix() -> None:
