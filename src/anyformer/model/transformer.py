@@ -208,7 +208,8 @@ class Transformer(nn.Module):
         ``return_outputs`` the result is the pass's :class:`ModelOutput`."""
         if last_only and self.pooled:
             raise ValueError("last_only needs a per-position head; this model pools")
-        t = inputs.shape[1]
+        embedded = self.embed(inputs)
+        t = embedded.shape[1]  # tokens, not the raw input's second axis (image channels)
         offset = 0 if cache is None else cache.offset
         if offset + t > self.spec.max_len:
             raise SpecError(
@@ -228,7 +229,7 @@ class Transformer(nn.Module):
         embed_positions = positions
         if cache is not None and cache.position_shift is not None:  # rows padded in front
             embed_positions = (positions - cache.position_shift[:, None]).clamp(min=0)
-        x = self.position.embed(self.embed(inputs), embed_positions)
+        x = self.position.embed(embedded, embed_positions)
         x = self.drop(x)
         ctx = Context(
             positions, self.causal, self.position, padding_mask, segments, cache, last_only
