@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anyformer import registry
 from anyformer.components.attention.grid import (
@@ -19,6 +20,7 @@ from anyformer.components.attention.grid import (
 )
 from anyformer.components.attention.softmax import SoftmaxAttention, SoftmaxParams
 from anyformer.components.base import Context
+from anyformer.components.embedders.base import Embedder, TokenLayout
 from anyformer.components.mixers.grid_conv import (
     GnConv,
     GnConvParams,
@@ -30,7 +32,8 @@ from anyformer.components.mixers.grid_conv import (
 from anyformer.errors import SpecError
 from anyformer.lab.contracts import CheckFailure
 from anyformer.lab.contracts.mixer import grid_cells_ignore_padding, grid_for
-from anyformer.registry import Capabilities, Dims, Entry, Paper
+from anyformer.model.transformer import build_model
+from anyformer.registry import Capabilities, Dims, Entry, NoParams, Paper, register
 from anyformer.spec import ModelSpec, parse
 
 GRID_MIXERS = ["gnconv", "hyena_2d", "strip_attention", "conv_attention"]
@@ -337,3 +340,50 @@ def test_the_grid_padding_check_catches_a_mixer_that_reads_padded_cells() -> Non
     )  # fmt: skip
     with pytest.raises(CheckFailure, match="padded grid cells changed"):
         grid_cells_ignore_padding(leaky)
+
+
+# --------------------------------------------------------------------------- in a model
+class _Pixels(Embedder):
+    """A throwaway grid embedder: every pixel of ``[B, C, H, W]`` a token, CLS first."""
+
+    def __init__(self, spec: ModelSpec, params: NoParams) -> None:
+        super().__init__()
+        self.proj = nn.Linear(spec.input_shape[0], spec.d_model)
+        self.cls = nn.Parameter(torch.randn(spec.d_model))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        cells = self.proj(inputs.flatten(2).transpose(1, 2))
+        return torch.cat((self.cls.expand(len(inputs), 1, -1), cells), dim=1)
+
+    @classmethod
+    def layout(cls, params: NoParams, spec: ModelSpec) -> TokenLayout:
+        _, h, w = spec.input_shape
+        return TokenLayout(length=1 + h * w, grid=(h, w), n_prefix=1)
+
+
+@pytest.mark.parametrize("name", GRID_MIXERS)
+def test_a_model_with_a_grid_embedder_builds_and_trains_each_grid_mixer(name: str) -> None:
+    register("embedder", "test_pixels", paper=None, summary="t", caps=Capabilities(grid=True))(
+        _Pixels
+    )
+    try:
+        data = dict(kind="encoder", d_model=16, n_heads=4, n_layers=2, max_len=T)
+        data.update(embedder="test_pixels", input_shape=[3, H, W], attention=name)
+        data.update(position="none", head="classify", n_outputs=5)
+        spec = parse(ModelSpec, data)
+        assert spec.dims().grid == (H, W) and spec.dims().n_prefix == 1
+        torch.manual_seed(0)
+        model = build_model(spec)
+        images = torch.randn(2, 3, H, W)
+        model(images).pow(2).mean().backward()
+        assert model(images).shape == (2, 5)
+        mixers = [m for m in model.modules() if type(m).__name__ in ("GnConv", "Hyena2D", "StripAttention", "ConvAttention")]  # fmt: skip
+        assert len(mixers) == 2 and all(m.grid == (H, W) for m in mixers)
+        grads = [p.grad for m in mixers for p in m.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        data.update(input_shape=[3, H, W + 1])  # 21 tokens > max_len=17
+        with pytest.raises(SpecError, match="max_len"):
+            parse(ModelSpec, data)
+    finally:
+        registry._REGISTRY["embedder"].pop("test_pixels", None)
+        registry._BY_CLASS.pop(_Pixels, None)
