@@ -80,7 +80,7 @@ CONTRACTS: dict[str, SlotContract] = {
     ),
     "position": SlotContract(
         "positional schemes: add to embeddings, rotate q/k, or bias scores",
-        ("anyformer.components.position",),
+        ("anyformer.components.position", "anyformer.components.position_2d"),
         "anyformer.components.base:PositionScheme",
         ("dims", "params"),
     ),
