@@ -18,7 +18,9 @@ from anyformer.model.transformer import build_model
 from anyformer.spec import ModelSpec, parse
 
 MIXERS = registry.components("attention")
-POSITIONS = registry.components("position")
+# the token models here have no 2-D grid; the grid schemes (sincos_2d, learned_2d,
+# rope_2d) refuse them and are tested in tests/components/test_position_2d.py
+POSITIONS = [e.name for e in registry.entries("position") if not e.caps.grid]
 T = 12
 
 

@@ -47,10 +47,12 @@ def try_spec(
 
 
 def allowed(kind: str, attention: str, position: str) -> bool:
-    """Whether the capabilities allow ``attention`` with ``position`` in a ``kind`` model."""
+    """Whether the capabilities allow ``attention`` with ``position`` in a ``kind`` toy
+    model (a token model: a position scheme that needs a 2-D grid is excluded)."""
     entry, pos = registry.get("attention", attention), registry.get("position", position)
     ok_kind = entry.caps.causal_safe if kind == "decoder" else entry.caps.bidirectional
-    return ok_kind and (pos.caps.position_mode or "none") in entry.caps.position_modes
+    mode_ok = (pos.caps.position_mode or "none") in entry.caps.position_modes
+    return ok_kind and mode_ok and not pos.caps.grid
 
 
 def toy_model(
