@@ -16,6 +16,7 @@ from anyformer.components.embedders.features import FeaturesParams, FeatureToken
 from anyformer.components.embedders.patches import PatchEmbedder, PatchesParams
 from anyformer.components.embedders.t2t import T2TEmbedder, T2TParams
 from anyformer.components.embedders.tnt import TNTEmbedder, TNTParams
+from anyformer.errors import SpecError
 
 NAN = float("nan")
 
@@ -118,7 +119,9 @@ def test_conv_stem_is_the_convolution_then_layernorm(kernel: int, stride: int, p
 def test_conv_stem_refuses_an_image_smaller_than_its_kernel() -> None:
     why = ConvStemEmbedder.check(ConvStemParams(kernel=7, padding=0), spec(1, 4, 4))
     assert why and "model.input_shape=[1, 4, 4]" in why and "kernel=7" in why
-    assert "padding=3" in (ConvStemEmbedder.check(ConvStemParams(kernel=3, padding=3), spec(1, 8, 8)) or "")
+    assert "padding=3" in (
+        ConvStemEmbedder.check(ConvStemParams(kernel=3, padding=3), spec(1, 8, 8)) or ""
+    )
 
 
 # --- t2t -------------------------------------------------------------------------------
@@ -173,7 +176,9 @@ def test_t2t_refuses_bad_splits_naming_the_field() -> None:
     from anyformer.registry import get
 
     with pytest.raises(SpecError, match="one value per soft split"):
-        get("embedder", "t2t").make_params({"kernel": [3, 3], "stride": [2]}, where="model.embedder")
+        get("embedder", "t2t").make_params(
+            {"kernel": [3, 3], "stride": [2]}, where="model.embedder"
+        )
 
 
 # --- tnt -------------------------------------------------------------------------------
@@ -233,8 +238,12 @@ def test_a_numerical_column_token_is_value_times_w_plus_b() -> None:
     out = emb(x)
     assert out.shape == (2, 4, 16)
     for b in range(2):
-        torch.testing.assert_close(out[b, 1], x[b, 0] * emb.weight[0] + emb.bias_num[0], atol=0, rtol=0)
-        torch.testing.assert_close(out[b, 3], x[b, 2] * emb.weight[1] + emb.bias_num[1], atol=0, rtol=0)
+        torch.testing.assert_close(
+            out[b, 1], x[b, 0] * emb.weight[0] + emb.bias_num[0], atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            out[b, 3], x[b, 2] * emb.weight[1] + emb.bias_num[1], atol=0, rtol=0
+        )
         torch.testing.assert_close(out[b, 0], emb.cls[0, 0])
     # category 2 of the categorical column (its rows start at offset 0)
     torch.testing.assert_close(out[0, 2], emb.table.weight[2] + emb.bias_cat[0], atol=0, rtol=0)
@@ -252,7 +261,10 @@ def test_missing_and_unseen_categories_map_to_the_unknown_row_and_nan_to_missing
         ]
     )
     out = emb(x)
-    unknown0, unknown2 = emb.table.weight[2] + emb.bias_cat[0], emb.table.weight[6] + emb.bias_cat[1]
+    unknown0, unknown2 = (
+        emb.table.weight[2] + emb.bias_cat[0],
+        emb.table.weight[6] + emb.bias_cat[1],
+    )
     for b in range(3):
         torch.testing.assert_close(out[b, 0], unknown0, atol=0, rtol=0)
         torch.testing.assert_close(out[b, 2], unknown2, atol=0, rtol=0)
@@ -277,3 +289,119 @@ def test_features_layout_and_refusals() -> None:
     assert why and "categories lists 2 columns" in why and "model.input_shape=[3]" in why
     why = FeatureTokenizer.check(FeaturesParams(), spec(1, 8, 8))
     assert why and "[n_columns]" in why
+
+
+# --- the embedder slot's contract checks -----------------------------------------------
+
+EMBEDDERS = ["patches", "conv_stem", "t2t", "tnt", "features"]
+
+
+def _failed(report) -> dict[str, str]:  # noqa: ANN001
+    return {o.check.name: o.reason for o in report.outcomes if o.status == "failed"}
+
+
+@pytest.mark.parametrize("name", EMBEDDERS)
+def test_every_image_and_table_embedder_passes_the_slot_contract(name: str) -> None:
+    import anyformer
+    from anyformer.registry import get
+
+    entry = get("embedder", name)
+    assert entry.caps.input_kind == ("table" if name == "features" else "image")
+    assert entry.caps.grid == (name != "features")
+    report = anyformer.check(entry.cls, "embedder")
+    assert report.passed, report.table()
+    ran = {o.check.name for o in report.outcomes if o.status == "passed"}
+    assert {"tokens", "rows_apart", "gradients", "reads_its_example", "layout"} <= ran
+    assert "refuses_other_inputs" in ran
+    assert ("grid_positions" in ran) == entry.caps.grid
+
+
+class _BatchCentred(PatchEmbedder):
+    """A defect: centres over the batch, so examples leak into each other."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = super().forward(inputs)
+        return out - out.mean(0, keepdim=True)
+
+
+class _Unused(PatchEmbedder):
+    """A defect: a parameter that never reaches the tokens."""
+
+    def __init__(self, spec, params) -> None:  # noqa: ANN001
+        super().__init__(spec, params)
+        self.spare = nn.Parameter(torch.zeros(3))
+
+
+class _Blind(PatchEmbedder):
+    """A defect: tokens that ignore the image."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.zeros_like(inputs))
+
+
+class _Miscounted(PatchEmbedder):
+    """A defect: layout() counts a token the embedder does not make."""
+
+    @classmethod
+    def layout(cls, params, spec):  # noqa: ANN001, ANN206
+        import dataclasses
+
+        base = super().layout(params, spec)
+        return dataclasses.replace(base, length=base.length + 1)
+
+
+class _NoGrid(PatchEmbedder):
+    """A defect: says it makes a grid (caps) but its layout has none."""
+
+    @classmethod
+    def layout(cls, params, spec):  # noqa: ANN001, ANN206
+        import dataclasses
+
+        return dataclasses.replace(super().layout(params, spec), grid=None)
+
+
+class _Accepting(FeatureTokenizer):
+    """A defect: accepts any input_shape."""
+
+    @classmethod
+    def check(cls, params, spec):  # noqa: ANN001, ANN206
+        return None
+
+
+@pytest.mark.parametrize(
+    ("cls", "check", "message"),
+    [
+        (_BatchCentred, "rows_apart", "changed the tokens of other examples"),
+        (_Unused, "gradients", "no gradient reaches spare"),
+        (_Blind, "reads_its_example", "left its own tokens unchanged"),
+        (_Miscounted, "tokens", "has shape"),
+        (_NoGrid, "layout", "caps.grid=True but layout"),
+        (_Accepting, "refuses_other_inputs", "accepted input_shape=[3, 8, 8]"),
+    ],
+)
+def test_the_embedder_checks_catch_the_defect_they_are_for(cls, check, message) -> None:  # noqa: ANN001
+    import anyformer
+
+    failed = _failed(anyformer.check(cls, "embedder"))
+    assert check in failed and message in failed[check], failed
+
+
+@pytest.mark.parametrize("position", ["learned", "sincos_2d", "learned_2d", "rope_2d"])
+def test_an_image_model_gives_positions_to_the_embedders_tokens(position: str) -> None:
+    # positions count the embedder's tokens (5 here), not the image's channels (3)
+    from anyformer.model.transformer import build_model
+    from anyformer.spec import ModelSpec, parse
+
+    data = dict(kind="encoder", d_model=16, n_heads=2, n_layers=1, max_len=8, n_outputs=4,
+                embedder="patches", input_shape=[3, 8, 8], position=position, head="classify")  # fmt: skip
+    model = build_model(parse(ModelSpec, data))
+    if position != "learned":
+        assert (model.position.grid.n_prefix, model.position.grid.width) == (1, 2)
+    out = model(torch.rand(2, 3, 8, 8))
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+    too_long = parse(
+        ModelSpec, {**data, "embedder": {"name": "patches", "patch_size": 2}, "max_len": 64}
+    )
+    assert model.spec.token_layout.length == 5 and too_long.token_layout.length == 17
+    with pytest.raises(SpecError, match="makes 17 tokens.*max_len=8"):
+        parse(ModelSpec, {**data, "embedder": {"name": "patches", "patch_size": 2}})

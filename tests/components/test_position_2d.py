@@ -25,7 +25,9 @@ H, W, P = 3, 4, 2  # grid rows, columns, prefix tokens
 
 
 def dims(d_model: int = 16, n_heads: int = 2, grid=(H, W), n_prefix: int = P) -> Dims:
-    return Dims(d_model=d_model, n_heads=n_heads, max_len=64, causal=False, grid=grid, n_prefix=n_prefix)
+    return Dims(
+        d_model=d_model, n_heads=n_heads, max_len=64, causal=False, grid=grid, n_prefix=n_prefix
+    )
 
 
 def flat(r: int, c: int) -> int:
@@ -77,7 +79,9 @@ def test_rope_2d_scores_depend_only_on_the_row_and_column_offsets() -> None:
     assert not torch.allclose(row_only, col_only, atol=1e-4)
     # (dr, dc) and (dc, dr) are told apart: rows and columns use different channel pairs
     assert not torch.allclose(
-        _score(pos, q, k, flat(0, 0), flat(1, 2)), _score(pos, q, k, flat(0, 0), flat(2, 1)), atol=1e-4
+        _score(pos, q, k, flat(0, 0), flat(1, 2)),
+        _score(pos, q, k, flat(0, 0), flat(2, 1)),
+        atol=1e-4,
     )
     # at zero offset the score is the plain dot product
     torch.testing.assert_close(same, (q * k).sum(), atol=1e-5, rtol=0)

@@ -61,9 +61,7 @@ class SinCos2DParams(_Params):
 @register(
     "position",
     "sincos_2d",
-    paper=Paper(
-        "Masked Autoencoders Are Scalable Vision Learners", 2022, "He et al."
-    ),
+    paper=Paper("Masked Autoencoders Are Scalable Vision Learners", 2022, "He et al."),
     summary="fixed 2-D sin/cos: half the channels encode the row, half the column; "
     "prefix tokens get none",
     params=SinCos2DParams,
@@ -151,10 +149,7 @@ class Learned2DPosition(PositionScheme):
 
     def table(self, positions: torch.Tensor) -> torch.Tensor:
         r, c, on = self.grid.cells(positions)
-        if self.axial:
-            pe = self.rows[r] + self.cols[c]
-        else:
-            pe = self.cells[r * self.grid.width + c]
+        pe = self.rows[r] + self.cols[c] if self.axial else self.cells[r * self.grid.width + c]
         pe = pe * on.unsqueeze(-1)
         if self.prefix is not None:
             p = positions.long()
@@ -202,8 +197,7 @@ class Rope2DPosition(PositionScheme):
     def check_dims(params: Rope2DParams, dims: Dims) -> str | None:
         if dims.d_head % 4:
             return (
-                f"rope_2d needs a head dimension divisible by 4, got "
-                f"d_model/n_heads={dims.d_head}"
+                f"rope_2d needs a head dimension divisible by 4, got d_model/n_heads={dims.d_head}"
             )
         return needs_grid("rope_2d", dims)
 

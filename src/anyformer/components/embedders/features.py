@@ -31,9 +31,7 @@ def _columns(params: FeaturesParams, spec: Any) -> int | None:
 @register(
     "embedder",
     "features",
-    paper=Paper(
-        "Revisiting Deep Learning Models for Tabular Data", 2021, "Gorishniy et al."
-    ),
+    paper=Paper("Revisiting Deep Learning Models for Tabular Data", 2021, "Gorishniy et al."),
     summary="feature tokenizer: a numerical column -> value * w_j + b_j (NaN -> a learned "
     "missing vector), a categorical one -> its embedding (+ an 'unknown' row); plus CLS",
     params=FeaturesParams,
@@ -131,5 +129,7 @@ class FeatureTokenizer(Embedder):
         if len(parts) > 1:
             tokens = tokens[:, self.order]
         if self.cls is not None:
-            tokens = torch.cat([self.cls.expand(inputs.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
+            tokens = torch.cat(
+                [self.cls.expand(inputs.shape[0], -1, -1).to(tokens.dtype), tokens], 1
+            )
         return tokens

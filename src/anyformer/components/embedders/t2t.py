@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from torch import nn
 
 from anyformer.components.embedders._vision import (
@@ -93,7 +100,9 @@ class T2TEmbedder(Embedder):
         self.layers = nn.ModuleList()
         channels = c
         for kernel, _, _ in self.splits[:-1]:
-            layer = TokenLayer(channels * kernel**2, params.token_dim, params.heads, params.mlp_ratio)
+            layer = TokenLayer(
+                channels * kernel**2, params.token_dim, params.heads, params.mlp_ratio
+            )
             self.layers.append(layer)
             channels = params.token_dim
         self.proj = nn.Linear(channels * self.splits[-1][0] ** 2, spec.d_model)

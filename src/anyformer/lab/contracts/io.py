@@ -22,8 +22,15 @@ INPUTS: dict[str, tuple[dict[str, Any], Any]] = {
     "tokens": ({"vocab_size": 17}, lambda: torch.randint(0, 17, (B, 8))),
     "vectors": ({"input_dim": 5}, lambda: torch.randn(B, 8, 5)),
     "image": ({"input_shape": [3, 8, 8]}, lambda: torch.rand(B, 3, 8, 8)),
-    "table": ({"input_shape": [4]}, lambda: torch.randn(B, 4)),
+    "table": ({"input_shape": [4]}, lambda: _table_rows()),
 }
+
+
+def _table_rows() -> torch.Tensor:
+    """Table rows with one missing value (NaN), as table tasks give them."""
+    x = torch.randn(B, 4)
+    x[0, -1] = float("nan")
+    return x
 
 
 def _model(embedder: str = "tokens", head: str = "token_classify", **extra: Any) -> Transformer:

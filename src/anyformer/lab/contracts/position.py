@@ -49,14 +49,10 @@ def compatible_mixer(entry: Entry, kind: str = "decoder") -> str:
     raise CheckFailure(f"no registered {kind} mixer honours position mode '{mode}'")
 
 
-def grid_layer(
-    entry: Entry, causal: bool
-) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
+def grid_layer(entry: Entry, causal: bool) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
     """The scheme built on a grid and ``run(x, padding_mask=None)``: the scheme's
     embedding, then a compatible mixer with the scheme in its context."""
-    dims = Dims(
-        d_model=32, n_heads=4, max_len=32, causal=causal, grid=GRID, n_prefix=N_PREFIX
-    )
+    dims = Dims(d_model=32, n_heads=4, max_len=32, causal=causal, grid=GRID, n_prefix=N_PREFIX)
     params = entry.make_params()
     problem = entry.check(params, dims)
     if problem:
