@@ -150,3 +150,26 @@ def test_widths_the_schemes_cannot_split_are_refused() -> None:
     assert why and "divisible by 4" in why and "=6" in why
     why = get("position", "sincos_2d").check(SinCos2DParams(), dims(d_model=18, n_heads=2))
     assert why and "d_model=18" in why
+
+
+def test_illama_as_a_spec_needs_the_post_sequence_cls() -> None:
+    # iLLaMA: a causal LLaMA-style ViT (RMSNorm, GLU, 2-D RoPE). A prefix CLS token sees
+    # only itself under the causal mask, so its class logits ignore the image; the
+    # post-sequence CLS (after the grid) sees every patch.
+    from anyformer.model.transformer import build_model
+
+    outputs = {}
+    for where in ("first", "last"):
+        data = dict(kind="decoder", d_model=16, n_heads=2, n_layers=2, max_len=32, n_outputs=4,
+                    embedder={"name": "patches", "cls_position": where}, input_shape=[1, 8, 8],
+                    position="rope_2d", norm="rmsnorm", ffn="glu", head="classify", pool=where)  # fmt: skip
+        spec = parse(ModelSpec, data)
+        assert spec.dims().grid == (2, 2) and spec.dims().n_prefix == (where == "first")
+        torch.manual_seed(0)
+        model = build_model(spec).eval()
+        g = torch.Generator().manual_seed(1)
+        a, b = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            outputs[where] = (model(a) - model(b)).abs().max()
+    assert outputs["first"] == 0
+    assert outputs["last"] > 1e-4
