@@ -141,6 +141,8 @@ def test_a_model_without_a_grid_is_refused_with_the_reason(name: str) -> None:
     why = entry.check(entry.make_params(), dims(grid=None, n_prefix=0))
     assert why and "needs a 2-D token grid" in why and name in why
     assert entry.caps.grid and entry.check(entry.make_params(), dims()) is None
+    with pytest.raises(ValueError, match="needs a 2-D token grid"):
+        entry.build(None, dims(grid=None, n_prefix=0))
     with pytest.raises(SpecError, match=f"position='{name}'.*needs a 2-D token grid"):
         parse(ModelSpec, {"vocab_size": 10, "d_model": 32, "n_heads": 2, "position": name})
 

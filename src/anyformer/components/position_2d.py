@@ -41,7 +41,8 @@ class GridIndex(nn.Module):
 
     def __init__(self, dims: Dims) -> None:
         super().__init__()
-        assert dims.grid is not None
+        if dims.grid is None:
+            raise ValueError(needs_grid("a 2-D position scheme", dims))
         self.height, self.width = dims.grid
         self.n_prefix = dims.n_prefix
 
