@@ -95,7 +95,9 @@ def n_params(model: nn.Module) -> int:
 
 def data(shape: dict) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(shape["batch"], shape["channels"], shape["size"], shape["size"], generator=g)
+    images = torch.randn(
+        shape["batch"], shape["channels"], shape["size"], shape["size"], generator=g
+    )
     return images, torch.randint(0, CLASSES, (shape["batch"],), generator=g)
 
 
@@ -183,7 +185,7 @@ def measure(shape: dict, rounds: int, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=9, help="rounded up to a multiple of 3")
+    parser.add_argument("--rounds", type=int, default=15, help="rounded up to a multiple of 3")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round (smoke test)")
     parser.add_argument("--no-save", action="store_true")

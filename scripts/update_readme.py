@@ -37,6 +37,16 @@ def benchmark_table(folder: Path) -> str:
             f"{train['ratio_vs_fastest_peer']:.2f}x (the linear-product floor allows "
             f"{train['ratio_floor_vs_fastest_peer']:.2f}x) | >= 1.2x | {train['date'][:10]} |"
         )
+    vit = newest(folder, "vit_throughput")
+    if vit:
+        for name, res in vit["shapes"].items():
+            lo, hi = res["ratio_spread"]
+            rows.append(
+                f"| ViT training images/s vs timm, {name} | "
+                f"{res['ratio_anyformer_vs_timm']:.2f}x ({lo:.2f}-{hi:.2f} over "
+                f"{vit['rounds']} rounds; the linear-product floor allows "
+                f"{res['ratio_floor_vs_timm']:.2f}x) | >= 1.0x | {vit['date'][:10]} |"
+            )
     gen = newest(folder, "generate_throughput")
     if gen:
         for name, res in gen["results"].items():
