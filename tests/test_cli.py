@@ -11,6 +11,7 @@ from anyformer.cli import main
 
 TINY = [
     "train.steps=4",
+    "train.warmup_steps=2",
     "train.eval_every=4",
     "train.eval_size=8",
     "train.progress=false",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_USER_ERROR = 2
@@ -63,11 +64,31 @@ def _finish(run: Any) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from anyformer.lab import load_experiment, run_experiment
+def _load_spec(args: argparse.Namespace, rename: bool = True) -> Any:
+    """The experiment of ``args`` with its overrides (named after the task it runs when
+    ``rename``: :func:`~anyformer.lab.run.apply_run_overrides`); the ``--allow-import``
+    modules are recorded in its ``plugins`` (so the run folder says what code it imported)."""
+    from anyformer.cli_checks import check_override_values
+    from anyformer.lab import load_experiment
     from anyformer.lab.run import apply_run_overrides
 
-    spec = apply_run_overrides(load_experiment(args.experiment), args.overrides)
+    check_override_values(args.overrides)
+    base = load_experiment(args.experiment)
+    spec = (
+        apply_run_overrides(base, args.overrides) if rename else base.with_overrides(args.overrides)
+    )
+    allowed = [m for m in getattr(args, "allow_import", []) or [] if m not in spec.plugins]
+    if allowed:
+        spec = type(spec).from_dict({**spec.to_dict(), "plugins": [*spec.plugins, *allowed]})
+    return spec
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from anyformer.cli_checks import check_resolved
+    from anyformer.lab import run_experiment
+
+    spec = _load_spec(args)
+    check_resolved(spec)
     origin = {"experiment": args.experiment, "overrides": list(args.overrides),
               "command": _command(args)}  # fmt: skip
     return _finish(run_experiment(spec, out=args.out, provenance=origin))
@@ -81,27 +102,43 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from anyformer.cli_checks import check_override_values
     from anyformer.lab.run import resume_run
 
+    check_override_values(args.overrides)
     return _finish(resume_run(args.run_dir, args.overrides, command=_command(args)))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from anyformer import registry
+    from anyformer import cli_show, registry
     from anyformer.errors import SpecError, did_you_mean
 
+    if args.slot == "runs":
+        _console().print(cli_show.runs_table(args.name or "runs"))
+        return 0
     slots = registry.slots()
     if args.slot is not None and args.slot not in slots:
         raise SpecError(
             f"unknown slot '{args.slot}'{did_you_mean(args.slot, slots)} (valid: {', '.join(slots)})"
         )
     console = _console()
+    if args.name is not None:  # one component: its parameters
+        entry = registry.get(args.slot, args.name, where=args.slot)
+        console.print(cli_show.parameter_table(entry))
+        return 0
     for slot in [args.slot] if args.slot else slots:
         table = Table(title=f"{slot}: {registry.SLOTS.get(slot, '')}", title_justify="left")
-        for col in ("name", "summary", "paper"):
+        entries = registry.entries(slot)
+        # names never break mid-word: the column is as wide as the longest name
+        width = max((len(e.name) for e in entries), default=4)
+        table.add_column("name", no_wrap=True, min_width=width)
+        for col in ("summary", "paper"):
             table.add_column(col, overflow="fold")
+        finding = slot == "finding"
+        if finding:
+            table.add_column("last verdict", overflow="fold")
         mixer = slot == "attention"
         if mixer:
             for col in ("complexity", "causal", "encoder", "recurrent"):
@@ -116,6 +153,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                     _yes(caps.bidirectional),
                     _yes(caps.recurrent),
                 ]
+            if finding:
+                row.append(cli_show.last_verdict(entry.name, args.findings_dir))
             table.add_row(*row)
         console.print(table)
     from anyformer.lab import experiment_names
@@ -130,21 +169,36 @@ def _yes(flag: bool) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from anyformer.lab import load_experiment
-    from anyformer.lab.run import apply_run_overrides, resolve
+    from anyformer import cli_show
+    from anyformer.cli_checks import check_resolved
+    from anyformer.lab import experiment_names
 
-    spec = apply_run_overrides(load_experiment(args.experiment), args.overrides)
-    sys.stdout.write(resolve(spec).to_yaml())
+    is_file = args.experiment.endswith((".yaml", ".yml")) or Path(args.experiment).is_file()
+    known = is_file or args.experiment in experiment_names()
+    if not known and cli_show.component_entries(args.experiment):  # a component's parameters
+        for table in cli_show.show_component(args.experiment):
+            _console().print(table)
+        return 0
+    spec = check_resolved(_load_spec(args))
+    if args.summary:
+        console = _console()
+        for table in cli_show.summary_tables(spec, console.width):
+            console.print(table)
+        return 0
+    sys.stdout.write(spec.to_yaml())
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from anyformer.cli_checks import check_generate_args
     from anyformer.decoding import generate
     from anyformer.lab.generate import decode_tokens, encode_prompt, is_byte_level, load_run_model
 
+    check_generate_args(args)
     spec, model = load_run_model(args.run_dir)
+    check_generate_args(args, vocab_size=model.spec.vocab_size)
     text = is_byte_level(spec) and not args.ids
     prompts = [encode_prompt(p, model.spec.vocab_size or 0, text)[0] for p in args.prompt]
     lengths = torch.tensor([len(p) for p in prompts])
@@ -168,16 +222,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from anyformer.lab import load_experiment
     from anyformer.lab.compare import compare, parse_axis, table_rows
 
     if not args.vary:
         raise _usage(
             "compare needs at least one --vary KEY=A,B,... (e.g. --vary model.position=rope,alibi)"
         )
-    base = load_experiment(args.experiment).with_overrides(args.overrides)
+    from anyformer.cli_checks import check_axes, check_resolved, parse_lrs
+
+    base = _load_spec(args, rename=False)
+    check_resolved(base)
     axes = [parse_axis(v) for v in args.vary]
-    lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else None
+    check_axes(args.vary, axes, base)
+    lrs = parse_lrs(args.lrs) if args.lrs else None
     out = args.out  # None: comparisons/<name>-<axes>-<grid key>
     console = _console()
     result = compare(
@@ -202,6 +259,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if not args.findings and not args.all:
         raise _usage("name one or more findings, or --all (anyformer list finding shows them)")
+    if args.findings and args.all:
+        raise _usage(
+            f"--all reproduces every finding; drop --all to reproduce only "
+            f"{', '.join(args.findings)}, or drop the names"
+        )
     if args.write_docs and args.quick:
         raise _usage(
             "--write-docs cannot be combined with --quick: docs/findings.md is written only "
@@ -237,8 +299,10 @@ def _usage(message: str) -> Exception:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from anyformer.cli_checks import check_widths
     from anyformer.lab.elastic import extract_run
 
+    check_widths(args.run_dir, args.widths)
     widths = args.widths[0] if len(args.widths) == 1 else args.widths
     folder, nested, small = extract_run(args.run_dir, widths, args.out)
     _console().print(
@@ -277,10 +341,14 @@ def _add_check_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from anyformer import __version__
+    from anyformer.cli_checks import positive_int
+
     parser = argparse.ArgumentParser(
         prog="anyformer",
         description="Build, train and compare Transformer variants from one spec.",
     )
+    parser.add_argument("--version", action="version", version=f"anyformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="train an experiment (default: quickstart)")
     run.add_argument(
@@ -298,12 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="the run's folder, e.g. runs/quickstart-1a2b3c4d")
     resume.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000")
     resume.set_defaults(func=cmd_resume)
-    lst = sub.add_parser("list", help="list registered components (one table per slot)")
+    lst = sub.add_parser(
+        "list",
+        help="list registered components (one table per slot), a component's parameters "
+        "(list SLOT NAME) or run folders with their metrics (list runs DIR)",
+    )
     lst.add_argument("slot", nargs="?", default=None, help="only this slot, e.g. attention")
+    lst.add_argument(
+        "name", nargs="?", default=None, help="a component of SLOT (its parameters), or DIR"
+    )
+    lst.add_argument(
+        "--findings-dir", default="findings", help="where reproduce wrote verdicts (findings)"
+    )
     lst.set_defaults(func=cmd_list)
-    show = sub.add_parser("show", help="print an experiment's resolved spec as YAML")
-    show.add_argument("experiment", help="a built-in name or a .yaml spec")
+    show = sub.add_parser(
+        "show", help="print an experiment's resolved spec as YAML, or a component's parameters"
+    )
+    show.add_argument("experiment", help="a built-in name, a .yaml spec or a component name")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    show.add_argument(
+        "--summary",
+        action="store_true",
+        help="parameters, FLOPs per token and a per-layer table instead of the YAML (no training)",
+    )
     show.set_defaults(func=cmd_show)
     ext = sub.add_parser(
         "extract", help="write a MatFormer submodel of a run as a standalone run folder"
@@ -344,14 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--vary", action="append", default=[], metavar="KEY=A,B,C", help="an axis of the grid"
     )
-    cmp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    cmp.add_argument(
+        "--seeds", type=positive_int("--seeds"), default=3, help="seeds per variant (default 3)"
+    )
     cmp.add_argument(
         "--match-params", action="store_true", help="adjust d_model to match parameter counts (5%%)"
     )
     cmp.add_argument(
         "--lrs", default=None, help="learning-rate grid, e.g. 1e-3,3e-3 (best per variant counts)"
     )
-    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    cmp.add_argument(
+        "--jobs", type=positive_int("--jobs"), default=1, help="runs in parallel (processes)"
+    )
     cmp.add_argument(
         "--out", default=None, help="report folder (default comparisons/<name>-<axes>-<grid hash>)"
     )
@@ -367,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--write-docs", action="store_true", help="write docs/findings.md (full mode)")
     rep.set_defaults(func=cmd_reproduce)
+    for command in (run, resume, show, ext, gen, cmp):
+        command.add_argument(
+            "--allow-import",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="allow the spec to import MODULE (and its submodules) for a dotted path "
+            "like 'MODULE.sub:Class' or its plugins; recorded in the run's spec. Without "
+            "it a spec imports no code (repeatable)",
+        )
     _add_check_parser(sub)
     return parser
 
@@ -397,10 +496,15 @@ def main(argv: list[str] | None = None) -> int:
 
     level = logging.WARNING if _rank() == 0 else logging.ERROR  # other ranks: errors only
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from anyformer import registry
     from anyformer.errors import RunError, UserError
 
     try:
-        return int(args.func(args))
+        # a spec (or run folder) imports only the code the user allows (--allow-import)
+        # (anyformer check imports the component its command line names)
+        allowed = None if args.command == "check" else getattr(args, "allow_import", [])
+        with registry.import_policy(allowed):
+            return int(args.func(args))
     except UserError as exc:
         _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         return EXIT_USER_ERROR

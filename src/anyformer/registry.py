@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -410,6 +413,8 @@ def get(slot: str, name: str, where: str | None = None) -> Entry:
     table = _REGISTRY.get(slot)
     if table is None:
         raise SpecError(f"unknown slot '{slot}' (valid slots: {', '.join(_REGISTRY)})")
+    if name not in table and _load_entry_point_plugins():
+        table = _REGISTRY[slot]
     if name not in table:
         field = f"{where}=" if where else ""
         raise SpecError(
@@ -437,12 +442,112 @@ def capabilities(obj: Any) -> Capabilities:
     return entry.caps if entry is not None else Capabilities()
 
 
+#: Modules a spec may name by path under the current import policy; ``None`` (the
+#: Python API's default): any module. See :func:`import_policy`.
+_ALLOWED: ContextVar[frozenset[str] | None] = ContextVar("anyformer_imports", default=None)
+#: The entry point group through which installed packages declare their plugins.
+PLUGIN_GROUP = "anyformer.plugins"
+
+
+@contextmanager
+def import_policy(allowed: Iterable[str] | None) -> Iterator[None]:
+    """Within the block, a dotted path in a spec may import only ``allowed`` modules (and
+    their submodules), those of :func:`plugin_modules` and anyformer's own;
+    ``None`` allows every module.
+
+    The command line runs every command under ``import_policy(--allow-import ...)``: a
+    spec someone sends you runs no code you did not allow. From Python (your own
+    program, which already runs code of your choice) the default allows every path."""
+    token = _ALLOWED.set(None if allowed is None else frozenset(allowed))
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
+
+
+def restricted() -> bool:
+    """Whether an import policy restricts the modules a spec may import."""
+    return _ALLOWED.get() is not None
+
+
+def plugin_modules() -> frozenset[str]:
+    """Modules installed packages declare in the ``anyformer.plugins`` entry point group."""
+    from importlib.metadata import entry_points
+
+    try:
+        found = entry_points(group=PLUGIN_GROUP)
+    except Exception:  # a broken distribution's metadata must not stop validation
+        return frozenset()
+    return frozenset(ep.value.partition(":")[0].strip() for ep in found)
+
+
+def import_allowed(module: str) -> bool:
+    """Whether a spec may import ``module`` under the current policy."""
+    allowed = _ALLOWED.get()
+    if allowed is None:
+        return True
+    granted = allowed | plugin_modules() | {"anyformer"}
+    parts = module.split(".")
+    return any(".".join(parts[:i]) in granted for i in range(1, len(parts) + 1))
+
+
+def import_refusal(module: str, where: str, value: str) -> str:
+    """The message for a module the import policy does not allow."""
+    top = module.split(".")[0] or module
+    return (
+        f"{where}='{value}' would import module '{module}', and anyformer imports code "
+        f"named in a spec only when you allow it: pass --allow-import {top} (it is recorded "
+        f"in the run's spec under plugins), or install it as a plugin (entry point group "
+        f"'{PLUGIN_GROUP}')"
+    )
+
+
+def load_plugin(module: str, where: str = "plugins") -> None:
+    """Import plugin ``module`` (which registers its variants), if the policy allows it."""
+    if not import_allowed(module):
+        raise SpecError(import_refusal(module, where, module))
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise SpecError(f"{where}: module '{module}' could not be imported: {exc}") from None
+
+
+_plugins_loaded = False
+
+
+def _load_entry_point_plugins() -> bool:
+    """Import the installed plugins (entry point group ``anyformer.plugins``) once;
+    ``True`` when this call imported any."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return False
+    _plugins_loaded = True
+    modules = sorted(plugin_modules())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SpecError(
+                f"plugin '{module}' ({PLUGIN_GROUP}) could not be imported: {exc}"
+            ) from None
+    return bool(modules)
+
+
 def _from_path(slot: str, path: str, where: str | None) -> Entry:
     where = where or slot
     module_name, _, attr = path.partition(":")
+    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(attr):
+        raise SpecError(
+            f"{where}='{path}' is not a dotted path 'package.module:ClassName' "
+            f"(nor a registered {slot})"
+        )
+    if not import_allowed(module_name):
+        raise SpecError(import_refusal(module_name, where, path))
     try:
         module = importlib.import_module(module_name)
-        cls = getattr(module, attr)
+        cls = module
+        for part in attr.split("."):
+            cls = getattr(cls, part)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"{where}='{path}' could not be imported: {exc}") from None
     entry = _BY_CLASS.get(cls) if isinstance(cls, type) else None
@@ -462,6 +567,9 @@ def _from_path(slot: str, path: str, where: str | None) -> Entry:
         entry = Entry(slot, path, cls, None, cls.__doc__ or "", NoParams, Capabilities())
     _BY_CLASS[cls] = entry
     return entry
+
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def markdown_tables() -> str:

@@ -17,30 +17,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
     SerializationInfo,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
-from anyformer import registry
+from anyformer import registry, safe_yaml
+from anyformer import spec_limits as limits
 from anyformer.errors import SpecError, UserError, did_you_mean
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # numbers must be finite: lr=.inf or init_std=.nan are refused with the field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- references
@@ -77,7 +80,13 @@ class Ref(_Frozen):
             resolved = entry.make_params(self.params)
         except SpecError as exc:  # pydantic reports plain ValueErrors with their location
             raise ValueError(str(exc)) from None
-        object.__setattr__(self, "params", resolved.model_dump(mode="json"))
+        params = resolved.model_dump(mode="json")
+        limit = limits.MAX_TASK_INT if self.slot == "task" else limits.MAX_PARAM_INT
+        for key, value in params.items():
+            problem = limits.param_problem(value, key, limit)
+            if problem:
+                raise ValueError(f"'{self.name}': {problem}")
+        object.__setattr__(self, "params", params)
         return self
 
     @model_serializer(mode="plain")
@@ -203,25 +212,25 @@ class ModelSpec(_Frozen):
     kind: Literal["decoder", "encoder"] = "decoder"
     embed: Literal["tokens", "vectors"] = "tokens"
     embedder: EmbedderRef | None = None
-    vocab_size: PositiveInt | None = None
-    input_dim: PositiveInt | None = None
-    input_shape: tuple[PositiveInt, ...] | None = None
-    d_model: PositiveInt = 128
-    n_layers: PositiveInt = 2
-    n_heads: PositiveInt = 4
+    vocab_size: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
+    input_dim: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
+    input_shape: tuple[Annotated[int, Field(gt=0, le=limits.MAX_LEN)], ...] | None = None
+    d_model: int = Field(128, gt=0, le=limits.MAX_D_MODEL)
+    n_layers: int = Field(2, gt=0, le=limits.MAX_LAYERS)
+    n_heads: int = Field(4, gt=0, le=limits.MAX_HEADS)
     attention: AttentionRef = Field("softmax", validate_default=True)
     position: PositionRef = Field("rope", validate_default=True)
     norm: NormRef = Field("layernorm", validate_default=True)
     norm_placement: LayoutRef = Field("pre", validate_default=True)
     ffn: FFNRef = Field("mlp", validate_default=True)
-    max_len: PositiveInt = 512
+    max_len: int = Field(512, gt=0, le=limits.MAX_LEN)
     head: HeadRef | None = None
-    n_outputs: PositiveInt | None = None
+    n_outputs: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
     pool: Literal["mean", "first", "last"] = "mean"
     tie_embeddings: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
-    init_std: PositiveFloat = 0.02
+    init_std: float = Field(0.02, gt=0.0, le=10.0)
     layers: dict[int, LayerOverride] = Field(default_factory=dict)
     depth: DepthRef = Field("stack", validate_default=True)
 
@@ -416,49 +425,128 @@ class TrainSpec(_Frozen):
     Tokens/s (and FLOP/s, MFU) count real tokens, with or without packing.
     """
 
-    steps: PositiveInt = 1000
-    batch_size: PositiveInt = 32
-    lr: PositiveFloat = 1e-3
-    weight_decay: float = Field(0.01, ge=0.0)
+    steps: int = Field(1000, gt=0, le=limits.MAX_STEPS)
+    batch_size: int = Field(32, gt=0, le=limits.MAX_BATCH)
+    lr: float = Field(1e-3, gt=0.0, le=limits.MAX_LR)
+    weight_decay: float = Field(0.01, ge=0.0, le=100.0)
     betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(50, ge=0, le=limits.MAX_STEPS)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
-    eval_every: PositiveInt = 250
-    eval_size: PositiveInt = 256
+    eval_every: int = Field(250, gt=0, le=limits.MAX_STEPS)
+    eval_size: int = Field(256, gt=0, le=limits.MAX_EVAL)
     #: splits evaluated (None: the task's, e.g. id and ood); ``train`` scores the first
     #: training batches (about ``eval_size`` examples, exactly as trained), to follow
     #: memorisation over steps; checked against the task by the Trainer
     eval_splits: tuple[str, ...] | None = None
-    checkpoint_every: PositiveInt = 250
-    log_every: PositiveInt = 10
-    seed: int = 0
+    checkpoint_every: int = Field(250, gt=0, le=limits.MAX_STEPS)
+    log_every: int = Field(10, gt=0, le=limits.MAX_STEPS)
+    seed: int = Field(0, ge=0, lt=2**63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: PositiveInt | None = None
+    threads: int | None = Field(None, gt=0, le=4096)
     progress: bool = True
     compile: bool | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     activation_checkpointing: bool = False
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     packing: bool = False
+    allow_large: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, beta in enumerate(betas):
+            if not (math.isfinite(beta) and 0.0 <= beta < 1.0):
+                raise ValueError(
+                    f"betas={list(betas)}: beta{i + 1}={beta} must be in [0, 1) "
+                    "(AdamW's moment decay rates, e.g. [0.9, 0.98])"
+                )
+        return betas
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainSpec:
+        default = type(self).model_fields["warmup_steps"].default
+        if self.warmup_steps > self.steps and self.warmup_steps != default:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} is more than steps={self.steps}: the "
+                f"learning rate would never reach lr; set train.warmup_steps to at most "
+                f"{self.steps}"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- experiment
+#: A run's name: it names the run folder, so it is one safe path component.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+MAX_NAME_LEN = 100
+#: A plugin module name (``package.module``).
+MODULE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 class ExperimentSpec(_Frozen):
-    """A whole experiment: which model learns which task with which objective, and how."""
+    """A whole experiment: which model learns which task with which objective, and how.
+
+    ``name`` names the run folder (``<name>-<hash>``): letters, digits, ``.``, ``_`` and
+    ``-``, not starting with a dot or dash, at most 100 characters. ``plugins`` lists
+    modules whose code the spec uses (imported before validation, so the variants they
+    register can be named); on the command line each must be allowed with
+    ``--allow-import`` (see :func:`anyformer.registry.import_policy`), which records it here.
+    """
 
     name: str = "custom"
-    description: str = ""
+    description: str = Field("", max_length=10_000)
+    plugins: tuple[str, ...] = ()
     model: ModelSpec = Field(default_factory=ModelSpec)
     task: TaskRef = Field("copy", validate_default=True)
     objective: ObjectiveRef | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, data: Any) -> Any:
+        plugins = data.get("plugins") if isinstance(data, dict) else None
+        if not plugins:
+            return data
+        if not isinstance(plugins, list | tuple) or not all(isinstance(m, str) for m in plugins):
+            raise ValueError(f"plugins={plugins!r}: a list of module names, e.g. [mypkg.layers]")
+        for module in plugins:
+            if not MODULE_PATTERN.fullmatch(module):
+                raise ValueError(f"plugins: '{module}' is not a module name (e.g. mypkg.layers)")
+            try:
+                registry.load_plugin(module)
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if len(name) > MAX_NAME_LEN:
+            raise ValueError(
+                f"name of {len(name)} characters is too long (at most {MAX_NAME_LEN}): it names "
+                "the run folder"
+            )
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"name={name!r} must be letters, digits, '.', '_' and '-' only, not starting "
+                "with '.' or '-' (it names the run folder inside --out)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _check_packing(self) -> ExperimentSpec:
         # the head may still be left to the task (head: None); lab.run.resolve and the
         # Trainer check it once it is decided
         problem = packing_refusal(self.train, self.model, check_head=self.model.head is not None)
+        if problem:
+            raise ValueError(problem)
+        problem = objective_problem(self)
+        if problem:
+            raise ValueError(problem)
+        problem = task_length_problem(self)
+        if problem:
+            raise ValueError(problem)
+        problem = limits.memory_problem(self.model, self.train)
         if problem:
             raise ValueError(problem)
         return self
@@ -491,6 +579,53 @@ class ExperimentSpec(_Frozen):
 
 
 # --------------------------------------------------------------------------- helpers
+def task_length_problem(spec: ExperimentSpec) -> str | None:
+    """A task length parameter (a name ending in ``len``: ``max_len``, ``ood_max_len``,
+    ``seq_len``, ...) longer than ``model.max_len``, or ``None``.
+
+    Every task's sequences are at least as long as these (a length counts symbols or
+    tokens of one example), so such a spec could never run; it is refused before the
+    task is built (building it may walk every length in its ranges)."""
+    for key, value in spec.task.params.items():
+        if key.endswith("len") and isinstance(value, int) and value > spec.model.max_len:
+            return (
+                f"task.{key}={value} is longer than model.max_len={spec.model.max_len}: the "
+                f"task's sequences would not fit the model; set model.max_len to at least "
+                f"{value} (the run checks the exact length) or lower task.{key}"
+            )
+    return None
+
+
+def objective_problem(spec: ExperimentSpec, resolved: bool = False) -> str | None:
+    """Why ``spec.objective`` cannot read the model's outputs, or ``None``.
+
+    An objective class declares what it reads: ``heads`` (the head kinds whose outputs it
+    understands) and ``n_outputs`` (outputs per target it needs); ``None`` = anything.
+    Validation checks an explicit ``model.head``; a head left to the task is known once
+    the spec is resolved against it (``lab.run.resolve``): pass ``resolved=True`` then,
+    and the default head of the model's kind counts."""
+    if spec.objective is None or (spec.model.head is None and not resolved):
+        return None
+    cls = spec.objective.entry.cls
+    heads = getattr(cls, "heads", None)
+    head = spec.model.resolved_head
+    name = spec.objective.name
+    if heads is not None and head not in heads:
+        return (
+            f"objective='{name}' reads the outputs of head {' or '.join(heads)}, but this "
+            f"model has head='{head}' (task '{spec.task.name}'); use an objective for "
+            f"head='{head}' or leave objective unset for the task's default"
+        )
+    need = getattr(cls, "n_outputs", None)
+    if need is not None and spec.model.n_outputs is not None and spec.model.n_outputs != need:
+        return (
+            f"objective='{name}' needs {need} outputs per target, but model.n_outputs="
+            f"{spec.model.n_outputs} (task '{spec.task.name}'); set model.n_outputs={need} "
+            "if the task allows it, or use another objective"
+        )
+    return None
+
+
 def packing_refusal(train: TrainSpec, model: ModelSpec, check_head: bool = True) -> str | None:
     """The error message for ``train.packing=true`` with a model that cannot take packed
     rows (see :meth:`ModelSpec.packing_problem`); ``None`` when packing is off or fine."""
@@ -515,6 +650,7 @@ def spec_hash(spec: BaseModel, length: int = 8) -> str:
     data.pop("description", None)
     if isinstance(data.get("train"), dict):
         data["train"].pop("progress", None)
+        data["train"].pop("allow_large", None)
         if not data["train"]:
             del data["train"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -541,31 +677,37 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file and the line."""
+    """Read a YAML mapping, bounded (:mod:`anyformer.safe_yaml`); errors name the file
+    and the line. An empty file is refused (it would silently train the defaults)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > safe_yaml.MAX_BYTES:
+            raise UserError(
+                f"spec file '{path}' is {size:,} bytes; at most {safe_yaml.MAX_BYTES:,} are read"
+            )
+        text = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read spec file '{path}': {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"'{path}' is not valid YAML{where}: {problem}") from None
+    data = safe_yaml.load(text, f"'{path}'")
     if data is None:
-        data = {}
+        raise UserError(
+            f"'{path}' is empty: a spec file holds a mapping of spec fields (name, model, "
+            "task, objective, train)"
+        )
     if not isinstance(data, dict):
         raise UserError(f"'{path}' must hold a mapping of spec fields, not {type(data).__name__}")
     return data
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value as a YAML scalar/flow value (``500``, ``true``, ``[1,2]``)."""
+    """Parse a command-line value as a YAML scalar/flow value (``500``, ``true``, ``[1,2]``);
+    text that is not valid YAML stays a string (the schema then says what is wrong)."""
+    if text == "":
+        return ""
     try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
+        return safe_yaml.load(text, "value")
+    except UserError:
         return text
 
 

@@ -22,6 +22,9 @@ MIXERS = registry.components("attention")
 # rope_2d) refuse them and are tested in tests/components/test_position_2d.py
 POSITIONS = [e.name for e in registry.entries("position") if not e.caps.grid]
 T = 12
+#: Parameters that fit these tests' model (a window must not be wider than max_len; one
+#: narrower than T makes the invariants exercise the windowed path, not full attention).
+PARAMS = {"sliding_window": {"window": 4}}
 
 
 def _spec(kind: str, attention: str, position: str, **extra: object) -> ModelSpec | None:
@@ -32,7 +35,7 @@ def _spec(kind: str, attention: str, position: str, **extra: object) -> ModelSpe
         n_heads=4,
         n_layers=2,
         max_len=32,
-        attention=attention,
+        attention={"name": attention, **PARAMS.get(attention, {})},
         position=position,
         **extra,
     )

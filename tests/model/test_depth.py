@@ -201,7 +201,11 @@ def test_params_and_flops_count_weight_sharing() -> None:
 
 def test_per_layer_overrides_index_distinct_blocks() -> None:
     model = build_model(
-        _spec(2, {"name": "looped", "loops": 3}, layers={1: {"attention": "sliding_window"}})
+        _spec(
+            2,
+            {"name": "looped", "loops": 3},
+            layers={1: {"attention": {"name": "sliding_window", "window": 8}}},
+        )
     )
     names = [type(b.mixer).__name__ for b in model.blocks]
     assert names[0] == "SoftmaxAttention" and names[1] != names[0]

@@ -52,6 +52,8 @@ class GaussianNLL(Objective):
     """
 
     params: GaussianNLLParams
+    heads = ("regress", "token_regress")
+    n_outputs = 2
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         if outputs.dim() != batch.targets.dim() + 1 or outputs.shape[-1] != 2:

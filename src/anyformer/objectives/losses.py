@@ -7,6 +7,8 @@ counts (``batch.loss_mask``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +18,15 @@ from anyformer.tasks.base import Batch
 
 
 class Objective:
-    """Base class: ``loss(outputs, batch)`` is the mean loss over counted positions."""
+    """Base class: ``loss(outputs, batch)`` is the mean loss over counted positions.
+
+    A subclass declares what it reads, and spec validation checks it against the head
+    the task decides (:func:`anyformer.spec.objective_problem`): ``heads``, the head
+    kinds whose outputs it understands, and ``n_outputs``, the outputs per target it
+    needs (``None``: any)."""
+
+    heads: ClassVar[tuple[str, ...] | None] = None
+    n_outputs: ClassVar[int | None] = None
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -63,6 +73,8 @@ class CausalLM(Objective):
     ``inputs[t]``). With ``answer_only`` the prompt is context, not a target.
     """
 
+    heads = ("lm", "classify", "token_classify")
+
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         mask = _counted(batch, self.params.answer_only).reshape(-1)
         logits = outputs.reshape(-1, outputs.shape[-1])[mask]
@@ -86,6 +98,8 @@ class MSEParams(BaseModel):
 )
 class MSE(Objective):
     """mean((outputs - targets)^2) over counted positions; outputs ``[B, T, 1]`` or ``[B, T]``."""
+
+    heads = ("regress", "token_regress")
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         pred = outputs[..., 0] if outputs.dim() == batch.targets.dim() + 1 else outputs

@@ -71,6 +71,15 @@ class SlidingWindowAttention(QKVHeads):
         self.causal = dims.causal
         self.params = params
 
+    @staticmethod
+    def check_dims(params: SlidingWindowParams, dims: Dims) -> str | None:
+        if params.window > dims.max_len:
+            return (
+                f"window={params.window} is wider than max_len={dims.max_len}, so it restricts "
+                f"nothing; use a window of at most {dims.max_len} (or attention softmax)"
+            )
+        return None
+
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.project(x)
