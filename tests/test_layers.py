@@ -28,6 +28,8 @@ LAYERS = {
     "anyformer.spec": 0,
     "anyformer.registry": 0,
     "anyformer.errors": 0,
+    "anyformer.safe_yaml": 0,
+    "anyformer.spec_limits": 0,
     "anyformer.nn": 0,
     "anyformer.components": 1,
     "anyformer.model": 2,

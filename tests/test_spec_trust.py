@@ -327,8 +327,10 @@ RUN = "<run>"
         (["show", "quickstart", "train.lr=1e38"], ["train.lr"]),
         (["show", "quickstart", "train.warmup_steps=300", "train.steps=200"],
          ["warmup_steps=300", "steps=200"]),
-        (["show", "quickstart", "model.attention={name: sliding_window, window: 128}",
-          "model.max_len=64"], ["window=128", "max_len=64"]),
+        (["show", "quickstart", "train.warmup_steps=10", "train.steps=5"],
+         ["warmup_steps=10", "steps=5"]),
+        (["show", "quickstart", "model.attention={name: sliding_window, window: 100}",
+          "model.max_len=64"], ["window=100", "max_len=64"]),
         (["reproduce", "--all", "copy_length"], ["--all", "copy_length"]),
         (["generate", RUN, "--prompt", "1 2", "--eos", "30"], ["--eos 30", "outside the model's vocabulary"]),
         (["generate", RUN, "--prompt", "1 2", "--eos", "-1"], ["--eos"]),
@@ -376,6 +378,16 @@ def test_counts_must_be_positive(
         main(argv)
     assert info.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_warmup_longer_than_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Refused when set so, allowed when only train.steps is shortened (a smoke run)."""
+    spec = tmp_path / "w.yaml"
+    spec.write_text("name: w\ntrain: {steps: 200, warmup_steps: 300}\n")
+    code, _, err = run_cli(capsys, "show", str(spec))
+    assert code == 2 and "train.warmup_steps=300" in err and "at most 200" in err
+    code, out, _ = run_cli(capsys, "show", "quickstart", "train.steps=5")
+    assert code == 0 and "warmup_steps: 100" in out
 
 
 def test_empty_yaml_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

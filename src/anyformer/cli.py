@@ -68,7 +68,7 @@ def _load_spec(args: argparse.Namespace, rename: bool = True) -> Any:
     """The experiment of ``args`` with its overrides (named after the task it runs when
     ``rename``: :func:`~anyformer.lab.run.apply_run_overrides`); the ``--allow-import``
     modules are recorded in its ``plugins`` (so the run folder says what code it imported)."""
-    from anyformer.cli_checks import check_override_values
+    from anyformer.cli_checks import check_override_values, check_warmup
     from anyformer.lab import load_experiment
     from anyformer.lab.run import apply_run_overrides
 
@@ -77,6 +77,7 @@ def _load_spec(args: argparse.Namespace, rename: bool = True) -> Any:
     spec = (
         apply_run_overrides(base, args.overrides) if rename else base.with_overrides(args.overrides)
     )
+    check_warmup(spec, args.overrides)
     allowed = [m for m in getattr(args, "allow_import", []) or [] if m not in spec.plugins]
     if allowed:
         spec = type(spec).from_dict({**spec.to_dict(), "plugins": [*spec.plugins, *allowed]})

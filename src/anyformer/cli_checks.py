@@ -50,6 +50,23 @@ def _yaml_problem(value: str, where: str) -> None:
             raise UserError(f"{exc} (value {value!r})") from None
 
 
+def check_warmup(spec: Any, overrides: Sequence[str]) -> None:
+    """Refuse ``train.warmup_steps`` longer than ``train.steps`` (the learning rate would
+    never reach ``train.lr``), unless only ``train.steps`` was shortened on the command
+    line (a smoke run of an experiment whose warmup is longer is what was asked for)."""
+    train = spec.train
+    if train.warmup_steps <= train.steps:
+        return
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    if "train.steps" in keys and "train.warmup_steps" not in keys:
+        return
+    raise SpecError(
+        f"train.warmup_steps={train.warmup_steps} is more than train.steps={train.steps}: "
+        f"the learning rate would never reach train.lr; set train.warmup_steps to at most "
+        f"{train.steps}"
+    )
+
+
 def check_override_values(overrides: Sequence[str]) -> None:
     """An override's mapping or list value must be valid YAML (not a dotted path error)."""
     for item in overrides:

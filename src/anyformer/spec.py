@@ -463,17 +463,6 @@ class TrainSpec(_Frozen):
                 )
         return betas
 
-    @model_validator(mode="after")
-    def _warmup(self) -> TrainSpec:
-        default = type(self).model_fields["warmup_steps"].default
-        if self.warmup_steps > self.steps and self.warmup_steps != default:
-            raise ValueError(
-                f"warmup_steps={self.warmup_steps} is more than steps={self.steps}: the "
-                f"learning rate would never reach lr; set train.warmup_steps to at most "
-                f"{self.steps}"
-            )
-        return self
-
 
 # --------------------------------------------------------------------------- experiment
 #: A run's name: it names the run folder, so it is one safe path component.

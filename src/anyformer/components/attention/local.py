@@ -73,7 +73,10 @@ class SlidingWindowAttention(QKVHeads):
 
     @staticmethod
     def check_dims(params: SlidingWindowParams, dims: Dims) -> str | None:
-        if params.window > dims.max_len:
+        # the default window on a shorter model is full attention (as documented above);
+        # a window chosen wider than max_len is a mistake
+        default = type(params).model_fields["window"].default
+        if params.window > dims.max_len and params.window != default:
             return (
                 f"window={params.window} is wider than max_len={dims.max_len}, so it restricts "
                 f"nothing; use a window of at most {dims.max_len} (or attention softmax)"
