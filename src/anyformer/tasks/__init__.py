@@ -7,6 +7,7 @@ from anyformer.tasks import (  # noqa: F401
     algorithmic,
     graphs,
     icl,
+    images,
     icl_boolean,
     icl_functions,
     icl_series,
@@ -14,5 +15,6 @@ from anyformer.tasks import (  # noqa: F401
     knowledge,
     recall,
     symbolic,
+    table,
     text,
 )

@@ -88,9 +88,10 @@ def batches_equal(a: Batch, b: Batch) -> bool:
 
 
 def _rows(batch: Batch) -> set[tuple[int, ...]]:
-    """The token rows of a batch, trailing padding (id 0) removed."""
+    """The rows of a batch (each example's inputs flattened: token ids, vectors, image
+    pixels or table cells), trailing padding (id 0) removed."""
     out = set()
-    for row in batch.inputs.tolist():
+    for row in batch.inputs.reshape(batch.inputs.shape[0], -1).tolist():
         while row and row[-1] == 0:
             row.pop()
         out.add(tuple(row))
@@ -100,12 +101,15 @@ def _rows(batch: Batch) -> set[tuple[int, ...]]:
 def model_outputs(task: Task, batch: Batch, right: bool) -> torch.Tensor:
     """Outputs a model could give: for token tasks one-hot logits of the targets
     (``right``) or of the next token id (wrong everywhere); for vector tasks zeros or
-    ones of the head's ``n_outputs`` channels."""
+    ones of the head's ``n_outputs`` channels; for a ``dense`` head zeros or ones shaped
+    like the targets (an image per example)."""
     io = task.model_io()
     if "vocab_size" in io:
         vocab = int(io["vocab_size"])
         ids = batch.targets.long() if right else (batch.targets.long() + 1) % vocab
         return torch.nn.functional.one_hot(ids, vocab).float()
+    if io.get("head") == "dense":
+        return torch.zeros(batch.targets.shape) if right else torch.ones(batch.targets.shape)
     shape = (*batch.targets.shape[:2], int(io.get("n_outputs", 1)))
     return torch.zeros(shape) if right else torch.ones(shape)
 
