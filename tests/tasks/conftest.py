@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,27 @@ def stdlib_tree(tmp_path: Path) -> Path:
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / "test_pkg.py").write_text("import unittest\n" * 12, encoding="utf-8")
     return tmp_path
+
+
+def write_image_tree(root: Path, classes: int = 3, per_class: int = 10, size: int = 12) -> Path:
+    """A folder of ``classes`` class subfolders of ``per_class`` distinct PNG images
+    each: class ``c`` draws a bright bar in row block ``c`` over a pattern fixed by the
+    image's index."""
+    from PIL import Image
+
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.zeros((size, size, 3), dtype=np.uint8)
+            pixels[..., 0] = (np.arange(size) * (i + 1) * 7 % 256)[None, :]
+            pixels[..., 1] = (np.arange(size) * (c + 1) * 11 % 256)[:, None]
+            pixels[c * 3 : c * 3 + 3, :, 2] = 255
+            Image.fromarray(pixels).save(folder / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """:func:`write_image_tree` in a temporary folder ``images``."""
+    return write_image_tree(tmp_path / "images")

@@ -46,6 +46,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "icl_mixture": {"dims": 2, "n_points": 5},
     "icl_uncertainty": {"dims": 2, "n_points": 5},
     "stdlib_lm": {"seq_len": 16, "val_fraction": 0.3},
+    "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
+    "image_folder": {"size": 8},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -53,6 +55,10 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("graph_search", {**SMALL["graph_search"], "query": "connected", "trace": "bfs"}),
     ("kg_reasoning", {**SMALL["kg_reasoning"], "reasoning": "comparison"}),
     ("mqar", {**SMALL["mqar"], "seq_len": 24}),
+    ("digits", {"ood": "shift"}),
+    ("shapes", {**SMALL["shapes"], "output": "count", "count_as": "regress"}),
+    ("pose_lifting", {"frames": 2}),
+    ("table", {"dataset": "diabetes"}),
 ]
 
 
@@ -61,9 +67,14 @@ def registered_cases() -> list[tuple[str, dict[str, Any]]]:
     return [(name, SMALL.get(name, {})) for name in registry.components("task")] + MODES
 
 
-def run_contract(name: str, params: dict[str, Any], stdlib: Path) -> list[CheckResult]:
+def run_contract(
+    name: str, params: dict[str, Any], stdlib: Path, images: Path | None = None
+) -> list[CheckResult]:
     if name == "stdlib_lm":
         params = {**params, "root": str(stdlib)}
+    if name == "image_folder":
+        assert images is not None
+        params = {**params, "path": str(images)}
     entry = registry.get("task", name)
     return check_task(entry.cls, entry.make_params(params))
 
@@ -81,9 +92,9 @@ CASES = registered_cases()
     ids=[n + ("" if p is SMALL.get(n) else f"-{i}") for i, (n, p) in enumerate(CASES)],
 )
 def test_registered_task_keeps_the_contract(
-    name: str, params: dict[str, Any], stdlib_tree: Path
+    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
 ) -> None:
-    results = run_contract(name, params, stdlib_tree)
+    results = run_contract(name, params, stdlib_tree, image_tree)
     assert [r.name for r in results] == list(CHECKS)
     assert not _failures(results), _failures(results)
 
@@ -92,13 +103,15 @@ def _ran(results: list[CheckResult]) -> set[str]:
     return {r.name for r in results if r.passed and not r.skipped}
 
 
-def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path) -> None:
+def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tree: Path) -> None:
     """The checks that depend on a declaration run where the task makes it."""
-    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm"}
+    examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
+                "image_folder"}  # fmt: skip
+    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm"} | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
-                     "mqar"}  # fmt: skip
+                     "mqar", "digits", "mnist1d", "shapes", "table", "image_folder"}  # fmt: skip
     for name in registry.components("task"):
-        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree))
+        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree))
         sized = not (name in no_sizes or name.startswith("icl_"))
         assert ("declared_sizes" in ran) == sized, name
         assert ("baselines_same_prompts" in ran) == (name in with_majority), name
