@@ -53,6 +53,16 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("icl_mixture", {"dims": 2, "n_points": 6}),
     ("icl_uncertainty", {"dims": 2, "n_points": 6}),
     ("stdlib_lm", {"seq_len": 16, "val_fraction": 0.3}),
+    ("digits", {}),
+    ("digits", {"ood": "shift"}),
+    ("mnist1d", {}),
+    ("shapes", {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3}),
+    ("shapes", {"output": "count", "count_as": "regress"}),
+    ("super_resolution", {}),
+    ("pose_lifting", {"frames": 2}),
+    ("table", {}),
+    ("table", {"dataset": "diabetes", "shift_column": "bmi"}),
+    ("image_folder", {"size": 8}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -86,6 +96,16 @@ DIGESTS: dict[str, str] = {
     "icl_mixture,dims=2,n_points=6": "e1957bd7c6592d86",
     "icl_uncertainty,dims=2,n_points=6": "0532cedcd23a31e3",
     "stdlib_lm,seq_len=16,val_fraction=0.3": "440c0b361c110e60",
+    "digits": "41900e6317d1e2be",
+    "digits,ood=shift": "8f9cb9546fa058d5",
+    "mnist1d": "d3b69b04b8af94e0",
+    "shapes,max_objects=2,ood_max_objects=3,ood_min_objects=3,size=8": "146ad2e98a84570d",
+    "shapes,count_as=regress,output=count": "443e3677e500ca1a",
+    "super_resolution": "49ca5083e8de691c",
+    "pose_lifting,frames=2": "31bbf8ce8603777c",
+    "table": "70596dfd40b08db5",
+    "table,dataset=diabetes,shift_column=bmi": "39724f0b34986acc",
+    "image_folder,size=8": "388cdabed5ca496a",
 }  # fmt: skip
 
 
@@ -129,11 +149,15 @@ def data_digest(task: Task) -> str:
 
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
-def test_task_data_is_pinned(name: str, params: dict[str, Any], stdlib_tree: Path) -> None:
+def test_task_data_is_pinned(
+    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
+) -> None:
     if name == "stdlib_lm":
         params = {**params, "root": str(stdlib_tree)}
+    if name == "image_folder":
+        params = {**params, "path": str(image_tree)}
     digest = data_digest(build(name, params))
-    case = _case_id(name, {k: v for k, v in params.items() if k != "root"})
+    case = _case_id(name, {k: v for k, v in params.items() if k not in ("root", "path")})
     assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"
 
 
