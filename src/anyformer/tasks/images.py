@@ -157,7 +157,8 @@ class Digits(SupervisedTask):
         return self.images[rows], self.labels[rows]
 
     def eval_examples(self, split: str, size: int) -> Examples:
-        order = eval_order(self.seed, split, len(self.id_rows), size)
+        # ood holds the same held-out images as id, in the same order, moved
+        order = eval_order(self.seed, "id", len(self.id_rows), size)
         pool = self.images[self.id_rows] if split == "id" else self.ood_images
         return pool[order], self.labels[self.id_rows][order]
 

@@ -115,7 +115,9 @@ def project(joints: np.ndarray, elevation: np.ndarray, distance: float) -> tuple
 
 
 class PoseParams(BaseModel):
-    """Parameters of ``pose_lifting`` (see the module docstring); elevations in degrees."""
+    """Parameters of ``pose_lifting`` (see the module docstring); elevations in degrees;
+    ``noise``: the standard deviation of Gaussian noise added to the 2-D inputs (a
+    detector's error; 0 = exact projections)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     frames: int = Field(1, ge=1, le=16)
@@ -162,6 +164,13 @@ class PoseLifting(SupervisedTask):
 
     def poses(self, rng: np.random.Generator, n: int, split: str) -> Examples:
         """``n`` examples of ``split``: 2-D inputs ``[n, T, 2]``, 3-D targets ``[n, T, 3]``."""
+        drawn = self.sample(rng, n, split)
+        return drawn["uv"], drawn["cam"]
+
+    def sample(self, rng: np.random.Generator, n: int, split: str) -> dict[str, np.ndarray]:
+        """``n`` motions of ``split``: ``uv`` ``[n, T, 2]``, ``cam`` ``[n, T, 3]``, the
+        joint ``angles`` ``[n, frames, 16, 2]``, ``heading`` ``[n, frames]`` and camera
+        ``elevation`` ``[n]`` (degrees)."""
         p = self.params
         lo, hi = LIMITS[..., 0], LIMITS[..., 1]
         base = rng.uniform(lo, hi, size=(n, N_JOINTS, 2))
@@ -177,10 +186,17 @@ class PoseLifting(SupervisedTask):
         t = np.arange(p.frames, dtype=np.float64)
         angles = np.clip(base[:, None] + t[None, :, None, None] * speed[:, None], lo, hi)
         joints = forward_kinematics(angles, heading[:, None] + t[None] * turn[:, None])
+        # joints: [n, frames, 16, 3]; the camera is the same for every frame
         cam, uv = project(joints, elevation[:, None], p.distance)
         if p.noise > 0:
             uv = uv + rng.normal(0.0, p.noise, size=uv.shape)
-        return uv.reshape(n, -1, 2), cam.reshape(n, -1, 3)
+        return {
+            "uv": uv.reshape(n, -1, 2),
+            "cam": cam.reshape(n, -1, 3),
+            "angles": angles,
+            "heading": heading[:, None] + t[None] * turn[:, None],
+            "elevation": elevation,
+        }
 
     def to_batch(self, x: np.ndarray, y: np.ndarray) -> Batch:
         """As for every supervised task, with ``loss_mask`` ``[B, T]`` (every joint token)."""
