@@ -89,6 +89,12 @@ def write_image_tree(root: Path, classes: int = 3, per_class: int = 10, size: in
 
 
 @pytest.fixture
+def make_image_tree() -> Callable[..., Path]:
+    """:func:`write_image_tree`."""
+    return write_image_tree
+
+
+@pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """:func:`write_image_tree` in a temporary folder ``images``."""
     return write_image_tree(tmp_path / "images")

@@ -206,7 +206,9 @@ def read_csv_table(
         nums = [None if _missing(c) else _number(c) for c in col]
         parsed = all(v is not None for c, v in zip(col, nums) if not _missing(c))
         if name in numerical and not parsed:
-            bad = next(j for j, (c, v) in enumerate(zip(col, nums)) if v is None and not _missing(c))
+            bad = next(
+                j for j, (c, v) in enumerate(zip(col, nums)) if v is None and not _missing(c)
+            )
             raise SpecError(
                 f"{where}: line {lines[bad]}: column '{name}' holds {col[bad]!r}, not a "
                 "number (it is listed in task.numerical)"

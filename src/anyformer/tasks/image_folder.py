@@ -76,7 +76,9 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def list_images(folder: str, field: str, max_images: int) -> tuple[list[str], list[tuple[str, str]]]:
+def list_images(
+    folder: str, field: str, max_images: int
+) -> tuple[list[str], list[tuple[str, str]]]:
     """The class names (sorted subfolders) and ``(relative path, class)`` of every image
     below them, in sorted path order."""
     root = Path(folder)
@@ -133,9 +135,9 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def load_folder(folder: str, field: str, size: int, channels: int, max_images: int) -> tuple[
-    tuple[str, ...], tuple[str, ...], np.ndarray, np.ndarray
-]:
+def load_folder(
+    folder: str, field: str, size: int, channels: int, max_images: int
+) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray, np.ndarray]:
     """``(classes, relative paths, images [N, C, size, size], class names per image)``."""
     classes, found = list_images(folder, field, max_images)
     root = Path(folder).resolve()

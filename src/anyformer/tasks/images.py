@@ -32,9 +32,7 @@ from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, at_least, rng_for
 from anyformer.tasks.supervised import Examples, SupervisedTask, eval_order, take_rows
 
-MNIST1D = Paper(
-    "Scaling Down Deep Learning with MNIST-1D", 2020, "Greydanus & Kobak"
-)
+MNIST1D = Paper("Scaling Down Deep Learning with MNIST-1D", 2020, "Greydanus & Kobak")
 
 
 def image_io(shape: tuple[int, ...], n_classes: int, head: str = "classify") -> dict[str, Any]:
@@ -89,7 +87,9 @@ def shift_images(images: np.ndarray, rng: np.random.Generator, by: int) -> np.nd
         axis, sign = int(rng.integers(2)), int(rng.choice([-1, 1]))
         dy, dx = (sign * by, 0) if axis == 0 else (0, sign * by)
         src = img[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-        out[i, :, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]] = src
+        out[
+            i, :, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]
+        ] = src
     return out
 
 
@@ -153,7 +153,9 @@ class Digits(SupervisedTask):
         return image_seq_len((1, 8, 8))
 
     def train_examples(self, step: int, n: int) -> Examples:
-        rows = self.train_rows[take_rows(rng_for(self.seed, SPLIT_IDS["train"], step), len(self.train_rows), n)]
+        rows = self.train_rows[
+            take_rows(rng_for(self.seed, SPLIT_IDS["train"], step), len(self.train_rows), n)
+        ]
         return self.images[rows], self.labels[rows]
 
     def eval_examples(self, split: str, size: int) -> Examples:
@@ -173,7 +175,9 @@ class Digits(SupervisedTask):
 
 # --------------------------------------------------------------------------- mnist1d
 @functools.lru_cache(maxsize=4)
-def mnist1d_signals(seed: int = 42, noise: float = 1.0, n: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+def mnist1d_signals(
+    seed: int = 42, noise: float = 1.0, n: int = 5000
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` MNIST-1D signals ``[n, 40]`` (float32) and labels from the package's generator
     with its default arguments, the generator ``seed`` and noise scales times ``noise``.
     The generator seeds numpy's and Python's global generators; their states are restored."""

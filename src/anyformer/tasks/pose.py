@@ -103,7 +103,9 @@ def forward_kinematics(angles: np.ndarray, heading: np.ndarray) -> np.ndarray:
     return np.stack(pos, -2)
 
 
-def project(joints: np.ndarray, elevation: np.ndarray, distance: float) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    joints: np.ndarray, elevation: np.ndarray, distance: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Camera-frame 3-D joints ``[..., 16, 3]`` and their pelvis-relative 2-D projections
     ``[..., 16, 2]``, for a camera raised by ``elevation`` degrees ``[...]`` at
     ``distance`` metres looking at the pelvis (focal length ``distance``)."""
