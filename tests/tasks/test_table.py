@@ -153,7 +153,14 @@ def test_bad_csv_files_are_refused_naming_the_line_or_column(
         build(path=path, target="y", **params)
 
 
-def test_unreadable_missing_and_odd_files_are_refused(tmp_path: Path) -> None:
+def test_unreadable_missing_and_odd_files_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = write(tmp_path, "a,y\n" + "1,2\n" * 50, "big.csv")
+    monkeypatch.setattr("anyformer.tasks.csv_table.MAX_BYTES", 100)
+    with pytest.raises(SpecError, match="204 bytes, more than the 100 a table may have"):
+        build(path=big, target="y")
+    monkeypatch.undo()
     binary = tmp_path / "b.csv"
     binary.write_bytes(b"a,y\n\xff\xfe\x00,1\n")
     with pytest.raises(SpecError, match="not UTF-8 text"):

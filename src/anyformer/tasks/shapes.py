@@ -173,7 +173,7 @@ class Shapes(SupervisedTask):
         )  # fmt: skip
         self.headline = "rmse" if regress else "accuracy"
         self.higher_is_better = not regress
-        self.default_objective = "mse" if regress else "cross_entropy"
+        self.default_objective = "mse" if regress else "causal_lm"
         if params.output == "boxes":
             self.headline, self.default_objective = "exact_match", "causal_lm"
         self.shape = (3, params.size, params.size)

@@ -82,7 +82,11 @@ class SupervisedTask(Task):
     metric overrides :meth:`regression_scores`.
     """
 
-    default_objective: ClassVar[str] = "cross_entropy"
+    default_objective: ClassVar[str] = "causal_lm"  # cross-entropy of [B, classes] logits
+    #: The headline metric and its direction; a task whose kind depends on its parameters
+    #: (``table``, ``shapes``) sets them per instance (these are the classification ones).
+    headline: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
     disjoint_splits: ClassVar[bool] = True
     input_kind: ClassVar[str] = "image"
     kind: str = "classify"

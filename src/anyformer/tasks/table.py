@@ -165,7 +165,7 @@ class Table(SupervisedTask):
         self.n_classes = len(raw.classes)
         self.headline = "accuracy" if raw.kind == "classify" else "rmse"
         self.higher_is_better = raw.kind == "classify"
-        self.default_objective = "cross_entropy" if raw.kind == "classify" else "mse"
+        self.default_objective = "causal_lm" if raw.kind == "classify" else "mse"
         self.split_rows(seed)
         self.x = self.encode()
         self.y = self.encode_target()
