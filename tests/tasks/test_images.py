@@ -128,7 +128,9 @@ def test_digits_scores_and_baselines_on_the_evaluation_images() -> None:
          "ood_min_angle=30.0"),
         ({"id_fraction": 1.0}, "id_fraction"),
         ({"ood": "blur"}, "ood"),
-        ({"ood_shift": 9}, "ood_shift"),
+        ({"ood": "shift", "ood_shift": 9}, "ood_shift"),
+        ({"ood_shift": 2}, "ood_shift applies only with ood='shift'"),
+        ({"ood": "shift", "ood_max_angle": 40.0}, "ood_max_angle applies only with ood='rotate'"),
     ],
 )  # fmt: skip
 def test_digits_refuses_bad_parameters(params: dict, message: str) -> None:

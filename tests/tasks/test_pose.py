@@ -111,6 +111,9 @@ def test_mpjpe_and_the_lifting_baselines() -> None:
     assert ood["baselines"]["linear"]["mpjpe"] > base["linear"]["mpjpe"]
 
 
-def test_overlapping_elevations_are_refused() -> None:
+def test_overlapping_elevations_and_unused_speeds_are_refused() -> None:
+    entry = registry.get("task", "pose_lifting")
     with pytest.raises(SpecError, match="ood_min_elevation=20.0 must be > max_elevation=20.0"):
-        registry.get("task", "pose_lifting").make_params({"ood_min_elevation": 20.0})
+        entry.make_params({"ood_min_elevation": 20.0})
+    with pytest.raises(SpecError, match="max_speed applies only with frames > 1"):
+        entry.make_params({"max_speed": 3.0})

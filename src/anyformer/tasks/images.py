@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, at_least, rng_for
@@ -110,6 +110,15 @@ class DigitsParams(BaseModel):
     ood_shift: int = Field(1, ge=1, le=4)
 
     _angles = field_validator("ood_max_angle")(at_least("ood_min_angle"))
+
+    @model_validator(mode="after")
+    def _applies(self) -> DigitsParams:
+        angles = {"ood_min_angle", "ood_max_angle"} & self.model_fields_set
+        if angles and self.ood != "rotate":
+            raise ValueError(f"{sorted(angles)[0]} applies only with ood='rotate'")
+        if "ood_shift" in self.model_fields_set and self.ood != "shift":
+            raise ValueError("ood_shift applies only with ood='shift'")
+        return self
 
 
 @register(

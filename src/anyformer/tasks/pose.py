@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, range_validators, rng_for
@@ -132,6 +132,12 @@ class PoseParams(BaseModel):
     noise: float = Field(0.0, ge=0.0, le=0.1)
 
     _max, _ood, _ood_max = range_validators(ELEVATION_FIELDS, why="ood views are higher")
+
+    @model_validator(mode="after")
+    def _speed(self) -> PoseParams:
+        if "max_speed" in self.model_fields_set and self.frames == 1:
+            raise ValueError("max_speed applies only with frames > 1 (motions)")
+        return self
 
 
 @register(
