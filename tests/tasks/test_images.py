@@ -130,6 +130,7 @@ def test_digits_scores_and_baselines_on_the_evaluation_images() -> None:
         ({"ood": "blur"}, "ood"),
         ({"ood": "shift", "ood_shift": 9}, "ood_shift"),
         ({"ood_shift": 2}, "ood_shift applies only with ood='shift'"),
+        ({"ood_min_angle": 10.0, "ood": "shift"}, "ood_min_angle applies only with ood='rotate'"),
         ({"ood": "shift", "ood_max_angle": 40.0}, "ood_max_angle applies only with ood='rotate'"),
     ],
 )  # fmt: skip

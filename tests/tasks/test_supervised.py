@@ -68,3 +68,36 @@ def test_evaluation_orders_are_fixed_by_seed_and_split() -> None:
     assert sorted(eval_order(0, "id", 5, 30).tolist()) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="eval size=0 must be >= 1"):
         eval_order(0, "id", 5, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+)
+def test_parameters_survive_being_written_out_in_full(
+    name: str, params: dict[str, Any], image_tree: Path
+) -> None:
+    """A resolved spec writes every parameter out, defaults included: they must validate
+    again (a parameter that applies only in another mode is compared with its default)."""
+    if name == "image_folder":
+        params = {**params, "path": str(image_tree)}
+    entry = registry.get("task", name)
+    made = entry.make_params(params)
+    assert entry.make_params(made.model_dump()) == made
+
+
+@pytest.mark.parametrize(
+    ("task", "input_dim", "head", "n_outputs", "objective"),
+    [({"name": "mnist1d"}, 1, "classify", 10, "causal_lm"),
+     ({"name": "pose_lifting", "frames": 2}, 2, "token_regress", 3, "mse")],
+)  # fmt: skip
+def test_vector_tasks_resolve_into_a_model_spec(
+    task: dict[str, Any], input_dim: int, head: str, n_outputs: int, objective: str
+) -> None:
+    from anyformer.lab.run import resolve
+    from anyformer.spec import ExperimentSpec
+
+    model = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 64}
+    spec = resolve(ExperimentSpec.from_dict({"name": "t", "model": model, "task": task}))
+    assert spec.model.embed == "vectors" and spec.model.head.name == head
+    assert (spec.model.input_dim, spec.model.n_outputs) == (input_dim, n_outputs)
+    assert spec.objective.name == objective

@@ -113,10 +113,14 @@ class DigitsParams(BaseModel):
 
     @model_validator(mode="after")
     def _applies(self) -> DigitsParams:
-        angles = {"ood_min_angle", "ood_max_angle"} & self.model_fields_set
+        # compared with the defaults: a resolved spec writes every field out again
+        fields = type(self).model_fields
+        angles = [
+            f for f in ("ood_min_angle", "ood_max_angle") if getattr(self, f) != fields[f].default
+        ]
         if angles and self.ood != "rotate":
-            raise ValueError(f"{sorted(angles)[0]} applies only with ood='rotate'")
-        if "ood_shift" in self.model_fields_set and self.ood != "shift":
+            raise ValueError(f"{angles[0]} applies only with ood='rotate'")
+        if self.ood_shift != fields["ood_shift"].default and self.ood != "shift":
             raise ValueError("ood_shift applies only with ood='shift'")
         return self
 

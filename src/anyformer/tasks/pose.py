@@ -135,7 +135,8 @@ class PoseParams(BaseModel):
 
     @model_validator(mode="after")
     def _speed(self) -> PoseParams:
-        if "max_speed" in self.model_fields_set and self.frames == 1:
+        default = type(self).model_fields["max_speed"].default  # a resolved spec has every field
+        if self.max_speed != default and self.frames == 1:
             raise ValueError("max_speed applies only with frames > 1 (motions)")
         return self
 

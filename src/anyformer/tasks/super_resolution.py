@@ -9,7 +9,8 @@ rest of that photograph (no pixel shared), ``ood`` crops anywhere in ``flower.jp
 Crop corners are drawn from ``(seed, step)`` (training) or the split's fixed stream.
 
 The model reads the low-resolution image (``patches`` embedder) and outputs the
-high-resolution one through a ``dense`` head (``output_shape`` ``[3, crop, crop]``).
+high-resolution one through a ``dense`` head (:attr:`SuperResolution.output_shape`,
+``[3, crop, crop]``; three channels per output pixel).
 Metrics: ``psnr`` (headline; the mean over examples of ``10 log10(1 / MSE)`` with the
 prediction clamped to ``[0, 1]``, an exact one capped at 100 dB) and ``mse``; baselines
 ``bicubic`` (PyTorch's bicubic upsampling of the input, the classical reference of the
@@ -111,14 +112,18 @@ class SuperResolution(SupervisedTask):
         half = self.params.crop // 2
         return (3, half, half)
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """The shape of a prediction, ``[3, crop, crop]`` (twice the input's height and
+        width), which the ``dense`` head re-folds its per-patch outputs to."""
+        return (3, self.params.crop, self.params.crop)
+
     def model_io(self) -> dict[str, Any]:
-        c = self.params.crop
         return {
             "input_shape": list(self.low_shape),
             "embedder": "patches",
             "head": "dense",
             "n_outputs": 3,
-            "output_shape": [3, c, c],
         }
 
     def max_seq_len(self) -> int:
