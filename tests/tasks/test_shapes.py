@@ -131,7 +131,9 @@ def test_box_tokens_are_laid_out_for_an_lm_head_and_refused_by_model_io() -> Non
     [
         ({"max_objects": 3, "ood_min_objects": 3}, "ood_min_objects=3 must be > max_objects=3"),
         ({"count_as": "regress"}, "count_as='regress' applies only with output='count'"),
-        ({"size": 8, "ood_max_objects": 5}, "holds at most 4 apart objects"),
+        ({"size": 8, "ood_max_objects": 5}, "holds at most 4 apart objects reliably; raise "
+         "size to 16"),
+        ({"size": 32, "ood_max_objects": 11}, "holds at most 10 apart objects reliably"),
         ({"output": "masks"}, "output"),
     ],
 )  # fmt: skip
