@@ -156,7 +156,7 @@ def read_csv_table(
     kind: str = "auto",
     categorical: Sequence[str] = (),
     numerical: Sequence[str] = (),
-    max_rows: int = 1_000_000,
+    max_rows: int = 100_000,
 ) -> RawTable:
     """A CSV file as a :class:`RawTable` predicting column ``target``."""
     where = f"task.path={path!r}"

@@ -59,7 +59,7 @@ class ImageFolderParams(BaseModel):
     id_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     ood: Literal["rotate", "folder"] = "rotate"
     ood_path: str | None = None
-    max_images: int = Field(100_000, ge=2)
+    max_images: int = Field(100_000, ge=2, le=100_000)
 
     @model_validator(mode="after")
     def _ood(self) -> ImageFolderParams:

@@ -74,7 +74,7 @@ class TableParams(BaseModel):
     shift_column: str | None = None
     ood_quantile: float = Field(0.8, gt=0.0, lt=1.0)
     id_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    max_rows: int = Field(1_000_000, ge=4)
+    max_rows: int = Field(100_000, ge=4, le=100_000)
 
     @model_validator(mode="after")
     def _source(self) -> TableParams:
