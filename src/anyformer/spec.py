@@ -606,6 +606,8 @@ def objective_problem(spec: ExperimentSpec, resolved: bool = False) -> str | Non
             f"head='{head}' or leave objective unset for the task's default"
         )
     need = getattr(cls, "n_outputs", None)
+    if isinstance(need, dict):  # per head: e.g. gaussian_nll needs 2 from a regress head
+        need = need.get(head)
     if need is not None and spec.model.n_outputs is not None and spec.model.n_outputs != need:
         return (
             f"objective='{name}' needs {need} outputs per target, but model.n_outputs="

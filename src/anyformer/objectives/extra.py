@@ -52,8 +52,10 @@ class GaussianNLL(Objective):
     """
 
     params: GaussianNLLParams
-    heads = ("regress", "token_regress")
-    n_outputs = 2
+    heads = ("regress", "token_regress", "gaussian", "token_gaussian")
+    #: (mean, log-variance) from a plain regression head takes 2 outputs; the gaussian
+    #: heads write both values for each of ``n_outputs`` targets.
+    n_outputs = {"regress": 2, "token_regress": 2}
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         if outputs.dim() != batch.targets.dim() + 1 or outputs.shape[-1] != 2:

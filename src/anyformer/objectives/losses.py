@@ -7,7 +7,7 @@ counts (``batch.loss_mask``).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,21 @@ class Objective:
     A subclass declares what it reads, and spec validation checks it against the head
     the task decides (:func:`anyformer.spec.objective_problem`): ``heads``, the head
     kinds whose outputs it understands, and ``n_outputs``, the outputs per target it
-    needs (``None``: any)."""
+    needs (``None``: any; a dict gives it per head, heads it leaves out take any).
+    :meth:`for_head` then fits it to the head's parameters when the run is built."""
 
     heads: ClassVar[tuple[str, ...] | None] = None
-    n_outputs: ClassVar[int | None] = None
+    n_outputs: ClassVar[int | dict[str, int] | None] = None
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
+
+    def for_head(self, head: str, params: Any = None) -> Objective:
+        """This objective fitted to the model's head (``head`` its registry name,
+        ``params`` its parameters): itself unless it reads something from the head (e.g.
+        ``pinball`` reads the quantile levels); raises :class:`~anyformer.errors.SpecError`
+        naming both when they cannot go together. Call it once, when the run is built."""
+        return self
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss(outputs, batch)
@@ -97,12 +105,22 @@ class MSEParams(BaseModel):
     caps=Capabilities(),
 )
 class MSE(Objective):
-    """mean((outputs - targets)^2) over counted positions; outputs ``[B, T, 1]`` or ``[B, T]``."""
+    """mean((outputs - targets)^2) over counted positions.
 
-    heads = ("regress", "token_regress")
+    Outputs shaped like the targets (``[B, T]``, ``[B, k]``, images ``[B, C, H, W]`` of a
+    ``dense`` head, with ``loss_mask [B]`` choosing examples), or with one more axis of
+    which channel 0 is read (``[B, T, 1]``; the mean of a ``gaussian`` head's
+    ``[..., 2]``). Other shapes are refused rather than broadcast."""
+
+    heads = ("regress", "token_regress", "dense")
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         pred = outputs[..., 0] if outputs.dim() == batch.targets.dim() + 1 else outputs
+        if pred.shape != batch.targets.shape:
+            raise ValueError(
+                f"mse needs outputs shaped like the targets {tuple(batch.targets.shape)} "
+                f"(or with one more axis whose channel 0 is read), got {tuple(outputs.shape)}"
+            )
         mask = batch.loss_mask
         return F.mse_loss(pred[mask].float(), batch.targets[mask].float())
 

@@ -10,8 +10,9 @@ slot's checks) and ``anyformer check PATH:Class --slot SLOT`` on a user's compon
 (:mod:`anyformer.lab.check`).
 
 The checks of a slot live in one small module each (``mixer.py``, ``norm_ffn.py``,
-``position.py``, ``layout.py``, ``io.py`` (embedders and heads; ``embedder.py`` adds the
-checks of image and table embedders), ``depth.py``, ``task.py``, ``objective.py``,
+``position.py``, ``layout.py``, ``io.py`` (embedders and heads inside a toy model;
+``embedder.py`` adds the checks of image and table embedders, ``head.py`` those of heads
+on their own; each imports ``io.py``), ``depth.py``, ``task.py``, ``objective.py``,
 ``finding.py``), imported the first time the slot's checks are asked for.
 """
 
@@ -52,7 +53,7 @@ class Check:
 #: Slot -> the module of this package that holds its checks.
 MODULES: dict[str, str] = {
     "embedder": "embedder",  # imports io.py, whose checks it shares with the head slot
-    "head": "io",
+    "head": "head",  # imports io.py too
     "attention": "mixer",
     "position": "position",
     "norm": "norm_ffn",

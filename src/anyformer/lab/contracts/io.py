@@ -91,7 +91,14 @@ def embedder_gradients(entry: Entry) -> None:
 
 
 def _head_model(entry: Entry) -> Transformer:
-    return _model(embedder="tokens", head=entry.name)
+    if not entry.caps.grid:
+        return _model(embedder="tokens", head=entry.name)
+    grids = [
+        e.name for e in registry.entries("embedder") if e.caps.grid and e.caps.input_kind == "image"
+    ]
+    if not grids:
+        raise NotApplicable(f"head '{entry.name}' needs a grid and no image embedder makes one")
+    return _model(embedder=grids[0], head=entry.name)
 
 
 @contract_check("head", "outputs")
@@ -111,6 +118,8 @@ def head_outputs(entry: Entry) -> None:
 @contract_check("head", "padding")
 def head_padding(entry: Entry) -> None:
     """padding tokens change no output at a real token (or of a pooled row)"""
+    if entry.caps.grid:
+        raise NotApplicable("a grid head reads a fixed grid of image patches (no padding)")
     model = _head_model(entry).eval()
     x = _inputs(model)
     mask = torch.ones(x.shape[:2], dtype=torch.bool)
