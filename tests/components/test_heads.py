@@ -313,12 +313,34 @@ def test_head_checks_catch_what_they_are_for() -> None:
         _check("output_shape").run(_entry(per_token))
 
 
-@pytest.mark.parametrize(
-    "name", ["classify", "regress", "token_regress", "lm", "gaussian", "quantile", "dense"]
-)
-def test_every_head_check_passes_on_builtin_heads(name: str) -> None:
-    entry = registry.get("head", name)
-    for check in checks_for("head"):
-        if check.name == "padding_invariant" and entry.caps.grid:
-            continue
-        check.run(entry)
+def _experiment(head: dict, objective: object) -> object:
+    from anyformer.spec import ExperimentSpec
+
+    model = {"kind": "encoder", "embed": "vectors", "input_dim": 4, "n_outputs": 1, "head": head}
+    return ExperimentSpec.from_dict(
+        {"task": "icl_linear_regression", "model": model, "objective": objective}
+    )
+
+
+def test_a_run_fits_pinball_to_its_quantile_head_and_trains_through_the_model() -> None:
+    from anyformer.lab.run import build_objective
+    from anyformer.model.transformer import build_model
+
+    spec = _experiment({"name": "quantile", "levels": [0.05, 0.5, 0.95]}, "pinball")
+    loss_fn = build_objective(spec, None)
+    assert loss_fn.params.levels == (0.05, 0.5, 0.95)
+    model = build_model(spec.model)
+    x = torch.randn(4, 6, 4)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[0, 3:] = False
+    out = model(x, padding_mask=mask)
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(model(x[:1, :3])[0], out[0])  # padding is pooled out
+    loss = loss_fn(out, batch(torch.randn(4)))
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.proj.weight.grad.abs().sum() > 0
+    bad = _experiment({"name": "quantile"}, {"name": "pinball", "levels": [0.25, 0.75]})
+    with pytest.raises(SpecError, match=r"levels=\[0.25, 0.75\] differ from head 'quantile'"):
+        build_objective(bad, None)
+    per_token = _experiment({"name": "gaussian", "per_token": True}, "gaussian_nll")
+    assert build_model(per_token.model)(x).shape == (4, 6, 2)

@@ -234,10 +234,15 @@ def build_task(spec: ExperimentSpec) -> Task:
 
 
 def build_objective(spec: ExperimentSpec, task: Task) -> Objective:
+    """The run's objective (the task's default unless named), fitted to the model's head
+    (:meth:`~anyformer.objectives.losses.Objective.for_head`: ``pinball`` takes the
+    quantile head's levels and refuses other ones)."""
     if spec.objective is not None:
-        return spec.objective.entry.build(spec.objective.config)
-    entry = registry.get("objective", task.default_objective)
-    return entry.build()
+        objective = spec.objective.entry.build(spec.objective.config)
+    else:
+        objective = registry.get("objective", task.default_objective).build()
+    head = spec.model.head_ref
+    return objective.for_head(head.name, head.config)
 
 
 def resolve(spec: ExperimentSpec) -> ExperimentSpec:
@@ -280,6 +285,7 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     problem = packing_refusal(resolved.train, resolved.model)
     if problem:
         raise SpecError(problem)
+    build_objective(resolved, task)  # an objective that cannot read the head is refused here
     return resolved
 
 
