@@ -123,3 +123,27 @@ def test_predictions_read_head_outputs() -> None:
 def test_bad_inputs_are_refused(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_head_report_calibrates_on_one_split_and_reports_coverage_on_others() -> None:
+    rng = np.random.default_rng(3)
+    mu, sigma, y = _data(2000, rng)
+    mu_t, sigma_t, y_t = _data(20_000, rng)
+    gaussian = np.stack([mu, np.log(sigma**2)], -1)
+    gaussian_t = np.stack([mu_t, np.log(sigma_t**2)], -1)
+    report = conformal.head_report(
+        "gaussian",
+        (torch.tensor(gaussian), torch.tensor(y)),
+        {"id": (gaussian_t, y_t), "ood": (gaussian_t, mu_t + 3 * (y_t - mu_t))},  # ood: 3x noise
+        level=0.9,
+    )
+    assert report["kind"] == "normalized" and report["n_calibration"] == 2000
+    assert abs(report["id"]["coverage"] - 0.9) < 0.03
+    assert report["ood"]["coverage"] < 0.6  # three times the noise: intervals under-cover
+    assert report["id"]["width"] == pytest.approx(
+        conformal.normalized(mu, sigma, y, 0.9).evaluate(y_t, mu_t, sigma_t)["width"]
+    )
+    point = conformal.head_report("regress", (mu[:, None], y), {"id": (mu_t[:, None], y_t)}, 0.8)
+    assert point["kind"] == "absolute" and abs(point["id"]["coverage"] - 0.8) < 0.03
+    with pytest.raises(ValueError, match="no conformal score for head 'classify'"):
+        conformal.head_report("classify", (mu, y), {}, 0.9)

@@ -163,3 +163,43 @@ def predictions(kind: Kind, outputs: Any) -> tuple[np.ndarray, ...]:
     if out.shape[-1] < 2:
         raise ValueError(f"cqr needs at least two quantiles per target, got {out.shape}")
     return out[..., 0], out[..., -1]
+
+
+#: The score that fits each head's outputs.
+HEAD_KINDS: dict[str, Kind] = {
+    "regress": "absolute",
+    "token_regress": "absolute",
+    "gaussian": "normalized",
+    "quantile": "cqr",
+}
+
+
+def kind_for_head(head: str) -> Kind:
+    """The conformal score for outputs of ``head``; ``ValueError`` naming the heads that
+    have one."""
+    if head not in HEAD_KINDS:
+        raise ValueError(
+            f"no conformal score for head '{head}' (conformal intervals are for heads: "
+            f"{', '.join(HEAD_KINDS)})"
+        )
+    return HEAD_KINDS[head]
+
+
+def head_report(
+    head: str,
+    calibration: tuple[Any, Any],
+    tests: dict[str, tuple[Any, Any]],
+    level: float,
+) -> dict[str, Any]:
+    """Calibrate on ``calibration = (outputs, targets)`` of a ``head`` and report, per
+    test split ``name -> (outputs, targets)``, the empirical coverage and mean width
+    beside the ``level``; outputs in the head's layout (:func:`predictions`), targets
+    of the outputs' shape less the values axis, only counted positions."""
+    kind = kind_for_head(head)
+    outputs, y = calibration
+    cal = calibrate(kind, y, *predictions(kind, outputs), level=level)
+    report: dict[str, Any] = {"kind": kind, "level": cal.level, "q": cal.q, "n_calibration": cal.n}
+    for name, (out, target) in tests.items():
+        metrics = cal.evaluate(target, *predictions(kind, out))
+        report[name] = {"coverage": metrics["coverage"], "width": metrics["width"]}
+    return report
