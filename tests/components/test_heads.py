@@ -53,10 +53,12 @@ def objective(name: str, **params: object):
 def test_gaussian_layout_is_the_targets_shape_then_mean_and_log_variance(
     n_outputs: int, per_token: bool, shape: tuple[int, ...]
 ) -> None:
-    h = head("gaussian", spec(n_outputs), per_token=per_token)
+    name = "token_gaussian" if per_token else "gaussian"
+    h = head(name, spec(n_outputs))
     x = torch.randn(4, 6, D)
     out = h(x, None)
-    assert out.shape == shape and h.n_values() == 2 and h.pooled is not per_token
+    assert out.shape == shape and h.n_values() == 2
+    assert registry.get("head", name).caps.pooled is not per_token
     feats = x if per_token else x.mean(1)
     expected = F.linear(feats, h.proj.weight, h.proj.bias).unflatten(-1, (n_outputs, 2))
     torch.testing.assert_close(out, expected.squeeze(-2) if n_outputs == 1 else expected)
@@ -135,7 +137,7 @@ def test_quantile_outputs_are_non_crossing_and_in_level_order() -> None:
     assert (out.diff(dim=-1) > 0).all()
     raw = h.proj(10 * torch.randn(8, 3, D).mean(1)).view(8, 2, 4)
     assert raw.diff(dim=-1).lt(0).any()  # the free values do cross: the transform orders them
-    free = head("quantile", spec(1), levels=[0.1, 0.9], monotone=False, per_token=True)
+    free = head("token_quantile", spec(1), levels=[0.1, 0.9], monotone=False)
     x = torch.randn(2, 5, D)
     torch.testing.assert_close(free(x, None), free.proj(x))
 
@@ -151,7 +153,7 @@ def test_quantile_outputs_are_non_crossing_and_in_level_order() -> None:
     ],
 )
 def test_bad_levels_are_refused_naming_the_field(levels: list[float], message: str) -> None:
-    for slot, name in (("head", "quantile"), ("objective", "pinball")):
+    for slot, name in (("head", "quantile"), ("head", "token_quantile"), ("objective", "pinball")):
         with pytest.raises(SpecError, match=rf"levels=.*{message}"):
             registry.get(slot, name).make_params({"levels": levels})
 
@@ -308,9 +310,12 @@ def test_head_checks_catch_what_they_are_for() -> None:
         _check("padding_invariant").run(_entry(_PoolsPadding))
     with pytest.raises(CheckFailure, match="no gradient reaches unused"):
         _check("gradient_reaches_every_parameter").run(_entry(_Unused))
-    per_token = type("PerToken", (_PoolsPadding,), {"pooled": False})
+    per_token = Entry("head", "broken", _PoolsPadding, None, "", NoParams, Capabilities())
+    with pytest.raises(CheckFailure, match="pooled=True disagrees with its registry capability"):
+        _check("output_shape").run(per_token)
+    undeclared = type("Undeclared", (_PoolsPadding,), {"pooled": False})
     with pytest.raises(CheckFailure, match="per-token head gives"):
-        _check("output_shape").run(_entry(per_token))
+        _check("output_shape").run(Entry("head", "b", undeclared, None, "", NoParams))
 
 
 def _experiment(head: dict, objective: object) -> object:
@@ -342,5 +347,29 @@ def test_a_run_fits_pinball_to_its_quantile_head_and_trains_through_the_model() 
     bad = _experiment({"name": "quantile"}, {"name": "pinball", "levels": [0.25, 0.75]})
     with pytest.raises(SpecError, match=r"levels=\[0.25, 0.75\] differ from head 'quantile'"):
         build_objective(bad, None)
-    per_token = _experiment({"name": "gaussian", "per_token": True}, "gaussian_nll")
-    assert build_model(per_token.model)(x).shape == (4, 6, 2)
+    per_token = _experiment("token_gaussian", "gaussian_nll")
+    model = build_model(per_token.model)
+    assert model(x).shape == (4, 6, 2) and not model.pooled
+
+
+def test_a_per_token_quantile_head_serves_a_per_token_regression_task() -> None:
+    from anyformer.lab.run import build_objective, build_task, prepare_model, resolve
+    from anyformer.spec import ExperimentSpec
+
+    def experiment(objective: object) -> ExperimentSpec:
+        head = {"name": "token_quantile", "levels": [0.1, 0.5, 0.9]}
+        model = {"d_model": 16, "n_layers": 1, "n_heads": 2, "head": head}
+        data = {"task": "icl_linear_regression", "model": model, "objective": objective}
+        return ExperimentSpec.from_dict(data)
+
+    with pytest.raises(SpecError, match=r"levels=\[0.2, 0.8\] differ from head 'token_quantile'"):
+        resolve(experiment({"name": "pinball", "levels": [0.2, 0.8]}))
+    spec = resolve(experiment("pinball"))
+    task = build_task(spec)
+    model, loss_fn = prepare_model(spec), build_objective(spec, task)
+    b = task.train_batch(0, 4)
+    out = model(b.inputs, padding_mask=b.padding_mask)
+    assert out.shape == (*b.targets.shape, 3)
+    loss = loss_fn(out, b)
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.proj.weight.grad.abs().sum() > 0

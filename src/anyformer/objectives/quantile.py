@@ -45,7 +45,7 @@ class Pinball(Objective):
 
     params: PinballParams
     #: The heads it serves, for the contract checks (outputs built through one of them).
-    heads = ("quantile",)
+    heads = ("quantile", "token_quantile")
 
     def for_head(self, head: str, params: Any = None) -> Objective:
         levels = getattr(params, "levels", None)

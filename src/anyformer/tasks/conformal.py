@@ -170,7 +170,9 @@ HEAD_KINDS: dict[str, Kind] = {
     "regress": "absolute",
     "token_regress": "absolute",
     "gaussian": "normalized",
+    "token_gaussian": "normalized",
     "quantile": "cqr",
+    "token_quantile": "cqr",
 }
 
 

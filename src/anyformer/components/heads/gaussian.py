@@ -1,4 +1,5 @@
-"""Distribution heads: a Gaussian (mean, log-variance) per target, pooled or per token.
+"""Distribution heads: a Gaussian (mean, log-variance) per target, pooled (``gaussian``)
+or per token (``token_gaussian``).
 
 Layout of the outputs, shared with :mod:`anyformer.components.heads.quantile`: the
 targets' shape followed by the values per target, i.e. ``[B, 2]`` (pooled, one target),
@@ -11,41 +12,31 @@ two outputs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 
 from anyformer.components.heads.base import Head
-from anyformer.components.heads.linear import n_outputs, pool
-from anyformer.registry import Capabilities, Paper, register
+from anyformer.components.heads.linear import entry_name, n_outputs, pool
+from anyformer.registry import Capabilities, NoParams, Paper, register
 
 if TYPE_CHECKING:
     from anyformer.spec import ModelSpec
 
 
-class DistributionParams(BaseModel):
-    """``per_token``: one distribution per token ``[B, T, ...]`` instead of one per row
-    pooled by ``model.pool`` (mean, first, last) ``[B, ...]``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    per_token: bool = False
-
-
 class ValuesHead(Head):
     """A linear map to ``n_values`` values per target (``model.n_outputs`` targets),
-    pooled first unless ``per_token``; see the module docstring for the layout.
-    ``pooled`` says, per instance, whether it pools (the registry's ``pooled``
-    capability states the default)."""
+    pooled first by ``model.pool`` (mean, first, last) when ``pooled``; see the module
+    docstring for the layout."""
 
-    name = "values"
+    pooled: ClassVar[bool] = True
 
-    def __init__(self, spec: ModelSpec, params: DistributionParams, values: int) -> None:
+    def __init__(self, spec: ModelSpec, params: BaseModel, values: int) -> None:
         super().__init__()
-        self.n_targets = n_outputs(spec, self.name)
+        self.n_targets = n_outputs(spec, entry_name(self))
         self.values = values
-        self.pooled = not params.per_token
         self.how = spec.pool
         self.proj = nn.Linear(spec.d_model, self.n_targets * values)
 
@@ -63,16 +54,20 @@ class ValuesHead(Head):
         return y.squeeze(-2) if self.n_targets == 1 else y
 
 
+NIX_WEIGEND = Paper(
+    "Estimating the Mean and Variance of the Target Probability Distribution",
+    1994,
+    "Nix & Weigend",
+)
+
+
 @register(
     "head",
     "gaussian",
-    paper=Paper(
-        "Estimating the Mean and Variance of the Target Probability Distribution",
-        1994,
-        "Nix & Weigend",
-    ),
-    summary="mean and log-variance per target [..., 2], pooled (model.pool) or per_token",
-    params=DistributionParams,
+    paper=NIX_WEIGEND,
+    summary="mean and log-variance per target [B, (n_outputs,) 2] of each row, pooled by "
+    "model.pool",
+    params=NoParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )
 class GaussianHead(ValuesHead):
@@ -80,10 +75,22 @@ class GaussianHead(ValuesHead):
     log-variance (train with the ``gaussian_nll`` objective; conformal intervals with
     normalised residuals in :mod:`anyformer.tasks.conformal`)."""
 
-    name = "gaussian"
-
-    def __init__(self, spec: ModelSpec, params: DistributionParams) -> None:
+    def __init__(self, spec: ModelSpec, params: NoParams) -> None:
         super().__init__(spec, params, 2)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.shape_out(self.raw(x, padding_mask))
+
+
+@register(
+    "head",
+    "token_gaussian",
+    paper=NIX_WEIGEND,
+    summary="mean and log-variance per target per token [B, T, (n_outputs,) 2]",
+    params=NoParams,
+    caps=Capabilities(complexity="O(n)"),
+)
+class TokenGaussianHead(GaussianHead):
+    """``gaussian`` per token."""
+
+    pooled = False

@@ -1,5 +1,5 @@
-"""Quantile head: one predicted quantile per level per target (Koenker & Bassett's
-regression quantiles), trained with the ``pinball`` objective and calibrated by
+"""Quantile heads: one predicted quantile per level per target (Koenker & Bassett's
+regression quantiles), pooled (``quantile``) or per token (``token_quantile``), trained with the ``pinball`` objective and calibrated by
 conformalised quantile regression (:func:`anyformer.tasks.conformal.cqr`).
 
 Outputs follow the layout of :mod:`anyformer.components.heads.gaussian`: the targets'
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from anyformer.components.heads.gaussian import DistributionParams, ValuesHead
+from anyformer.components.heads.gaussian import ValuesHead
 from anyformer.registry import Capabilities, Paper, register
 
 if TYPE_CHECKING:
@@ -35,11 +35,12 @@ def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(float(q) for q in levels)
 
 
-class QuantileParams(DistributionParams):
+class QuantileParams(BaseModel):
     """- ``levels``: the quantile levels, strictly increasing, in (0, 1).
     - ``monotone``: predict the lowest quantile and non-negative (softplus) gaps to the
-      next ones, so the quantiles never cross; ``False``: one free value per level.
-    - ``per_token``: as for ``gaussian``."""
+      next ones, so the quantiles never cross; ``False``: one free value per level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     levels: tuple[float, ...] = Field((0.1, 0.5, 0.9))
     monotone: bool = True
@@ -50,11 +51,15 @@ class QuantileParams(DistributionParams):
         return check_levels(v)
 
 
+KOENKER = Paper("Regression Quantiles", 1978, "Koenker & Bassett")
+
+
 @register(
     "head",
     "quantile",
-    paper=Paper("Regression Quantiles", 1978, "Koenker & Bassett"),
-    summary="one quantile per level per target [..., len(levels)], non-crossing by default",
+    paper=KOENKER,
+    summary="one quantile per level per target [B, (n_outputs,) len(levels)] of each row, "
+    "pooled by model.pool; non-crossing by default",
     params=QuantileParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )
@@ -62,8 +67,6 @@ class QuantileHead(ValuesHead):
     """Quantiles ``q_1 <= ... <= q_L`` at ``levels``: with ``monotone``,
     ``q_1 = a_1`` and ``q_j = q_{j-1} + softplus(a_j)`` from the linear map's values
     ``a``; otherwise ``q_j = a_j``."""
-
-    name = "quantile"
 
     def __init__(self, spec: ModelSpec, params: QuantileParams) -> None:
         super().__init__(spec, params, len(params.levels))
@@ -76,3 +79,17 @@ class QuantileHead(ValuesHead):
             gaps = F.softplus(a[..., 1:])
             a = torch.cat([a[..., :1], a[..., :1] + gaps.cumsum(-1)], dim=-1)
         return self.shape_out(a)
+
+
+@register(
+    "head",
+    "token_quantile",
+    paper=KOENKER,
+    summary="one quantile per level per target per token [B, T, (n_outputs,) len(levels)]",
+    params=QuantileParams,
+    caps=Capabilities(complexity="O(n)"),
+)
+class TokenQuantileHead(QuantileHead):
+    """``quantile`` per token."""
+
+    pooled = False

@@ -69,8 +69,15 @@ def length(entry: Entry, t: int = 7) -> int:
 
 
 def pooled(entry: Entry, head: torch.nn.Module) -> bool:
-    """Whether this instance pools (an instance may override its variant's default)."""
-    return bool(getattr(head, "pooled", entry.caps.pooled))
+    """Whether the head pools: its registry capability, which its class attribute
+    ``pooled``, where it has one, must agree with."""
+    own = getattr(head, "pooled", entry.caps.pooled)
+    if bool(own) != entry.caps.pooled:
+        raise CheckFailure(
+            f"the head's pooled={own} disagrees with its registry capability "
+            f"pooled={entry.caps.pooled}"
+        )
+    return entry.caps.pooled
 
 
 def hidden(t: int, seed: int = 0, b: int = B) -> torch.Tensor:
