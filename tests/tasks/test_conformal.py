@@ -147,3 +147,28 @@ def test_head_report_calibrates_on_one_split_and_reports_coverage_on_others() ->
     assert point["kind"] == "absolute" and abs(point["id"]["coverage"] - 0.8) < 0.03
     with pytest.raises(ValueError, match="no conformal score for head 'classify'"):
         conformal.head_report("classify", (mu, y), {}, 0.9)
+
+
+def test_group_calibration_covers_each_group_where_marginal_calibration_does_not() -> None:
+    """Groups |x| <= 0.5 (little noise) and |x| > 0.5 (much noise): one threshold for all
+    over-covers the first and under-covers the second; one per group covers both."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, 4000)
+    x_t = rng.uniform(-1, 1, 20_000)
+    sigma, sigma_t = 0.2 + x**2, 0.2 + x_t**2
+    mu, mu_t = np.sin(3 * x), np.sin(3 * x_t)
+    y = mu + sigma * rng.standard_normal(4000)
+    y_t = mu_t + sigma_t * rng.standard_normal(20_000)
+    g, g_t = (np.abs(x) > 0.5).astype(int), (np.abs(x_t) > 0.5).astype(int)
+    marginal = conformal.absolute(mu, y, 0.9)
+    lo, hi = marginal.interval(mu_t)
+    inside = (y_t >= lo) & (y_t <= hi)
+    assert inside[g_t == 1].mean() < 0.85 and inside[g_t == 0].mean() > 0.95  # off per group
+    by_group = conformal.calibrate_by_group("absolute", y, g, mu, level=0.9)
+    assert by_group.rules[0].n + by_group.rules[1].n == 4000
+    report = by_group.evaluate(y_t, g_t, mu_t)
+    for key in (0, 1):
+        assert abs(report["groups"][key]["coverage"] - 0.9) < 0.03, report
+    assert abs(report["coverage"] - 0.9) < 0.03
+    with pytest.raises(ValueError, match=r"groups \[7\] have no calibration points"):
+        by_group.interval(np.array([7]), np.array([0.0]))

@@ -13,7 +13,8 @@ for Regression", 2018). ``k > n`` gives an infinite interval. Three scores:
   ``max(lo - y, y - hi)`` of a quantile head's lower and upper quantiles; interval
   ``[lo - q, hi + q]``.
 
-``level`` is the target coverage (``0.9`` for 90%, i.e. ``1 - alpha``). Each function
+:func:`calibrate_by_group` calibrates within each group of the points (Mondrian
+conformal), for coverage per group. ``level`` is the target coverage (``0.9`` for 90%, i.e. ``1 - alpha``). Each function
 returns a :class:`Calibrated` whose :meth:`~Calibrated.interval` maps test predictions
 to bounds and :meth:`~Calibrated.evaluate` reports empirical coverage and mean width.
 :func:`predictions` turns a head's outputs into the arrays the scores read.
@@ -163,6 +164,69 @@ def predictions(kind: Kind, outputs: Any) -> tuple[np.ndarray, ...]:
     if out.shape[-1] < 2:
         raise ValueError(f"cqr needs at least two quantiles per target, got {out.shape}")
     return out[..., 0], out[..., -1]
+
+
+@dataclass(frozen=True)
+class GroupCalibrated:
+    """Group-conditional (Mondrian) split conformal: one :class:`Calibrated` rule per
+    group of the calibration points (Vovk et al. 2005), so coverage holds within each
+    group, not only on average ("Can Transformers Do Enumerative Geometry?" calibrates
+    per partition of its inputs this way). A test point of a group
+    without calibration points is refused."""
+
+    rules: dict[Any, Calibrated]
+
+    def _split(self, groups: Any) -> list[tuple[Calibrated, np.ndarray]]:
+        g = np.asarray(groups)
+        unknown = sorted(set(g.reshape(-1).tolist()) - set(self.rules), key=str)
+        if unknown:
+            raise ValueError(
+                f"groups {unknown} have no calibration points (calibrated: "
+                f"{sorted(self.rules, key=str)})"
+            )
+        return [(rule, g == key) for key, rule in self.rules.items()]
+
+    def interval(self, groups: Any, *preds: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)``: each point's bounds from its group's rule."""
+        arrays = [_array(p) for p in preds]
+        lo, hi = np.empty_like(arrays[0]), np.empty_like(arrays[0])
+        for rule, where in self._split(groups):
+            a, b = rule.interval(*(p[where] for p in arrays))
+            lo[where], hi[where] = a, b
+        return lo, hi
+
+    def evaluate(self, y: Any, groups: Any, *preds: Any) -> dict[str, Any]:
+        """Overall ``coverage`` and ``width``, and the same per group (``groups``)."""
+        y = _array(y)
+        lo, hi = self.interval(groups, *preds)
+        inside, width = (y >= lo) & (y <= hi), hi - lo
+        per = {
+            key: {"coverage": float(inside[w].mean()), "width": float(width[w].mean())}
+            for key, w in ((k, np.asarray(groups) == k) for k in self.rules)
+            if w.any()
+        }
+        level = next(iter(self.rules.values())).level
+        return {
+            "level": level,
+            "coverage": float(inside.mean()),
+            "width": float(width.mean()),
+            "groups": per,
+        }
+
+
+def calibrate_by_group(
+    kind: Kind, y: Any, groups: Any, *preds: Any, level: float
+) -> GroupCalibrated:
+    """Calibrate a ``kind`` score separately within each value of ``groups``."""
+    g = np.asarray(groups)
+    arrays = [_array(y), *(_array(p) for p in preds)]
+    if g.shape != arrays[0].shape:
+        raise ValueError(f"groups {g.shape} and targets {arrays[0].shape} differ in shape")
+    rules = {
+        key: calibrate(kind, *(a[g == key] for a in arrays), level=level)
+        for key in np.unique(g).tolist()
+    }
+    return GroupCalibrated(rules)
 
 
 #: The score that fits each head's outputs.
