@@ -269,8 +269,10 @@ def test_dense_out_channels_default_and_refusals() -> None:
         with pytest.raises(ValueError, match=message):
             entry.build(p, s)
     h = head("dense", image_spec())
-    with pytest.raises(ValueError, match=r"1 prefix tokens and a 2x2 grid \(5 tokens\), got 6"):
-        h(torch.randn(1, 6, D), None)
+    with pytest.raises(
+        ValueError, match=r"1 prefix tokens and a 2x2 grid \(at least 5 tokens\), got 4"
+    ):
+        h(torch.randn(1, 4, D), None)
     with pytest.raises(SpecError, match="scale=0"):
         entry.make_params({"scale": 0})
 
@@ -373,3 +375,26 @@ def test_a_per_token_quantile_head_serves_a_per_token_regression_task() -> None:
     loss = loss_fn(out, b)
     loss.backward()
     assert torch.isfinite(loss) and model.head.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls_position", ["first", "last"])
+def test_dense_head_on_patch_tokens_of_a_model(cls_position: str) -> None:
+    """Through a model with the patches embedder (a CLS token before or after the grid):
+    the image comes out at twice the size, and the CLS token's hidden state is unused."""
+    from anyformer.model.transformer import build_model
+    from anyformer.spec import parse
+
+    data = dict(
+        kind="encoder", d_model=D, n_heads=2, n_layers=1, position="none", input_shape=[3, 8, 8],
+        embedder={"name": "patches", "patch_size": 4, "cls": True, "cls_position": cls_position},
+        head={"name": "dense", "scale": 2},
+    )  # fmt: skip
+    model = build_model(parse(ModelSpec, data))
+    images = torch.rand(2, 3, 8, 8)
+    assert model(images).shape == (2, 3, 16, 16)
+    hidden: list[torch.Tensor] = []
+    model.head.register_forward_hook(lambda m, args, out: hidden.append(args[0]))
+    out = model(images)
+    grid = hidden[0][:, 1:5] if cls_position == "first" else hidden[0][:, :4]
+    values = model.head.proj(grid).view(2, 2, 2, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, F.pixel_shuffle(values, 8))

@@ -63,8 +63,9 @@ class DenseHead(Head):
     input_shape``), each grid token covers a ``(H / gh) x (W / gw)`` patch; a linear map
     sends it to ``out_channels * bh * bw`` values with ``bh = scale * H / gh`` (``bw``
     alike), which are laid out as the token's ``bh x bw`` block of the output (channel,
-    row, column order, so for square blocks this is exactly ``F.pixel_shuffle``). Prefix
-    tokens (CLS, registers) are dropped. Output ``[B, out_channels, scale*H, scale*W]``:
+    row, column order, so for square blocks this is exactly ``F.pixel_shuffle``). Tokens
+    before the grid (``dims.n_prefix``: CLS, registers) and after it (a CLS placed last)
+    are dropped. Output ``[B, out_channels, scale*H, scale*W]``:
     one image per example (``pooled`` in the registry's sense: packed rows are refused)."""
 
     pooled = True
@@ -109,11 +110,11 @@ class DenseHead(Head):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         gh, gw = self.grid
         bh, bw = self.block
-        tokens = x[:, self.n_prefix :]
+        tokens = x[:, self.n_prefix : self.n_prefix + gh * gw]
         if tokens.shape[1] != gh * gw:
             raise ValueError(
                 f"head 'dense' expects {self.n_prefix} prefix tokens and a {gh}x{gw} grid "
-                f"({self.n_prefix + gh * gw} tokens), got {x.shape[1]}"
+                f"(at least {self.n_prefix + gh * gw} tokens), got {x.shape[1]}"
             )
         y = self.proj(tokens).view(x.shape[0], gh, gw, self.out_channels, bh, bw)
         return y.permute(0, 3, 1, 4, 2, 5).reshape(x.shape[0], self.out_channels, gh * bh, gw * bw)
