@@ -398,3 +398,25 @@ def test_dense_head_on_patch_tokens_of_a_model(cls_position: str) -> None:
     grid = hidden[0][:, 1:5] if cls_position == "first" else hidden[0][:, :4]
     values = model.head.proj(grid).view(2, 2, 2, -1).permute(0, 3, 1, 2)
     torch.testing.assert_close(out, F.pixel_shuffle(values, 8))
+
+
+def test_spec_validation_pairs_the_new_heads_with_their_objectives() -> None:
+    assert _experiment("gaussian", "gaussian_nll").objective.name == "gaussian_nll"
+    assert _experiment("token_gaussian", "gaussian_nll").model.n_outputs == 1
+    dense = {"name": "dense", "scale": 2}
+    with pytest.raises(SpecError, match="objective='pinball' reads the outputs of head quantile"):
+        _experiment("regress", "pinball")
+    with pytest.raises(SpecError, match="objective='gaussian_nll' needs 2 outputs per target"):
+        _experiment("regress", "gaussian_nll")  # a plain head needs (mean, log-variance)
+    from anyformer.spec import ExperimentSpec
+
+    images = {
+        "kind": "encoder", "embedder": {"name": "patches", "patch_size": 4},
+        "input_shape": [3, 8, 8], "head": dense, "n_outputs": 3,
+    }  # fmt: skip
+    spec = ExperimentSpec.from_dict(
+        {"task": "icl_linear_regression", "model": images, "objective": "mse"}
+    )
+    assert spec.model.head_ref.name == "dense"
+    with pytest.raises(SpecError, match="head='dense': head 'dense' needs images"):
+        _experiment(dense, "mse")
