@@ -266,6 +266,8 @@ class ModelSpec(_Frozen):
     def _check_io(self) -> str | None:
         """The embedder and head against the inputs, the length and each other."""
         embedder, head = self.embedder_ref, self.head_ref
+        if self.input_kind in ("image", "table") and self.input_shape is None:
+            return None  # the task fills input_shape; validated again once it has
         for field, ref in (("embedder", embedder), ("head", head)):
             check = getattr(ref.entry.cls, "check", None)
             problem = check(ref.config, self) if check is not None else None
@@ -302,6 +304,8 @@ class ModelSpec(_Frozen):
         """The embedder's :class:`~anyformer.components.embedders.base.TokenLayout`."""
         ref = self.embedder_ref
         layout = getattr(ref.entry.cls, "layout", None)
+        if self.input_kind in ("image", "table") and self.input_shape is None:
+            layout = None  # not known before the task fills input_shape
         if layout is None:  # a user's embedder without the base class's method
             return SimpleNamespace(length=None, grid=None, n_prefix=0)
         return layout(ref.config, self)
@@ -451,6 +455,8 @@ class TrainSpec(_Frozen):
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     packing: bool = False
     allow_large: bool = False
+    #: also write every metrics line as TensorBoard scalars under ``<run>/tensorboard``
+    tensorboard: bool = False
 
     @field_validator("betas")
     @classmethod
@@ -635,13 +641,15 @@ def spec_hash(spec: BaseModel, length: int = 8) -> str:
     """A stable hash of the spec's canonical JSON form: every field and component
     parameter that differs from its default (so a field added later with a default, or a
     default written out, leaves the hash, and the run folders named by it, unchanged);
-    ``description`` and ``train.progress``, which change no result, do not count."""
+    ``description``, ``train.progress``, ``train.allow_large`` and ``train.tensorboard``,
+    which change no result, do not count."""
     data = spec.model_dump(mode="json", exclude_defaults=True, context={"canonical": True})
     # presentation only: results do not depend on them
     data.pop("description", None)
     if isinstance(data.get("train"), dict):
         data["train"].pop("progress", None)
         data["train"].pop("allow_large", None)
+        data["train"].pop("tensorboard", None)
         if not data["train"]:
             del data["train"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -101,7 +101,7 @@ DIGESTS: dict[str, str] = {
     "mnist1d": "d3b69b04b8af94e0",
     "shapes,max_objects=2,ood_max_objects=3,ood_min_objects=3,size=8": "146ad2e98a84570d",
     "shapes,count_as=regress,output=count": "443e3677e500ca1a",
-    "super_resolution": "92c8c0ca43d67f5e",
+    "super_resolution": "74ed2793519ab9a7",
     "pose_lifting,frames=2": "31bbf8ce8603777c",
     "table": "70596dfd40b08db5",
     "table,dataset=diabetes,shift_column=bmi": "39724f0b34986acc",

@@ -60,7 +60,7 @@ def test_crops_are_deterministic_and_taken_from_disjoint_regions() -> None:
     assert batches_equal(batch, build().train_batch(0, 4))
     assert not batches_equal(batch, build(seed=1).train_batch(0, 4))
     assert task.model_io() == {"input_shape": [3, 8, 8], "embedder": "patches",
-                               "head": "dense", "n_outputs": 3}  # fmt: skip
+                               "head": {"name": "dense", "scale": 2}, "n_outputs": 3}  # fmt: skip
     assert task.output_shape == (3, 16, 16)
 
 

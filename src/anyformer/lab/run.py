@@ -58,6 +58,7 @@ RESUMABLE = frozenset(
         "eval_every",
         "eval_size",
         "eval_splits",
+        "tensorboard",
         "checkpoint_every",
         "log_every",
         "progress",
@@ -272,7 +273,9 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     kind = getattr(task, "input_kind", None)
     if kind is not None:
         _check_input_kind(model, kind, spec.task.name)
-    if model["max_len"] < need:
+    # an image or table embedder decides the token count itself (ModelSpec validation
+    # checks it against max_len); the task's count assumes one token per value
+    if kind not in ("image", "table") and model["max_len"] < need:
         raise SpecError(
             f"model.max_len={model['max_len']} is shorter than the longest sequence of task "
             f"'{spec.task.name}' ({need}); set model.max_len to at least {need}"

@@ -108,7 +108,8 @@ def model_outputs(task: Task, batch: Batch, right: bool) -> torch.Tensor:
         vocab = int(io["vocab_size"])
         ids = batch.targets.long() if right else (batch.targets.long() + 1) % vocab
         return torch.nn.functional.one_hot(ids, vocab).float()
-    if io.get("head") == "dense":
+    head = io.get("head")
+    if (head if isinstance(head, str) else dict(head or {}).get("name")) == "dense":
         return torch.zeros(batch.targets.shape) if right else torch.ones(batch.targets.shape)
     shape = (*batch.targets.shape[:2], int(io.get("n_outputs", 1)))
     return torch.zeros(shape) if right else torch.ones(shape)

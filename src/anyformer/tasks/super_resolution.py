@@ -122,7 +122,7 @@ class SuperResolution(SupervisedTask):
         return {
             "input_shape": list(self.low_shape),
             "embedder": "patches",
-            "head": "dense",
+            "head": {"name": "dense", "scale": 2},  # x2: each patch token writes 2p x 2p pixels
             "n_outputs": 3,
         }
 

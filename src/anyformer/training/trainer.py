@@ -69,6 +69,7 @@ from anyformer.training.distributed import (
 )
 from anyformer.training.precision import autocast, grad_scaler, resolve_precision
 from anyformer.training.schedule import lr_at
+from anyformer.training.tensorboard import TensorBoardWriter
 from anyformer.training.throughput import Throughput, peak_flops
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,11 @@ class Trainer:
         self.task = task
         self.objective = objective
         self.run_dir = run_dir if self.dist.is_main else None
+        self.tensorboard = (
+            TensorBoardWriter(self.run_dir)
+            if train.tensorboard and self.run_dir is not None
+            else None
+        )
         self.checkpoint_dir = run_dir / "checkpoint" if run_dir is not None else None
         self.info = info or {}
         self.optimizer = make_optimizer(self.model, train)
@@ -268,11 +274,16 @@ class Trainer:
         return self._train_sample
 
     def _log(self, record: dict[str, Any]) -> None:
-        """Append one line to ``metrics.jsonl`` (append-only while training)."""
+        """Append one line to ``metrics.jsonl`` (append-only while training), stamped
+        with its wall-clock ``time`` (seconds since the epoch), and mirror it to
+        TensorBoard when ``train.tensorboard``."""
         if self.run_dir is None:
             return
+        record = {**record, "time": round(time.time(), 3)}
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def _checkpoint(self) -> None:
         if self.checkpoint_dir is None:
@@ -490,6 +501,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
+            if self.tensorboard is not None:
+                self.tensorboard.writer.flush()
         result.interrupted = result.interrupted or self.step < self.train.steps
         if not result.final and not result.interrupted:
             for split, metrics in self.evaluate().items():
