@@ -265,6 +265,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             f"--all reproduces every finding; drop --all to reproduce only "
             f"{', '.join(args.findings)}, or drop the names"
         )
+    if args.recheck:
+        return _recheck(args)
     if args.write_docs and args.quick:
         raise _usage(
             "--write-docs cannot be combined with --quick: docs/findings.md is written only "
@@ -290,6 +292,35 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         console.print(
             f"wrote docs/findings.md and docs/findings/<name>/ for {len(copied)} findings"
         )
+    return 0
+
+
+def _recheck(args: argparse.Namespace) -> int:
+    """``reproduce --recheck``: the current checks applied to the recorded full runs in
+    ``--findings-dir``; with ``--write-docs``, docs/findings.md from those records."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from anyformer.lab.findings.recheck import recheck
+    from anyformer.lab.findings.reproduce import findings_markdown, verdict_status
+    from anyformer.spec import write_text_atomic
+
+    if args.quick:
+        raise _usage("--recheck re-checks recorded full runs; it cannot be combined with --quick")
+    folder = Path(args.findings_dir)
+    done = recheck(args.findings, folder)
+    table = Table(title=f"findings re-checked from the full runs recorded in {folder}")
+    for col in ("finding", "before", "after", "reason"):
+        table.add_column(col, overflow="fold")
+    for name, (previous, verdict) in done.items():
+        table.add_row(name, verdict_status(previous), verdict.label, verdict.reason)
+    console = _console()
+    console.print(table)
+    if args.write_docs:
+        path = folder.parent / "findings.md"
+        write_text_atomic(path, findings_markdown(folder, published=True))
+        console.print(f"wrote {path}")
     return 0
 
 
@@ -456,6 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="findings", help="parent folder of the reports (default findings)"
     )
     rep.add_argument("--write-docs", action="store_true", help="write docs/findings.md (full mode)")
+    rep.add_argument(
+        "--recheck", action="store_true",
+        help="apply the current checks to the recorded full runs in --findings-dir and "
+        "rewrite their reports (trains nothing)",
+    )  # fmt: skip
+    rep.add_argument(
+        "--findings-dir", default="docs/findings",
+        help="recorded full runs for --recheck (default docs/findings; docs/findings.md "
+        "beside it with --write-docs)",
+    )  # fmt: skip
     rep.set_defaults(func=cmd_reproduce)
     for command in (run, resume, show, ext, gen, cmp):
         command.add_argument(

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from anyformer.lab.compare import CompareResult
 
 
-def write_compare_report(result: CompareResult) -> Path:
-    """``report.md``, ``results.json`` and ``plots/*.png`` in the comparison folder."""
+def write_compare_report(result: CompareResult, write_results: bool = True) -> Path:
+    """``report.md``, ``results.json`` and ``plots/*.png`` in the comparison folder
+    (``write_results=False`` leaves a recorded ``results.json`` as it is: a re-check
+    redraws the report of results it did not produce)."""
     from anyformer.lab.plots import (
         image_lines,
         plot_compare_curves,
@@ -25,7 +27,8 @@ def write_compare_report(result: CompareResult) -> Path:
 
     folder = result.dir
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "results.json", json.dumps(result.to_json(), indent=1))
+    if write_results:
+        write_text_atomic(folder / "results.json", json.dumps(result.to_json(), indent=1))
     plots: list[Path | None] = list(plot_compare_curves(result, folder / "plots"))
     plots.append(plot_metric_vs_params(result, folder / "plots" / "params.png"))
     plots.append(plot_metric_vs_cost(result, folder / "plots" / "cost.png"))

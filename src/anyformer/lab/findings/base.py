@@ -15,8 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from anyformer.errors import RunFolderError
 from anyformer.lab.compare import CompareResult
 from anyformer.spec import ExperimentSpec
+
+
+class NeedsCheckpoints(RunFolderError):
+    """A check needs the trained weights of a comparison's runs (to score them at settings
+    they were not trained at) and the run folders or their checkpoints are absent, as in
+    the published ``docs/findings/`` records, which keep results but not runs."""
 
 
 @dataclass

@@ -8,9 +8,17 @@ comparison's folder and score them with :mod:`anyformer.lab.elastic`.
 from __future__ import annotations
 
 from anyformer.components.ffn_matformer import MATFORMER
+from anyformer.errors import RunFolderError
 from anyformer.lab.compare import CompareResult
 from anyformer.lab.elastic import Variant, evaluate_variants, load_trained
-from anyformer.lab.findings.base import Comparison, Finding, Verdict, quick_train, tiny_model
+from anyformer.lab.findings.base import (
+    Comparison,
+    Finding,
+    NeedsCheckpoints,
+    Verdict,
+    quick_train,
+    tiny_model,
+)
 from anyformer.lab.run import build_objective, build_task
 from anyformer.model.depth import ALGOFORMER, YANG
 from anyformer.registry import NoParams, register
@@ -20,11 +28,19 @@ def elastic_metric(
     result: CompareResult, label: str, settings: list[Variant], metric: str, split: str = "id"
 ) -> dict[str, float]:
     """``{setting name: metric}`` of variant ``label``'s trained runs evaluated at each
-    setting (loops, widths), averaged over its seeds, on the run's own evaluation set."""
+    setting (loops, widths), averaged over its seeds, on the run's own evaluation set.
+    Raises :class:`NeedsCheckpoints` when the runs or their checkpoints are absent."""
     sums = dict.fromkeys((s.name for s in settings), 0.0)
-    folders = result.run_dirs(label)
+    folders = result.run_dirs(label) if result.runs.get(label) else []
+    if not folders:
+        raise NeedsCheckpoints(
+            f"comparison '{result.dir}' records no run folders for variant '{label}'"
+        )
     for folder in folders:
-        spec, model = load_trained(folder)
+        try:
+            spec, model = load_trained(folder)
+        except RunFolderError as exc:
+            raise NeedsCheckpoints(f"variant '{label}': {exc}") from None
         task = build_task(spec)
         rows = evaluate_variants(
             model, task, build_objective(spec, task), spec.train.eval_size, settings
