@@ -37,6 +37,11 @@ def elastic_metric(
             f"comparison '{result.dir}' records no run folders for variant '{label}'"
         )
     for folder in folders:
+        if not folder.is_dir():
+            raise NeedsCheckpoints(
+                f"variant '{label}': its run folder '{folder}' is absent (a record of "
+                "results without its runs)"
+            )
         try:
             spec, model = load_trained(folder)
         except RunFolderError as exc:

@@ -13,6 +13,8 @@ A check that must score the trained models again (at other loop counts or widths
 ``matformer_granularities``) raises :class:`~anyformer.lab.findings.base.NeedsCheckpoints`
 here, since the records hold no checkpoints; its re-checked verdict is then
 *inconclusive: needs the checkpoints of a new full run*, with no numbers invented.
+What a check measures without trained weights (``wide_vs_deep``'s forward latency) is
+measured again, on one thread (a shared machine's other loads distort it less).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from anyformer import registry
 from anyformer.errors import SpecError, did_you_mean
@@ -98,10 +102,14 @@ def recheck_finding(
         raise SpecError(f"'{old_path}' records a quick run; only full runs are re-checked")
     finding: Finding = registry.get("finding", name).build()
     results = {key: load_compare_result(folder / key) for key in finding.comparisons(False)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a check measures itself (latency) on one core, steadier
     try:
         verdict = finding.check(results)
     except NeedsCheckpoints as exc:
         verdict = Verdict(None, {}, f"needs the checkpoints of a new full run ({exc})")
+    finally:
+        torch.set_num_threads(threads)
     for result in results.values():
         shutil.rmtree(result.dir / "plots", ignore_errors=True)  # drawn by older code
         write_compare_report(result, write_results=False)

@@ -102,11 +102,10 @@ def write_finding_report(rep: Reproduction, rechecked: dict[str, Any] | None = N
         ]
     lines += [
         f"**Verdict ({mode}):** {rep.verdict.label} — {rep.verdict.reason}",
-        "",
-        "| number | value |",
-        "|---|---|",
     ]
-    lines += [f"| {k} | {v:.4g} |" for k, v in rep.verdict.numbers.items()]
+    if rep.verdict.numbers:
+        lines += ["", "| number | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in rep.verdict.numbers.items()]
     for key, result in rep.results.items():
         lines += [
             "",
