@@ -30,6 +30,8 @@ LAYERS = {
     "anyformer.errors": 0,
     "anyformer.safe_yaml": 0,
     "anyformer.spec_limits": 0,
+    "anyformer.spec_refs": 0,
+    "anyformer.spec_io": 0,
     "anyformer.nn": 0,
     "anyformer.components": 1,
     "anyformer.model": 2,

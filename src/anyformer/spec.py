@@ -22,141 +22,45 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    SerializationInfo,
-    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from anyformer import registry, safe_yaml
+from anyformer import registry
 from anyformer import spec_limits as limits
-from anyformer.errors import SpecError, UserError, did_you_mean
-
-
-class _Frozen(BaseModel):
-    # numbers must be finite: lr=.inf or init_std=.nan are refused with the field
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-# --------------------------------------------------------------------------- references
-class Ref(_Frozen):
-    """A reference to a registered variant and its parameters.
-
-    Written as a bare name (``rope``) or a mapping with ``name`` and the variant's
-    own parameters (``{name: softmax, kv_heads: 2}``). After validation ``params``
-    holds every parameter of the variant, defaults filled in.
-    """
-
-    slot: ClassVar[str] = ""
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_short_form(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            return {"name": data, "params": {}}
-        if isinstance(data, dict) and "params" not in data:
-            if "name" not in data:
-                raise ValueError(
-                    f"a {cls.slot} is a name or a mapping with a 'name' key, got {data!r}"
-                )
-            rest = {k: v for k, v in data.items() if k != "name"}
-            return {"name": data["name"], "params": rest}
-        return data
-
-    @model_validator(mode="after")
-    def _against_registry(self) -> Ref:
-        try:
-            entry = registry.get(self.slot, self.name)
-            resolved = entry.make_params(self.params)
-        except SpecError as exc:  # pydantic reports plain ValueErrors with their location
-            raise ValueError(str(exc)) from None
-        params = resolved.model_dump(mode="json")
-        limit = limits.MAX_TASK_INT if self.slot == "task" else limits.MAX_PARAM_INT
-        for key, value in params.items():
-            problem = limits.param_problem(value, key, limit)
-            if problem:
-                raise ValueError(f"'{self.name}': {problem}")
-        object.__setattr__(self, "params", params)
-        return self
-
-    @model_serializer(mode="plain")
-    def _serialize(self, info: SerializationInfo) -> Any:
-        params = self.params
-        if info.context and info.context.get("canonical"):
-            defaults = _param_defaults(self)
-            params = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
-        return {"name": self.name, **params} if params else self.name
-
-    @property
-    def entry(self) -> registry.Entry:
-        return registry.get(self.slot, self.name)
-
-    @property
-    def config(self) -> BaseModel:
-        """The validated parameter object of the variant."""
-        return self.entry.params(**self.params)
-
-
-def _param_defaults(ref: Ref) -> dict[str, Any]:
-    """The JSON form of each defaulted parameter of ``ref``'s variant."""
-    fields = ref.entry.params.model_fields
-    defaults = {}
-    for key, info in fields.items():
-        if not info.is_required():
-            value = info.get_default(call_default_factory=True)
-            defaults[key] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return json.loads(json.dumps(defaults, default=str))
-
-
-class AttentionRef(Ref):
-    slot: ClassVar[str] = "attention"
-
-
-class PositionRef(Ref):
-    slot: ClassVar[str] = "position"
-
-
-class NormRef(Ref):
-    slot: ClassVar[str] = "norm"
-
-
-class FFNRef(Ref):
-    slot: ClassVar[str] = "ffn"
-
-
-class LayoutRef(Ref):
-    slot: ClassVar[str] = "layout"
-
-
-class DepthRef(Ref):
-    slot: ClassVar[str] = "depth"
-
-
-class TaskRef(Ref):
-    slot: ClassVar[str] = "task"
-
-
-class ObjectiveRef(Ref):
-    slot: ClassVar[str] = "objective"
-
-
-class EmbedderRef(Ref):
-    slot: ClassVar[str] = "embedder"
-
-
-class HeadRef(Ref):
-    slot: ClassVar[str] = "head"
-
+from anyformer.errors import SpecError
+from anyformer.spec_io import (  # noqa: F401 - re-exported
+    _fields_at,
+    _model_in,
+    apply_overrides,
+    format_validation_error,
+    load_yaml,
+    parse,
+    parse_value,
+    write_text_atomic,
+)
+from anyformer.spec_refs import (  # noqa: F401 - re-exported
+    AttentionRef,
+    DepthRef,
+    EmbedderRef,
+    FFNRef,
+    HeadRef,
+    LayoutRef,
+    NormRef,
+    ObjectiveRef,
+    PositionRef,
+    Ref,
+    TaskRef,
+    _Frozen,
+    _param_defaults,
+)
 
 # --------------------------------------------------------------------------- model
 #: The head of a spec that names none: ``lm`` for decoders, ``classify`` for encoders.
@@ -654,149 +558,3 @@ def spec_hash(spec: BaseModel, length: int = 8) -> str:
             del data["train"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, bounded (:mod:`anyformer.safe_yaml`); errors name the file
-    and the line. An empty file is refused (it would silently train the defaults)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > safe_yaml.MAX_BYTES:
-            raise UserError(
-                f"spec file '{path}' is {size:,} bytes; at most {safe_yaml.MAX_BYTES:,} are read"
-            )
-        text = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read spec file '{path}': {exc.strerror}") from None
-    data = safe_yaml.load(text, f"'{path}'")
-    if data is None:
-        raise UserError(
-            f"'{path}' is empty: a spec file holds a mapping of spec fields (name, model, "
-            "task, objective, train)"
-        )
-    if not isinstance(data, dict):
-        raise UserError(f"'{path}' must hold a mapping of spec fields, not {type(data).__name__}")
-    return data
-
-
-def parse_value(text: str) -> Any:
-    """Parse a command-line value as a YAML scalar/flow value (``500``, ``true``, ``[1,2]``);
-    text that is not valid YAML stays a string (the schema then says what is wrong)."""
-    if text == "":
-        return ""
-    try:
-        return safe_yaml.load(text, "value")
-    except UserError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned)."""
-    out = json.loads(json.dumps(data))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(
-                f"override '{item}' is not of the form KEY=VALUE (e.g. train.steps=500)"
-            )
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if isinstance(child, str):  # a component given by name: expand to a mapping
-                child = {"name": child}
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise UserError(f"override '{item}': '{where}' is a value, not a section")
-            node[part] = child
-            node = child
-        node[parts[-1]] = parse_value(raw)
-    return out
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """Field names of the (sub)model found at ``loc`` inside ``model``."""
-    import typing
-
-    current: Any = model
-    skip = False  # the next part is a key of a dict or an index of a list
-    for part in loc:
-        if skip:
-            skip = False
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        origins = {
-            typing.get_origin(a) for a in (field.annotation, *typing.get_args(field.annotation))
-        }
-        skip = bool(origins & {dict, list})
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def format_validation_error(model: type[BaseModel], exc: ValidationError) -> str:
-    """Render pydantic errors as ``field=value: what is wrong`` lines."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-        field = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1]) or []
-            lines.append(
-                f"{field}: unknown key{did_you_mean(str(loc[-1]), valid)} "
-                f"(valid keys: {', '.join(valid)})"
-            )
-            continue
-        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if err["type"] in ("value_error", "assertion_error"):
-            lines.append(f"{field}: {msg}" if field else msg)
-        else:
-            lines.append(f"{field}={err.get('input')!r}: {msg}")
-    return "\n".join(lines)
-
-
-def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    """Validate ``data`` as ``model``; errors become one readable :class:`SpecError`."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(format_validation_error(model, exc)) from None
