@@ -282,6 +282,34 @@ def nested(independent: list[float], over: list[float]) -> dict[str, dict[str, f
 SEPARATE = [2.3, 2.1, 1.95, 1.8]  # widths 0.5 nats apart
 PUBLISHED_MATFORMER = [1.8541, 1.8334, 1.7944, 1.8100]  # the last full run: 0.044 nats
 
+
+# --------------------------------------------------------------------------- vision (digits)
+def digits(accuracy: dict[str, float], logreg: float = 0.97, majority: float = 0.11,
+           cost: dict[str, dict[str, float]] | None = None,
+           params: dict[str, int] | None = None) -> Callable[[Results], None]:  # fmt: skip
+    """``accuracy[label]`` on id (and 0.1 less on ood) beside the digits baselines;
+    ``cost`` and ``params`` replace the comparison's cost columns and parameter counts."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        for label, acc in accuracy.items():
+            base = {"baselines.logreg.accuracy": logreg, "baselines.majority.accuracy": majority}
+            put(r, label, {"accuracy": acc, **base})
+            put(r, label, {"accuracy": acc - 0.1, **base}, "ood")
+        r.cost = copy.deepcopy(cost or {})
+        for v in r.variants:
+            v.params = (params or {}).get(v.label, v.params)
+
+    return fill
+
+
+CONV = ("embedder=patches(patch_size=2;cls=True)", "embedder=conv_stem(kernel=3;stride=2;cls=True)")
+ILLAMA = ("kind=encoder", "kind=decoder")
+POOL = ("attention=softmax", "attention=pooling")
+POOL_COST = {POOL[0]: {"params": 68000.0, "flops_per_token": 300000.0},
+             POOL[1]: {"params": 51000.0, "flops_per_token": 200000.0}}  # fmt: skip
+
+
 CASES: dict[str, list[Case]] = {
     "icl_tracks_least_squares": [
         Case("leaves 5% of the gap to least squares", HOLDS, icl_tracks(0.05)),
@@ -514,6 +542,52 @@ CASES: dict[str, list[Case]] = {
             elastic=nested(PUBLISHED_MATFORMER, [0.031, 0.022, 0.035, 0.021]),
         ),
     ],
+    "conv_embedding_beats_patches": [
+        Case("conv stem ahead by 0.03", HOLDS, digits(dict(zip(CONV, (0.90, 0.93))))),
+        Case("conv stem ahead by only 0.005", NOT, digits(dict(zip(CONV, (0.90, 0.905))))),
+        Case("patches ahead", NOT, digits(dict(zip(CONV, (0.93, 0.90))))),
+        Case("conv stem learned, patches did not", HOLDS, digits(dict(zip(CONV, (0.3, 0.9))))),
+        Case(
+            "neither learned (0.8 < logreg - 0.15)", UNDECIDED, digits(dict(zip(CONV, (0.7, 0.8))))
+        ),  # fmt: skip
+        Case(
+            "barely above the majority class",
+            UNDECIDED,
+            digits(dict(zip(CONV, (0.5, 0.55))), logreg=0.5, majority=0.3),
+        ),  # fmt: skip
+        Case(
+            "parameter counts 10% apart",
+            UNDECIDED,
+            digits(dict(zip(CONV, (0.90, 0.95))), params=dict(zip(CONV, (50000, 55000)))),
+        ),  # fmt: skip
+    ],
+    "causal_vit_matches_bidirectional": [
+        Case("causal 0.02 behind", HOLDS, digits(dict(zip(ILLAMA, (0.92, 0.90))))),
+        Case("causal ahead", HOLDS, digits(dict(zip(ILLAMA, (0.90, 0.94))))),
+        Case("causal 0.05 behind", NOT, digits(dict(zip(ILLAMA, (0.92, 0.87))))),
+        Case("bidirectional did not learn", UNDECIDED, digits(dict(zip(ILLAMA, (0.6, 0.6))))),
+    ],
+    "pooling_mixer_near_attention": [
+        Case(
+            "95% of attention, fewer FLOPs",
+            HOLDS,
+            digits(dict(zip(POOL, (0.90, 0.855))), cost=POOL_COST),
+        ),  # fmt: skip
+        Case("85% of attention", NOT, digits(dict(zip(POOL, (0.90, 0.765))), cost=POOL_COST)),
+        Case(
+            "as accurate but not cheaper",
+            NOT,
+            digits(
+                dict(zip(POOL, (0.90, 0.90))),
+                cost={POOL[0]: POOL_COST[POOL[1]], POOL[1]: POOL_COST[POOL[0]]},
+            ),
+        ),  # fmt: skip
+        Case(
+            "attention did not learn",
+            UNDECIDED,
+            digits(dict(zip(POOL, (0.4, 0.4))), cost=POOL_COST),
+        ),  # fmt: skip
+    ],
 }
 
 
@@ -602,3 +676,13 @@ def test_records_written_before_inconclusive_verdicts_still_read() -> None:
     assert verdict_status({"holds": False}) == "does not hold"
     assert verdict_status({"holds": None, "status": "inconclusive"}) == "inconclusive"
     assert verdict_status({"holds": False, "status": "does not hold"}) == "does not hold"
+
+
+def test_conv_embedding_comparison_is_at_equal_parameters() -> None:
+    """The full-size CvT comparison differs only in the embedding: parameter counts
+    within 1%, the same 16-token grid, so ``check`` decides (the 5% guard never fires)."""
+    r = _skeleton("conv_embedding_beats_patches")["main"]
+    patches, conv = (v.params for v in r.variants)
+    assert abs(conv - patches) / patches < 0.01, (patches, conv)
+    grids = {v.label: v.spec.model.dims().grid for v in r.variants}
+    assert set(grids.values()) == {(4, 4)}, grids

@@ -92,8 +92,15 @@ class ConvEmbeddingBeatsPatches(Finding):
                  "position": "learned", "d_model": 64, "n_layers": 2, "n_heads": 4, "max_len": 17,
                  "head": "classify", "pool": "first"}  # fmt: skip
         base = _digits("conv_embedding_beats_patches", model, quick)
-        axes = [("model.embedder", ["{name: patches, patch_size: 2, cls: true}",
-                                    "{name: conv_stem, kernel: 3, stride: 2, cls: true}"])]
+        axes = [
+            (
+                "model.embedder",
+                [
+                    "{name: patches, patch_size: 2, cls: true}",
+                    "{name: conv_stem, kernel: 3, stride: 2, cls: true}",
+                ],
+            )
+        ]
         return {"main": Comparison(base, axes, seeds=1 if quick else 3)}
 
     def check(self, results: dict[str, CompareResult]) -> Verdict:
