@@ -41,12 +41,18 @@ def _digits(name: str, model: dict[str, Any], quick: bool, steps: int = 400) -> 
     return {"name": name, "model": model, "task": {"name": "digits"}, "train": train}
 
 
+def _ci95(result: CompareResult, label: str) -> float:
+    """Half-width of the 95% interval of a variant's ``id`` accuracy over its seeds."""
+    return float(result.summary[label]["id"]["accuracy"].get("ci95", 0.0))
+
+
 def _learned_numbers(r: CompareResult, labels: dict[str, str]) -> dict[str, float]:
     """``id`` accuracy of each variant and the baselines (of the first variant's runs)."""
     first = next(iter(labels.values()))
     numbers = {f"{name} id accuracy": r.mean(label, "accuracy") for name, label in labels.items()}
     numbers |= {f"{name} ood accuracy": r.mean(label, "accuracy", "ood")
                 for name, label in labels.items()}  # fmt: skip
+    numbers |= {f"{name} id accuracy ci95": _ci95(r, label) for name, label in labels.items()}
     numbers["logreg id accuracy"] = r.mean(first, "baselines.logreg.accuracy")
     numbers["majority id accuracy"] = r.mean(first, "baselines.majority.accuracy")
     numbers["learned at"] = learned_bar(r, first)
@@ -116,7 +122,9 @@ class ConvEmbeddingBeatsPatches(Finding):
         return Verdict.decide(
             lead >= self.lead,
             numbers,
-            f"conv_stem − patches id accuracy {lead:+.3f} (needs >= {self.lead:+.2f}); "
+            f"conv_stem − patches id accuracy {lead:+.3f} (needs >= {self.lead:+.2f}; 95% "
+            f"intervals over seeds ±{numbers['conv_stem id accuracy ci95']:.3f} and "
+            f"±{numbers['patches id accuracy ci95']:.3f}); "
             f"parameters {c_params:,.0f} vs {p_params:,.0f} ({gap:.1%} apart)",
             learned and gap <= self.params_tolerance,
             (f"neither model learned digits (best id accuracy {best:.3f}, needs >= "
@@ -174,7 +182,9 @@ class CausalViTMatchesBidirectional(Finding):
         return Verdict.decide(
             gap >= -self.margin,
             numbers,
-            f"causal − bidirectional id accuracy {gap:+.3f} (needs >= {-self.margin:+.2f})",
+            f"causal − bidirectional id accuracy {gap:+.3f} (needs >= {-self.margin:+.2f}; 95% "
+            f"intervals over seeds ±{numbers['causal id accuracy ci95']:.3f} and "
+            f"±{numbers['bidirectional id accuracy ci95']:.3f})",
             acc >= numbers["learned at"],
             f"the bidirectional model did not learn digits (id accuracy {acc:.3f}, needs >= "
             f"{numbers['learned at']:.3f})",
