@@ -215,6 +215,12 @@ class ModelSpec(_Frozen):
         return layout(ref.config, self)
 
     @property
+    def grid_pending(self) -> bool:
+        """Whether the embedder lays tokens on a grid whose size the task has not set yet
+        (``input_shape`` unset): components that need the grid are checked later."""
+        return self.input_shape is None and bool(self.embedder_ref.entry.caps.grid)
+
+    @property
     def head_ref(self) -> HeadRef:
         """The head: ``head``, or the kind's default (``lm`` / ``classify``)."""
         head = self.head if self.head is not None else DEFAULT_HEADS[self.kind]
@@ -244,6 +250,8 @@ class ModelSpec(_Frozen):
         refs = {"attention": layer.attention, "position": self.position, "norm": layer.norm}
         refs.update(ffn=layer.ffn, norm_placement=layer.norm_placement)
         for slot, ref in refs.items():
+            if ref.entry.caps.grid and dims.grid is None and self.grid_pending:
+                continue  # checked again once the task fills input_shape
             problem = ref.entry.check(ref.config, dims)
             if problem:
                 prefix = "" if slot == "position" else where

@@ -175,3 +175,24 @@ def test_illama_as_a_spec_needs_the_post_sequence_cls() -> None:
             outputs[where] = (model(a) - model(b)).abs().max()
     assert outputs["first"] == 0
     assert outputs["last"] > 1e-4
+
+
+def test_a_grid_scheme_waits_for_the_task_to_set_the_image_shape() -> None:
+    """An experiment names rope_2d with a patch embedder and leaves input_shape to the
+    task; it used to be refused as "1-D" before the task could say the image size."""
+    from anyformer.lab.run import resolve
+    from anyformer.spec import ExperimentSpec
+
+    data = {
+        "name": "grid_wait",
+        "model": {"kind": "encoder", "embedder": {"name": "patches", "patch_size": 2, "cls": True},
+                  "position": "rope_2d", "d_model": 32, "n_heads": 2, "n_layers": 1,
+                  "max_len": 17, "head": "classify", "pool": "first"},
+        "task": "digits",
+    }  # fmt: skip
+    resolved = resolve(ExperimentSpec.from_dict(data))
+    assert resolved.model.input_shape == (1, 8, 8)
+    assert resolved.model.dims().grid == (4, 4)
+    tokens = dict(data["model"], embedder="tokens", vocab_size=8)
+    with pytest.raises(SpecError, match="grid"):
+        ExperimentSpec.from_dict({**data, "model": tokens, "task": "copy"})
