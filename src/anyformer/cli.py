@@ -32,9 +32,9 @@ def _console(stderr: bool = False) -> Any:
 def _print_results(run: Any) -> None:
     from rich.table import Table
 
-    from anyformer.lab.report import results_rows
+    from anyformer.lab.report import conformal_note, results_rows
 
-    rows = results_rows(run)
+    rows = results_rows(run, baselines=True)
     headline = run.task.headline
     names = [headline] + sorted({k for _, m in rows for k in m} - {headline})
     table = Table(title=f"{run.spec.name} · {run.spec.task.name} · step {run.result.step}")
@@ -43,9 +43,15 @@ def _print_results(run: Any) -> None:
         table.add_column(name, justify="right")
     labels = {"id": "in-distribution (id)", "ood": "out-of-distribution (ood)"}
     for split, m in rows:
-        table.add_row(labels.get(split, split), *(f"{m[n]:.4g}" if n in m else "-" for n in names))
+        baseline = split.endswith(" baseline")
+        label = "  " + split.partition(" · ")[2] if baseline else labels.get(split, split)
+        cells = (f"{m[n]:.4g}" if n in m else "-" for n in names)
+        table.add_row(label, *cells, style="dim" if baseline else None)
     console = _console()
     console.print(table)
+    note = conformal_note(run)
+    if note:
+        console.print(note)
     console.print(
         f"run folder: [bold]{run.dir}[/bold]  (report.md, metrics.jsonl, plots/, checkpoint/)"
     )

@@ -369,6 +369,10 @@ class TrainSpec(_Frozen):
     allow_large: bool = False
     #: also write every metrics line as TensorBoard scalars under ``<run>/tensorboard``
     tensorboard: bool = False
+    #: target coverage of the split-conformal intervals reported for regression heads
+    #: (regress, gaussian, quantile and their per-token variants; see
+    #: :mod:`anyformer.training.conformal`)
+    conformal_level: float = Field(0.9, gt=0.0, lt=1.0)
 
     @field_validator("betas")
     @classmethod

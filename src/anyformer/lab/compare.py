@@ -41,7 +41,7 @@ from anyformer.lab.compare_report import (  # noqa: F401  (re-exported)
     write_compare_report,
 )
 from anyformer.lab.results import flatten, mean_interval, training_losses
-from anyformer.lab.run import resolve, run_folder
+from anyformer.lab.run import build_task, resolve, run_folder
 from anyformer.spec import ExperimentSpec, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,8 @@ def compare(
     base = base.with_overrides(["train.progress=false"])
     variants = make_variants(base, axes, match_params)
     claim_folder(folder, grid, replace)
-    task_cls = variants[0].spec.task.entry.cls
+    # the headline is the task instance's: table and shapes choose it from their parameters
+    task = build_task(variants[0].spec)
     cells = []
     for v in variants:
         for lr in lrs or [None]:
@@ -425,8 +426,8 @@ def compare(
                 label, lr, seed, *_ = cells[i]
                 progress(f"[{i + 1}/{len(work)}] {label} seed {seed}" + (f" lr {lr}" if lr else ""))
             outcomes.append(_run_one(job))
-    result = CompareResult(folder, base, axes, variants, headline=task_cls.headline,
-                           higher_is_better=task_cls.higher_is_better,
+    result = CompareResult(folder, base, axes, variants, headline=task.headline,
+                           higher_is_better=task.higher_is_better,
                            match_params=match_params, grid=grid)  # fmt: skip
     by_variant: dict[str, dict[Any, list[dict[str, Any]]]] = {}
     run_costs: dict[str, dict[Any, list[dict[str, Any]]]] = {}

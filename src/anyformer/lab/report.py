@@ -29,20 +29,66 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The plain numbers among a split's metrics (curves and tables left out)."""
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    """The plain numbers among a split's metrics (curves and tables left out), with the
+    split-conformal summary flattened in (``conformal.coverage``, ``conformal.width``)."""
+    out = {k: float(v) for k, v in metrics.items() if _number(v)}
+    conformal = metrics.get("conformal")
+    if isinstance(conformal, dict):  # the level and calibration size are the run's, not the split's
+        out |= {f"conformal.{k}": float(conformal[k]) for k in CONFORMAL_COLUMNS if k in conformal}
+    return out
 
 
-def results_rows(run: Run) -> list[tuple[str, dict[str, float]]]:
+#: The split-conformal numbers shown per split (``level`` is shown once, by :func:`conformal_note`).
+CONFORMAL_COLUMNS = ("coverage", "width")
+
+
+def conformal_note(run: Run) -> str | None:
+    """One line on the split-conformal intervals of a run (level, calibration points),
+    or ``None`` when its head has none."""
+    for m in run.metrics.values():
+        c = m.get("conformal") if isinstance(m, dict) else None
+        if isinstance(c, dict):
+            return (
+                f"conformal.coverage / conformal.width: split-conformal intervals at level "
+                f"{c['level']:g}, calibrated on {c['n_calibration']} targets of training "
+                f"batches after the last step"
+            )
+    return None
+
+
+def baseline_rows(
+    metrics: dict[str, Any], split: str, headline: str
+) -> list[tuple[str, dict[str, float]]]:
+    """One row per baseline of a split (``baselines.<name>.<headline>``), labelled
+    ``<split> · <name> baseline`` and holding only the headline metric; baselines
+    without a scalar headline are left out."""
+    base = metrics.get("baselines")
+    if not isinstance(base, dict):
+        return []
+    return [
+        (f"{split} · {name} baseline", {headline: float(m[headline])})
+        for name, m in base.items()
+        if isinstance(m, dict) and _number(m.get(headline))
+    ]
+
+
+def results_rows(run: Run, baselines: bool = False) -> list[tuple[str, dict[str, float]]]:
     """(split, scalar metrics) for every evaluated split, the task's splits first (then
-    ``train`` when ``train.eval_splits`` asks for it)."""
+    ``train`` when ``train.eval_splits`` asks for it). With ``baselines`` each split is
+    followed by its baselines' headline metric (:func:`baseline_rows`)."""
     order = [*run.task.splits, *(s for s in run.metrics if s not in run.task.splits)]
-    return [(split, scalar_metrics(run.metrics[split])) for split in order if split in run.metrics]
+    rows = []
+    for split in order:
+        if split in run.metrics:
+            rows.append((split, scalar_metrics(run.metrics[split])))
+            if baselines:
+                rows += baseline_rows(run.metrics[split], split, run.task.headline)
+    return rows
 
 
 def curves(metrics: dict[str, dict[str, Any]]) -> tuple[str, str, dict[str, dict[float, float]]]:
@@ -282,14 +328,18 @@ def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
     if sessions:
         lines += ["## Sessions", "", *sessions, ""]
     lines += ["## Results", ""]
-    rows = results_rows(run)
-    names = sorted({k for _, m in rows for k in m})
+    rows = results_rows(run, baselines=True)
+    headline = run.task.headline
+    names = [headline] + sorted({k for _, m in rows for k in m} - {headline})
     lines.append("| split | " + " | ".join(names) + " |")
     lines.append("|---" * (len(names) + 1) + "|")
     for split, m in rows:
         lines.append(
             f"| {split} | " + " | ".join(f"{m[k]:.4g}" if k in m else "" for k in names) + " |"
         )
+    note = conformal_note(run)
+    if note:
+        lines += ["", note]
     widths = width_rows(run, model, objective)
     if widths:
         lines += ["", "## MatFormer widths", "",

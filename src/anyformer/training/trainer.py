@@ -67,6 +67,8 @@ from anyformer.training.distributed import (
     shard_batch,
     sum_across,
 )
+from anyformer.training.conformal import calibration_steps, conformal_head
+from anyformer.training.conformal import report as conformal_report
 from anyformer.training.precision import autocast, grad_scaler, resolve_precision
 from anyformer.training.schedule import lr_at
 from anyformer.training.tensorboard import TensorBoardWriter
@@ -244,17 +246,58 @@ class Trainer:
         at the current weights."""
         was_training = self.model.training
         self.model.eval()
+        head = conformal_head(self.model)
+        # the outputs are kept only for a head whose intervals are reported
+        seen: dict[str, list[tuple[torch.Tensor, Batch]]] = {s: [] for s in self.eval_splits}
         try:
-            return {split: self._evaluate_split(split) for split in self.eval_splits}
+            metrics = {
+                split: self._evaluate_split(split, seen[split] if head else None)
+                for split in self.eval_splits
+            }
+            if head is not None:
+                self._add_conformal(head, metrics, seen)
+            return metrics
         finally:
             self.model.train(was_training)
 
-    def _evaluate_split(self, split: str) -> dict[str, Any]:
+    def _add_conformal(
+        self,
+        head: str,
+        metrics: dict[str, dict[str, Any]],
+        seen: dict[str, list[tuple[torch.Tensor, Batch]]],
+    ) -> None:
+        """Split-conformal coverage and width per split (:mod:`anyformer.training.conformal`),
+        calibrated on the training batches just past ``train.steps``."""
+        t = self.train
+        with torch.no_grad():
+            calibration = [
+                (self.predict(b), b)
+                for b in (
+                    self.task.train_batch(step, t.batch_size)
+                    for step in calibration_steps(t.steps, t.eval_size, t.batch_size)
+                )
+            ]
+        for split, summary in conformal_report(head, calibration, seen, t.conformal_level).items():
+            metrics[split]["conformal"] = summary
+
+    def _evaluate_split(
+        self, split: str, seen: list[tuple[torch.Tensor, Batch]] | None = None
+    ) -> dict[str, Any]:
+        """Metrics of one split; the (outputs, batch) pairs are appended to ``seen``."""
         if split != TRAIN_SPLIT:
-            return self.task.evaluate(self.predict, split, self.train.eval_size, self.objective)
+
+            def predict(batch: Batch) -> torch.Tensor:
+                out = self.predict(batch)
+                if seen is not None:
+                    seen.append((out, batch))
+                return out
+
+            return self.task.evaluate(predict, split, self.train.eval_size, self.objective)
         batches = self.train_sample()
         with torch.no_grad():
             outputs = [self.predict(b) for b in batches]
+            if seen is not None:
+                seen.extend(zip(outputs, batches))
             metrics = self.task.score([o.float().cpu() for o in outputs], batches)
             total, weight = 0.0, 0
             for out, b in zip(outputs, batches):
