@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = ["train.steps=20", "train.eval_every=20", "train.checkpoint_every=20"]
     seeds = range(1 if args.quick else args.seeds)
     runs = [run_seed(s, args.threads, overrides if args.quick else []) for s in seeds]
-    mean = {
-        split: statistics.fmean(r["accuracy"][split] for r in runs) for split in ("id", "ood")
-    }
+    mean = {split: statistics.fmean(r["accuracy"][split] for r in runs) for split in ("id", "ood")}
     baselines = {
         split: {
             name: statistics.fmean(r["baselines"][split][name] for r in runs)

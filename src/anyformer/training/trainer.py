@@ -58,6 +58,8 @@ from anyformer.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from anyformer.training.conformal import calibration_steps, conformal_head
+from anyformer.training.conformal import report as conformal_report
 from anyformer.training.distributed import (
     close_distributed,
     graph_breaks,
@@ -67,8 +69,6 @@ from anyformer.training.distributed import (
     shard_batch,
     sum_across,
 )
-from anyformer.training.conformal import calibration_steps, conformal_head
-from anyformer.training.conformal import report as conformal_report
 from anyformer.training.precision import autocast, grad_scaler, resolve_precision
 from anyformer.training.schedule import lr_at
 from anyformer.training.tensorboard import TensorBoardWriter
