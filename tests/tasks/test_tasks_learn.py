@@ -1,0 +1,99 @@
+"""Every image, table and estimation task is learnable: a tiny model trained for a few
+seconds beats the task's trivial baseline on held-out ``id`` examples (the majority
+class, the mean target, the mean pose, nearest-neighbour upsampling), scored by the
+task on the same examples (``baselines.<name>.<headline>``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anyformer.lab.run import build_objective, build_task, prepare_model, resolve
+from anyformer.spec import ExperimentSpec
+from anyformer.training.trainer import Trainer
+
+VIT = {"embedder": {"name": "patches", "patch_size": 2, "cls": True}, "pool": "first"}
+VIT4 = {"embedder": {"name": "patches", "patch_size": 4, "cls": True}, "pool": "first"}
+
+
+def train(task: dict[str, Any], model: dict[str, Any], steps: int,
+          lr: float = 3e-3, batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
+    spec = ExperimentSpec.from_dict(
+        {
+            "name": f"learns-{task['name']}",
+            "model": {"kind": "encoder", "d_model": 32, "n_layers": 2, "n_heads": 4,
+                      "position": "learned", **model},  # fmt: skip
+            "task": task,
+            "train": {"steps": steps, "batch_size": batch_size, "lr": lr,
+                      "warmup_steps": min(20, steps // 5), "eval_every": steps,
+                      "checkpoint_every": steps, "eval_size": 256, "threads": 1,
+                      "progress": False},  # fmt: skip
+        }
+    )
+    spec = resolve(spec)
+    task_ = build_task(spec)
+    trainer = Trainer(prepare_model(spec), task_, build_objective(spec, task_), spec.train)
+    return trainer.fit().final["id"]
+
+
+def beats(metrics: dict[str, Any], headline: str, baseline: str, margin: float,
+          higher: bool = True) -> None:  # fmt: skip
+    ours, theirs = metrics[headline], metrics["baselines"][baseline][headline]
+    if higher:
+        assert ours >= theirs + margin, (headline, ours, baseline, theirs)
+    else:
+        assert ours <= theirs - margin, (headline, ours, baseline, theirs)
+
+
+@pytest.mark.slow
+def test_digits(tmp_path: Path) -> None:
+    m = train({"name": "digits"}, {**VIT, "max_len": 17}, steps=200, batch_size=64)
+    beats(m, "accuracy", "majority", 0.5)
+
+
+@pytest.mark.slow
+def test_mnist1d(tmp_path: Path) -> None:
+    m = train({"name": "mnist1d"}, {"max_len": 40}, steps=150)
+    beats(m, "accuracy", "majority", 0.15)
+
+
+@pytest.mark.slow
+def test_shapes_largest_class(tmp_path: Path) -> None:
+    task = {"name": "shapes", "output": "largest_class"}
+    m = train(task, {**VIT4, "max_len": 17}, steps=150)
+    beats(m, "accuracy", "majority", 0.1)
+
+
+@pytest.mark.slow
+def test_shapes_count(tmp_path: Path) -> None:
+    task = {"name": "shapes", "output": "count"}
+    m = train(task, {**VIT4, "max_len": 17}, steps=150)
+    beats(m, "accuracy", "majority", 0.1)
+
+
+def test_pose_lifting(tmp_path: Path) -> None:
+    m = train({"name": "pose_lifting"}, {"max_len": 16}, steps=150)
+    beats(m, "mpjpe", "mean", 50.0, higher=False)
+
+
+@pytest.mark.parametrize("dataset", ["iris", "breast_cancer"])
+def test_table_classification(tmp_path: Path, dataset: str) -> None:
+    task = {"name": "table", "dataset": dataset}
+    m = train(task, {"embedder": "features", "position": "none", "pool": "first",
+                               "max_len": 64}, steps=100)  # fmt: skip
+    beats(m, "accuracy", "majority", 0.1)
+
+
+def test_table_diabetes(tmp_path: Path) -> None:
+    task = {"name": "table", "dataset": "diabetes"}
+    m = train(task, {"embedder": "features", "position": "none", "pool": "first",
+                               "max_len": 64}, steps=150)  # fmt: skip
+    beats(m, "rmse", "mean", 0.1, higher=False)
+
+
+def test_super_resolution(tmp_path: Path) -> None:
+    task = {"name": "super_resolution", "crop": 8}
+    m = train(task, {**VIT, "max_len": 17}, steps=150)
+    beats(m, "psnr", "nearest", 0.0)
