@@ -21,12 +21,26 @@ from anyformer.training.conformal import calibration_steps, counted, report
 
 POSE = {
     "name": "conformal-pose",
-    "model": {"kind": "encoder", "d_model": 32, "n_layers": 2, "n_heads": 4,
-              "position": "learned", "max_len": 16},  # fmt: skip
+    "model": {
+        "kind": "encoder",
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "position": "learned",
+        "max_len": 16,
+    },  # fmt: skip
     "task": {"name": "pose_lifting"},
-    "train": {"steps": 150, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20,
-              "eval_every": 150, "checkpoint_every": 150, "eval_size": 256, "threads": 1,
-              "progress": False},  # fmt: skip
+    "train": {
+        "steps": 150,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "warmup_steps": 20,
+        "eval_every": 150,
+        "checkpoint_every": 150,
+        "eval_size": 256,
+        "threads": 1,
+        "progress": False,
+    },  # fmt: skip
 }
 
 
