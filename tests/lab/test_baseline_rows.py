@@ -76,3 +76,22 @@ def test_compare_reads_the_headline_of_the_task_instance(tmp_path: Path) -> None
     result = cmp.compare(base, [("model.n_layers", ["1", "2"])], tmp_path, timing=None)
     assert result.headline == "rmse" and result.higher_is_better is False
     assert result.summary["n_layers=1"]["id"]["rmse"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_vision_quickstart_prints_its_table_beside_the_baselines_and_writes_plots(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    small = ["train.steps=3", "train.eval_every=3", "train.checkpoint_every=3",
+             "train.eval_size=32", "train.threads=1"]  # fmt: skip
+    code = main(["run", "vision_quickstart", *small, "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "in-distribution (id)" in out and "out-of-distribution (ood)" in out
+    for name in ("logreg", "svc", "majority"):
+        assert out.count(f"{name} baseline") == 2  # under id and under ood
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("vision_quickstart-")
+    assert (folder / "plots" / "loss.png").exists()
+    spec = ExperimentSpec.from_yaml(folder / "spec.yaml")
+    assert spec.task.name == "digits" and spec.model.embedder_ref.name == "patches"
