@@ -47,6 +47,16 @@ def benchmark_table(folder: Path) -> str:
                 f"{vit['rounds']} rounds; the linear-product floor allows "
                 f"{res['ratio_floor_vs_timm']:.2f}x) | >= 1.0x | {vit['date'][:10]} |"
             )
+    acc = newest(folder, "vision_accuracy")
+    if acc:
+        walls = [r["wall_s"] for r in acc["runs"]]
+        rows.append(
+            f"| ViT on digits (`vision_quickstart`), id accuracy, mean of {acc['seeds']} seeds | "
+            f"{acc['mean_accuracy']['id']:.3f} (logreg {acc['mean_baselines']['id']['logreg']:.3f}, "
+            f"SVC {acc['mean_baselines']['id']['svc']:.3f}; {min(walls):.0f}-{max(walls):.0f} s "
+            f"per seed on {acc['machine']['threads']} thread(s)) | >= 0.97 within 180 s | "
+            f"{acc['date'][:10]} |"
+        )
     gen = newest(folder, "generate_throughput")
     if gen:
         for name, res in gen["results"].items():
