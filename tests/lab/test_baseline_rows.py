@@ -78,7 +78,6 @@ def test_compare_reads_the_headline_of_the_task_instance(tmp_path: Path) -> None
     assert result.summary["n_layers=1"]["id"]["rmse"]["n"] == 1
 
 
-@pytest.mark.slow
 def test_vision_quickstart_prints_its_table_beside_the_baselines_and_writes_plots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -60,26 +60,22 @@ def beats(metrics: dict[str, Any], headline: str, baseline: str, margin: float,
         assert ours <= theirs - margin, (headline, ours, baseline, theirs)
 
 
-@pytest.mark.slow
 def test_digits(tmp_path: Path) -> None:
     m = train({"name": "digits"}, {**VIT, "max_len": 17}, steps=200, batch_size=64)
     beats(m, "accuracy", "majority", 0.5)
 
 
-@pytest.mark.slow
 def test_mnist1d(tmp_path: Path) -> None:
     m = train({"name": "mnist1d"}, {"max_len": 40}, steps=150)
     beats(m, "accuracy", "majority", 0.15)
 
 
-@pytest.mark.slow
 def test_shapes_largest_class(tmp_path: Path) -> None:
     task = {"name": "shapes", "output": "largest_class"}
     m = train(task, {**VIT4, "max_len": 17}, steps=150)
     beats(m, "accuracy", "majority", 0.1)
 
 
-@pytest.mark.slow
 def test_shapes_count(tmp_path: Path) -> None:
     task = {"name": "shapes", "output": "count"}
     m = train(task, {**VIT4, "max_len": 17}, steps=150)
