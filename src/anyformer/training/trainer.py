@@ -33,12 +33,8 @@ import json
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from anyformer.errors import RunError, RunFolderError, SpecError
+from anyformer.errors import RunError, SpecError
 from anyformer.nn.packing import Packed
-from anyformer.spec import ModelSpec, TrainSpec, packing_refusal, write_text_atomic
+from anyformer.spec import ModelSpec, TrainSpec, packing_refusal
 from anyformer.tasks.base import Batch, Task
 from anyformer.tasks.packing import model_inputs, pack_batch
 from anyformer.training.checkpoint import (
@@ -70,6 +66,12 @@ from anyformer.training.distributed import (
     sum_across,
 )
 from anyformer.training.precision import autocast, grad_scaler, resolve_precision
+from anyformer.training.runlog import (  # noqa: F401 - trim_metrics is re-exported
+    Terminated,
+    _Progress,
+    _sigterm_as_interrupt,
+    trim_metrics,
+)
 from anyformer.training.schedule import lr_at
 from anyformer.training.tensorboard import TensorBoardWriter
 from anyformer.training.throughput import Throughput, peak_flops
@@ -554,99 +556,3 @@ class Trainer:
         result.seconds = time.perf_counter() - start
         result.tokens_per_s = meter.mean_tokens_per_s
         return result
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what job schedulers send) as an interruption: the run saves and stops."""
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so
-    it saves a checkpoint and stops exactly like Ctrl-C. Only in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Make ``metrics.jsonl`` hold only the lines of steps ``<= step`` (the checkpoint the
-    run continues from; 0 when it starts over), rewritten atomically (temporary file and
-    rename) and only when something goes. A torn line (a kill mid-write) or any other
-    unreadable line is dropped with a warning, never an error."""
-    if path.is_symlink():  # appending would write wherever it points
-        raise RunFolderError(f"{path} is a link (to {path.resolve()}), not this run's log")
-    if not path.is_file():
-        return
-    raw = path.read_bytes()
-    kept, torn, later = [], [], 0
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-            at = record["step"]
-            if isinstance(at, bool) or not isinstance(at, int):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            torn.append(number)
-            continue
-        if at <= step:
-            kept.append(line.decode("utf-8"))
-        else:
-            later += 1
-    if torn:
-        where = "the last line" if torn == [len(lines) - (not lines[-1])] else f"lines {torn[:5]}"
-        log.warning(
-            "%s: %s could not be read (cut off by a kill during a write?) and %s dropped",
-            path,
-            where,
-            "was" if len(torn) == 1 else "were",
-        )
-    if torn or later:
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-class _Progress:
-    """A rich progress bar showing loss, tokens/s and time left."""
-
-    def __init__(self, train: TrainSpec, start: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self.task = self.progress.add_task(
-            "train", total=train.steps, completed=start, loss="-", speed="-"
-        )
-        self.start, self.t0 = start, time.perf_counter()
-        self.progress.start()
-
-    def update(self, step: int, loss: float, tokens: int) -> None:
-        rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", speed=f"{rate:,.0f}")
-
-    def close(self) -> None:
-        self.progress.stop()
