@@ -83,3 +83,23 @@ def test_bicubic_baseline_and_scores_on_the_same_crops() -> None:
 def test_an_odd_crop_is_refused() -> None:
     with pytest.raises(SpecError, match="crop=15 must be even"):
         registry.get("task", "super_resolution").make_params({"crop": 15})
+
+
+def test_a_head_other_than_the_tasks_dense_head_is_refused_by_name() -> None:
+    """``model.head=dense`` (scale 1) on x2 super-resolution used to reach the loss and
+    stop with a shape error from the objective."""
+    from anyformer.errors import SpecError
+    from anyformer.lab.run import resolve
+    from anyformer.spec import ExperimentSpec
+
+    data = {
+        "name": "sr",
+        "model": {"kind": "encoder", "embedder": {"name": "patches", "patch_size": 2},
+                  "position": "none", "d_model": 16, "n_heads": 2, "n_layers": 1,
+                  "max_len": 64},
+        "task": "super_resolution",
+    }  # fmt: skip
+    assert resolve(ExperimentSpec.from_dict(data)).model.head_ref.params["scale"] == 2
+    wrong = dict(data, model={**data["model"], "head": "dense"})
+    with pytest.raises(SpecError, match=r"model.head=.*does not fit task 'super_resolution'"):
+        resolve(ExperimentSpec.from_dict(wrong))

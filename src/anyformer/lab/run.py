@@ -35,7 +35,7 @@ from anyformer.errors import RunFolderError, SpecError
 from anyformer.lab.report import record_session, write_report
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
-from anyformer.spec import ExperimentSpec, ModelSpec, packing_refusal
+from anyformer.spec import ExperimentSpec, HeadRef, ModelSpec, packing_refusal
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
 from anyformer.training.trainer import (
@@ -298,7 +298,10 @@ def _ref_name(value: Any) -> str:
 
 def _same_shape_head(chosen: Any, task_head: Any) -> bool:
     """Whether the user's head gives outputs of the task's head's shape (both pooled,
-    or both per token); the objective check then decides whether it can be trained."""
+    or both per token); the objective check then decides whether it can be trained. A
+    task that asks for a head with parameters (``dense`` at a scale) needs exactly it."""
+    if isinstance(task_head, dict):
+        return HeadRef.model_validate(chosen) == HeadRef.model_validate(task_head)
     try:
         a = registry.get("head", _ref_name(chosen)).caps.pooled
         b = registry.get("head", _ref_name(task_head)).caps.pooled
