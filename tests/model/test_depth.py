@@ -14,23 +14,10 @@ from anyformer.errors import SpecError
 from anyformer.lab.contracts import depth as contract
 from anyformer.model.transformer import Transformer, build_model
 
-V = 32
-SEP = 2
-
-
-def _spec(n_layers: int = 2, depth: Any = "stack", **extra: Any) -> dict[str, Any]:
-    spec = dict(
-        vocab_size=V,
-        d_model=32,
-        n_heads=4,
-        n_layers=n_layers,
-        max_len=64,
-        position="rope",
-        attention="softmax",
-        depth=depth,
-    )
-    spec.update(extra)
-    return spec
+V, SEP = contract.V, contract.SEP
+#: The toy decoder spec and tokens the depth contract checks use (one definition).
+_spec = contract.depth_data
+_tokens = contract.depth_tokens
 
 
 def _copy_blocks(src: Transformer, dst: Transformer, mapping: list[int]) -> None:
@@ -43,13 +30,6 @@ def _copy_blocks(src: Transformer, dst: Transformer, mapping: list[int]) -> None
         for name, value in src.blocks[i].state_dict().items():
             state[f"blocks.{j}.{name}"] = value.clone()
     dst.load_state_dict(state)
-
-
-def _tokens(b: int = 3, t: int = 12, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(4, V, (b, t), generator=g)
-    x[:, 4] = SEP  # a prompt of 4 tokens, then SEP (used by continuous_thought)
-    return x
 
 
 # --------------------------------------------------------------------------- stack
