@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyformer.components.embedders.base import TokenLayout
+
 
 def image_shape(spec: Any) -> tuple[int, int, int] | None:
     """``(C, H, W)`` from ``spec.input_shape``, or ``None`` when it is not an image shape."""
@@ -29,6 +31,36 @@ def image_problem(spec: Any, name: str) -> str | None:
             f"it needs [channels, height, width] (an image task sets it)"
         )
     return None
+
+
+def patch_problem(spec: Any, name: str, patch_size: int) -> str | None:
+    """Why ``spec`` is not an image that non-overlapping ``patch_size`` patches tile
+    (``None`` when it is), listing the patch sizes that would."""
+    problem = image_problem(spec, name)
+    if problem:
+        return problem
+    _, h, w = image_shape(spec)  # type: ignore[misc]
+    p = patch_size
+    if h % p or w % p:
+        return (
+            f"model.input_shape={list(spec.input_shape)}: an image of {h}x{w} is not "
+            f"divisible into patches of embedder.patch_size={p}; use a patch size "
+            f"that divides both sides ("
+            f"{', '.join(str(d) for d in range(1, h + 1) if h % d == 0 and w % d == 0)})"
+        )
+    return None
+
+
+def patch_layout(params: Any, spec: Any) -> TokenLayout:
+    """The :class:`TokenLayout` of non-overlapping ``params.patch_size`` patches with the
+    prefix (and post-sequence) tokens ``params`` asks for; 1-D of unknown length when
+    ``spec`` has no image shape yet."""
+    shape = image_shape(spec)
+    if shape is None:
+        return TokenLayout(length=None)
+    grid = (shape[1] // params.patch_size, shape[2] // params.patch_size)
+    before, after = PrefixTokens.counts(params.cls, params.registers, params.cls_position)
+    return TokenLayout(before + grid[0] * grid[1] + after, grid, before)
 
 
 def _show(shape: Any) -> str:

@@ -8,7 +8,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from torch import nn
 
-from anyformer.components.embedders._vision import PrefixTokens, image_problem, image_shape
+from anyformer.components.embedders._vision import (
+    PrefixTokens,
+    image_shape,
+    patch_layout,
+    patch_problem,
+)
 from anyformer.components.embedders.base import Embedder, TokenLayout
 from anyformer.registry import Capabilities, Paper, register
 
@@ -60,29 +65,11 @@ class PatchEmbedder(Embedder):
 
     @classmethod
     def layout(cls, params: PatchesParams, spec: Any) -> TokenLayout:
-        shape = image_shape(spec)
-        if shape is None:
-            return TokenLayout(length=None)
-        _, h, w = shape
-        grid = (h // params.patch_size, w // params.patch_size)
-        before, after = PrefixTokens.counts(params.cls, params.registers, params.cls_position)
-        return TokenLayout(length=before + grid[0] * grid[1] + after, grid=grid, n_prefix=before)
+        return patch_layout(params, spec)
 
     @classmethod
     def check(cls, params: PatchesParams, spec: Any) -> str | None:
-        problem = image_problem(spec, "patches")
-        if problem:
-            return problem
-        _, h, w = image_shape(spec)  # type: ignore[misc]
-        p = params.patch_size
-        if h % p or w % p:
-            return (
-                f"model.input_shape={list(spec.input_shape)}: an image of {h}x{w} is not "
-                f"divisible into patches of embedder.patch_size={p}; use a patch size "
-                f"that divides both sides ("
-                f"{', '.join(str(d) for d in range(1, h + 1) if h % d == 0 and w % d == 0)})"
-            )
-        return None
+        return patch_problem(spec, "patches", params.patch_size)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(inputs).flatten(2).transpose(1, 2)  # [B, H/p * W/p, D]

@@ -11,8 +11,9 @@ from torch import nn
 from anyformer.components.embedders._vision import (
     PrefixTokens,
     TokenLayer,
-    image_problem,
     image_shape,
+    patch_layout,
+    patch_problem,
 )
 from anyformer.components.embedders.base import Embedder, TokenLayout
 from anyformer.registry import Capabilities, Paper, register
@@ -78,25 +79,14 @@ class TNTEmbedder(Embedder):
 
     @classmethod
     def layout(cls, params: TNTParams, spec: Any) -> TokenLayout:
-        shape = image_shape(spec)
-        if shape is None:
-            return TokenLayout(length=None)
-        grid = (shape[1] // params.patch_size, shape[2] // params.patch_size)
-        before, after = PrefixTokens.counts(params.cls, params.registers, params.cls_position)
-        return TokenLayout(before + grid[0] * grid[1] + after, grid, before)
+        return patch_layout(params, spec)
 
     @classmethod
     def check(cls, params: TNTParams, spec: Any) -> str | None:
-        problem = image_problem(spec, "tnt")
+        problem = patch_problem(spec, "tnt", params.patch_size)
         if problem:
             return problem
-        _, h, w = image_shape(spec)  # type: ignore[misc]
         p = params.patch_size
-        if h % p or w % p:
-            return (
-                f"model.input_shape={list(spec.input_shape)}: an image of {h}x{w} is not "
-                f"divisible into patches of embedder.patch_size={p}"
-            )
         if p % params.word_size:
             return (
                 f"embedder.word_size={params.word_size} does not divide "
