@@ -54,6 +54,3 @@ class TensorBoardWriter:
         for name, value in values.items():
             self.writer.add_scalar(f"{split}/{name}", value, step, walltime=when)
         self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()

@@ -546,8 +546,6 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-            if self.tensorboard is not None:
-                self.tensorboard.writer.flush()
         result.interrupted = result.interrupted or self.step < self.train.steps
         if not result.final and not result.interrupted:
             for split, metrics in self.evaluate().items():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyformer.components.heads.base import Head
-from anyformer.registry import Capabilities, NoParams, Paper, register
+from anyformer.registry import Capabilities, NoParams, Paper, entry_of, register
 
 if TYPE_CHECKING:
     from anyformer.spec import ModelSpec
@@ -69,8 +69,6 @@ class LinearHead(nn.Linear, Head):
 
 
 def entry_name(head: nn.Module) -> str:
-    from anyformer.registry import entry_of
-
     entry = entry_of(type(head))
     return entry.name if entry is not None else type(head).__name__
 
