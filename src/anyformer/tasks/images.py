@@ -128,7 +128,9 @@ class DigitsParams(BaseModel):
 @register(
     "task",
     "digits",
-    paper=None,
+    paper=Paper(
+        "Optical Recognition of Handwritten Digits (UCI data set)", 1998, "Alpaydin & Kaynak"
+    ),
     summary="scikit-learn's 8x8 digits; ood: rotated or shifted digits; logreg/SVC baselines",
     params=DigitsParams,
     caps=Capabilities(),
