@@ -510,17 +510,26 @@ def task_length_problem(spec: ExperimentSpec) -> str | None:
 def objective_problem(spec: ExperimentSpec, resolved: bool = False) -> str | None:
     """Why ``spec.objective`` cannot read the model's outputs, or ``None``.
 
-    An objective class declares what it reads: ``heads`` (the head kinds whose outputs it
-    understands) and ``n_outputs`` (outputs per target it needs); ``None`` = anything.
+    An objective class declares what it trains and reads: ``kinds`` (the model kinds),
+    ``heads`` (the head kinds whose outputs it understands) and ``n_outputs`` (outputs per
+    target it needs); ``None`` = anything.
     Validation checks an explicit ``model.head``; a head left to the task is known once
     the spec is resolved against it (``lab.run.resolve``): pass ``resolved=True`` then,
     and the default head of the model's kind counts."""
-    if spec.objective is None or (spec.model.head is None and not resolved):
+    if spec.objective is None:
         return None
     cls = spec.objective.entry.cls
+    name = spec.objective.name
+    kinds = getattr(cls, "kinds", None)
+    if kinds is not None and spec.model.kind not in kinds:
+        return (
+            f"objective='{name}' trains model.kind {' or '.join(kinds)}, but this model has "
+            f"kind='{spec.model.kind}'; set model.kind to one of them or use another objective"
+        )
+    if spec.model.head is None and not resolved:
+        return None
     heads = getattr(cls, "heads", None)
     head = spec.model.resolved_head
-    name = spec.objective.name
     if heads is not None and head not in heads:
         return (
             f"objective='{name}' reads the outputs of head {' or '.join(heads)}, but this "

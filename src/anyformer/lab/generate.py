@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from anyformer.errors import RunFolderError, UserError
-from anyformer.lab.run import check_checkpoint_spec, load_run_spec
+from anyformer.lab.run import build_objective, build_task, check_checkpoint_spec, load_run_spec
 from anyformer.model.transformer import Transformer, build_model
+from anyformer.objectives.losses import attach_objective
 from anyformer.spec import ExperimentSpec
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -36,6 +37,8 @@ def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
         )
     check_checkpoint_spec(folder, spec)  # spec.yaml edited after the checkpoint: refused
     model = build_model(spec.model)  # spec.yaml holds the resolved spec
+    # an objective's own modules (a generator, a decoder) are in the checkpoint too
+    attach_objective(model, build_objective(spec, build_task(spec)))
     load_checkpoint(path, model)
     return spec, model.eval()
 

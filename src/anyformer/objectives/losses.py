@@ -7,14 +7,28 @@ counts (``batch.loss_mask``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import Batch
+from anyformer.tasks.base import SPLIT_IDS, Batch, torch_generator
+
+#: Stream ids of the generators that corrupt batches (:meth:`Objective.corrupt`): training
+#: batch ``step`` uses ``(train.seed, CORRUPT_TRAIN, step)``, evaluation batch ``i`` of a
+#: split ``(CORRUPT_EVAL, split id, i)``, the same for every run so evaluation sets stay fixed.
+CORRUPT_TRAIN, CORRUPT_EVAL = 0xC0, 0xC1
+#: The attribute under which an objective's own modules (:meth:`Objective.module`) hang on
+#: the model: its parameters are trained and checkpointed with the model's, and
+#: ``init_from`` never copies them.
+OBJECTIVE_MODULE = "objective_module"
+
+#: What a training step's forward returns: ``[(loss weight, outputs), ...]``.
+Forward = Callable[[Batch], list[tuple[float, torch.Tensor]]]
 
 
 class Objective:
@@ -28,6 +42,10 @@ class Objective:
 
     heads: ClassVar[tuple[str, ...] | None] = None
     n_outputs: ClassVar[int | dict[str, int] | None] = None
+    #: The model kinds (``ModelSpec.kind``) it can train; ``None``: any.
+    kinds: ClassVar[tuple[str, ...] | None] = None
+    #: Whether :meth:`corrupt` rewrites batches (then evaluation scores corrupted batches).
+    corrupts: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
@@ -41,6 +59,43 @@ class Objective:
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss(outputs, batch)
+
+    # ------------------------------------------------------------ pretraining hooks
+    def corrupt(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """``batch`` as the model should see it (masked tokens, corrupted spans, withheld
+        positions), its ``targets``/``loss_mask`` saying what is predicted. Draws only
+        from ``generator`` (seeded per training step, or per evaluation batch), so a
+        resumed run sees the same corruption. The default changes nothing."""
+        return batch
+
+    def evaluation_batches(self, batches: list[Batch], split: str) -> list[Batch]:
+        """The evaluation set ``batches`` of ``split`` as scored: each corrupted with its
+        own fixed generator (``(CORRUPT_EVAL, split, index)``), or unchanged when the
+        objective does not corrupt."""
+        if not self.corrupts:
+            return batches
+        split_id = SPLIT_IDS.get(split, len(SPLIT_IDS))
+        return [
+            self.corrupt(b, torch_generator(CORRUPT_EVAL, split_id, i))
+            for i, b in enumerate(batches)
+        ]
+
+    def module(self, model: nn.Module) -> nn.Module | None:
+        """Trainable modules the objective owns besides the model (a generator, a decoder,
+        a projector), built for ``model``; ``None`` (the default) when it has none. The
+        Trainer attaches them as ``model.objective_module`` (:func:`attach_objective`)."""
+        return None
+
+    def training_loss(
+        self, model: nn.Module, batch: Batch, step: int, forward: Forward
+    ) -> torch.Tensor:
+        """The loss of one training step on the (already corrupted) ``batch``. ``forward``
+        runs the model as the Trainer would (its data-parallel wrapper, under autocast)
+        and returns the weighted outputs; ``model`` is the plain model, with
+        ``model.objective_module`` when :meth:`module` gave one. The default is the
+        weighted sum of :meth:`loss` over the outputs; objectives that drive the model
+        themselves (two views, a generator, an asymmetric encoder) override it."""
+        return sum(w * self.loss(out, batch) for w, out in forward(batch))  # type: ignore[return-value]
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -123,6 +178,16 @@ class MSE(Objective):
             )
         mask = batch.loss_mask
         return F.mse_loss(pred[mask].float(), batch.targets[mask].float())
+
+
+def attach_objective(model: nn.Module, objective: Objective) -> None:
+    """Attach ``objective``'s own modules (:meth:`Objective.module`) to ``model`` as
+    ``model.objective_module`` (once: a model that has them keeps them)."""
+    if getattr(model, OBJECTIVE_MODULE, None) is not None:
+        return
+    extra = objective.module(model)
+    if extra is not None:
+        model.add_module(OBJECTIVE_MODULE, extra)
 
 
 def build_objective(name: str, params: BaseModel) -> Objective:

@@ -185,8 +185,13 @@ class Task:
         """Run ``predict`` over the split's evaluation set and score it.
 
         With ``loss_fn`` the metrics also hold ``loss``, averaged over counted positions.
+        An objective that corrupts its inputs (an MLM, a denoiser) passed as ``loss_fn``
+        is scored on the evaluation set as it corrupts it (its ``evaluation_batches``).
         """
         batches = self.eval_set(split, size)
+        corrupted = getattr(loss_fn, "evaluation_batches", None)
+        if corrupted is not None:
+            batches = corrupted(batches, split)
         outputs = [predict(b) for b in batches]
         metrics = self.score([o.float().cpu() for o in outputs], batches)
         if loss_fn is not None:

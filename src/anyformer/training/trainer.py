@@ -45,8 +45,9 @@ from torch import nn
 
 from anyformer.errors import RunError, SpecError
 from anyformer.nn.packing import Packed
+from anyformer.objectives.losses import CORRUPT_TRAIN, attach_objective
 from anyformer.spec import ModelSpec, TrainSpec, packing_refusal
-from anyformer.tasks.base import Batch, Task
+from anyformer.tasks.base import Batch, Task, torch_generator
 from anyformer.tasks.packing import model_inputs, pack_batch
 from anyformer.training.checkpoint import (
     NonFiniteWeights,
@@ -189,6 +190,14 @@ class Trainer:
         self.compile = device.type == "cuda" if train.compile is None else train.compile
         self.dist = init_distributed(train.distributed, device)
         self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
+        if hasattr(objective, "module"):  # the objective's own modules train with the model
+            attach_objective(model, objective)
+            if getattr(model, "objective_module", None) is not None and train.distributed != "none":
+                raise SpecError(
+                    f"objective '{type(objective).__name__}' trains modules of its own besides "
+                    f"the model, which train.distributed={train.distributed!r} does not support "
+                    f"yet; use train.distributed=none"
+                )
         self.model = model.to(self.device)
         # the module to evaluate and checkpoint is self.model (changed in place);
         # the one to train is self.wrapped (the DDP wrapper under ddp, else the same module)
@@ -296,6 +305,9 @@ class Trainer:
 
             return self.task.evaluate(predict, split, self.train.eval_size, self.objective)
         batches = self.train_sample()
+        corrupted = getattr(self.objective, "evaluation_batches", None)
+        if corrupted is not None:
+            batches = corrupted(batches, split)
         with torch.no_grad():
             outputs = [self.predict(b) for b in batches]
             if seen is not None:
@@ -431,6 +443,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.train)
         batch = self.task.train_batch(step, self.train.batch_size)
+        if getattr(self.objective, "corrupts", False):  # the global batch, before sharding
+            batch = self.objective.corrupt(
+                batch, torch_generator(self.train.seed, CORRUPT_TRAIN, step)
+            )
         self.last_tokens = batch.n_real_tokens  # the global batch's, padding not counted
         world, weight = self.dist.world_size, 1.0
         if world > 1:
@@ -441,9 +457,15 @@ class Trainer:
             batch, _ = self.pack(batch)
         self.last_seq_len = int(batch.inputs.shape[1])
         batch = batch.to(self.device)
-        with autocast(self.device, self.precision):
-            weighted = self.training_outputs(batch, step)
-        loss = sum(w * self.objective(outputs, batch) for w, outputs in weighted)
+
+        def forward(b: Batch) -> list[tuple[float, torch.Tensor]]:
+            with autocast(self.device, self.precision):
+                return self.training_outputs(b, step)
+
+        if hasattr(self.objective, "training_loss"):
+            loss = self.objective.training_loss(self.model, batch, step, forward)
+        else:  # a plain callable loss(outputs, batch)
+            loss = sum(w * self.objective(outputs, batch) for w, outputs in forward(batch))
         if weight != 1.0:
             loss = loss * weight
         value = float(sum_across(loss.detach(), self.dist)) / world
