@@ -219,6 +219,13 @@ class Capabilities:
       ``image`` or ``table``.
     - ``grid``: (embedders) lays tokens out on a 2-D grid; (mixers, positions) needs one.
     - ``pooled``: (heads) one output per example, pooled over the tokens.
+    - ``prefix``: (mixers) honours ``ctx.prefix_len`` (a prefix LM: bidirectional over
+      each row's prefix, causal after it), with and without a cache.
+    - ``memory``: (mixers) attends from the tokens to ``ctx.memory``, an encoder's
+      output (cross-attention): it serves as ``model.cross_attention`` of an
+      encoder–decoder, never as a layer's self-attention mixer.
+    - ``cross``: (layouts) places a cross-attention sublayer between the mixer and the
+      FFN when the block belongs to an encoder–decoder's decoder.
 
     Every capability has this one default; a variant states what differs from it.
     """
@@ -237,6 +244,9 @@ class Capabilities:
     input_kind: str | None = None
     grid: bool = False
     pooled: bool = False
+    prefix: bool = False
+    memory: bool = False
+    cross: bool = False
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,14 @@ from anyformer.spec_refs import (  # noqa: F401 - re-exported
 )
 
 # --------------------------------------------------------------------------- model
-#: The head of a spec that names none: ``lm`` for decoders, ``classify`` for encoders.
-DEFAULT_HEADS = {"decoder": "lm", "encoder": "classify"}
+#: The head of a spec that names none: ``lm`` for decoders (and prefix LMs and
+#: encoder–decoders), ``classify`` for encoders.
+DEFAULT_HEADS = {"decoder": "lm", "encoder": "classify", "prefix_lm": "lm", "encoder_decoder": "lm"}
+
+#: The model kinds: ``decoder`` (causal), ``encoder`` (bidirectional), ``prefix_lm`` (one
+#: stack, bidirectional over each row's prefix and causal after it) and
+#: ``encoder_decoder`` (an encoder over the source, a decoder with cross-attention).
+ModelKind = Literal["decoder", "encoder", "prefix_lm", "encoder_decoder"]
 
 
 class LayerOverride(_Frozen):
@@ -94,6 +100,20 @@ class LayerSpec:
 BLOCK_SLOTS = ("attention", "norm", "ffn", "norm_placement")
 
 
+class EncoderSpec(_Frozen):
+    """The encoder of ``kind: encoder_decoder``: ``n_layers`` blocks (``None``: the
+    model's ``n_layers``) reading the source through ``embedder`` (``None``: ``tokens``),
+    with ``vocab_size`` (``None``: the model's) or ``input_shape`` (image or table
+    sources). Its blocks use the model's ``attention``, ``position``, ``norm``, ``ffn``
+    and ``norm_placement`` (without the per-layer ``layers`` overrides, which are the
+    decoder's), bidirectionally; its depth schedule is ``stack``."""
+
+    n_layers: int | None = Field(None, gt=0, le=limits.MAX_LAYERS)
+    embedder: EmbedderRef | None = None
+    input_shape: tuple[Annotated[int, Field(gt=0, le=limits.MAX_LEN)], ...] | None = None
+    vocab_size: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
+
+
 class ModelSpec(_Frozen):
     """Architecture of one model: embedder -> blocks -> head.
 
@@ -111,9 +131,19 @@ class ModelSpec(_Frozen):
     ``layers`` keys index them; ``depth`` is the schedule that runs them (``stack``: each
     once, in order; ``looped``, ``recursive``, ...: some several times, see ``anyformer
     list depth``).
+
+    ``kind`` (:data:`ModelKind`): ``decoder``, ``encoder``, ``prefix_lm`` or
+    ``encoder_decoder``. A prefix LM is a decoder whose forward takes ``prefix_len``
+    (every mixer needs the capability ``prefix``). An encoder–decoder adds ``encoder``
+    (:class:`EncoderSpec`), ``share_embeddings`` (source and target token embeddings are
+    one table when both are ``tokens`` of one vocabulary) and ``cross_attention`` (slot
+    ``attention``, a variant with the capability ``memory``: ``cross``); its decoder
+    blocks are self-attention, cross-attention and FFN sublayers in a layout with the
+    capability ``cross``. ``encoder``, ``share_embeddings`` and ``cross_attention`` are
+    read by encoder–decoders only.
     """
 
-    kind: Literal["decoder", "encoder"] = "decoder"
+    kind: ModelKind = "decoder"
     embed: Literal["tokens", "vectors"] = "tokens"
     embedder: EmbedderRef | None = None
     vocab_size: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
@@ -137,6 +167,20 @@ class ModelSpec(_Frozen):
     init_std: float = Field(0.02, gt=0.0, le=10.0)
     layers: dict[int, LayerOverride] = Field(default_factory=dict)
     depth: DepthRef = Field("stack", validate_default=True)
+    encoder: EncoderSpec | None = None
+    share_embeddings: bool = True
+    #: ``None``: ``cross`` (kept unset so that specs written before it hash as they did)
+    cross_attention: AttentionRef | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unused(self, handler: Any) -> Any:
+        # the encoder–decoder's fields, when unset, are left out of written specs
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("encoder", "cross_attention"):
+                if data.get(key, 0) is None:
+                    del data[key]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -158,7 +202,7 @@ class ModelSpec(_Frozen):
             problem = self._check_layer(self.layer(i), self.dims(i), where)
             if problem:
                 raise ValueError(problem)
-        problem = self._check_io()
+        problem = self._check_io() or self._check_kind()
         if problem:
             raise ValueError(problem)
         check_depth = getattr(self.depth.entry.cls, "check_spec", None)
@@ -190,6 +234,68 @@ class ModelSpec(_Frozen):
                 f"model.max_len to at least {length}"
             )
         return None
+
+    def _check_kind(self) -> str | None:
+        """What ``prefix_lm`` and ``encoder_decoder`` need beyond the layers' checks:
+        the encoder's spec, the cross-attention variant, each layout's ``cross``."""
+        if self.kind != "encoder_decoder":
+            if self.encoder is not None:
+                return (
+                    f"model.encoder is read by kind=encoder_decoder only (this model is "
+                    f"kind={self.kind}); remove it or set model.kind=encoder_decoder"
+                )
+            return None
+        cross = self.cross_attention_ref
+        if not cross.entry.caps.memory:
+            capable = [e.name for e in registry.entries("attention") if e.caps.memory]
+            return (
+                f"cross_attention='{cross.name}' cannot attend over the encoder's output (no "
+                f"memory capability); use one that can: {', '.join(capable)}"
+            )
+        problem = cross.entry.check(cross.config, self.dims())
+        if problem:
+            return f"cross_attention='{cross.name}': {problem}"
+        for i in range(self.n_layers):
+            layout = self.layer(i).norm_placement
+            if not layout.entry.caps.cross:
+                capable = [e.name for e in registry.entries("layout") if e.caps.cross]
+                where = f"layers.{i}." if i in self.layers else ""
+                return (
+                    f"{where}norm_placement='{layout.name}' has no place for the decoder's "
+                    f"cross-attention sublayer (no cross capability), so it cannot serve in "
+                    f"kind=encoder_decoder; use one that has: {', '.join(capable)}"
+                )
+        try:
+            self.encoder_spec()
+        except SpecError as exc:
+            return f"encoder: {exc}"
+        return None
+
+    @property
+    def cross_attention_ref(self) -> AttentionRef:
+        """The decoder's cross-attention: ``cross_attention``, or ``cross``."""
+        ref = self.cross_attention if self.cross_attention is not None else "cross"
+        return ref if isinstance(ref, AttentionRef) else AttentionRef.model_validate(ref)
+
+    def encoder_spec(self) -> ModelSpec:
+        """The encoder of an encoder–decoder as a ``kind: encoder`` spec (its head is
+        not built): ``encoder``'s fields over the model's blocks, sizes and dropout.
+        Raises :class:`SpecError` naming the encoder's problem."""
+        enc = self.encoder or EncoderSpec()
+        data: dict[str, Any] = dict(
+            kind="encoder",
+            embedder=enc.embedder if enc.embedder is not None else "tokens",
+            vocab_size=enc.vocab_size if enc.vocab_size is not None else self.vocab_size,
+            input_shape=enc.input_shape,
+            n_layers=enc.n_layers if enc.n_layers is not None else self.n_layers,
+            n_outputs=1,  # the encoder's head is never built
+            head="token_regress",
+        )
+        for name in ("d_model", "n_heads", "max_len", "dropout", "bias", "init_std"):
+            data[name] = getattr(self, name)
+        for name in ("attention", "position", "norm", "norm_placement", "ffn"):
+            data[name] = getattr(self, name)
+        return parse(ModelSpec, data)
 
     @property
     def embedder_ref(self) -> EmbedderRef:
@@ -234,13 +340,27 @@ class ModelSpec(_Frozen):
 
     def _check_layer(self, layer: LayerSpec, dims: registry.Dims, where: str) -> str | None:
         attn, pos = layer.attention.entry, self.position.entry
-        if self.kind == "decoder" and not attn.caps.causal_safe:
+        if attn.caps.memory:
+            return (
+                f"{where}attention='{attn.name}' attends over an encoder's output (memory "
+                f"capability), so it cannot be a layer's self-attention; it serves as "
+                f"model.cross_attention of kind=encoder_decoder"
+            )
+        if self.kind != "encoder" and not attn.caps.causal_safe:
             return (
                 f"{where}attention='{attn.name}' is not causal-safe, so it cannot be used in a "
-                f"decoder; use kind=encoder or a causal-safe attention"
+                f"{'decoder' if self.kind == 'encoder_decoder' else self.kind}; use "
+                f"kind=encoder or a causal-safe attention"
             )
         if self.kind == "encoder" and not attn.caps.bidirectional:
             return f"{where}attention='{attn.name}' is causal-only and cannot be used in an encoder"
+        if self.kind == "prefix_lm" and not attn.caps.prefix:
+            capable = [e.name for e in registry.entries("attention") if e.caps.prefix]
+            return (
+                f"{where}attention='{attn.name}' cannot attend bidirectionally over a prefix "
+                f"(no prefix capability), so it cannot serve in kind=prefix_lm; use one that "
+                f"can: {', '.join(capable)}"
+            )
         mode = pos.caps.position_mode or "none"
         if mode not in attn.caps.position_modes:
             return (
@@ -273,7 +393,7 @@ class ModelSpec(_Frozen):
             d_model=self.d_model,
             n_heads=self.n_heads,
             max_len=self.max_len,
-            causal=self.kind == "decoder",
+            causal=self.kind != "encoder",
             dropout=self.dropout,
             bias=self.bias,
             layer=layer,
@@ -290,6 +410,11 @@ class ModelSpec(_Frozen):
         one output per token (a pooled head would mix the documents of a row).
         ``check_head=False`` skips the head, for a spec whose head the task decides later.
         """
+        if self.kind in ("prefix_lm", "encoder_decoder"):
+            return (
+                f"packed rows (segments) are for decoders and encoders; kind={self.kind} "
+                f"takes padded rows"
+            )
         if check_head and self.head_ref.entry.caps.pooled:
             return (
                 f"packed rows (segments) need a per-token head; head='{self.resolved_head}' "
@@ -317,7 +442,8 @@ class ModelSpec(_Frozen):
 
     @property
     def resolved_head(self) -> str:
-        """The head's name, defaulting to ``lm`` for decoders and ``classify`` for encoders."""
+        """The head's name, defaulting to ``lm`` for decoders (prefix LMs,
+        encoder–decoders) and ``classify`` for encoders."""
         return self.head_ref.name
 
 

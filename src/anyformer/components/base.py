@@ -152,7 +152,14 @@ class Context:
     - ``cache``: a :class:`Cache` during incremental decoding (``None`` otherwise); the
       model accepts one only when every mixer's registry capabilities say ``kv_cache``;
     - ``last_only``: the model's head reads the last position alone (generation asks for
-      this); it concerns the readout after the blocks, mixers ignore it.
+      this); it concerns the readout after the blocks, mixers ignore it;
+    - ``prefix_len``: ``[B]`` long, a prefix LM's prefix per row (``None``: none): query i
+      may see key j iff ``j <= i`` or ``j < prefix_len[b]`` (bidirectional inside the
+      prefix, causal after it), and the key is real. ``causal`` stays True. Only mixers
+      with the capability ``prefix`` receive it (validation refuses the others);
+    - ``memory``: ``[B, S, D]``, an encoder's output that cross-attention
+      (capability ``memory``) attends over; ``memory_mask`` ``[B, S]`` bool, True at real
+      source tokens (``None``: all real). Self-attention mixers ignore both.
     """
 
     positions: torch.Tensor
@@ -162,6 +169,9 @@ class Context:
     segments: torch.Tensor | None = None
     cache: Cache | None = None
     last_only: bool = False
+    prefix_len: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    memory_mask: torch.Tensor | None = None
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

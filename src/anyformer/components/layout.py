@@ -7,6 +7,12 @@ of each it needs. ``forward(x, ctx)`` returns the block's output.
 
 An FFN whose capabilities say ``empty`` (``ffn: none``) is skipped with its norm, so an
 attention-only block has no unused parameters.
+
+In an encoder–decoder's decoder, ``parts.cross()`` makes the block's cross-attention
+(``model.cross_attention``; ``None`` in every other model). A layout with the capability
+``cross`` puts it between the mixer and the FFN as a third sublayer in its own residual
+form (the decoder block of "Attention Is All You Need", Vaswani et al., 2017);
+validation refuses an encoder–decoder whose layout lacks the capability.
 """
 
 from __future__ import annotations
@@ -27,10 +33,18 @@ class BlockParts(Protocol):
     def norm(self) -> nn.Module: ...
     def mixer(self) -> nn.Module: ...
     def ffn(self) -> nn.Module: ...
+    def cross(self) -> nn.Module | None: ...
 
 
 def _is_empty(ffn: nn.Module) -> bool:
     return capabilities(ffn).empty
+
+
+def cross_part(parts: BlockParts) -> nn.Module | None:
+    """The block's cross-attention, or ``None`` outside an encoder–decoder's decoder (and
+    for a parts factory without ``cross``, e.g. a user's)."""
+    make = getattr(parts, "cross", None)
+    return make() if callable(make) else None
 
 
 class Layout(nn.Module):
@@ -52,18 +66,24 @@ class Layout(nn.Module):
     paper=Paper("On Layer Normalization in the Transformer Architecture", 2020, "Xiong et al."),
     summary="pre-norm: x + f(norm(x)) for the mixer, then for the FFN",
     params=NoParams,
-    caps=Capabilities(complexity="O(1)"),
+    caps=Capabilities(complexity="O(1)", cross=True),
 )
 class PreNorm(Layout):
-    """x = x + mixer(norm1(x)); x = x + ffn(norm2(x)). Needs a final norm after the stack."""
+    """x = x + mixer(norm1(x)); [x = x + cross(norm_cross(x))]; x = x + ffn(norm2(x)).
+    Needs a final norm after the stack. The bracketed step is an encoder–decoder's
+    cross-attention."""
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
         self.norm1 = parts.norm()
         self.norm2 = parts.norm() if self.has_ffn else None
+        self.cross = cross_part(parts)
+        self.norm_cross = parts.norm() if self.cross is not None else None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         x = x + self.drop(self.mixer(self.norm1(x), ctx))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norm_cross(x), ctx))
         if self.norm2 is not None:
             x = x + self.drop(self.ffn(self.norm2(x)))
         return x
@@ -75,18 +95,23 @@ class PreNorm(Layout):
     paper=Paper("Attention Is All You Need", 2017, "Vaswani et al."),
     summary="post-norm: norm(x + f(x)) for the mixer, then for the FFN",
     params=NoParams,
-    caps=Capabilities(final_norm=False, complexity="O(1)"),
+    caps=Capabilities(final_norm=False, complexity="O(1)", cross=True),
 )
 class PostNorm(Layout):
-    """x = norm1(x + mixer(x)); x = norm2(x + ffn(x))."""
+    """x = norm1(x + mixer(x)); [x = norm_cross(x + cross(x))]; x = norm2(x + ffn(x)):
+    the block of the original Transformer, the bracketed step in its decoder."""
 
     def __init__(self, dims: Dims, params: NoParams, parts: BlockParts) -> None:
         super().__init__(dims, parts)
         self.norm1 = parts.norm()
         self.norm2 = parts.norm() if self.has_ffn else None
+        self.cross = cross_part(parts)
+        self.norm_cross = parts.norm() if self.cross is not None else None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         x = self.norm1(x + self.drop(self.mixer(x, ctx)))
+        if self.cross is not None:
+            x = self.norm_cross(x + self.drop(self.cross(x, ctx)))
         if self.norm2 is not None:
             x = self.norm2(x + self.drop(self.ffn(x)))
         return x
@@ -100,7 +125,7 @@ class PostNorm(Layout):
     ),
     summary="sandwich norm: x + norm_out(f(norm_in(x))) for each branch",
     params=NoParams,
-    caps=Capabilities(complexity="O(1)"),
+    caps=Capabilities(complexity="O(1)", cross=True),
 )
 class SandwichNorm(Layout):
     """x = x + norm1b(mixer(norm1a(x))); x = x + norm2b(ffn(norm2a(x))).
@@ -114,9 +139,14 @@ class SandwichNorm(Layout):
         self.norm1a, self.norm1b = parts.norm(), parts.norm()
         self.norm2a = parts.norm() if self.has_ffn else None
         self.norm2b = parts.norm() if self.has_ffn else None
+        self.cross = cross_part(parts)
+        if self.cross is not None:  # an encoder-decoder's cross-attention, sandwiched too
+            self.norm_cross_a, self.norm_cross_b = parts.norm(), parts.norm()
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         x = x + self.drop(self.norm1b(self.mixer(self.norm1a(x), ctx)))
+        if self.cross is not None:
+            x = x + self.drop(self.norm_cross_b(self.cross(self.norm_cross_a(x), ctx)))
         if self.norm2a is not None:
             x = x + self.drop(self.norm2b(self.ffn(self.norm2a(x))))
         return x
@@ -184,7 +214,7 @@ class MacaronParams(BaseModel):
     ),
     summary="half FFN, mixer, half FFN (pre-norm): the Strang splitting of one ODE step",
     params=MacaronParams,
-    caps=Capabilities(complexity="O(1)"),
+    caps=Capabilities(complexity="O(1)", cross=True),
 )
 class Macaron(Layout):
     """x = x + ½ ffn1(n1(x)); x = x + mixer(n2(x)); x = x + ½ ffn2(n3(x)).
@@ -202,11 +232,15 @@ class Macaron(Layout):
         if self.has_ffn:
             self.ffn2 = parts.ffn()
             self.norm_ffn1, self.norm_ffn2 = parts.norm(), parts.norm()
+        self.cross = cross_part(parts)  # an encoder-decoder's: right after the mixer
+        self.norm_cross = parts.norm() if self.cross is not None else None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         if self.has_ffn:
             x = x + self.weight * self.drop(self.ffn(self.norm_ffn1(x)))
         x = x + self.drop(self.mixer(self.norm_mixer(x), ctx))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norm_cross(x), ctx))
         if self.has_ffn:
             x = x + self.weight * self.drop(self.ffn2(self.norm_ffn2(x)))
         return x

@@ -30,6 +30,7 @@ from anyformer.model.elastic import extract, granularities, nested_ffns, widths_
 from anyformer.model.transformer import Transformer
 from anyformer.spec import ExperimentSpec, write_text_atomic
 from anyformer.tasks.base import Batch, Task
+from anyformer.tasks.packing import model_inputs
 
 #: Confidence thresholds an ``early_exit`` model is evaluated at.
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -106,7 +107,7 @@ def evaluate_variants(
 
                     def predict(b: Batch, seen: list[tuple[float, int]] = seen) -> torch.Tensor:
                         b = b.to(device)
-                        out = model(b.inputs, padding_mask=b.padding_mask, return_outputs=True)
+                        out = model(b.inputs, **model_inputs(b), return_outputs=True)
                         if out.mean_blocks_executed is not None:
                             seen.append((float(out.mean_blocks_executed), b.inputs.shape[0]))
                         return out.logits

@@ -270,6 +270,7 @@ def width_rows(run: Run, model: nn.Module, objective: Any) -> list[dict[str, Any
 
     from anyformer.model.elastic import extract
     from anyformer.model.widths import granularities, nested_ffns, widths_set
+    from anyformer.tasks.packing import model_inputs
 
     if not nested_ffns(model):
         return []
@@ -279,7 +280,7 @@ def width_rows(run: Run, model: nn.Module, objective: Any) -> list[dict[str, Any
 
     def predict(b: Any) -> torch.Tensor:
         b = b.to(device)
-        return model(b.inputs, padding_mask=b.padding_mask)
+        return model(b.inputs, **model_inputs(b))
 
     rows = []
     try:

@@ -8,6 +8,7 @@ norm gains start at one.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from typing import Any, Literal, overload
@@ -32,10 +33,12 @@ def _build(ref: Any, dims: Dims) -> nn.Module:
 
 
 class BlockParts:
-    """Makes the norm, mixer and FFN of one layer; a residual layout asks for as many as it needs."""
+    """Makes the norm, mixer and FFN of one layer; a residual layout asks for as many as it
+    needs. ``cross`` is the cross-attention of an encoder–decoder's decoder layer
+    (``None`` elsewhere): :meth:`cross` builds it, or returns ``None``."""
 
-    def __init__(self, layer: LayerSpec, dims: Dims) -> None:
-        self.layer, self.dims = layer, dims
+    def __init__(self, layer: LayerSpec, dims: Dims, cross: Any = None) -> None:
+        self.layer, self.dims, self.cross_ref = layer, dims, cross
 
     def norm(self) -> nn.Module:
         return _build(self.layer.norm, self.dims)
@@ -46,12 +49,17 @@ class BlockParts:
     def ffn(self) -> nn.Module:
         return _build(self.layer.ffn, self.dims)
 
+    def cross(self) -> nn.Module | None:
+        return _build(self.cross_ref, self.dims) if self.cross_ref is not None else None
+
 
 def build_block(spec: ModelSpec, index: int) -> nn.Module:
-    """Layer ``index`` of ``spec``: its residual layout around its mixer and FFN."""
+    """Layer ``index`` of ``spec``: its residual layout around its mixer and FFN (and, in
+    an encoder–decoder's decoder, its cross-attention, ``spec.cross_attention_ref``)."""
     layer, dims = spec.layer(index), spec.dims(index)
+    cross = spec.cross_attention_ref if spec.kind == "encoder_decoder" else None
     ref = layer.norm_placement
-    return ref.entry.build(ref.config, dims=dims, parts=BlockParts(layer, dims))
+    return ref.entry.build(ref.config, dims=dims, parts=BlockParts(layer, dims, cross))
 
 
 def mixers(model: nn.Module) -> list[nn.Module]:
@@ -84,7 +92,10 @@ def cache_blockers(model: nn.Module) -> list[str]:
     mixers whose registry capabilities lack ``kv_cache``, and ``depth=<name>`` when the
     depth schedule's capabilities lack it (its depth varies per step)."""
     blockers = set()
-    for mixer in mixers(model):
+    # the decoding stack's blocks only (an encoder–decoder's encoder runs once, uncached)
+    stack = getattr(model, "blocks", model)
+    crosses = [m.cross for m in stack.modules() if isinstance(getattr(m, "cross", None), nn.Module)]
+    for mixer in [*mixers(stack), *crosses]:
         if not capabilities(mixer).kv_cache:
             blockers.add(mixer_name(mixer))
     depth = getattr(model, "depth", None)
@@ -106,7 +117,9 @@ def check_cache(model: Transformer) -> None:
 
 
 class Transformer(nn.Module):
-    """A decoder (causal) or encoder (bidirectional) Transformer built from a :class:`ModelSpec`.
+    """A decoder (causal), encoder (bidirectional) or prefix LM Transformer built from a
+    :class:`ModelSpec` (the encoder–decoder, :class:`~anyformer.model.encoder_decoder.
+    EncoderDecoder`, is this class with an encoder and cross-attention added).
 
     ``forward(inputs, padding_mask=None)`` takes token ids ``[B, T]`` (or vectors
     ``[B, T, input_dim]`` with ``embed='vectors'``) and returns a tensor: per-token
@@ -124,13 +137,18 @@ class Transformer(nn.Module):
     ``return_outputs=True`` returns a :class:`~anyformer.model.output.ModelOutput` (the
     outputs and everything else the pass computed: exits, loss-window iterates, blocks
     executed) instead of the outputs alone. A forward writes nothing on the modules.
+    ``prefix_len`` ``[B]`` (``kind: prefix_lm`` only): each row's prefix, over which
+    attention is bidirectional (causal after it); ``None``: a plain decoder.
+
+    ``head=False`` builds no head (``head`` is the identity): the forward returns the
+    final hidden states ``[B, T, d_model]`` (an encoder–decoder's encoder).
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, head: bool = True) -> None:
         super().__init__()
         self.spec = spec
-        self.causal = spec.kind == "decoder"
-        self.head_kind = spec.resolved_head
+        self.causal = spec.kind != "encoder"
+        self.head_kind = spec.resolved_head if head else "none"
         embedder = spec.embedder_ref
         try:
             self.embed: nn.Module = embedder.entry.build(embedder.config, spec=spec)
@@ -142,8 +160,8 @@ class Transformer(nn.Module):
         last = spec.layer(spec.n_layers - 1)
         final = capabilities(self.blocks[-1]).final_norm
         self.norm = _build(last.norm, spec.dims(spec.n_layers - 1)) if final else nn.Identity()
-        self.head = build_head(spec)
-        self.pooled = capabilities(self.head).pooled
+        self.head = build_head(spec) if head else nn.Identity()
+        self.pooled = capabilities(self.head).pooled if head else False
         self.depth: DepthSchedule = spec.depth.entry.build(spec.depth.config, spec=spec)
         self.reset_parameters()
         if self.head_kind == "lm" and spec.tie_embeddings:
@@ -174,6 +192,7 @@ class Transformer(nn.Module):
         segments: torch.Tensor | None = ...,
         cache: Cache | None = ...,
         last_only: bool = ...,
+        prefix_len: torch.Tensor | None = ...,
         return_outputs: Literal[False] = ...,
     ) -> torch.Tensor: ...
 
@@ -187,6 +206,7 @@ class Transformer(nn.Module):
         segments: torch.Tensor | None = ...,
         cache: Cache | None = ...,
         last_only: bool = ...,
+        prefix_len: torch.Tensor | None = ...,
         return_outputs: Literal[True],
     ) -> ModelOutput: ...
 
@@ -199,13 +219,46 @@ class Transformer(nn.Module):
         segments: torch.Tensor | None = None,
         cache: Cache | None = None,
         last_only: bool = False,
+        prefix_len: torch.Tensor | None = None,
         return_outputs: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
         the last position alone and the outputs are ``[B, 1, ...]`` (what generation
         needs: over a long prompt and a large vocabulary the head costs as much as many
         decoding steps). Only for heads applied per position (not pooled ones). With
-        ``return_outputs`` the result is the pass's :class:`ModelOutput`."""
+        ``return_outputs`` the result is the pass's :class:`ModelOutput`. ``prefix_len``
+        ``[B]``: a prefix LM's prefix per row (``kind: prefix_lm`` only)."""
+        if prefix_len is not None:
+            if self.spec.kind != "prefix_lm":
+                raise SpecError(
+                    f"prefix_len is read by model.kind=prefix_lm; this model is "
+                    f"kind={self.spec.kind} (give it rows without prefix_len)"
+                )
+            if prefix_len.shape != inputs.shape[:1]:
+                raise ValueError(
+                    f"prefix_len must be one length per row, shape [{inputs.shape[0]}], got "
+                    f"{tuple(prefix_len.shape)}"
+                )
+            prefix_len = prefix_len.to(device=inputs.device, dtype=torch.long)
+        return self._forward(
+            inputs, padding_mask, positions, segments, cache, last_only, return_outputs,
+            prefix_len=prefix_len,
+        )  # fmt: skip
+
+    def _forward(
+        self,
+        inputs: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        segments: torch.Tensor | None,
+        cache: Cache | None,
+        last_only: bool,
+        return_outputs: bool,
+        **context: Any,
+    ) -> torch.Tensor | ModelOutput:
+        """The forward of every kind: embed, run the depth schedule with a
+        :class:`Context` that also carries ``context`` (``prefix_len``; an
+        encoder–decoder's ``memory`` and ``memory_mask``), read out."""
         if last_only and self.pooled:
             raise ValueError("last_only needs a per-position head; this model pools")
         embedded = self.embed(inputs)
@@ -232,8 +285,9 @@ class Transformer(nn.Module):
         x = self.position.embed(embedded, embed_positions)
         x = self.drop(x)
         ctx = Context(
-            positions, self.causal, self.position, padding_mask, segments, cache, last_only
-        )
+            positions, self.causal, self.position, padding_mask, segments, cache, last_only,
+            **context,
+        )  # fmt: skip
         if cache is not None:
             cache.begin()
         out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
@@ -274,6 +328,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         module: Callable[..., Any] | None = None,
+        **inputs_extra: Any,
     ) -> list[tuple[float, torch.Tensor]]:
         """``[(weight, outputs), ...]``: the Trainer minimises the weighted sum of the
         objective over these. One ``(1.0, logits)`` for most models; an ``early_exit``
@@ -283,14 +338,15 @@ class Transformer(nn.Module):
         sampled by ``step``). ``positions`` and ``segments`` (packed rows) are passed to
         every forward. ``module`` runs the forward instead of the model itself: its
         data-parallel wrapper (DDP), which sees the exits in the returned
-        :class:`ModelOutput` like any other output."""
+        :class:`ModelOutput` like any other output. ``inputs_extra`` (``prefix_len``; an
+        encoder–decoder's ``source``, ``source_mask``) go to every forward too."""
         run = self if module is None else module
         pairs: list[tuple[float, torch.Tensor]] = []
         for weight, widths in training_widths(self, step):
             with widths_set(self, widths):
                 out = run(
                     inputs, padding_mask, positions=positions, segments=segments,
-                    return_outputs=True,
+                    return_outputs=True, **inputs_extra,
                 )  # fmt: skip
             pairs += out.weighted(weight)
         return pairs
@@ -312,8 +368,21 @@ class Transformer(nn.Module):
         return 3 * forward
 
 
+#: The model class of each kind that :class:`Transformer` does not build itself, as
+#: ``"module:Class"``: named as data and imported on first use, since those modules
+#: import this one.
+KIND_CLASSES = {"encoder_decoder": "anyformer.model.encoder_decoder:EncoderDecoder"}
+
+
 def build_model(spec: ModelSpec | dict[str, Any]) -> Transformer:
-    """Build a :class:`Transformer` from a :class:`ModelSpec` or a plain dict."""
+    """Build the model of a :class:`ModelSpec` or a plain dict: a :class:`Transformer`,
+    or for ``kind: encoder_decoder`` an
+    :class:`~anyformer.model.encoder_decoder.EncoderDecoder` (a subclass)."""
     if not isinstance(spec, ModelSpec):
         spec = parse(ModelSpec, spec)
-    return Transformer(spec)
+    path = KIND_CLASSES.get(spec.kind)
+    if path is None:
+        return Transformer(spec)
+    module, _, name = path.partition(":")
+    cls: type[Transformer] = getattr(importlib.import_module(module), name)
+    return cls(spec)

@@ -30,6 +30,9 @@ from anyformer.nn.packing import Packed, pack
 from anyformer.tasks.base import Batch
 
 PACKING_EXTRAS = ("segments", "positions")
+#: Batch extras that are model inputs of other kinds: an encoder–decoder's ``source``
+#: and ``source_mask``, a prefix LM's ``prefix_len`` (see ``docs/architecture.md``).
+KIND_EXTRAS = ("source", "source_mask", "prefix_len")
 
 
 def row_lengths(batch: Batch) -> list[int]:
@@ -79,9 +82,11 @@ def pack_batch(batch: Batch, row_len: int | None = None) -> tuple[Batch, Packed]
 
 def model_inputs(batch: Batch) -> dict[str, Any]:
     """Keyword arguments of ``Transformer.forward`` for ``batch`` besides its inputs:
-    ``padding_mask`` and, for a packed batch, ``segments`` and ``positions``."""
+    ``padding_mask``; for a packed batch, ``segments`` and ``positions``; and those of
+    the batch's extras that other model kinds read: ``source`` and ``source_mask`` (an
+    encoder–decoder), ``prefix_len`` (a prefix LM)."""
     kwargs: dict[str, Any] = {"padding_mask": batch.padding_mask}
-    for key in PACKING_EXTRAS:
+    for key in (*PACKING_EXTRAS, *KIND_EXTRAS):
         if key in batch.extras:
             kwargs[key] = batch.extras[key]
     return kwargs

@@ -245,7 +245,7 @@ class Trainer:
         if not self.train.packing:
             b = batch.to(self.device)
             with autocast(self.device, self.precision):
-                return self.model(b.inputs, padding_mask=b.padding_mask)
+                return self.model(b.inputs, **model_inputs(b))
         packed, layout = self.pack(batch)
         b = packed.to(self.device)
         with autocast(self.device, self.precision):
@@ -426,7 +426,8 @@ class Trainer:
         ``self.wrapped`` (the DDP wrapper under ddp): the extra outputs come back in the
         forward's ``ModelOutput`` like a plain output, and DDP reduces the gradient of
         the one backward over all forwards of the step."""
-        kwargs = model_inputs(batch)  # padding_mask, and segments/positions when packed
+        # padding_mask; segments/positions when packed; source/source_mask, prefix_len
+        kwargs = model_inputs(batch)
         if getattr(self.model, "trains_several_outputs", False):
             return self.model.training_outputs(
                 batch.inputs, step=step, module=self.wrapped, **kwargs

@@ -97,11 +97,35 @@ def key_mask(ctx: Context) -> torch.Tensor | None:
     return combine_masks(keys, docs)
 
 
+def causal_part(ctx: Context, t: int, device: torch.device) -> torch.Tensor | None:
+    """The causal part of the mask a context asks for over ``t`` tokens (no cache):
+    ``None`` when ``ctx.causal`` is False; the ``[T, T]`` causal mask; or, for a prefix
+    LM (``ctx.prefix_len`` ``[B]``), ``[B, 1, T, T]``: query i sees key j iff ``j <= i``
+    or ``j < prefix_len[b]`` (bidirectional inside each row's prefix, causal after it;
+    "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+    Transformer", Raffel et al., 2020)."""
+    if not ctx.causal:
+        return None
+    mask = causal_mask(t, device=device)
+    if ctx.prefix_len is None:
+        return mask
+    return mask | prefix_keys(ctx.prefix_len, torch.arange(t, device=device))
+
+
+def prefix_keys(prefix_len: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, 1, Tk]``: True at the keys inside each row's prefix (``position <
+    prefix_len[b]``; negative positions, empty cache slots, are outside)."""
+    keys = key_positions.to(prefix_len.device)
+    inside = (keys[None, :] < prefix_len[:, None]) & (keys[None, :] >= 0)
+    return inside[:, None, None, :]
+
+
 def allowed_mask(ctx: Context, t: int, device: torch.device) -> torch.Tensor | None:
     """Boolean mask (True = query may see key), broadcastable to ``[B, H, T, T]``:
-    the causal mask when ``ctx.causal``, AND the key-padding mask, AND (packed rows) the
+    the causal mask when ``ctx.causal`` (relaxed inside a prefix LM's prefix,
+    :func:`causal_part`), AND the key-padding mask, AND (packed rows) the
     same-document mask; ``None`` if none applies."""
-    return combine_masks(causal_mask(t, device=device) if ctx.causal else None, key_mask(ctx))
+    return combine_masks(causal_part(ctx, t, device), key_mask(ctx))
 
 
 def context_bias(
@@ -127,9 +151,9 @@ def attention_bias(
     pos = ctx.bias_positions()
     bias = ctx.position.score_bias(pos, pos) if position_bias else None
     keys = key_mask(ctx)
-    if bias is None and keys is None:
+    if bias is None and keys is None and ctx.prefix_len is None:
         return None, ctx.causal
-    allowed = combine_masks(causal_mask(t, device=device) if ctx.causal else None, keys)
+    allowed = combine_masks(causal_part(ctx, t, device), keys)
     return masked_bias(bias, allowed, dtype), False
 
 
@@ -157,10 +181,15 @@ def cached_bias(
     position_bias: bool = True,
 ) -> torch.Tensor | None:
     """Additive bias of the new queries over cached keys: score bias plus the causal (and
-    window) mask from absolute positions, and the cache's ``key_mask`` of padded rows
-    ``[B, 1, Tq, Tk]``; ``None`` when nothing needs masking."""
+    window) mask from absolute positions, relaxed inside a prefix LM's prefix
+    (``ctx.prefix_len``: keys at positions below it are seen by every query, so the
+    prompt's prefill is one bidirectional pass over the prefix), and the cache's
+    ``key_mask`` of padded rows ``[B, 1, Tq, Tk]``; ``None`` when nothing needs masking."""
     bias = ctx.position.score_bias(ctx.positions, key_positions) if position_bias else None
     allowed = cached_key_mask(ctx.positions, key_positions, window)
+    if allowed is not None and ctx.prefix_len is not None:
+        # (with one query and no window every cached key is already allowed)
+        allowed = allowed | prefix_keys(ctx.prefix_len, key_positions)
     cache = ctx.cache
     if cache is not None and cache.key_mask is not None:  # rows padded at the front
         real = cache.key_mask[:, key_positions.clamp(min=0)][:, None, None, :]  # [B,1,1,Tk]
@@ -216,7 +245,8 @@ def attend(
     else:
         pos = ctx.bias_positions()
         bias = ctx.position.score_bias(pos, pos)
-        if impl == "fast" and bias is None and ctx.padding_mask is None and ctx.segments is None:
+        plain = ctx.padding_mask is None and ctx.segments is None and ctx.prefix_len is None
+        if impl == "fast" and bias is None and plain:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=ctx.causal)
         full = masked_bias(bias, allowed_mask(ctx, t, q.device), q.dtype)
     if impl == "fast":

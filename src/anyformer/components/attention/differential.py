@@ -51,7 +51,7 @@ class DifferentialParams(BaseModel):
     summary="difference of two softmax maps from split q/k halves with a learned, "
     "re-parameterised lambda, then a per-head RMS norm",
     params=DifferentialParams,
-    caps=Capabilities(complexity="O(n^2)"),
+    caps=Capabilities(complexity="O(n^2)", prefix=True),
 )
 class DifferentialAttention(QKVHeads):
     """y_h = (1 - lambda_init) RMSNorm((softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V)

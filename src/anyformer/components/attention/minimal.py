@@ -111,7 +111,11 @@ class CollapsedParams(BaseModel):
     "query and key projections",
     params=CollapsedParams,
     caps=Capabilities(
-        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+        packing=True,
+        complexity="O(n^2)",
+        kv_cache=True,
+        prefix=True,
+        position_modes=("none", "embed", "bias"),
     ),
 )
 class CollapsedAttention(_MinimalBase):
@@ -172,7 +176,11 @@ class SymmetricParams(BaseModel):
     "similarity with half the parameters",
     params=SymmetricParams,
     caps=Capabilities(
-        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+        packing=True,
+        complexity="O(n^2)",
+        kv_cache=True,
+        prefix=True,
+        position_modes=("none", "embed", "bias"),
     ),
 )
 class SymmetricAttention(_MinimalBase):

@@ -50,7 +50,7 @@ class GatedParams(BaseModel):
     summary="softmax attention whose per-head output is scaled by a sigmoid gate of the "
     "input, so a head can switch itself off",
     params=GatedParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True),
+    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, prefix=True),
 )
 class GatedAttention(QKVHeads):
     """y_h = sigmoid(G_h(x)) * softmax(Q_h K_h^T / sqrt(d_head) + B) V_h, then the output
@@ -120,7 +120,7 @@ class ClippedSoftmaxParams(BaseModel):
     summary="softmax attention with probabilities stretched to (gamma, zeta) and clipped "
     "to [0, 1], so exact zeros need no extreme scores",
     params=ClippedSoftmaxParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True),
+    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, prefix=True),
 )
 class ClippedSoftmaxAttention(QKVHeads):
     """clip((zeta - gamma) softmax(Q K^T / sqrt(d_head) + B) + gamma, 0, 1) V per head.

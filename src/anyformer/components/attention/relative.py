@@ -113,7 +113,11 @@ class ComplexParams(BaseModel):
     "a learned scaling of the semantic angle with a learned relative-position angle",
     params=ComplexParams,
     caps=Capabilities(
-        packing=True, complexity="O(n^2)", kv_cache=True, position_modes=("none", "embed", "bias")
+        packing=True,
+        complexity="O(n^2)",
+        kv_cache=True,
+        prefix=True,
+        position_modes=("none", "embed", "bias"),
     ),
 )
 class ComplexAttention(QKVHeads):

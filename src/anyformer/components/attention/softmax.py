@@ -45,7 +45,7 @@ class SoftmaxParams(BaseModel):
     summary="multi-head scaled dot-product attention; grouped/multi-query heads via kv_heads "
     "(Shazeer 2019; Ainslie et al. 2023)",
     params=SoftmaxParams,
-    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True),
+    caps=Capabilities(packing=True, complexity="O(n^2)", kv_cache=True, prefix=True),
 )
 class SoftmaxAttention(QKVHeads):
     """softmax(Q K^T / sqrt(d_head) + B) V per head, then an output projection.

@@ -12,6 +12,7 @@ from anyformer.lab.contracts import CheckFailure, contract_check
 from anyformer.lab.contracts.task import toy_setup
 from anyformer.registry import Entry
 from anyformer.tasks.base import Batch
+from anyformer.tasks.packing import model_inputs
 
 SLOT = "objective"
 #: Tasks tried, in order, for an objective that no task names as its default: one with
@@ -30,7 +31,7 @@ def loss_on(task_name: str, objective: str) -> None:
     finite scalar, and its gradients are finite and not all zero."""
     _, task, model, loss_fn = toy_setup(task_name, objective)
     batch = task.train_batch(0, 4)
-    out = model(batch.inputs, padding_mask=batch.padding_mask)
+    out = model(batch.inputs, **model_inputs(batch))
     loss = loss_fn(out, batch)
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise CheckFailure(f"on task {task_name} the loss is not a scalar tensor")

@@ -16,6 +16,7 @@ from anyformer.registry import Entry
 from anyformer.tasks.base import Batch, Task
 from anyformer.tasks.contract import CHECKS as TASK_CHECKS
 from anyformer.tasks.contract import CheckResult, check_task
+from anyformer.tasks.packing import model_inputs
 
 SLOT = "task"
 EVAL = 8
@@ -95,7 +96,7 @@ def scores(entry: Entry) -> None:
     model.eval()
 
     def predict(batch: Batch) -> torch.Tensor:
-        return model(batch.inputs, padding_mask=batch.padding_mask)
+        return model(batch.inputs, **model_inputs(batch))
 
     for split in task.splits:
         metrics = task.evaluate(predict, split, EVAL, objective)
