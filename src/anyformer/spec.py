@@ -106,9 +106,12 @@ class EncoderSpec(_Frozen):
     with ``vocab_size`` (``None``: the model's) or ``input_shape`` (image or table
     sources). Its blocks use the model's ``attention``, ``position``, ``norm``, ``ffn``
     and ``norm_placement`` (without the per-layer ``layers`` overrides, which are the
-    decoder's), bidirectionally; its depth schedule is ``stack``."""
+    decoder's), bidirectionally; its depth schedule is ``stack``. ``attention`` (``None``:
+    the model's) gives the encoder a mixer of its own, e.g. ``softmax`` under a
+    causal-only decoder mixer such as ``delta``."""
 
     n_layers: int | None = Field(None, gt=0, le=limits.MAX_LAYERS)
+    attention: AttentionRef | None = None
     embedder: EmbedderRef | None = None
     input_shape: tuple[Annotated[int, Field(gt=0, le=limits.MAX_LEN)], ...] | None = None
     vocab_size: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
@@ -295,6 +298,8 @@ class ModelSpec(_Frozen):
             data[name] = getattr(self, name)
         for name in ("attention", "position", "norm", "norm_placement", "ffn"):
             data[name] = getattr(self, name)
+        if enc.attention is not None:
+            data["attention"] = enc.attention
         return parse(ModelSpec, data)
 
     @property

@@ -79,8 +79,10 @@ def train_recall(mixer: str, seed: int = 0) -> float:
 
 
 def _causal_mixers() -> list[str]:
+    # a memory mixer (cross-attention) mixes no target tokens: it reads an encoder's output
+    # (tests/model/test_encoder_decoder.py)
     return [
-        n for n in registry.components("attention") if registry.get("attention", n).caps.causal_safe
+        e.name for e in registry.entries("attention") if e.caps.causal_safe and not e.caps.memory
     ]
 
 

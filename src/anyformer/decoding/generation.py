@@ -32,6 +32,14 @@ recurrent mixer cannot hide padding from its state; then (and without a cache) t
 of each prompt length decode as one batch. Either way every row gets what it would
 alone. Not supported: encoders and non-token models, sequences longer than
 ``model.max_len``.
+
+Other kinds. A prefix LM (``kind: prefix_lm``) takes the prompt as its prefix: the
+prompt's forward (prefill, or every recomputation) passes ``prefix_len`` = the prompt's
+length, so attention is bidirectional over the prompt and causal over the new tokens.
+An encoder–decoder (``kind: encoder_decoder``) continues the decoder prompts
+``input_ids`` (usually ``BOS``) given ``source`` (and ``source_mask``): the source is
+encoded once, and each forward gets its ``memory``; with a cache every layer's
+cross-attention computes the memory's keys and values on the first step only.
 """
 
 from __future__ import annotations
@@ -268,7 +276,22 @@ def _check(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    source: torch.Tensor | None = None,
+    source_mask: torch.Tensor | None = None,
 ) -> None:
+    kind = model.spec.kind
+    if kind == "encoder_decoder" and source is None:
+        raise UserError(
+            "an encoder_decoder model generates from a source: pass source= (and "
+            "source_mask= for padded source rows)"
+        )
+    if kind != "encoder_decoder" and (source is not None or source_mask is not None):
+        raise UserError(f"source= is for encoder_decoder models; this model is kind={kind}")
+    if source is not None and source.shape[0] != input_ids.shape[0]:
+        raise UserError(
+            f"source has {source.shape[0]} rows but input_ids {input_ids.shape[0]}; one "
+            f"source per prompt"
+        )
     if not model.causal or model.head_kind != "lm" or model.spec.input_kind != "tokens":
         raise SpecError(
             f"generate needs a token decoder with an lm head; this model is "
@@ -311,6 +334,8 @@ def generate(
     column_major: bool | None = None,
     padding_mask: torch.Tensor | None = None,
     pad_id: int = 0,
+    source: torch.Tensor | None = None,
+    source_mask: torch.Tensor | None = None,
 ) -> Decoded:
     """Continue ``input_ids [B, T]``; returns ``[B, T + n]`` with ``n <= max_new_tokens``.
 
@@ -335,10 +360,14 @@ def generate(
       generations, sampling draws group by group, and logits of steps after a row's
       group stopped are NaN). In the result each row's new tokens follow its prompt and
       the rest of the row is ``pad_id`` (``eos`` first, for finished rows).
+    - ``source``, ``source_mask``: an encoder–decoder's source per row (``[B, S]`` token
+      ids, or what its encoder's embedder reads) and its real tokens (``[B, S]`` bool);
+      encoded once, the decoder continues ``input_ids``.
 
-    The model is put in eval mode for the call and restored afterwards.
+    A prefix LM's prompt is its prefix (bidirectional attention over it). The model is
+    put in eval mode for the call and restored afterwards.
     """
-    _check(model, input_ids, max_new_tokens, temperature, top_k, top_p)
+    _check(model, input_ids, max_new_tokens, temperature, top_k, top_p, source, source_mask)
     lengths = _prompt_lengths(input_ids, padding_mask)
     blockers = cache_blockers(model)
     if use_cache is None:
@@ -362,11 +391,20 @@ def generate(
         # column-major first: it picks layers by exact class, which the other swaps
         layout = column_major_linears(model) if column_major else nullcontext()
         with layout, direct_module_calls(model):
+            rows_inputs: dict[str, torch.Tensor] = {}  # per row, for every forward
+            if source is not None:
+                memory = model.encode(source, source_mask)  # type: ignore[operator]
+                rows_inputs["memory"] = memory
+                if source_mask is not None:
+                    rows_inputs["source_mask"] = source_mask
 
-            def decode(prompts: torch.Tensor, cache: Cache | None = None) -> Decoded:
+            def decode(
+                prompts: torch.Tensor, cache: Cache | None = None, rows: torch.Tensor | None = None
+            ) -> Decoded:
+                extra = {k: v if rows is None else v[rows] for k, v in rows_inputs.items()}
                 return _decode(
                     model, prompts, max_new_tokens, temperature, top_k, top_p, eos,
-                    generator, use_cache, return_logits, cache,
+                    generator, use_cache, return_logits, cache, extra,
                 )  # fmt: skip
 
             if lengths is None:
@@ -444,7 +482,7 @@ def _decode_front_padded(
 def _decode_ragged(
     input_ids: torch.Tensor,
     lengths: torch.Tensor,
-    decode: Callable[[torch.Tensor], Decoded],
+    decode: Callable[..., Decoded],
     pad_id: int,
     eos: int | None,
     return_logits: bool,
@@ -456,7 +494,7 @@ def _decode_ragged(
     groups = []
     for length in sorted(set(lengths.tolist())):
         rows = (lengths == length).nonzero().squeeze(1)
-        result = decode(input_ids[rows, :length])
+        result = decode(input_ids[rows, :length], None, rows)
         tokens, scores = result if isinstance(result, tuple) else (result, None)
         groups.append((rows, length, tokens, scores))
     n = max(tokens.shape[1] - length for _, length, tokens, _ in groups)
@@ -489,8 +527,17 @@ def _decode(
     use_cache: bool,
     return_logits: bool,
     cache: Cache | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Decoded:
+    """Decode one batch of equal-length prompts. ``extra``: keyword arguments of every
+    forward (an encoder–decoder's ``memory`` and ``source_mask``); a prefix LM's
+    forwards over the prompt get ``prefix_len`` = the prompt's length."""
     tokens = input_ids
+    extra = dict(extra or {})
+    if model.spec.kind == "prefix_lm":  # the prompt is the prefix
+        extra["prefix_len"] = torch.full(
+            (input_ids.shape[0],), input_ids.shape[1], dtype=torch.long, device=input_ids.device
+        )
     if cache is None and use_cache:
         cache = Cache(input_ids.shape[1] + max_new_tokens)
     new: list[torch.Tensor] = []
@@ -499,9 +546,9 @@ def _decode(
     step_input = input_ids
     for _ in range(max_new_tokens):
         if cache is not None:
-            logits = model(step_input, cache=cache, last_only=True)[:, -1]
+            logits = model(step_input, cache=cache, last_only=True, **extra)[:, -1]
         else:
-            logits = model(tokens)[:, -1]
+            logits = model(tokens, **extra)[:, -1]
         if return_logits:
             scores.append(logits)
         token = sample_next(logits, temperature, top_k, top_p, generator)

@@ -52,7 +52,8 @@ def allowed(kind: str, attention: str, position: str) -> bool:
     entry, pos = registry.get("attention", attention), registry.get("position", position)
     ok_kind = entry.caps.causal_safe if kind == "decoder" else entry.caps.bidirectional
     mode_ok = (pos.caps.position_mode or "none") in entry.caps.position_modes
-    return ok_kind and mode_ok and not pos.caps.grid
+    # a memory mixer (cross-attention) is never a layer's self-attention
+    return ok_kind and mode_ok and not pos.caps.grid and not entry.caps.memory
 
 
 def toy_model(
@@ -154,3 +155,132 @@ def encoder_ignores_padding(attention: Any, position: str, **extra: Any) -> None
     close(
         a, b[:, :8], f"padding changed the outputs of real tokens (position={position})", rtol=1e-4
     )
+
+
+# --------------------------------------------------------------------------- other kinds
+def source_tokens(b: int = 2, s: int = 9, seed: int = 3) -> torch.Tensor:
+    """Source token ids of an encoder–decoder's toy batch (as :func:`tokens`)."""
+    return tokens(b, s, seed)
+
+
+def changed_positions(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
+    """``[B, T]`` bool: where the outputs ``a`` and ``b`` ``[B, T, ...]`` differ."""
+    return (a - b).abs().flatten(2).amax(-1) > atol
+
+
+def encoder_decoder_is_causal(model: nn.Module, what: str) -> None:
+    """In an encoder–decoder, changing target token ``t`` leaves every output before
+    ``t`` unchanged and changes the outputs from ``t`` on (the source held fixed)."""
+    x, src = tokens(), source_tokens()
+    y = x.clone()
+    t = 7
+    y[:, t] = (x[:, t] + 5) % (V - 4) + 4
+    with torch.no_grad():
+        a, b = model(x, source=src), model(y, source=src)
+    close(a[:, :t], b[:, :t], f"causality: changing target token {t} changed earlier outputs "
+          f"({what})")  # fmt: skip
+    if torch.allclose(a[:, t:], b[:, t:]):
+        raise CheckFailure(f"changing target token {t} changed no output from {t} on ({what})")
+    z = src.clone()
+    z[:, 0] = (src[:, 0] + 5) % (V - 4) + 4
+    with torch.no_grad():
+        c = model(x, source=z)
+    if changed_positions(a, c).sum() < a.shape[0] * a.shape[1]:
+        raise CheckFailure(f"changing source token 0 left some target outputs unchanged ({what})")
+
+
+def source_padding_is_ignored(model: nn.Module, what: str) -> None:
+    """In an encoder–decoder, padded source tokens (``source_mask`` False) change no
+    output: a row padded with junk gives the outputs of the row alone."""
+    x, src = tokens(), source_tokens(s=6)
+    junk = source_tokens(s=3, seed=4)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[:, 6:] = False
+    with torch.no_grad():
+        alone = model(x, source=src)
+        padded = model(x, source=torch.cat([src, junk], dim=1), source_mask=mask)
+    close(alone, padded, f"padded source tokens changed the outputs ({what})", rtol=1e-4)
+
+
+def cached_encoder_decoder_equals_recomputation(model: nn.Module, what: str, new: int = 8) -> None:
+    """Greedy decoding of an encoder–decoder with a cache (the source encoded once, each
+    layer's memory keys/values computed on the first step) gives the logits of
+    recomputing the whole target at every step; the source rows are ragged."""
+    from anyformer.components.base import Cache
+
+    x = tokens(t=3)
+    src = source_tokens()
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    cache, seq, step_in = Cache(), x, x
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        for i in range(new):
+            cached = model(step_in, memory=memory, source_mask=mask, cache=cache)[:, -1]
+            full = model(seq, source=src, source_mask=mask)[:, -1]
+            close(cached, full, f"cached logits differ from recomputation at new token {i} "
+                  f"({what})", atol=1e-4, rtol=0)  # fmt: skip
+            if float(full.std(dim=-1).min()) < 0.1:
+                raise CheckFailure("logits are nearly uniform: the cache test would prove nothing")
+            step_in = full.argmax(-1, keepdim=True)
+            seq = torch.cat([seq, step_in], dim=1)
+
+
+def prefix_lm_visibility(attention: Any, position: str, **extra: Any) -> None:
+    """A prefix LM is bidirectional inside each row's prefix and causal after it: changing
+    token ``k < prefix_len`` changes the outputs at every position (earlier prefix
+    positions too); changing token ``k >= prefix_len`` changes none before ``k`` and
+    those from ``k`` on; ``prefix_len = 0`` gives a decoder's outputs (same weights),
+    and, for a cache-capable mixer, decoding after a prefilled prefix equals
+    recomputation."""
+    name = attention if isinstance(attention, str) else attention["name"]
+    extra.setdefault("init_std", 0.2)
+    model = toy_model("prefix_lm", attention, position, **extra).eval()
+    where = f"attention={name}, position={position}"
+    x = tokens()
+    prefix = torch.tensor([5, 8])
+    with torch.no_grad():
+        base = model(x, prefix_len=prefix)
+        for k in (1, 4, 6, 9):
+            y = x.clone()
+            y[:, k] = (x[:, k] + 5) % (V - 4) + 4
+            out = model(y, prefix_len=prefix)
+            changed = changed_positions(base, out)
+            for row, p in enumerate(prefix.tolist()):
+                if k < p and not bool(changed[row].all()):
+                    unchanged = (~changed[row]).nonzero().flatten().tolist()
+                    raise CheckFailure(
+                        f"changing token {k} inside the prefix (prefix_len={p}) left the "
+                        f"outputs at positions {unchanged} unchanged ({where})"
+                    )
+                if k >= p:
+                    close(base[row, :k], out[row, :k], f"changing token {k} after the prefix "
+                          f"(prefix_len={p}) changed earlier outputs ({where})")  # fmt: skip
+                    if not bool(changed[row, k:].any()):
+                        raise CheckFailure(f"changing token {k} changed no output ({where})")
+        decoder = toy_model("decoder", attention, position, **extra).eval()
+        decoder.load_state_dict(model.state_dict())
+        close(model(x, prefix_len=torch.zeros(2, dtype=torch.long)), decoder(x),
+              f"prefix_len=0 differs from a decoder ({where})")  # fmt: skip
+        if not torch.equal(model(x), decoder(x)):
+            raise CheckFailure(f"prefix_len=None differs from a decoder ({where})")
+    if registry.get("attention", name).caps.kv_cache:
+        cached_prefix_equals_recomputation(model, where)
+
+
+def cached_prefix_equals_recomputation(model: nn.Module, what: str, new: int = 6) -> None:
+    """A prefix LM decoding with a cache (the prompt = the prefix, prefilled in one
+    bidirectional pass) gives the logits of recomputing with ``prefix_len`` = the prompt."""
+    from anyformer.components.base import Cache
+
+    x = tokens(t=5)
+    prefix = torch.full((2,), 5)
+    cache, seq, step_in = Cache(), x, x
+    with torch.no_grad():
+        for i in range(new):
+            cached = model(step_in, cache=cache, prefix_len=prefix)[:, -1]
+            full = model(seq, prefix_len=prefix)[:, -1]
+            close(cached, full, f"cached prefix-LM logits differ from recomputation at new "
+                  f"token {i} ({what})", atol=1e-4, rtol=0)  # fmt: skip
+            step_in = full.argmax(-1, keepdim=True)
+            seq = torch.cat([seq, step_in], dim=1)

@@ -19,12 +19,17 @@ from anyformer.lab.contracts import CheckFailure, NotApplicable, contract_check
 from anyformer.lab.contracts._common import (
     T,
     V,
+    cached_encoder_decoder_equals_recomputation,
     close,
     decoder_never_reads_the_future,
+    encoder_decoder_is_causal,
     encoder_ignores_padding,
     finite,
     no_dead_parameters,
+    prefix_lm_visibility,
     shape,
+    source_padding_is_ignored,
+    source_tokens,
     tokens,
     toy_model,
     try_spec,
@@ -62,6 +67,9 @@ def mixer_dims(entry: Entry, d_model: int, n_heads: int, t: int, causal: bool, *
 @contract_check(SLOT, "shape")
 def output_shape(entry: Entry) -> None:
     """forward(x [B, T, D], ctx) returns finite [B, T, D] in every mode it declares"""
+    if entry.caps.memory:
+        memory_output_shape(entry)
+        return
     modes = [
         c for c, ok in ((True, entry.caps.causal_safe), (False, entry.caps.bidirectional)) if ok
     ]
@@ -89,7 +97,12 @@ def causal(entry: Entry) -> None:
     """in a causal decoder, changing token t changes no earlier output (every position scheme)
 
     A position scheme whose mode the mixer does not honour, or any decoder for a mixer
-    that is not ``causal_safe``, must be refused by validation instead."""
+    that is not ``causal_safe``, must be refused by validation instead. A ``memory``
+    mixer: the decoder of an encoder–decoder with it as cross-attention."""
+    if entry.caps.memory:
+        refused_as_self_attention(entry)
+        encoder_decoder_is_causal(cross_model(entry), f"cross_attention={entry.name}")
+        return
     for position in registry.components("position"):  # also: refused where excluded
         decoder_never_reads_the_future(entry.name, position)
     if not entry.caps.causal_safe:
@@ -100,6 +113,9 @@ def causal(entry: Entry) -> None:
 def encoder_padding(entry: Entry) -> None:
     """in an encoder, padded tokens change no real token's output (a grid mixer: padded
     grid cells; and a model without a grid is refused with the reason)"""
+    if entry.caps.memory:  # padded source tokens, not padded self-attention keys
+        source_padding_is_ignored(cross_model(entry), f"cross_attention={entry.name}")
+        return
     if entry.caps.grid:
         refuses_a_model_without_a_grid(entry)
     if not entry.caps.bidirectional:
@@ -115,6 +131,11 @@ def encoder_padding(entry: Entry) -> None:
 @contract_check(SLOT, "gradients")
 def gradients(entry: Entry) -> None:
     """a backward pass through a model with it reaches every parameter"""
+    if entry.caps.memory:
+        model = cross_model(entry)
+        model(tokens(), source=source_tokens()).float().pow(2).mean().backward()
+        no_dead_parameters(model, f"in an encoder_decoder, cross_attention={entry.name}")
+        return
     if entry.caps.grid:
         mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, T, False))
         position = registry.get("position", "none").build(None, mixer_dims(entry, 32, 4, T, False))
@@ -135,12 +156,68 @@ def kv_cache(entry: Entry) -> None:
     """greedy decoding with a cache gives the tokens and logits of full recomputation"""
     if not entry.caps.kv_cache:
         raise NotApplicable("no kv_cache capability (generation recomputes)")
+    if entry.caps.memory:
+        model = cross_model(entry, init_std=0.2).eval()
+        cached_encoder_decoder_equals_recomputation(model, f"cross_attention={entry.name}")
+        return
     if not entry.caps.causal_safe:
         raise CheckFailure("declares kv_cache but is not causal_safe")
     for position in ("none", "rope", "alibi", "learned"):
         mode = registry.get("position", position).caps.position_mode or "none"
         if mode in entry.caps.position_modes:
             cached_decoding_equals_recomputation(entry.name, position)
+
+
+@contract_check(SLOT, "prefix")
+def prefix(entry: Entry) -> None:
+    """in a prefix LM: bidirectional inside the prefix, causal after it, a decoder at
+    prefix_len=0, cached decoding after the prefix equals recomputation (or the prefix
+    LM is refused, naming the mixer)"""
+    if not entry.caps.prefix:
+        spec, why = try_spec("prefix_lm", entry.name, "none")
+        if spec is not None:
+            raise CheckFailure("validation accepted a prefix LM with a mixer without prefix")
+        if entry.name not in why:
+            raise CheckFailure(f"the refusal of a prefix LM does not name the mixer: {why}")
+        raise NotApplicable("no prefix capability; prefix LMs refuse it")
+    for position in ("none", "rope", "alibi", "learned"):
+        mode = registry.get("position", position).caps.position_mode or "none"
+        if mode in entry.caps.position_modes:
+            prefix_lm_visibility(entry.name, position)
+
+
+def cross_model(entry: Entry, **extra: object) -> torch.nn.Module:
+    """A toy encoder–decoder with ``entry`` as its cross-attention."""
+    return toy_model("encoder_decoder", "softmax", "rope", cross_attention=entry.name, **extra)
+
+
+def refused_as_self_attention(entry: Entry) -> None:
+    """Validation refuses a ``memory`` mixer as a decoder's or encoder's self-attention."""
+    for kind in ("decoder", "encoder"):
+        spec, why = try_spec(kind, entry.name, "none")
+        if spec is not None:
+            raise CheckFailure(f"validation accepted it as the self-attention of a {kind}")
+        if entry.name not in why:
+            raise CheckFailure(f"the refusal does not name the mixer: {why}")
+
+
+def memory_output_shape(entry: Entry) -> None:
+    """A ``memory`` mixer maps ``x [B, T, D]`` over a memory ``[B, S, D]`` (its padding
+    masked) to finite ``[B, T, D]``, and fails with a message without a memory."""
+    dims = mixer_dims(entry, 32, 4, T, True, max_len=32)
+    mixer = entry.build(entry.make_params(), dims)
+    position = registry.get("position", "none").build(None, dims)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 4:] = False
+    ctx = Context(torch.arange(T), True, position, memory=torch.randn(2, 9, 32), memory_mask=mask)
+    y = mixer(torch.randn(2, T, 32), ctx)
+    shape(y, (2, T, 32), "the output over a memory")
+    finite(y, "the output over a memory")
+    try:
+        mixer(torch.randn(2, T, 32), Context(torch.arange(T), True, position))
+    except ValueError:
+        return
+    raise CheckFailure("it ran without a memory (ctx.memory=None) instead of refusing")
 
 
 def refuses_a_model_without_a_grid(entry: Entry) -> None:

@@ -42,8 +42,10 @@ def compatible_mixer(entry: Entry, kind: str = "decoder") -> str:
     names = ["softmax", *registry.components("attention")]
     for name in names:
         caps = registry.get("attention", name).caps
-        if mode in caps.position_modes and (
-            caps.causal_safe if kind == "decoder" else caps.bidirectional
+        if (
+            mode in caps.position_modes
+            and not caps.memory
+            and (caps.causal_safe if kind == "decoder" else caps.bidirectional)
         ):
             return name
     raise CheckFailure(f"no registered {kind} mixer honours position mode '{mode}'")
