@@ -90,6 +90,8 @@ class EncoderDecoder(Transformer):
     ) -> torch.Tensor | ModelOutput:
         """Decoder outputs for target ``inputs`` given ``source`` (encoded here) or its
         encoding ``memory``; ``source_mask`` marks the real source tokens."""
+        if memory is None and source is not None and source_mask is not None:
+            check_source_mask(source, source_mask)
         if memory is None:
             if source is None:
                 raise ValueError(
@@ -123,4 +125,14 @@ class EncoderDecoder(Transformer):
         return super().flops_per_token(seq_len) + self.encoder.flops_per_token(seq_len)
 
 
-__all__ = ["EncoderDecoder"]
+def check_source_mask(source: torch.Tensor, source_mask: torch.Tensor) -> None:
+    """Refuse a ``source_mask`` that is not ``[batch, source tokens]`` for token or vector
+    sources (``[B, S]``, ``[B, S, D]``); image sources make their tokens themselves."""
+    if source.dim() != 4 and source_mask.shape != source.shape[:2]:
+        raise ValueError(
+            f"source_mask must be [batch, source tokens] = {list(source.shape[:2])}, got "
+            f"{list(source_mask.shape)}"
+        )
+
+
+__all__ = ["EncoderDecoder", "check_source_mask"]
