@@ -86,7 +86,10 @@ def load(text: str | bytes, source: str) -> Any:
         raise UserError(f"{source} is longer than {MAX_BYTES:,} bytes, the most that is read")
     if "\x00" in text:
         raise UserError(f"{source} contains a NUL character")
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters here
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source} is not valid YAML: {exc}") from None
     try:
         data = loader.get_single_data()
     except _TooLarge as exc:
