@@ -78,6 +78,22 @@ def test_state_dict_has_encoder_and_decoder_keys_and_shares_the_embedding() -> N
     torch.testing.assert_close(other(x, source=src), model(x, source=src))
 
 
+def test_a_checkpoint_round_trips_through_safetensors(tmp_path: Any) -> None:
+    """The shared embedding is saved once and loaded into both stacks (as checkpoints
+    are written and read, ``training/checkpoint.py``)."""
+    from safetensors.torch import load_model, save_model
+
+    model, other = _model(), _model()
+    torch.nn.init.normal_(other.embed.weight)
+    torch.nn.init.normal_(other.encoder.blocks[0].mixer.qkv.weight)
+    save_model(model, str(tmp_path / "model.safetensors"))
+    missing, unexpected = load_model(other, str(tmp_path / "model.safetensors"), strict=False)
+    assert not missing and not unexpected
+    assert other.encoder.embed.weight is other.embed.weight
+    x, src = _ids(2, 5, 0), _ids(2, 7, 1)
+    assert torch.equal(other(x, source=src), model(x, source=src))
+
+
 def test_encoder_follows_encoder_fields() -> None:
     model = _model(
         encoder={"n_layers": 3, "attention": "linear"}, attention="softmax", position="none"
