@@ -126,6 +126,11 @@ def summary_tables(spec: Any, width: int = 100) -> list[Any]:
         ("depth", m.depth.name),
         ("estimated training memory", f"{est.total / 2**20:,.1f} MiB"),
     ]
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:  # an encoder-decoder: the table's blocks are the decoder's
+        enc = encoder.spec
+        rows.insert(4, ("encoder blocks (mixer, params)", f"{enc.n_layers} ({enc.attention.name}, "
+                        f"{count_params(encoder.blocks):,})"))  # fmt: skip
     for key, value in rows:
         head.add_row(key, value)
     layers = Table(title="blocks", title_justify="left")

@@ -110,6 +110,14 @@ def estimate_memory(model: Any, train: Any) -> MemoryEstimate:
         # mixer and FFN matrices, and (generously) their biases and norms
         block += 4 * d * d + int(factor * mult * d * d) + int((16 + factor * mult) * d)
         widest = max(widest, mult)
+    extra_runs = 0
+    if getattr(model, "kind", None) == "encoder_decoder":
+        # the encoder's blocks (the decoder's first layer as a measure of one), and a
+        # cross-attention per decoder layer (q, kv, out: 4 d^2)
+        encoder = getattr(model, "encoder", None)
+        n_enc = getattr(encoder, "n_layers", None) or layers
+        block += n_enc * (block // max(layers, 1)) + layers * (4 * d * d + 4 * d)
+        extra_runs = n_enc + layers  # the encoder's blocks, the cross-attention sublayers
     embed = vocab * d + (
         model.max_len * d if model.position.entry.caps.position_mode == "embed" else 0
     )
@@ -118,7 +126,7 @@ def estimate_memory(model: Any, train: Any) -> MemoryEstimate:
     runs = _executions(model.depth.name, model.depth.params, layers)
     per_block = batch * length * (16 * d + 2 * widest * d) + batch * heads * length * length
     logits = 3 * batch * length * max(outputs, 1)
-    activations = 4 * int(runs * per_block + logits)
+    activations = 4 * int((runs + extra_runs) * per_block + logits)
     return MemoryEstimate(params, 16 * params, activations)
 
 

@@ -224,6 +224,13 @@ def what_ran(run: Run, model: nn.Module) -> list[str]:
         f"- components: attention {_component(m.attention)}, position {_component(m.position)}, "
         f"ffn {_component(m.ffn)}, norm {_component(m.norm)} ({m.norm_placement.name})",
     ]
+    if m.kind == "encoder_decoder":
+        enc = m.encoder_spec()
+        lines.append(
+            f"- encoder: {enc.n_layers} blocks of attention {_component(enc.attention)}, "
+            f"embedder {_component(enc.embedder_ref)}; cross-attention "
+            f"{_component(m.cross_attention_ref)}; shared embeddings: {m.share_embeddings}"
+        )
     if m.layers:
         lines.append(f"- per-layer overrides: `{json.dumps(m.model_dump(mode='json')['layers'])}`")
     lines += [f"- parameters: {params:,}"]
