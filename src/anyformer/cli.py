@@ -201,7 +201,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from anyformer.cli_checks import check_generate_args
     from anyformer.decoding import generate
-    from anyformer.lab.generate import decode_tokens, encode_prompt, is_byte_level, load_run_model
+    from anyformer.lab.generate import (
+        decode_tokens,
+        encode_prompt,
+        encode_sources,
+        is_byte_level,
+        load_run_model,
+    )
 
     check_generate_args(args)
     spec, model = load_run_model(args.run_dir)
@@ -211,10 +217,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     lengths = torch.tensor([len(p) for p in prompts])
     batch = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # padded at the end
     mask = torch.arange(batch.shape[1]) < lengths[:, None]
+    sources = encode_sources(args.source or [], model, len(prompts), text)  # encoder-decoders
     generator = torch.Generator().manual_seed(args.seed)
     out = generate(
         model, batch, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, eos=args.eos, generator=generator, padding_mask=mask,
+        top_p=args.top_p, eos=args.eos, generator=generator, padding_mask=mask, **sources,
     )  # fmt: skip
     made = out.shape[1] - batch.shape[1]  # new tokens per row (a row may end at eos)
     for i, (given, n) in enumerate(zip(args.prompt, lengths.tolist(), strict=True)):
@@ -450,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="text for byte-level tasks, else space-separated token ids ('1 5 7'); repeat "
         "it to continue several prompts as one batch (one output line each)",
+    )
+    gen.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        help="an encoder_decoder run's source for each --prompt (encoded like a prompt); "
+        "the prompt then starts the decoder's output (e.g. its BOS id)",
     )
     gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to add (default 32)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -105,3 +105,50 @@ def test_stdlib_lm_runs_take_and_give_text(
     assert out == "def " + decode_tokens(new, byte_level=True) + "\n"
     # the same prompt read as token ids (--ids) is refused: "def" is not an id
     assert main(["generate", str(folder), "--prompt", "def ", "--ids"]) == 2
+
+
+@pytest.fixture
+def seq2seq_run(tmp_path: Path) -> Path:
+    """A run folder of an (untrained, scaled-up) encoder-decoder."""
+    spec = resolve(
+        ExperimentSpec.from_dict(
+            dict(
+                name="gen2",
+                model=dict(kind="encoder_decoder", d_model=32, n_layers=1, init_std=0.3),
+                task="copy",
+            )
+        )
+    )
+    folder = tmp_path / "gen2-run"
+    folder.mkdir()
+    spec.save(folder / SPEC_FILE)
+    model = prepare_model(spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(folder / "checkpoint", 3, model, opt, {"spec_hash": spec.hash})
+    return folder
+
+
+def test_an_encoder_decoder_run_generates_from_its_sources(
+    seq2seq_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One --source per --prompt; the rows (ragged sources) print what the model's
+    generate gives each alone."""
+    argv = ["generate", str(seq2seq_run), "--max-new-tokens", "5"]
+    pairs = [("1", "5 6 7 3"), ("1", "9 3")]
+    args = [a for p, s in pairs for a in ("--prompt", p, "--source", s)]
+    assert main([*argv, *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    _, model = load_run_model(seq2seq_run)
+    for line, (prompt, source) in zip(lines, pairs, strict=True):
+        src = torch.tensor([[int(t) for t in source.split()]])
+        expected = generate(model, torch.tensor([[int(prompt)]]), 5, source=src)[0, 1:]
+        assert [int(t) for t in line.split()] == expected.tolist()
+    assert main([*argv, "--prompt", "1"]) == 2  # no source
+    assert "one --source per --prompt" in capsys.readouterr().err
+
+
+def test_source_is_refused_for_a_decoder_run(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", str(run_dir), "--prompt", "1", "--source", "4 5"]) == 2
+    assert "--source is for encoder_decoder runs" in capsys.readouterr().err

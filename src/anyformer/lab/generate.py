@@ -7,6 +7,10 @@ Prompts (the ``anyformer generate`` contract):
   not decode are shown as U+FFFD);
 - **every other task** takes the prompt as space-separated token ids (``"1 5 7 2"``),
   each in ``[0, vocab_size)``; the output is space-separated ids.
+
+An encoder–decoder run also takes one source per prompt (``--source``, encoded the same
+way with the encoder's vocabulary): :func:`encode_sources` pads them into a batch with
+its ``source_mask``; the prompt is the decoder's start (e.g. ``BOS``).
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ def is_byte_level(spec: ExperimentSpec) -> bool:
     return bool(getattr(spec.task.entry.cls, "byte_level", False))
 
 
-def encode_prompt(text: str, vocab_size: int, byte_level: bool) -> torch.Tensor:
-    """``[1, T]`` token ids of ``text``: its UTF-8 bytes, or its space-separated ids."""
+def encode_prompt(
+    text: str, vocab_size: int, byte_level: bool, flag: str = "--prompt"
+) -> torch.Tensor:
+    """``[1, T]`` token ids of ``text``: its UTF-8 bytes, or its space-separated ids
+    (``flag`` names the option in messages)."""
     if byte_level:
         ids = list(text.encode("utf-8"))
     else:
@@ -57,15 +64,43 @@ def encode_prompt(text: str, vocab_size: int, byte_level: bool) -> torch.Tensor:
             ids = [int(tok) for tok in text.split()]
         except ValueError:
             raise UserError(
-                f"--prompt {text!r} is not space-separated token ids (e.g. '1 5 7'); this "
+                f"{flag} {text!r} is not space-separated token ids (e.g. '1 5 7'); this "
                 f"run's task is not byte-level, so prompts are token ids"
             ) from None
     if not ids:
-        raise UserError("--prompt is empty; give at least one token")
+        raise UserError(f"{flag} is empty; give at least one token")
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise UserError(f"--prompt token {bad[0]} is outside the vocabulary [0, {vocab_size})")
+        raise UserError(f"{flag} token {bad[0]} is outside the vocabulary [0, {vocab_size})")
     return torch.tensor([ids], dtype=torch.long)
+
+
+def encode_sources(
+    texts: list[str], model: Transformer, n_prompts: int, byte_level: bool
+) -> dict[str, torch.Tensor]:
+    """The ``source``/``source_mask`` keyword arguments of ``generate`` for an
+    encoder–decoder (one ``--source`` per prompt, padded at the end), or ``{}`` for any
+    other model, which must be given none."""
+    kind = model.spec.kind
+    if kind != "encoder_decoder":
+        if texts:
+            raise UserError(f"--source is for encoder_decoder runs; this run's model is {kind}")
+        return {}
+    if len(texts) != n_prompts:
+        raise UserError(
+            f"an encoder_decoder run needs one --source per --prompt ({len(texts)} --source "
+            f"for {n_prompts} --prompt)"
+        )
+    encoder = model.spec.encoder_spec()
+    if encoder.input_kind != "tokens":
+        raise UserError(
+            f"--source is read as tokens, but this run's encoder reads {encoder.input_kind} "
+            f"(embedder={encoder.embedder_ref.name}); generate from Python instead"
+        )
+    rows = [encode_prompt(t, encoder.vocab_size or 0, byte_level, "--source")[0] for t in texts]
+    lengths = torch.tensor([len(r) for r in rows])
+    source = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    return {"source": source, "source_mask": torch.arange(source.shape[1]) < lengths[:, None]}
 
 
 def decode_tokens(ids: list[int], byte_level: bool) -> str:
@@ -75,4 +110,4 @@ def decode_tokens(ids: list[int], byte_level: bool) -> str:
     return " ".join(str(i) for i in ids)
 
 
-__all__ = ["decode_tokens", "encode_prompt", "is_byte_level", "load_run_model"]
+__all__ = ["decode_tokens", "encode_prompt", "encode_sources", "is_byte_level", "load_run_model"]
