@@ -424,3 +424,22 @@ def test_encoder_fields_are_refused_in_other_kinds() -> None:
         ExperimentSpec.from_dict(
             {"model": {"kind": "encoder_decoder", "head": "lm"}, "train": {"packing": True}}
         )
+
+
+def test_an_image_encoder_feeds_a_token_decoder() -> None:
+    """``encoder.embedder: patches`` (an image source, e.g. captioning): the memory has one
+    token per patch (plus CLS), no embedding is shared, and gradient reaches the patch
+    embedder through the cross-attention."""
+    model = _model(
+        encoder={"embedder": {"name": "patches", "patch_size": 4}, "input_shape": [3, 8, 8]}
+    )
+    assert not model.shares_embeddings
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    memory = model.encode(images)
+    assert memory.shape[:2] == (2, model.encoder.spec.token_layout.length)
+    x = _ids(2, 5, 0)
+    model(x, source=images).pow(2).mean().backward()
+    for name, p in model.encoder.embed.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    out = generate(model, torch.full((2, 1), BOS), 4, source=images)
+    assert out.shape == (2, 5)
