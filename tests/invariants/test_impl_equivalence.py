@@ -6,8 +6,9 @@ an ``impl`` field is built once per value of that field and once with
 
 - causal and bidirectional, where its capabilities and ``check_dims`` allow;
 - with no position scheme, a rotary one and a learned score bias, where it honours them;
-- over rows that are unpadded, padded on the right and padded on the left, and (for
-  mixers with ``caps.packing``) over packed rows of several documents.
+- over rows that are unpadded, padded on the right and padded on the left, (for
+  mixers with ``caps.packing``) over packed rows of several documents, and (for mixers
+  with ``caps.prefix``) over prefix-LM rows (``prefix_len`` 0, 5 and all, padded).
 
 The loss is a fixed random projection of the outputs at real tokens. Outputs at real
 tokens, the input gradient and the gradient of every parameter (the mixer's and the
@@ -63,7 +64,7 @@ def fast_impls(entry: Entry) -> list[str]:
 class Case:
     causal: bool
     position: str
-    rows: str  # "plain" (no mask), "padded" or "packed"
+    rows: str  # "plain" (no mask), "padded", "packed" or "prefix"
 
     def __str__(self) -> str:
         return f"{'causal' if self.causal else 'bidirectional'}, {self.position}, {self.rows}"
@@ -80,9 +81,11 @@ def cases(entry: Entry, params: BaseModel) -> list[Case]:
         for mode, position in POSITIONS.items():
             if mode in entry.caps.position_modes:
                 out.append(Case(causal, position, "padded"))
+        rotary = "rotary" in entry.caps.position_modes
         if entry.caps.packing:
-            rotary = "rotary" in entry.caps.position_modes
             out.append(Case(causal, "rope" if rotary else "none", "packed"))
+        if entry.caps.prefix and causal:
+            out.append(Case(causal, "rope" if rotary else "none", "prefix"))
     return out
 
 
@@ -102,6 +105,9 @@ def _context(case: Case, position: nn.Module) -> tuple[Context, torch.Tensor]:
         return Context(torch.arange(T), case.causal, position), real
     real[1, -3:] = False  # padded on the right
     real[2, :2] = False  # padded on the left
+    if case.rows == "prefix":  # a prefix LM: rows with no prefix, a prefix of 5, all prefix
+        prefix = torch.tensor([0, 5, T])
+        return Context(torch.arange(T), True, position, real, prefix_len=prefix), real
     return Context(torch.arange(T), case.causal, position, padding_mask=real), real
 
 
