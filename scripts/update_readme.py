@@ -70,6 +70,17 @@ def benchmark_table(folder: Path) -> str:
                 f"{res['ratio_floor_vs_hf']:.2f}x) | >= {gen['target_ratio']}x | "
                 f"{gen['date'][:10]} |"
             )
+    seq2seq = newest(folder, "seq2seq_generate_throughput")
+    if seq2seq:
+        for name, res in seq2seq["results"].items():
+            m = res["model"]
+            rows.append(
+                f"| encoder-decoder cached generation vs HF T5, {name} "
+                f"({m['layers']}+{m['layers']}x{m['d']}) | {res['ratio_anyformer_vs_hf']:.2f}x "
+                f"(greedy outputs identical; load average "
+                f"{seq2seq['machine']['loadavg'][0]:.1f}) | >= {seq2seq['target_ratio']}x | "
+                f"{seq2seq['date'][:10]} |"
+            )
     ragged = newest(folder, "generate_ragged")
     if ragged:
         batch = ragged["runs"]["batch"]
