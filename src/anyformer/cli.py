@@ -1,4 +1,5 @@
-"""The ``anyformer`` command line: run, resume, list and show experiments; check components.
+"""The ``anyformer`` command line: run, resume, fine-tune, list and show experiments; check
+components.
 
 Heavy modules (torch, the registry's components, matplotlib) are imported inside the
 commands, so ``anyformer --help`` stays fast. Every user error (bad spec, bad argument,
@@ -114,6 +115,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     check_override_values(args.overrides)
     return _finish(resume_run(args.run_dir, args.overrides, command=_command(args)))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from anyformer.cli_checks import check_override_values, check_resolved
+    from anyformer.lab import run_experiment
+    from anyformer.lab.init_from import finetune_spec
+
+    check_override_values(args.overrides)
+    spec = finetune_spec(args.run_dir, args.task, args.overrides)
+    allowed = [m for m in args.allow_import if m not in spec.plugins]
+    if allowed:
+        spec = type(spec).from_dict({**spec.to_dict(), "plugins": [*spec.plugins, *allowed]})
+    check_resolved(spec)
+    origin = {"finetune": args.run_dir, "task": args.task, "overrides": list(args.overrides),
+              "command": _command(args)}  # fmt: skip
+    return _finish(run_experiment(spec, out=args.out, provenance=origin))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -411,6 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="the run's folder, e.g. runs/quickstart-1a2b3c4d")
     resume.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000")
     resume.set_defaults(func=cmd_resume)
+    fin = sub.add_parser(
+        "finetune",
+        help="train a new head (and the backbone, unless frozen) on TASK from a trained run",
+    )
+    fin.add_argument(
+        "run_dir", help="the parent run's folder, e.g. runs/pretrain_quickstart-1a2b3c4d"
+    )
+    fin.add_argument("task", help="the task to fine-tune on (anyformer list task)")
+    fin.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="e.g. task.output=largest_class train.steps=300 freeze=[embedder,blocks.0] "
+        "linear_probe=true",
+    )
+    fin.add_argument("--out", default="runs", help="parent folder of run folders (default: runs)")
+    fin.set_defaults(func=cmd_finetune)
     lst = sub.add_parser(
         "list",
         help="list registered components (one table per slot), a component's parameters "
@@ -518,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beside it with --write-docs)",
     )  # fmt: skip
     rep.set_defaults(func=cmd_reproduce)
-    for command in (run, resume, show, ext, gen, cmp):
+    for command in (run, resume, fin, show, ext, gen, cmp):
         command.add_argument(
             "--allow-import",
             action="append",
@@ -541,6 +575,9 @@ def _split_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     ):
         args.overrides = [args.experiment, *args.overrides]
         args.experiment = "quickstart"
+    if args.command == "finetune" and "=" in args.task:
+        parser.error(f"finetune needs a TASK before the overrides (got '{args.task}'), e.g. "
+                     f"anyformer finetune {args.run_dir} digits train.steps=300")  # fmt: skip
     for item in getattr(args, "overrides", []) or []:
         if "=" not in item:
             parser.error(f"argument '{item}' is not KEY=VALUE (e.g. train.steps=500)")

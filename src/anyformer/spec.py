@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,6 +534,13 @@ class ExperimentSpec(_Frozen):
     modules whose code the spec uses (imported before validation, so the variants they
     register can be named); on the command line each must be allowed with
     ``--allow-import`` (see :func:`anyformer.registry.import_policy`), which records it here.
+
+    Pretrain -> fine-tune (:mod:`anyformer.lab.init_from`): ``init_from`` names a trained
+    run folder whose backbone (embedder, position, blocks, final norm; never the head or
+    an objective's modules) initialises this model when the run starts fresh; ``freeze``
+    lists parts kept fixed during training (``embedder``, ``position``, ``blocks``,
+    ``blocks.N``, ``blocks.N-M``, ``norm``: see :func:`freeze_prefixes`) and
+    ``linear_probe`` freezes everything but the head. All three are part of the hash.
     """
 
     name: str = "custom"
@@ -542,6 +550,9 @@ class ExperimentSpec(_Frozen):
     task: TaskRef = Field("copy", validate_default=True)
     objective: ObjectiveRef | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
+    init_from: str | None = Field(None, min_length=1, max_length=4096)
+    freeze: tuple[str, ...] = ()
+    linear_probe: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -574,6 +585,27 @@ class ExperimentSpec(_Frozen):
                 "with '.' or '-' (it names the run folder inside --out)"
             )
         return name
+
+    @field_validator("init_from")
+    @classmethod
+    def _run_path(cls, path: str | None) -> str | None:
+        if path is None:
+            return None
+        if "\x00" in path or not path.strip():
+            raise ValueError(
+                f"init_from={path!r}: give the folder of a trained run, e.g. runs/x-1a2b3c4d"
+            )
+        return os.path.normpath(path)  # runs/x/ and runs/x are one parent (one run hash)
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _one_part(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # freeze=embedder on the command line
+
+    @model_validator(mode="after")
+    def _check_freeze(self) -> ExperimentSpec:
+        freeze_prefixes(self.freeze, self.model.n_layers)  # raises naming the pattern
+        return self
 
     @model_validator(mode="after")
     def _check_packing(self) -> ExperimentSpec:
@@ -621,6 +653,37 @@ class ExperimentSpec(_Frozen):
 
 
 # --------------------------------------------------------------------------- helpers
+#: ``freeze`` patterns and the model modules they name (``blocks.N``/``blocks.N-M``
+#: name single blocks or an inclusive range of them)
+FREEZE_PARTS = {"embedder": "embed", "position": "position", "blocks": "blocks", "norm": "norm"}
+_BLOCK_RANGE = re.compile(r"blocks\.(\d{1,4})(?:-(\d{1,4}))?")
+
+
+def freeze_prefixes(patterns: tuple[str, ...] | list[str], n_layers: int) -> tuple[str, ...]:
+    """The parameter-name prefixes (``embed.``, ``blocks.2.``, ...) that ``freeze``
+    patterns name in a model of ``n_layers`` distinct blocks. Raises :class:`ValueError`
+    naming the field, the pattern and what is valid for an unknown pattern or a block
+    index out of range."""
+    valid = (
+        f"valid: {', '.join(FREEZE_PARTS)}, blocks.N or blocks.N-M with "
+        f"0 <= N <= M <= {n_layers - 1} (n_layers={n_layers})"
+    )
+    prefixes: list[str] = []
+    for pattern in patterns:
+        if pattern in FREEZE_PARTS:
+            prefixes.append(FREEZE_PARTS[pattern] + ".")
+            continue
+        match = _BLOCK_RANGE.fullmatch(pattern) if isinstance(pattern, str) else None
+        if match is None:
+            raise ValueError(f"freeze: unknown part {pattern!r} ({valid})")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if not lo <= hi < n_layers:
+            raise ValueError(f"freeze: {pattern!r} names blocks outside the model ({valid})")
+        prefixes += [f"blocks.{i}." for i in range(lo, hi + 1)]
+    return tuple(dict.fromkeys(prefixes))
+
+
 def task_length_problem(spec: ExperimentSpec) -> str | None:
     """A task length parameter (a name ending in ``len``: ``max_len``, ``ood_max_len``,
     ``seq_len``, ...) longer than ``model.max_len``, or ``None``.

@@ -242,7 +242,34 @@ def what_ran(run: Run, model: nn.Module) -> list[str]:
         f"seed {t.seed}; {run.result.seconds:.1f} s in the last session",
         f"- spec hash: `{spec.hash}` (the full spec is `spec.yaml`)",
     ]
-    return lines
+    return lines + parent_lines(run)
+
+
+def parent_lines(run: Run) -> list[str]:
+    """For a fine-tuned run (``init_from``): a bullet linking the parent run's report
+    (relative to this run's folder) with the checkpoint its backbone came from; for a run
+    with ``freeze`` or ``linear_probe`` one naming what was frozen."""
+    from anyformer.lab.init_from import parent_link
+
+    spec = run.spec
+    frozen = []
+    if spec.linear_probe:
+        frozen.append("- frozen: everything but the head (linear probe)")
+    elif spec.freeze:
+        frozen.append(f"- frozen: {', '.join(spec.freeze)}")
+    if spec.init_from is None:
+        return frozen
+    came = next((s for s in read_sessions(run.dir) if s.get("init_from")), {})
+    step = came.get("parent_step")
+    source = f" (backbone from its checkpoint at step {step}" if step is not None else ""
+    if source and came.get("parent_spec_hash"):
+        source += f", spec hash `{came['parent_spec_hash']}`"
+    source += ")" if source else ""
+    lines = [
+        f"- initialised from the run [{spec.init_from}]({parent_link(run.dir, spec.init_from)})"
+        f"{source}: embedder, position, blocks and final norm; the head is new"
+    ]
+    return lines + frozen
 
 
 def provenance_lines(folder: Path) -> list[str]:
@@ -263,6 +290,8 @@ def provenance_lines(folder: Path) -> list[str]:
             parts.append(f"experiment `{s['experiment']}`")
         if s.get("overrides"):
             parts.append("overrides " + " ".join(f"`{o}`" for o in s["overrides"]))
+        if s.get("init_from"):
+            parts.append(f"backbone from `{s['init_from']}` ({s.get('parent_checkpoint', '?')})")
         parts.append(f"anyformer {s.get('anyformer', '?')}, python {versions.get('python', '?')}, "
                      f"torch {versions.get('torch', '?')}; {where}")  # fmt: skip
         out.append("; ".join(parts))

@@ -373,6 +373,7 @@ def run_experiment(
     check_eval_splits(spec.train, task, spec.task.name)
     model = prepare_model(spec)
     folder = run_dir or run_folder(spec, out)
+    provenance = start_from_parent(spec, model, folder, provenance)
     with run_lock(folder):
         check_checkpoint_spec(folder, spec)
         saved = folder / SPEC_FILE
@@ -392,6 +393,31 @@ def run_experiment(
         if main and not result.interrupted:
             write_report(run, model, objective)
     return run
+
+
+def start_from_parent(
+    spec: ExperimentSpec,
+    model: Transformer,
+    folder: Path,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Apply ``spec.init_from`` and ``spec.freeze``/``linear_probe`` to a freshly built
+    ``model`` (:mod:`anyformer.lab.init_from`); returns ``provenance`` with the parent
+    recorded when the backbone was loaded.
+
+    The parent's backbone is loaded only when ``folder`` holds no checkpoint yet: a
+    resumed fine-tune run restores every weight from its own checkpoint (and needs the
+    parent no more). Freezing applies on every start, before the optimizer is made."""
+    from anyformer.lab.init_from import apply_freeze, check_init_from, init_backbone
+    from anyformer.training.checkpoint import latest_checkpoint
+
+    if spec.init_from is not None and latest_checkpoint(folder / "checkpoint") is None:
+        parent = check_init_from(spec)
+        if parent is not None:
+            init_backbone(model, parent)
+            provenance = {**(provenance or {}), **parent.record()}
+    apply_freeze(model, spec)
+    return provenance
 
 
 def load_run_spec(run_dir: Path | str) -> ExperimentSpec:

@@ -336,18 +336,20 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def spec_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"field: A in the checkpoint, B now"`` for every leaf field that differs. Fields
-    only one side has (added to or removed from the spec by another anyformer version)
-    are not changes."""
+def spec_changes(
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", where: str = "the checkpoint"
+) -> list[str]:
+    """``"field: A in the checkpoint, B now"`` for every leaf field that differs (``where``
+    names the saved side). Fields only one side has (added to or removed from the spec by
+    another anyformer version) are not changes."""
     changes = []
     for key in sorted(set(saved) & set(current), key=str):
         name = f"{prefix}.{key}" if prefix else str(key)
         a, b = saved[key], current[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += spec_changes(a, b, name)
+            changes += spec_changes(a, b, name, where)
         elif a != b:
-            changes.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+            changes.append(f"{name}: {a!r} in {where}, {b!r} now")
     return changes
 
 
@@ -569,3 +571,70 @@ def _load_dcp(
         rng = inside(path, "rng-0.pt", what=f"checkpoint {path}")
     if rng.is_file():
         set_rng_states(load_tensors_file(rng, f"checkpoint {path}"))
+
+
+def read_weights(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors named by ``like``'s keys from the checkpoint folder ``path`` (either
+    format), each of ``like``'s shape, on the CPU; the model itself is left alone.
+
+    The checkpoint is read as :func:`load_checkpoint` reads it, trusting nothing: its
+    ``state.json`` checked, every file verified against its digest, the weights read from
+    safetensors (no pickle) or through the DCP safe reader; ``state.pt`` (optimizer, RNG)
+    is never opened. A name the checkpoint lacks, a tensor of another shape and a
+    non-finite value raise :class:`RunFolderError` naming the checkpoint and the tensors.
+    Used to initialise a model from another run's weights (``init_from``)."""
+    info = checkpoint_info(path)
+    verify_checkpoint(path, info)
+    if info["format"] == "dcp":
+        got = _read_dcp_weights(path, like)
+    else:
+        full = _full_state_from_safetensors(path)
+        missing = sorted(set(like) - set(full))
+        if missing:
+            raise RunFolderError(
+                f"checkpoint {path} lacks {len(missing)} of the tensors to load, first: "
+                f"{', '.join(missing[:5])}"
+            )
+        got = {name: full[name] for name in like}
+    wrong = [
+        f"{name} {list(got[name].shape)} (needs {list(t.shape)})"
+        for name, t in like.items()
+        if got[name].shape != t.shape
+    ]
+    if wrong:
+        raise RunFolderError(
+            f"checkpoint {path} holds {len(wrong)} tensors of other shapes than this model's, "
+            f"first: {'; '.join(wrong[:3])}"
+        )
+    for name, tensor in got.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunFolderError(
+                f"checkpoint {path} holds non-finite weights: '{name}' has NaN or inf; "
+                f"refusing to use it"
+            )
+    return got
+
+
+def _read_dcp_weights(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model tensors named by ``like`` from a DCP checkpoint (no process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    read_dcp_metadata(path / "dcp")  # refuses unsafe or malformed metadata, naming it
+    state = {"model": {name: torch.empty_like(t, device="cpu") for name, t in like.items()}}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(
+                state,
+                storage_reader=safe_reader(path / "dcp"),
+                planner=safe_planner(),
+                no_dist=not torch.distributed.is_initialized(),
+            )
+    except RunFolderError:
+        raise
+    except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
+        raise RunFolderError(
+            f"checkpoint {path} cannot be read into this model ({_first(exc)[:300]})"
+        ) from None
+    return state["model"]
