@@ -116,6 +116,7 @@ COMMANDS = {
     "resume": lambda d: ["resume", str(d)],
     "generate": lambda d: ["generate", str(d), "--prompt", "1 2", "--max-new-tokens", "2"],
     "extract": lambda d: ["extract", str(d), "--widths", "0.5"],
+    "finetune": lambda d: ["finetune", str(d), "copy", "train.steps=1"],
 }
 
 
@@ -135,6 +136,18 @@ def test_a_dcp_checkpoint_of_a_run_folder_loads_through_the_safe_reader(
     assert opt.param_groups[0]["betas"] == spec.train.betas
     code, _ = cli(capsys, *COMMANDS["generate"](tmp_path / "run"))
     assert code == 0
+
+
+def test_a_dcp_checkpoint_gives_its_weights_to_a_fine_tune(tmp_path: Path) -> None:
+    from anyformer.lab.init_from import backbone_state
+
+    spec, path = make_run(tmp_path / "run")
+    model = prepare_model(spec)
+    load_checkpoint(path, model)
+    want = backbone_state(model)
+    to_dcp(path, spec)
+    got = ckpt.read_weights(path, {k: torch.zeros_like(v) for k, v in want.items()})
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -184,7 +197,7 @@ def test_malicious_state_pt_runs_nothing(
     "pointer",
     ["../../other/checkpoint/step-3", "ABS", "step-3/../../../other/checkpoint/step-3", "link"],
 )
-@pytest.mark.parametrize("command", ["resume", "generate"])
+@pytest.mark.parametrize("command", ["resume", "generate", "finetune"])
 def test_latest_pointer_is_confined_to_the_checkpoint_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pointer: str, command: str
 ) -> None:

@@ -225,7 +225,8 @@ def finetune_spec(
     """The spec ``anyformer finetune RUN_DIR TASK [KEY=VALUE ...]`` runs: the parent's model
     without its head (``head`` and ``n_outputs`` are left to the new task, which decides
     them when the run is resolved), the parent's training settings (its ``eval_splits``
-    left to the new task), ``task`` with its defaults and the task's default objective,
+    left to the new task), ``task`` with its defaults (the parent's parameters when it is
+    the parent's task) and the task's default objective,
     ``init_from=RUN_DIR``, then ``overrides`` (``task.*``, ``train.*``, ``freeze``,
     ``linear_probe``, ...). Named ``<task>-from-<parent name>``.
 
@@ -248,7 +249,8 @@ def finetune_spec(
         ),
         "plugins": list(parent.spec.plugins),
         "model": model,
-        "task": task,
+        # the parent's own task keeps its parameters (a linear probe of the same task)
+        "task": base["task"] if task == parent.spec.task.name else task,
         "train": train,
         "init_from": str(run_dir),
     }
