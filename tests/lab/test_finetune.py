@@ -277,3 +277,21 @@ def test_a_resolved_spec_naming_a_bad_parent_is_refused(tmp_path: Path) -> None:
     spec = resolve(parent_spec().with_overrides([f"init_from={tmp_path / 'none'}"]))
     with pytest.raises(RunFolderError, match="init_from="):
         run_experiment(spec, out=tmp_path / "runs")
+
+
+@pytest.mark.slow  # two shapes tasks fit their baselines on 2,000 scenes each
+def test_pretrain_quickstart_then_finetune_from_the_readme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = ["train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+             "train.eval_size=16", "train.threads=1"]  # fmt: skip
+    assert main(["run", "pretrain_quickstart", *small, "--out", str(tmp_path)]) == 0
+    (parent,) = tmp_path.iterdir()
+    assert parent.name.startswith("pretrain_quickstart-")
+    argv = ["finetune", str(parent), "shapes", "task.output=largest_class", *small]
+    assert main([*argv, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    (folder,) = (p for p in tmp_path.iterdir() if p != parent)
+    spec = ExperimentSpec.from_yaml(folder / "spec.yaml")
+    assert spec.task.name == "shapes" and spec.task.params["output"] == "largest_class"
+    assert spec.model.head_ref.name == "classify" and spec.model.n_outputs == 6
+    assert f"](../{parent.name}/report.md)" in (folder / "report.md").read_text()
