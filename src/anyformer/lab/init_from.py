@@ -68,6 +68,7 @@ class Parent:
         """What provenance.json keeps about the parent."""
         return {
             "init_from": str(self.folder),
+            "parent_path": os.path.abspath(self.folder),
             "parent_spec_hash": self.spec.hash,
             "parent_checkpoint": self.checkpoint.name,
             "parent_step": self.step,

@@ -265,8 +265,12 @@ def parent_lines(run: Run) -> list[str]:
     if source and came.get("parent_spec_hash"):
         source += f", spec hash `{came['parent_spec_hash']}`"
     source += ")" if source else ""
+    # the path recorded when the backbone was read: a resume from another working folder
+    # still links the right report
+    where = came.get("parent_path")
+    where = where if isinstance(where, str) and where else spec.init_from
     lines = [
-        f"- initialised from the run [{spec.init_from}]({parent_link(run.dir, spec.init_from)})"
+        f"- initialised from the run [{spec.init_from}]({parent_link(run.dir, where)})"
         f"{source}: embedder, position, blocks and final norm; the head is new"
     ]
     return lines + frozen
