@@ -288,10 +288,10 @@ def test_pretrain_quickstart_then_finetune_from_the_readme(
     assert main(["run", "pretrain_quickstart", *small, "--out", str(tmp_path)]) == 0
     (parent,) = tmp_path.iterdir()
     assert parent.name.startswith("pretrain_quickstart-")
-    argv = ["finetune", str(parent), "shapes", "task.output=largest_class", *small]
+    argv = ["finetune", str(parent), "shapes", "task.output=count", *small]
     assert main([*argv, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     (folder,) = (p for p in tmp_path.iterdir() if p != parent)
     spec = ExperimentSpec.from_yaml(folder / "spec.yaml")
-    assert spec.task.name == "shapes" and spec.task.params["output"] == "largest_class"
+    assert spec.task.name == "shapes" and spec.task.params["output"] == "count"
     assert spec.model.head_ref.name == "classify" and spec.model.n_outputs == 6
     assert f"](../{parent.name}/report.md)" in (folder / "report.md").read_text()
