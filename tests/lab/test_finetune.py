@@ -191,6 +191,17 @@ def test_linear_probe_trains_only_the_head(parent: Path, tmp_path: Path) -> None
     assert "frozen: everything but the head (linear probe)" in report
 
 
+def test_freezing_parts_without_parameters_warns(
+    parent: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = child(parent, "freeze=[position,blocks.1]")  # rope has no parameters
+    model = prepare_model(spec)
+    with caplog.at_level("WARNING"):
+        names = apply_freeze(model, spec)
+    assert names and all(n.startswith("blocks.1.") for n in names)
+    assert "'position' names no parameters" in caplog.text
+
+
 def test_linear_probe_with_a_tied_head_is_refused(parent: Path) -> None:
     spec = child(parent, "linear_probe=true", "model.tie_embeddings=true")
     with pytest.raises(SpecError, match="tie_embeddings=false"):

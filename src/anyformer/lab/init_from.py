@@ -202,6 +202,10 @@ def apply_freeze(model: nn.Module, spec: ExperimentSpec) -> list[str]:
         )
     names = frozen_names(model, spec)
     params = dict(model.named_parameters())
+    for pattern in () if spec.linear_probe else spec.freeze:
+        prefixes = freeze_prefixes([pattern], spec.model.n_layers)
+        if not any(name.startswith(prefixes) for name in params):
+            log.warning("freeze: %r names no parameters of this model (nothing to freeze)", pattern)
     for name in names:
         params[name].requires_grad_(False)
     if tied and not head.weight.requires_grad:
