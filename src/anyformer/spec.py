@@ -705,6 +705,7 @@ def objective_problem(spec: ExperimentSpec, resolved: bool = False) -> str | Non
     """Why ``spec.objective`` cannot read the model's outputs, or ``None``.
 
     An objective class declares what it trains and reads: ``kinds`` (the model kinds),
+    ``embedders`` (the embedders whose tokens it needs),
     ``heads`` (the head kinds whose outputs it understands) and ``n_outputs`` (outputs per
     target it needs); ``None`` = anything.
     Validation checks an explicit ``model.head``; a head left to the task is known once
@@ -719,6 +720,15 @@ def objective_problem(spec: ExperimentSpec, resolved: bool = False) -> str | Non
         return (
             f"objective='{name}' trains model.kind {' or '.join(kinds)}, but this model has "
             f"kind='{spec.model.kind}'; set model.kind to one of them or use another objective"
+        )
+    embedders = getattr(cls, "embedders", None)
+    embedder = spec.model.embedder_ref.name
+    known = spec.model.embedder is not None or resolved  # else the task may still set it
+    if embedders is not None and known and embedder not in embedders:
+        return (
+            f"objective='{name}' trains on the tokens of embedder {' or '.join(embedders)}, "
+            f"but this model has embedder='{embedder}'; set model.embedder to one of them "
+            f"or use another objective"
         )
     if spec.model.head is None and not resolved:
         return None

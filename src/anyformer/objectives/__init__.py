@@ -1,3 +1,8 @@
 """Losses (layer 3). Importing this package registers the built-in objectives."""
 
-from anyformer.objectives import extra, losses, quantile  # noqa: F401
+from anyformer.objectives import (  # noqa: F401
+    extra,
+    losses,
+    masked_patches,
+    quantile,
+)

@@ -44,6 +44,11 @@ class Objective:
     n_outputs: ClassVar[int | dict[str, int] | None] = None
     #: The model kinds (``ModelSpec.kind``) it can train; ``None``: any.
     kinds: ClassVar[tuple[str, ...] | None] = None
+    #: The embedders (registry names) whose tokens it can train on; ``None``: any.
+    embedders: ClassVar[tuple[str, ...] | None] = None
+    #: Model fields it decides instead of the task (``lab.run.resolve`` applies them where
+    #: the user left the field unset): e.g. ``rtd``'s discriminator head.
+    model_io: ClassVar[dict[str, Any] | None] = None
     #: Whether :meth:`corrupt` rewrites batches (then evaluation scores corrupted batches).
     corrupts: ClassVar[bool] = False
 
