@@ -5,4 +5,5 @@ from anyformer.objectives import (  # noqa: F401
     losses,
     masked_patches,
     quantile,
+    vicreg,
 )
