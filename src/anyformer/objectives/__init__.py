@@ -5,5 +5,6 @@ from anyformer.objectives import (  # noqa: F401
     losses,
     masked_patches,
     quantile,
+    self_distillation,
     vicreg,
 )
