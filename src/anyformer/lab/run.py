@@ -256,7 +256,16 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     task = build_task(spec)
     model = spec.model.model_dump(mode="json")
     defaults = ModelSpec.model_fields
+    # fields the objective decides instead of the task (rtd's discriminator head): the
+    # user's value if set, else the objective's
+    name = spec.objective.name if spec.objective is not None else task.default_objective
+    decided = getattr(registry.get("objective", name).cls, "model_io", None) or {}
+    for key, value in decided.items():
+        if model[key] is None or model[key] == defaults[key].default:
+            model[key] = value
     for key, value in task.model_io().items():
+        if key in decided:
+            continue
         current = model[key]
         if key == "input_shape" and value is not None:
             value = list(value)

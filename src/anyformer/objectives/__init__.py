@@ -5,6 +5,7 @@ from anyformer.objectives import (  # noqa: F401
     losses,
     masked_patches,
     quantile,
+    rtd,
     self_distillation,
     vicreg,
 )
