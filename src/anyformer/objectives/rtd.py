@@ -105,7 +105,9 @@ class RTD(DrivenObjective):
         uniform = torch.rand(ids.shape, generator=generator)
         extras = {k: v for k, v in batch.extras.items() if k != "score_mask"}
         extras.update({MASK: mask, UNIFORM: uniform})
-        return Batch(ids, torch.zeros_like(ids), real.clone(), batch.padding_mask, batch.group, extras)
+        return Batch(
+            ids, torch.zeros_like(ids), real.clone(), batch.padding_mask, batch.group, extras
+        )
 
     def build_module(self, model: nn.Module) -> nn.Module:
         spec: ModelSpec = model.spec

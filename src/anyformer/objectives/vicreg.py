@@ -187,7 +187,7 @@ class VICReg(DrivenObjective):
         out = []
         for view, mask_key in VIEWS:
             inputs, mask = batch.extras[view], batch.extras.get(mask_key)
-            _, h = final_hidden(model, lambda: model(inputs, padding_mask=mask))
+            _, h = final_hidden(model, lambda x=inputs, m=mask: model(x, padding_mask=m))
             out.append(model.objective_module(pool(h, mask).float()))
         return out[0], out[1]
 

@@ -1,17 +1,27 @@
 """Contract checks of the ``objective`` slot: on a task it matches, the loss of a toy
 model is a finite scalar whose gradients are finite and reach the model. An objective
 no such task fits (``pinball``, which reads a quantile head) is checked on the outputs
-of the first head it names (``Objective.heads``), fitted to it by ``Objective.for_head``."""
+of the first head it names (``Objective.heads``), fitted to it by ``Objective.for_head``.
+
+The toy model is built as the objective declares: of its first model kind
+(``Objective.kinds``) and embedder (``Objective.embedders``, on a task whose inputs that
+embedder reads). An objective that corrupts batches is given a corrupted one; one that
+drives the model itself (its own ``training_loss``, modules of its own) is attached to
+the model and its training loss checked, then its evaluation loss on a fixed evaluation
+batch."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from anyformer import registry
 from anyformer.lab.contracts import CheckFailure, contract_check
 from anyformer.lab.contracts.task import toy_setup
+from anyformer.objectives.losses import CORRUPT_TRAIN, Objective, attach_objective
 from anyformer.registry import Entry
-from anyformer.tasks.base import Batch
+from anyformer.tasks.base import Batch, torch_generator
 from anyformer.tasks.packing import model_inputs
 
 SLOT = "objective"
@@ -21,23 +31,78 @@ FALLBACK_TASKS = ("copy", "icl_linear_regression")
 
 
 def matching_tasks(entry: Entry) -> list[str]:
-    """Tasks whose default objective is this one, else :data:`FALLBACK_TASKS`."""
+    """Tasks whose default objective is this one; else, for an objective that needs an
+    embedder (``Objective.embedders``), the first two tasks whose inputs that embedder
+    reads; else :data:`FALLBACK_TASKS`."""
     named = [e.name for e in registry.entries("task") if e.cls.default_objective == entry.name]
-    return named[:1] or list(FALLBACK_TASKS)
+    if named:
+        return named[:1]
+    embedders = getattr(entry.cls, "embedders", None)
+    if embedders:
+        reads = {registry.get("embedder", name).caps.input_kind for name in embedders}
+        fits = [
+            e.name
+            for e in registry.entries("task")
+            if (getattr(e.cls, "input_kind", None) or "tokens") in reads
+        ]
+        fits = [name for name in FALLBACK_TASKS if name in fits] or fits
+        return fits[:2]
+    return list(FALLBACK_TASKS)
+
+
+def toy_model_fields(entry: Entry) -> dict[str, Any]:
+    """Model fields the objective's declarations ask for: its first kind when it cannot
+    train a decoder, its first embedder."""
+    fields: dict[str, Any] = {}
+    kinds = getattr(entry.cls, "kinds", None)
+    if kinds and "decoder" not in kinds:
+        fields["kind"] = kinds[0]
+    embedders = getattr(entry.cls, "embedders", None)
+    if embedders:
+        fields["embedder"] = embedders[0]
+    return fields
+
+
+def _drives(objective: Any) -> bool:
+    """Whether the objective computes its training loss itself or owns modules."""
+    cls = type(objective)
+    return cls.training_loss is not Objective.training_loss or cls.module is not Objective.module
 
 
 def loss_on(task_name: str, objective: str) -> None:
     """One training batch of ``task_name`` through a toy model: the objective gives a
-    finite scalar, and its gradients are finite and not all zero."""
-    _, task, model, loss_fn = toy_setup(task_name, objective)
+    finite scalar, and its gradients are finite and not all zero. An objective that
+    corrupts batches sees a corrupted one; one that drives the model is attached to it,
+    its ``training_loss`` checked, and then its evaluation loss on a fixed evaluation
+    batch (finite)."""
+    entry = registry.get(SLOT, objective)
+    _, task, model, loss_fn = toy_setup(task_name, objective, toy_model_fields(entry))
     batch = task.train_batch(0, 4)
-    out = model(batch.inputs, **model_inputs(batch))
-    loss = loss_fn(out, batch)
+    if getattr(loss_fn, "corrupts", False):
+        batch = loss_fn.corrupt(batch, torch_generator(0, CORRUPT_TRAIN, 0))
+    if _drives(loss_fn):
+        attach_objective(model, loss_fn)
+
+        def forward(b: Batch) -> list[tuple[float, torch.Tensor]]:
+            return model.training_outputs(b.inputs, step=0, **model_inputs(b))
+
+        loss = loss_fn.training_loss(model, batch, 0, forward)
+    else:
+        out = model(batch.inputs, **model_inputs(batch))
+        loss = loss_fn(out, batch)
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise CheckFailure(f"on task {task_name} the loss is not a scalar tensor")
     if not torch.isfinite(loss):
         raise CheckFailure(f"on task {task_name} the loss is {float(loss.detach())}")
     loss.backward()
+    if _drives(loss_fn):
+        model.eval()
+        with torch.no_grad():
+            fixed = loss_fn.evaluation_batches([task.train_batch(1, 4)], "id")[0]
+            value = loss_fn(model(fixed.inputs, **model_inputs(fixed)), fixed)
+        if not torch.isfinite(value):
+            raise CheckFailure(f"on task {task_name} the evaluation loss is {float(value)}")
+        model.train()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads or not all(torch.isfinite(g).all() for g in grads):
         raise CheckFailure(f"on task {task_name} the gradients are missing or not finite")

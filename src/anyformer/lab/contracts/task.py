@@ -22,16 +22,19 @@ SLOT = "task"
 EVAL = 8
 
 
-def toy_setup(task_name: str, objective: str | None = None) -> tuple[Any, Task, Any, Any]:
+def toy_setup(
+    task_name: str, objective: str | None = None, model: dict[str, Any] | None = None
+) -> tuple[Any, Task, Any, Any]:
     """``(spec, task, model, objective)`` of a resolved toy experiment on ``task_name``
-    (1 block, d_model 16), the objective the task's default unless named."""
+    (1 block, d_model 16, and the fields in ``model``), the objective the task's default
+    unless named."""
     from anyformer.lab.run import build_objective, build_task, prepare_model, resolve
     from anyformer.spec import ExperimentSpec
 
     data: dict[str, Any] = {
         "name": "contract-check",
         "task": task_name,
-        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
+        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, **(model or {})},
         "train": {"progress": False, "device": "cpu"},
     }
     if objective is not None:
