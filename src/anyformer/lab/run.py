@@ -259,9 +259,13 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     # fields the objective decides instead of the task (rtd's discriminator head): the
     # user's value if set, else the objective's
     name = spec.objective.name if spec.objective is not None else task.default_objective
-    decided = getattr(registry.get("objective", name).cls, "model_io", None) or {}
+    cls = registry.get("objective", name).cls
+    decided = getattr(cls, "model_io", None) or {}
     for key, value in decided.items():
         if model[key] is None or model[key] == defaults[key].default:
+            need = getattr(cls, "n_outputs", None)
+            if key == "n_outputs" and spec.model.head is not None:  # the user's head
+                value = need.get(spec.model.head.name, value) if isinstance(need, dict) else value
             model[key] = value
     for key, value in task.model_io().items():
         if key in decided:
