@@ -1,0 +1,99 @@
+"""self_distillation: the teacher is the starting weights and never trains, alpha = 0 is the
+base objective exactly, the distance is zero at the start, EMA follows the student, and a
+resumed run is bit-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from anyformer.lab.run import build_objective, build_task, prepare_model, resolve
+from anyformer.objectives.self_distillation import SelfDistillation, Teacher
+from anyformer.spec import ExperimentSpec
+from anyformer.training.trainer import Trainer
+
+SPEC = {
+    "name": "sd",
+    "task": {"name": "copy", "min_len": 2, "max_len": 4, "ood_min_len": 5, "ood_max_len": 6},
+    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16},
+    "train": {"steps": 6, "batch_size": 8, "lr": 3e-3, "eval_every": 6, "eval_size": 8,
+              "checkpoint_every": 3, "warmup_steps": 0, "threads": 1, "progress": False,
+              "log_every": 1},
+}  # fmt: skip
+
+
+def make(objective: Any, run_dir: Path | None = None) -> Trainer:
+    spec = resolve(ExperimentSpec.from_dict({**SPEC, "objective": objective}))
+    task = build_task(spec)
+    return Trainer(prepare_model(spec), task, build_objective(spec, task), spec.train, run_dir)
+
+
+def backbone(t: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in t.model.state_dict().items() if "objective_module" not in k}
+
+
+def test_alpha_zero_is_the_base_objective_exactly() -> None:
+    base, sd = make("causal_lm"), make({"name": "self_distillation", "alpha": 0.0})
+    a, b = base.fit(), sd.fit()
+    assert [x for _, x in a.losses] == [x for _, x in b.losses]
+    assert a.final["id"]["loss"] == b.final["id"]["loss"]
+    for key, value in backbone(base).items():
+        assert torch.equal(value, backbone(sd)[key]), key
+
+
+def test_the_teacher_is_the_starting_weights_and_never_trains() -> None:
+    t = make({"name": "self_distillation", "alpha": 1.0})
+    start = backbone(t)
+    teacher = t.model.objective_module
+    assert isinstance(teacher, Teacher)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    base = make("causal_lm")
+    # the distance is zero at the first step: the same loss as the base objective
+    assert t.train_step(0) == base.train_step(0)
+    t.fit()
+    after = {k[len("objective_module.model.") :]: v for k, v in t.model.state_dict().items()
+             if k.startswith("objective_module.model.")}  # fmt: skip
+    assert after.keys() == start.keys()
+    assert all(torch.equal(after[k], start[k]) for k in start)  # bit-identical
+    assert any(not torch.equal(backbone(t)[k], start[k]) for k in start)  # the student moved
+    t.model.train()
+    assert not teacher.training and not teacher.model.training  # always in evaluation mode
+
+
+def test_ema_teacher_follows_the_student() -> None:
+    t = make({"name": "self_distillation", "teacher": "ema", "ema_decay": 0.5})
+    t.train_step(0)  # teacher = 0.5 start + 0.5 start (no change yet), then the step
+    student = backbone(t)
+    before = {k: v.clone() for k, v in t.model.objective_module.model.state_dict().items()}
+    t.train_step(1)
+    after = t.model.objective_module.model.state_dict()
+    w = "blocks.0.mixer.qkv.weight"
+    key = next(k for k in student if k.endswith(w))
+    torch.testing.assert_close(after[w], 0.5 * before[w] + 0.5 * student[key])
+
+
+@pytest.mark.parametrize("target", ["hidden", "logits"])
+def test_a_resumed_run_is_bit_identical(tmp_path: Path, target: str) -> None:
+    objective = {"name": "self_distillation", "teacher": "ema", "ema_decay": 0.9,
+                 "target": target}  # fmt: skip
+    whole = make(objective, tmp_path / "whole")
+    whole.fit()
+    paused = make(objective, tmp_path / "paused")
+    paused.fit(until=3)
+    resumed = make(objective, tmp_path / "paused")
+    resumed.fit()
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and any(k.startswith("objective_module.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_base_for_another_head_is_refused() -> None:
+    from anyformer.errors import SpecError
+
+    with pytest.raises(SpecError, match="base 'mse' reads the outputs of head"):
+        make({"name": "self_distillation", "base": "mse"})
+    assert isinstance(make({"name": "self_distillation"}).objective, SelfDistillation)
