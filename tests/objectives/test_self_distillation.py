@@ -47,15 +47,15 @@ def test_alpha_zero_is_the_base_objective_exactly() -> None:
 def test_the_teacher_is_the_starting_weights_and_never_trains() -> None:
     t = make({"name": "self_distillation", "alpha": 1.0})
     start = backbone(t)
-    teacher = t.model.objective_module
+    teacher = t.model.objective_module.teacher
     assert isinstance(teacher, Teacher)
     assert not any(p.requires_grad for p in teacher.parameters())
     base = make("causal_lm")
     # the distance is zero at the first step: the same loss as the base objective
     assert t.train_step(0) == base.train_step(0)
     t.fit()
-    after = {k[len("objective_module.model.") :]: v for k, v in t.model.state_dict().items()
-             if k.startswith("objective_module.model.")}  # fmt: skip
+    prefix = "objective_module.teacher.model."
+    after = {k[len(prefix) :]: v for k, v in t.model.state_dict().items() if k.startswith(prefix)}
     assert after.keys() == start.keys()
     assert all(torch.equal(after[k], start[k]) for k in start)  # bit-identical
     assert any(not torch.equal(backbone(t)[k], start[k]) for k in start)  # the student moved
@@ -67,9 +67,9 @@ def test_ema_teacher_follows_the_student() -> None:
     t = make({"name": "self_distillation", "teacher": "ema", "ema_decay": 0.5})
     t.train_step(0)  # teacher = 0.5 start + 0.5 start (no change yet), then the step
     student = backbone(t)
-    before = {k: v.clone() for k, v in t.model.objective_module.model.state_dict().items()}
+    before = {k: v.clone() for k, v in t.model.objective_module.teacher.model.state_dict().items()}
     t.train_step(1)
-    after = t.model.objective_module.model.state_dict()
+    after = t.model.objective_module.teacher.model.state_dict()
     w = "blocks.0.mixer.qkv.weight"
     key = next(k for k in student if k.endswith(w))
     torch.testing.assert_close(after[w], 0.5 * before[w] + 0.5 * student[key])
@@ -97,3 +97,38 @@ def test_a_base_for_another_head_is_refused() -> None:
     with pytest.raises(SpecError, match="base 'mse' reads the outputs of head"):
         make({"name": "self_distillation", "base": "mse"})
     assert isinstance(make({"name": "self_distillation"}).objective, SelfDistillation)
+
+
+def digits(objective: Any, steps: int = 3, batch: int = 8) -> Trainer:
+    spec = resolve(
+        ExperimentSpec.from_dict(
+            {
+                "name": "sd-mae", "task": "digits", "objective": objective,
+                "model": {"kind": "encoder", "d_model": 32, "n_layers": 2, "n_heads": 4,
+                          "embedder": {"name": "patches", "patch_size": 2},
+                          "position": "sincos_2d"},
+                "train": {"steps": steps, "batch_size": batch, "lr": 3e-3, "eval_every": steps,
+                          "eval_size": 64, "warmup_steps": 0, "threads": 1,
+                          "progress": False, "log_every": 50},
+            }
+        )
+    )  # fmt: skip
+    task = build_task(spec)
+    return Trainer(prepare_model(spec), task, build_objective(spec, task), spec.train)
+
+
+def test_masked_patches_as_base_the_papers_setting() -> None:
+    mae = digits("masked_patches")
+    zero = digits({"name": "self_distillation", "base": "masked_patches", "alpha": 0.0})
+    assert [mae.train_step(s) for s in range(3)] == [zero.train_step(s) for s in range(3)]
+    sd = digits({"name": "self_distillation", "base": "masked_patches", "alpha": 1.0})
+    parts = sd.model.objective_module
+    assert isinstance(parts.teacher, Teacher) and parts.base_module is not None
+    losses = [sd.train_step(s) for s in range(3)]
+    assert losses[0] == digits("masked_patches").train_step(0)  # distance 0 at the start
+    sd.model.eval()
+    with torch.no_grad():
+        batch = sd.objective.evaluation_batches([sd.task.train_batch(0, 8)], "id")[0]
+        out = sd.model(batch.inputs)
+        total = float(sd.objective(out, batch))
+        assert total > float(sd.objective.base(out, batch))  # the student has moved away

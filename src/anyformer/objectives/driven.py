@@ -29,7 +29,7 @@ from torch import nn
 from anyformer.components.base import Context
 from anyformer.errors import SpecError
 from anyformer.model.depth.base import DepthSchedule
-from anyformer.objectives.losses import Forward, Objective
+from anyformer.objectives.losses import OBJECTIVE_MODULE, Forward, Objective
 from anyformer.tasks.base import Batch
 from anyformer.tasks.packing import model_inputs
 
@@ -75,6 +75,19 @@ class DrivenObjective(Objective):
                 f"attach it first (objectives.losses.attach_objective(model, objective))"
             )
         return self.objective_loss(self.model, batch.to(outputs.device), None)
+
+
+def own_module(model: nn.Module) -> nn.Module:
+    """The objective's own module on ``model``: ``model.objective_module``, or its
+    ``base_module`` when an objective wrapping this one (``self_distillation``) holds it."""
+    module = getattr(model, OBJECTIVE_MODULE, None)
+    if module is None:
+        raise RuntimeError(
+            "the objective's own modules are not attached to the model "
+            "(objectives.losses.attach_objective(model, objective))"
+        )
+    inner = getattr(module, "base_module", None)
+    return module if inner is None else inner
 
 
 def final_hidden(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, torch.Tensor]:
@@ -144,6 +157,7 @@ __all__ = [
     "DrivenObjective",
     "final_hidden",
     "hidden_states",
+    "own_module",
     "plain_schedule_problem",
     "pool",
     "require",

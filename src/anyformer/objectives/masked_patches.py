@@ -16,6 +16,7 @@ from anyformer.errors import SpecError
 from anyformer.model.transformer import build_block, mixers
 from anyformer.objectives.driven import (
     DrivenObjective,
+    own_module,
     plain_schedule_problem,
     require,
     run_blocks,
@@ -273,7 +274,7 @@ class MaskedPatches(DrivenObjective):
     ) -> torch.Tensor:
         """Predicted pixels of every patch ``[B, N, C p p]`` (only masked ones are scored)."""
         n_prefix, n_grid, length = self.layout(model)
-        parts = model.objective_module
+        parts = own_module(model)
         if self.params.style == "mae":
             h, ids = self.encode(model, images, mask)
             return parts(h, ids, length)[:, n_prefix : n_prefix + n_grid]

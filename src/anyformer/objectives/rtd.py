@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from anyformer.model.transformer import build_model
-from anyformer.objectives.driven import DrivenObjective
+from anyformer.objectives.driven import DrivenObjective, own_module
 from anyformer.objectives.losses import Forward
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.spec import ModelSpec
@@ -136,7 +136,7 @@ class RTD(DrivenObjective):
         ids = batch.inputs
         mask, uniform = batch.extras[MASK], batch.extras[UNIFORM]
         real = batch.loss_mask
-        generator = model.objective_module
+        generator = own_module(model)
         vocab = int(model.spec.vocab_size)
         masked = torch.where(mask, torch.full_like(ids, vocab), ids)
         logits = generator(masked, batch.padding_mask)[..., :vocab]  # never predict [MASK]

@@ -46,7 +46,7 @@ class SelfDistillationParams(BaseModel):
 class Teacher(nn.Module):
     """A copy of the model that is never trained: its parameters do not require gradients
     (the optimizer skips them), it always runs in evaluation mode, and it lives in the
-    model's state dict under ``objective_module.model``, so checkpoints hold it and a
+    model's state dict under ``objective_module.teacher.model``, so checkpoints hold it and a
     resumed run continues from the same teacher."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -72,6 +72,17 @@ class Teacher(nn.Module):
                 b.copy_(theirs[name])
 
 
+class Distilled(nn.Module):
+    """The objective's module: the :class:`Teacher` and the base objective's own module
+    (``base_module``, ``None`` when it has none), which the base finds through
+    :func:`~anyformer.objectives.driven.own_module`."""
+
+    def __init__(self, teacher: Teacher, base_module: nn.Module | None) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.base_module = base_module
+
+
 @register(
     "objective",
     "self_distillation",
@@ -86,7 +97,7 @@ class SelfDistillation(Objective):
     Further Pre-training of Transformers", 2022: the student trains with the masked
     auto-encoding objective while its hidden representations are kept close to a teacher's).
 
-    The teacher (:class:`Teacher`, the objective's module) is a copy of the model made
+    The teacher (:class:`Teacher`, in the objective's module) is a copy of the model made
     when the run is built, that is, the weights the run starts from (those ``init_from``
     loads); with ``teacher: ema`` it then follows the student by an exponential moving
     average, updated before every training step. In the paper the teacher is the model
@@ -98,8 +109,10 @@ class SelfDistillation(Objective):
     (``target: hidden``), or the KL divergence ``KL(teacher || student)`` of the output
     distributions at ``temperature`` (times ``temperature^2``) over the positions the base
     counts (``target: logits``). With ``alpha = 0`` the teacher is not run and the loss is
-    exactly the base objective's. Evaluation scores ``base.loss + alpha d`` on the base's
-    evaluation batches."""
+    exactly the base objective's. The base may be any objective, one that drives the model
+    too (``masked_patches``: the paper's setting; its decoder is kept beside the teacher);
+    the distance is then taken on the plain inputs, one more forward of the student.
+    Evaluation scores ``base.loss + alpha d`` on the base's evaluation batches."""
 
     params: SelfDistillationParams
 
@@ -128,10 +141,11 @@ class SelfDistillation(Objective):
 
     def module(self, model: nn.Module) -> nn.Module:
         self.model = model
-        return Teacher(model)
+        teacher = Teacher(model)  # copied before the base's modules exist
+        return Distilled(teacher, self.base.module(model))
 
     def teacher(self, model: nn.Module) -> Teacher:
-        teacher = getattr(model, "objective_module", None)
+        teacher = getattr(getattr(model, "objective_module", None), "teacher", None)
         if not isinstance(teacher, Teacher):
             raise RuntimeError(
                 "self_distillation needs its teacher attached as model.objective_module "
@@ -175,6 +189,12 @@ class SelfDistillation(Objective):
             self.teacher(model).follow(_student(model), p.ema_decay)
         if p.alpha == 0:
             return self.base.training_loss(model, batch, step, forward)
+        if type(self.base).training_loss is not Objective.training_loss:
+            # a base that drives the model (MAE, rtd) runs it on other inputs: the student's
+            # representation of the batch itself is one more forward
+            loss = self.base.training_loss(model, batch, step, forward)
+            out, hidden = final_hidden(model, lambda: model(batch.inputs, **model_inputs(batch)))
+            return loss + p.alpha * self.distance(model, batch, hidden, out)
         outputs: list[torch.Tensor] = []
 
         def recorded(b: Batch) -> list[tuple[float, torch.Tensor]]:

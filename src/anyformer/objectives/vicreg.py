@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
-from anyformer.objectives.driven import DrivenObjective, final_hidden, pool
+from anyformer.objectives.driven import DrivenObjective, final_hidden, own_module, pool
 from anyformer.objectives.losses import Forward
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch
@@ -188,7 +188,7 @@ class VICReg(DrivenObjective):
         for view, mask_key in VIEWS:
             inputs, mask = batch.extras[view], batch.extras.get(mask_key)
             _, h = final_hidden(model, lambda x=inputs, m=mask: model(x, padding_mask=m))
-            out.append(model.objective_module(pool(h, mask).float()))
+            out.append(own_module(model)(pool(h, mask).float()))
         return out[0], out[1]
 
     def objective_loss(
