@@ -97,6 +97,8 @@ def test_a_base_for_another_head_is_refused() -> None:
     with pytest.raises(SpecError, match="base 'mse' reads the outputs of head"):
         make({"name": "self_distillation", "base": "mse"})
     assert isinstance(make({"name": "self_distillation"}).objective, SelfDistillation)
+    with pytest.raises(SpecError, match="base 'masked_patches' trains model.kind encoder"):
+        make({"name": "self_distillation", "base": "masked_patches"})
 
 
 def digits(objective: Any, steps: int = 3, batch: int = 8) -> Trainer:

@@ -140,6 +140,20 @@ class SelfDistillation(Objective):
         return self.base.corrupt(batch, generator)
 
     def module(self, model: nn.Module) -> nn.Module:
+        spec = model.spec
+        kinds = getattr(self.base, "kinds", None)
+        embedders = getattr(self.base, "embedders", None)
+        if kinds is not None and spec.kind not in kinds:
+            raise SpecError(
+                f"objective 'self_distillation': its base '{self.params.base.name}' trains "
+                f"model.kind {' or '.join(kinds)}, but this model has kind='{spec.kind}'"
+            )
+        if embedders is not None and spec.embedder_ref.name not in embedders:
+            raise SpecError(
+                f"objective 'self_distillation': its base '{self.params.base.name}' trains on "
+                f"embedder {' or '.join(embedders)}, but this model has "
+                f"embedder='{spec.embedder_ref.name}'"
+            )
         self.model = model
         teacher = Teacher(model)  # copied before the base's modules exist
         return Distilled(teacher, self.base.module(model))
