@@ -134,3 +134,26 @@ def test_masked_patches_as_base_the_papers_setting() -> None:
         out = sd.model(batch.inputs)
         total = float(sd.objective(out, batch))
         assert total > float(sd.objective.base(out, batch))  # the student has moved away
+
+
+def test_a_forward_that_skips_the_hook_falls_back_to_a_plain_one() -> None:
+    """A compiled forward may not call hooks added after compilation; the student's hidden
+    states then come from one plain forward, the same values."""
+    a = make({"name": "self_distillation", "alpha": 1.0})
+    b = make({"name": "self_distillation", "alpha": 1.0})
+    a.train_step(0), b.train_step(0)  # the student moves away from the teacher
+    batch = b.task.train_batch(1, 8)
+    plain = a.objective.training_loss(
+        a.model, batch, 1, lambda x: a.training_outputs(x, 1)
+    ).detach()
+
+    def hookless(x):  # type: ignore[no-untyped-def] # noqa: ANN001, ANN202
+        norm = b.model.norm
+        saved = norm._forward_hooks.copy()
+        norm._forward_hooks.clear()
+        try:
+            return b.training_outputs(x, 1)
+        finally:
+            norm._forward_hooks.update(saved)
+
+    assert float(b.objective.training_loss(b.model, batch, 1, hookless).detach()) == float(plain)

@@ -90,10 +90,14 @@ def own_module(model: nn.Module) -> nn.Module:
     return module if inner is None else inner
 
 
-def final_hidden(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, torch.Tensor]:
+def final_hidden(
+    model: nn.Module, run: Callable[[], Any], required: bool = True
+) -> tuple[Any, torch.Tensor]:
     """``(run(), h)``: what ``run`` returns and the last hidden states ``[B, T, D]`` it
     computed, the output of the model's final norm (read by a forward hook, so every
-    depth schedule and the data-parallel wrapper pass unchanged; the last call counts)."""
+    depth schedule and the data-parallel wrapper pass unchanged; the last call counts).
+    A compiled forward may skip hooks added after compilation: ``h`` is then ``None``
+    when not ``required`` (else an error)."""
     seen: list[torch.Tensor] = []
     handle = model.norm.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
@@ -101,6 +105,8 @@ def final_hidden(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, torch.T
     finally:
         handle.remove()
     if not seen:
+        if not required:
+            return result, None  # type: ignore[return-value]
         raise RuntimeError("the forward did not reach the model's final norm")
     return result, seen[-1]
 

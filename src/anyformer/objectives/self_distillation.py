@@ -217,9 +217,11 @@ class SelfDistillation(Objective):
             return pairs
 
         loss, hidden = final_hidden(
-            model, lambda: self.base.training_loss(model, batch, step, recorded)
+            model, lambda: self.base.training_loss(model, batch, step, recorded), required=False
         )
         student_out = outputs[-1] if outputs else None
+        if hidden is None and p.target == "hidden":  # a compiled forward skipped the hook
+            _, hidden = final_hidden(model, lambda: model(batch.inputs, **model_inputs(batch)))
         return loss + p.alpha * self.distance(model, batch, hidden, student_out)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
