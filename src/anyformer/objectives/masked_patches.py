@@ -4,7 +4,7 @@ the encoder, a linear prediction head)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -300,17 +300,6 @@ class MaskedPatches(DrivenObjective):
             per_patch = (pred - target).abs().mean(-1)
         weight = mask.to(per_patch.dtype)
         return (per_patch * weight).sum() / weight.sum()
-
-
-def mean_patch_loss(images: torch.Tensor, p: int, ratio_noise: Any, norm_pix: bool) -> float:
-    """The trivial baseline: the squared error of predicting, for every masked patch, the
-    mean target patch over the masked patches of ``images`` (``ratio_noise``: ``(ratio,
-    noise)`` as :func:`patch_mask` takes)."""
-    ratio, noise = ratio_noise
-    target = patch_targets(images, p, norm_pix)
-    mask = patch_mask(noise, p, ratio)
-    masked = target[mask]
-    return float((masked - masked.mean(0)).pow(2).mean())
 
 
 __all__ = ["MaskedPatches", "MaskedPatchesParams", "patch_mask", "patch_targets"]
