@@ -194,3 +194,33 @@ def test_a_tiny_model_on_digits_beats_the_mean_patch(style: str) -> None:
     loss = t.fit().final["id"]["loss"]
     trivial = mean_patch_baseline(t, True)
     assert loss < 0.85 * trivial, (loss, trivial)
+
+
+@pytest.mark.slow
+def test_fine_tuning_after_mae_loads_the_encoder_not_the_decoder(tmp_path) -> None:  # type: ignore[no-untyped-def] # noqa: ANN001
+    from anyformer.lab.generate import load_run_model
+    from anyformer.lab.init_from import backbone_state, finetune_spec
+    from anyformer.lab.run import run_experiment, start_from_parent
+
+    parent = ExperimentSpec.from_dict(
+        {
+            "name": "mae", "task": "digits", "objective": "masked_patches",
+            "model": {"kind": "encoder", "d_model": 16, "n_layers": 1, "n_heads": 2,
+                      "embedder": {"name": "patches", "patch_size": 2}, "position": "sincos_2d"},
+            "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "eval_size": 8,
+                      "checkpoint_every": 2, "warmup_steps": 0, "threads": 1,
+                      "progress": False},
+        }
+    )  # fmt: skip
+    folder = run_experiment(parent, out=tmp_path).dir
+    _, pretrained = load_run_model(folder)
+    assert any(k.startswith("objective_module.") for k in pretrained.state_dict())
+    child = resolve(finetune_spec(folder, "digits", ["train.steps=2"]))
+    assert child.objective is None or child.objective.name != "masked_patches"
+    model = prepare_model(child)
+    start_from_parent(child, model, tmp_path / "child")
+    assert getattr(model, "objective_module", None) is None
+    mine, theirs = backbone_state(model), backbone_state(pretrained)
+    assert mine.keys() and all(not k.startswith("objective_module") for k in theirs)
+    for key, value in mine.items():
+        assert torch.equal(value, theirs[key]), key
