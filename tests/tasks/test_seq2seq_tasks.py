@@ -291,3 +291,70 @@ def test_translation_is_deterministic_by_seed_with_disjoint_longer_ood() -> None
     assert np.mean([len(s) for s, _, _ in ood]) > np.mean([len(s) for s, _, _ in id_rows]) + 3
     with pytest.raises(SpecError, match="ood_min_depth=2 must be > max_depth=2"):
         registry.get("task", "translation").make_params({"ood_min_depth": 2})
+
+
+# --------------------------------------------------------------------------- learning
+def copy_baseline(task: SequenceTask, evaluation: list[Batch]) -> dict[str, Any]:
+    """Exact match and token accuracy of answering ``reverse`` with the prompt as it is
+    (right on palindromes, and on the middle symbol of odd lengths)."""
+    guess = type(task).guess_answer
+    task.guesses = ("copy",)  # type: ignore[misc]
+    task.guess_answer = lambda name, prompt: prompt  # type: ignore[method-assign]
+    try:
+        baselines = task.guess_baselines(evaluation)
+    finally:
+        del task.guesses, task.guess_answer
+    assert type(task).guess_answer is guess and baselines is not None
+    return baselines["copy"]
+
+
+@pytest.mark.slow
+def test_a_tiny_encoder_decoder_learns_reverse_in_its_form() -> None:
+    from anyformer.lab.run import build_objective, build_task, prepare_model
+    from anyformer.model.encoder_decoder import EncoderDecoder
+    from anyformer.training.trainer import Trainer
+
+    steps = 400
+    spec = resolve(
+        ExperimentSpec.from_dict(
+            {
+                "name": "learns-reverse",
+                "model": {
+                    "kind": "encoder_decoder",
+                    "d_model": 32,
+                    "n_layers": 2,
+                    "n_heads": 4,
+                    "position": "learned",
+                    "max_len": 16,
+                },  # fmt: skip
+                "task": {
+                    "name": "reverse",
+                    "min_len": 2,
+                    "max_len": 6,
+                    "ood_min_len": 7,
+                    "ood_max_len": 8,
+                    "n_symbols": 8,
+                },  # fmt: skip
+                "train": {
+                    "steps": steps,
+                    "batch_size": 32,
+                    "lr": 3e-3,
+                    "warmup_steps": 20,
+                    "eval_every": steps,
+                    "checkpoint_every": steps,
+                    "eval_size": 256,
+                    "threads": 1,
+                    "progress": False,
+                },  # fmt: skip
+            }
+        )
+    )
+    assert spec.task.params["form"] == "encoder_decoder"  # set from model.kind
+    task = build_task(spec)
+    model = prepare_model(spec)
+    assert isinstance(model, EncoderDecoder) and isinstance(task, SequenceTask)
+    final = Trainer(model, task, build_objective(spec, task), spec.train).fit().final["id"]
+    baseline = copy_baseline(task, task.eval_set("id", 256))
+    assert baseline["token_accuracy"] < 0.4 and baseline["exact_match"] < 0.2
+    assert final["token_accuracy"] > baseline["token_accuracy"] + 0.3, (final, baseline)
+    assert final["exact_match"] > baseline["exact_match"] + 0.2, (final, baseline)
