@@ -185,6 +185,32 @@ def test_a_form_the_model_kind_cannot_read_is_refused_naming_both() -> None:
     assert resolve(ExperimentSpec.from_dict(explicit)).task.params["form"] == "decoder"
 
 
+@pytest.mark.parametrize("kind", ["prefix_lm", "encoder_decoder"])
+def test_resolve_sets_the_form_from_the_model_kind(kind: str) -> None:
+    model = {"kind": kind, "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 16}
+    task = {"name": "reverse", **SMALL["reverse"]}
+    spec = resolve(ExperimentSpec.from_dict({"name": "t", "model": model, "task": task}))
+    assert spec.task.params["form"] == kind
+    same = {"name": "t", "model": model, "task": {**task, "form": kind}}
+    assert resolve(ExperimentSpec.from_dict(same)).task == spec.task
+    other = "prefix_lm" if kind == "encoder_decoder" else "encoder_decoder"
+    for form in (other, "decoder"):
+        wrong = {"name": "t", "model": model, "task": {**task, "form": form}}
+        with pytest.raises(SpecError, match=rf"task.form='{form}'.*model.kind='{kind}'"):
+            resolve(ExperimentSpec.from_dict(wrong))
+    # max_len is checked against the rows of the form the model reads
+    short = {**model, "max_len": 8 if kind == "encoder_decoder" else 15}
+    data = {"name": "t", "model": short, "task": task}
+    if kind == "encoder_decoder":
+        assert resolve(ExperimentSpec.from_dict(data)).model.max_len == 8
+    else:
+        with pytest.raises(SpecError, match="max_len=15"):
+            resolve(ExperimentSpec.from_dict(data))
+    # a task without the parameter is left to the objective (text_corpus: plain rows)
+    text = {"name": "t", "model": model, "task": {"name": "text_corpus", "seq_len": 16}}
+    assert "form" not in resolve(ExperimentSpec.from_dict(text)).task.params
+
+
 # --------------------------------------------------------------------------- translation
 def parse(task: Translation, source: list[int]) -> tuple[list[int], int]:
     """The translation of a source sentence by an independent recursive-descent parser
