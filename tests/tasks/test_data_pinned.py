@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,15 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("table", {}),
     ("table", {"dataset": "diabetes", "shift_column": "bmi"}),
     ("image_folder", {"size": 8}),
+    ("reverse", {"min_len": 3, "max_len": 6, "ood_min_len": 7, "ood_max_len": 8,
+                 "form": "encoder_decoder"}),
+    ("copy", {"min_len": 2, "max_len": 5, "ood_min_len": 6, "ood_max_len": 7,
+              "form": "prefix_lm"}),
+    ("translation", {}),
+    ("translation", {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 3,
+                     "form": "encoder_decoder"}),
+    ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
+    ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -106,6 +116,12 @@ DIGESTS: dict[str, str] = {
     "table": "70596dfd40b08db5",
     "table,dataset=diabetes,shift_column=bmi": "39724f0b34986acc",
     "image_folder,size=8": "388cdabed5ca496a",
+    "reverse,form=encoder_decoder,max_len=6,min_len=3,ood_max_len=8,ood_min_len=7": "286d304fe90fe485",
+    "copy,form=prefix_lm,max_len=5,min_len=2,ood_max_len=7,ood_min_len=6": "9ca7e53c71324104",
+    "translation": "c8f8022f50ab2421",
+    "translation,form=encoder_decoder,max_depth=1,ood_max_depth=3,ood_min_depth=2": "2d83cd9277e366ef",
+    "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
+    "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
 }  # fmt: skip
 
 
@@ -152,8 +168,10 @@ def data_digest(task: Task) -> str:
 def test_task_data_is_pinned(
     name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
 ) -> None:
-    if name == "stdlib_lm":
+    if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib_tree)}
+    if name == "text_corpus" and sys.version_info[:2] != (3, 11):
+        pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":
         params = {**params, "path": str(image_tree)}
     digest = data_digest(build(name, params))

@@ -46,6 +46,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "icl_mixture": {"dims": 2, "n_points": 5},
     "icl_uncertainty": {"dims": 2, "n_points": 5},
     "stdlib_lm": {"seq_len": 16, "val_fraction": 0.3},
+    "text_corpus": {"seq_len": 16, "ood_fraction": 0.3},
+    "translation": {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 2},
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
     "image_folder": {"size": 8},
 }  # fmt: skip
@@ -70,7 +72,7 @@ def registered_cases() -> list[tuple[str, dict[str, Any]]]:
 def run_contract(
     name: str, params: dict[str, Any], stdlib: Path, images: Path | None = None
 ) -> list[CheckResult]:
-    if name == "stdlib_lm":
+    if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib)}
     if name == "image_folder":
         assert images is not None
@@ -107,7 +109,7 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
     """The checks that depend on a declaration run where the task makes it."""
     examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
                 "image_folder"}  # fmt: skip
-    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm"} | examples
+    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm", "text_corpus"} | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder"}  # fmt: skip
     for name in registry.components("task"):
@@ -115,9 +117,9 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
         sized = not (name in no_sizes or name.startswith("icl_"))
         assert ("declared_sizes" in ran) == sized, name
         assert ("baselines_same_prompts" in ran) == (name in with_majority), name
-        if name in with_majority or name.startswith("icl_"):
+        if name in with_majority | {"translation", "text_corpus"} or name.startswith("icl_"):
             assert "baselines_ignore_model" in ran, name
-        if not name.startswith(("icl_", "stdlib")):
+        if not name.startswith(("icl_", "stdlib", "text_")):
             assert "held_out" in ran, name
 
 

@@ -251,8 +251,10 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
 
     A field the user set explicitly must agree with the task; ``max_len`` must cover the
     task's longest sequence; ``train.packing`` needs a per-token head once the head is
-    decided (:func:`~anyformer.spec.packing_refusal`).
+    decided (:func:`~anyformer.spec.packing_refusal`). A task with a ``form`` parameter
+    (the sequence tasks) writes its rows for ``model.kind`` (:func:`with_task_form`).
     """
+    spec = with_task_form(spec)
     task = build_task(spec)
     model = spec.model.model_dump(mode="json")
     defaults = ModelSpec.model_fields
@@ -303,6 +305,41 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
         raise SpecError(problem)
     build_objective(resolved, task)  # an objective that cannot read the head is refused here
     return resolved
+
+
+#: The row forms (task parameter ``form``) each model kind reads; the first is the one a
+#: run sets when the task's ``form`` is left None (``decoder`` rows are the tasks' default).
+KIND_FORMS = {
+    "decoder": ("decoder",),
+    "encoder": ("decoder",),
+    "prefix_lm": ("prefix_lm",),
+    "encoder_decoder": ("encoder_decoder",),
+}
+
+
+def with_task_form(spec: ExperimentSpec) -> ExperimentSpec:
+    """``spec`` with ``task.form`` set from ``model.kind`` when the task has a ``form``
+    parameter, the user left it None and the kind is ``prefix_lm`` or
+    ``encoder_decoder``; a form the user set that the kind cannot read is refused
+    naming both (:data:`KIND_FORMS`)."""
+    if "form" not in spec.task.entry.params.model_fields:
+        return spec
+    kind = spec.model.kind
+    valid = KIND_FORMS.get(kind, ("decoder",))
+    form = spec.task.params.get("form")
+    if form is None:
+        if valid[0] == "decoder":
+            return spec
+        data = spec.to_dict()
+        data["task"] = {"name": spec.task.name, **spec.task.params, "form": valid[0]}
+        return ExperimentSpec.from_dict(data)
+    if form not in valid:
+        raise SpecError(
+            f"task.form='{form}' does not fit model.kind='{kind}', which reads "
+            f"{' or '.join(valid)} rows; remove task.form to let model.kind decide it, or set "
+            f"model.kind='{form}'"
+        )
+    return spec
 
 
 def _ref_name(value: Any) -> str:

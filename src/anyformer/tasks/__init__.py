@@ -21,4 +21,6 @@ from anyformer.tasks import (  # noqa: F401
     symbolic,
     table,
     text,
+    text_corpus,
+    translation,
 )

@@ -87,14 +87,21 @@ def batches_equal(a: Batch, b: Batch) -> bool:
     return all(same(x, y) for x, y in pairs)
 
 
-def _rows(batch: Batch) -> set[tuple[int, ...]]:
+def _rows(batch: Batch) -> set[tuple[Any, ...]]:
     """The rows of a batch (each example's inputs flattened: token ids, vectors, image
-    pixels or table cells), trailing padding (id 0) removed."""
+    pixels or table cells, then its ``extras["source"]`` when it has one, the encoder's
+    input), trailing padding (id 0) of each removed."""
+    parts = [batch.inputs]
+    if "source" in batch.extras:
+        parts.append(batch.extras["source"])
     out = set()
-    for row in batch.inputs.reshape(batch.inputs.shape[0], -1).tolist():
-        while row and row[-1] == 0:
-            row.pop()
-        out.add(tuple(row))
+    for rows in zip(*(p.reshape(p.shape[0], -1).tolist() for p in parts)):
+        key: list[Any] = []
+        for row in rows:
+            while row and row[-1] == 0:
+                row.pop()
+            key += [*row, None]  # None ends each part
+        out.add(tuple(key))
     return out
 
 

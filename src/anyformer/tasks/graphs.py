@@ -19,19 +19,19 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch, range_validators
 from anyformer.tasks.baselines import class_baselines, with_baseline_series
-from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, SequenceTask
+from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, FormParams, SequenceTask
 
 SAPAROV = Paper("Transformers Struggle to Learn to Search", 2024, "Saparov et al.")
 #: The parameters bounding the graph sizes: ``(min, max, ood_min, ood_max)``.
 VERTEX_FIELDS = ("min_vertices", "max_vertices", "ood_min_vertices", "ood_max_vertices")
 
 
-class GraphSearchParams(BaseModel):
+class GraphSearchParams(FormParams):
     """Graph search on random DAGs; the "length" of an example is its vertex count.
 
     - ``query``: ``next_vertex`` (answer: the source's unique child from which the
@@ -45,9 +45,8 @@ class GraphSearchParams(BaseModel):
       order) until it reaches the target (or runs out), then ``ANSWER`` and the result.
     - ``max_out_degree``: the most out-edges of a filler vertex (>= 1).
     - ``test_fraction``: share of prompts held out for ``id``, in (0, 0.5].
+    - ``form``: the row layout (see :class:`~anyformer.tasks.sequence.FormParams`).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     query: Literal["next_vertex", "connected"] = "next_vertex"
     min_vertices: int = Field(6, ge=3)
@@ -146,21 +145,17 @@ class GraphSearch(SequenceTask):
             return (n - 2) // 3
         return (n - 1) // 2
 
-    def _widths(self, n: int) -> tuple[int, int]:
+    def widths(self, n: int) -> tuple[int, int]:
         """Most prompt and answer tokens of a graph of ``n`` vertices."""
         edges = n * max(2, self.params.max_out_degree)
         answer = 1 if self.params.trace == "none" else n + 2
         return 3 * edges + 3, answer
 
-    def input_len(self, length: int) -> int:
-        prompt, answer = self._widths(length)
-        return prompt + answer + 2
-
     # ------------------------------------------------------------ data
     def sample(self, length: int, n: int, rng: np.random.Generator) -> np.ndarray:
         """Raw rows ``[n, P + A + 1]``: prompt and answer tokens (PAD-padded), then ``k``."""
         py = random.Random(int(rng.integers(1 << 62)))
-        p_width, a_width = self._widths(length)
+        p_width, a_width = self.widths(length)
         raw = np.full((n, p_width + a_width + 1), PAD, dtype=np.int64)
         for i in range(n):
             prompt, answer, k = self._example(length, py)
@@ -211,7 +206,7 @@ class GraphSearch(SequenceTask):
         return prompt, [tok[v] for v in visited] + [self.answer_token, result], k
 
     def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-        p_width, _ = self._widths(length)
+        p_width, _ = self.widths(length)
         return raw[:, :p_width], raw[:, p_width:-1]
 
     def scored_answer(self, answer: np.ndarray, length: int) -> np.ndarray | None:

@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
-from anyformer.tasks.sequence import EVAL_BATCH_ROWS, FIRST_SYMBOL, PAD, SequenceTask
+from anyformer.tasks.sequence import EVAL_BATCH_ROWS, FIRST_SYMBOL, PAD, FormParams, SequenceTask
 
 COVERAGE = Paper(
     "The Coverage Principle: A Framework for Understanding Compositional Generalization",
@@ -68,8 +68,11 @@ class FactTask(SequenceTask):
     def split_sizes(self, split: str) -> range | None:
         return None
 
-    def max_seq_len(self) -> int:
-        return 6  # BOS, 3 prompt tokens, SEP, answer (EOS is only a target)
+    def widths(self, length: int) -> tuple[int, int]:
+        return 3, 1  # 3 prompt tokens (the last may be PAD), one answer token
+
+    def all_lengths(self) -> list[int]:
+        return [0]  # one size: every fact fits the widths above
 
     def render(self, raw: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         return raw[:, :3], raw[:, 3:4]
@@ -131,7 +134,7 @@ def _split(rows: np.ndarray, n_first: int, rng: np.random.Generator) -> tuple[np
 
 
 # --------------------------------------------------------------------------- two hop
-class TwoHopParams(BaseModel):
+class TwoHopParams(FormParams):
     """Composition of random lookup tables.
 
     - ``n_entities``: values the tables map between (>= 2).
@@ -143,9 +146,8 @@ class TwoHopParams(BaseModel):
       (0, 0.5].
     - ``two_hop_fraction``: share of training rows that are compositions (the rest are
       one-hop facts ``x f -> f(x)``, all of which are trained), in (0, 1].
+    - ``form``: the row layout (see :class:`~anyformer.tasks.sequence.FormParams`).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_entities: int = Field(32, ge=2)
     n_functions: int = Field(6, ge=2)
@@ -220,7 +222,7 @@ class TwoHop(FactTask):
 
 
 # --------------------------------------------------------------------------- kg reasoning
-class KGReasoningParams(BaseModel):
+class KGReasoningParams(FormParams):
     """Implicit reasoning over a random knowledge graph.
 
     - ``reasoning``: ``composition`` (atomic facts ``h r -> t``; inferred
@@ -233,9 +235,8 @@ class KGReasoningParams(BaseModel):
     - ``inferred_ratio``: inferred training facts per atomic fact (the paper's ratio
       phi), > 0; the ID inferred facts not trained form the ``id`` set, so it must leave
       some.
+    - ``form``: the row layout (see :class:`~anyformer.tasks.sequence.FormParams`).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reasoning: Literal["composition", "comparison"] = "composition"
     n_entities: int = Field(100, ge=4)

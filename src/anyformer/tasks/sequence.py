@@ -34,6 +34,19 @@ duplicate prompts, and each round of sampling for them draws twice as many candi
 as the last; after a round of ``ENUMERATE_LIMIT`` candidates the set is taken as
 complete (a small space may then give fewer examples than asked).
 
+Forms (parameter ``form``, :class:`FormParams`; a run sets it from ``model.kind``):
+
+- ``decoder`` (and ``None``, the default): the rows above;
+- ``prefix_lm``: the same rows plus ``extras["prefix_len"]`` ``[N]`` = ``2 + prompt
+  length`` (``BOS prompt SEP`` is the bidirectional prefix; the first answer token is
+  still predicted at the ``SEP`` input);
+- ``encoder_decoder``: ``extras["source"]`` = ``prompt EOS`` (``extras["source_mask"]``
+  True at its real tokens), decoder ``inputs`` = ``BOS answer``, ``targets`` =
+  ``answer EOS`` (see :func:`encoder_decoder_batch`).
+
+``targets``, ``loss_mask`` and ``extras["score_mask"]`` mark the same answer tokens and
+``EOS`` in every form, so scores and baselines are computed the same way.
+
 Scores are teacher-forced: an example is an exact match when the argmax of the model's
 logits is right at every scored position (the answer and the closing ``EOS``);
 ``token_accuracy`` is the share of answer tokens right (``EOS`` not counted) and
@@ -44,7 +57,7 @@ answer is one class (:meth:`SequenceTask.answer_classes`) also reports the ``cha
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -109,16 +122,35 @@ def is_test_member(prompts: np.ndarray, test_fraction: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- params
-class LengthParams(BaseModel):
-    """Lengths and held-out fraction shared by the algorithmic tasks.
+#: The row layouts a sequence task can write (``None``: ``decoder``, the original rows).
+FORMS = ("decoder", "prefix_lm", "encoder_decoder")
+Form = Literal["decoder", "prefix_lm", "encoder_decoder"]
 
+
+class FormParams(BaseModel):
+    """The ``form`` parameter every sequence task has: how an example is laid out.
+
+    - ``form``: ``decoder`` (one row ``BOS prompt SEP answer EOS``), ``prefix_lm`` (the
+      same row plus ``extras["prefix_len"]`` = ``2 + prompt length``: ``BOS .. SEP`` is
+      the prefix) or ``encoder_decoder`` (``extras["source"]`` = ``prompt EOS`` with
+      ``extras["source_mask"]``; inputs ``BOS answer``, targets ``answer EOS``).
+      ``None`` (the default) is ``decoder``; a run sets it from ``model.kind``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    form: Form | None = None
+
+
+class LengthParams(FormParams):
+    """Lengths, held-out fraction and row form shared by the algorithmic tasks.
+
+    - ``form``: the row layout (see :class:`FormParams`).
     - ``min_len``, ``max_len``: training lengths (inclusive); also the ``id`` split's.
     - ``ood_min_len``, ``ood_max_len``: the ``ood`` split's lengths (inclusive), all
       longer than ``max_len``.
     - ``test_fraction``: share of prompts held out for the ``id`` test split, in (0, 0.5].
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_len: int = Field(4, ge=1)
     max_len: int = Field(12, ge=1)
@@ -147,13 +179,18 @@ class SequenceTask(Task):
     - return prompts and answers of different lengths per row from :meth:`render`,
       right-padded with ``PAD``; each row is then written ``BOS prompt SEP answer EOS``
       and right-padded with ``PAD`` (``padding_mask`` marks the real tokens when rows
-      differ in length), and :meth:`input_len` must be overridden with the longest row;
+      differ in length), and :meth:`widths` must be overridden with the most prompt and
+      answer tokens of a length;
     - score only part of the answer (e.g. the final result after a scratchpad) by
       overriding :meth:`scored_answer`; the loss still covers the whole answer;
     - build training rows differently from evaluation rows (e.g. auxiliary tasks) by
       overriding :meth:`make_train_batch`;
     - use other names for the length range by setting ``range_fields``, or other
       lengths by overriding :meth:`lengths`.
+
+    Every batch goes through :meth:`batch_from_tokens`, which writes it in the task's
+    :attr:`form` (parameter ``form``, see :class:`FormParams`); a subclass that builds
+    batches itself must call it (or refuse the forms it cannot write).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("id", "ood")
@@ -226,13 +263,46 @@ class SequenceTask(Task):
     def split_sizes(self, split: str) -> range | None:
         return self.lengths(split)
 
-    def input_len(self, length: int) -> int:
-        """Model input length of an example of ``length`` (prompt + answer + 2)."""
+    @property
+    def form(self) -> str:
+        """The row layout: the parameter ``form`` (``decoder`` when it is None or the
+        task's parameters have none); see :class:`FormParams`."""
+        return getattr(self.params, "form", None) or "decoder"
+
+    def widths(self, length: int) -> tuple[int, int]:
+        """The most prompt and answer tokens of an example of ``length``."""
         prompt, answer = self.render(np.zeros((1, self.raw_len(length)), np.int64), length)
-        return prompt.shape[1] + answer.shape[1] + 2
+        return prompt.shape[1], answer.shape[1]
+
+    def input_len(self, length: int) -> int:
+        """Model input length of a ``decoder``-form example of ``length`` (prompt +
+        answer + 2: ``BOS prompt SEP answer``)."""
+        prompt, answer = self.widths(length)
+        return prompt + answer + 2
+
+    def form_lens(self, length: int) -> tuple[int, int]:
+        """(decoder positions, source positions) of an example of ``length`` in the
+        task's form: ``encoder_decoder`` reads ``answer + 1`` (``BOS answer``) and
+        ``prompt + 1`` source tokens (``prompt EOS``); the other forms read
+        :meth:`input_len` and no source."""
+        if self.form == "encoder_decoder":
+            prompt, answer = self.widths(length)
+            return answer + 1, prompt + 1
+        return self.input_len(length), 0
+
+    def all_lengths(self) -> list[int]:
+        """Every length of the evaluated splits (training lengths are the ``id`` ones)."""
+        return [L for s in ("id", "ood") for L in self.lengths(s)]
 
     def max_seq_len(self) -> int:
-        return max(self.input_len(L) for s in ("id", "ood") for L in self.lengths(s))
+        """The longest row the model reads: decoder inputs and, in the
+        ``encoder_decoder`` form, the source too (one ``max_len`` covers both sides)."""
+        return max(max(self.form_lens(L)) for L in self.all_lengths())
+
+    def max_source_len(self) -> int:
+        """The longest source (``extras["source"]``) of any split; 0 unless the form is
+        ``encoder_decoder``."""
+        return max(self.form_lens(L)[1] for L in self.all_lengths())
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = rng_for(self.seed, SPLIT_IDS["train"], step)
@@ -261,55 +331,23 @@ class SequenceTask(Task):
         prompt, answer = self.render(raw, length)
         return self.batch_from_tokens(prompt, answer, length, self.scored_answer(answer, length))
 
-    @staticmethod
     def batch_from_tokens(
+        self,
         prompt: np.ndarray,
         answer: np.ndarray,
         group: int | None,
         scored: np.ndarray | None = None,
     ) -> Batch:
-        """Rows ``BOS prompt SEP answer EOS`` (right-padded with ``PAD``) as a batch.
-
-        ``prompt`` ``[N, P]`` and ``answer`` ``[N, A]`` may carry trailing ``PAD``.
-        ``loss_mask`` is True where the target is an answer token or ``EOS``;
-        ``padding_mask`` is None when every row has the same length, else True at real
-        inputs (up to the one whose target is ``EOS``). With
-        ``scored`` (bool ``[N, A]``), ``extras['score_mask']`` marks the answer tokens
-        scores count, plus ``EOS``.
-        """
-        p_len = (prompt != PAD).sum(axis=1)
-        a_len = (answer != PAD).sum(axis=1)
-        prompt = prompt[:, : int(p_len.max(initial=0))]  # drop columns of PAD only
-        n, width = prompt.shape
-        total = int((p_len + a_len).max(initial=0)) + 3
-        rows = np.arange(n)
-        seq = np.full((n, total), PAD, dtype=np.int64)
-        seq[:, 0] = BOS
-        seq[:, 1 : 1 + width] = prompt
-        seq[rows, 1 + p_len] = SEP
-        real = np.arange(answer.shape[1])[None, :] < a_len[:, None]
-        r, j = np.nonzero(real)
-        seq[r, 2 + p_len[r] + j] = answer[r, j]
-        seq[rows, 2 + p_len + a_len] = EOS
-        # targets[t] = seq[t + 1]: answer token j is the target at input 1 + p_len + j,
-        # so the first one is predicted at the SEP input and EOS at 1 + p_len + a_len.
-        seq_t = torch.from_numpy(seq)
-        t = torch.arange(total - 1)
-        start = torch.from_numpy(1 + p_len)[:, None]
-        stop = torch.from_numpy(1 + p_len + a_len)[:, None]
-        batch = Batch(
-            inputs=seq_t[:, :-1].contiguous(),
-            targets=seq_t[:, 1:].contiguous(),
-            loss_mask=(t >= start) & (t <= stop),
-            padding_mask=None if bool((stop == stop[0]).all()) else t <= stop,
-            group=group,
-        )
-        if scored is not None:
-            score_mask = np.zeros((n, total - 1), dtype=bool)
-            r, j = np.nonzero(scored & real)
-            score_mask[r, 1 + p_len[r] + j] = True
-            score_mask[rows, 1 + p_len + a_len] = True
-            batch.extras["score_mask"] = torch.from_numpy(score_mask)
+        """The batch of prompts ``[N, P]`` and answers ``[N, A]`` (trailing ``PAD``
+        allowed) in the task's :attr:`form`: :func:`decoder_batch` rows (``decoder``), the
+        same rows with ``extras["prefix_len"]`` (``prefix_lm``) or
+        :func:`encoder_decoder_batch` (``encoder_decoder``). ``scored`` (bool ``[N, A]``)
+        marks the answer tokens that scores count (``extras["score_mask"]``)."""
+        if self.form == "encoder_decoder":
+            return encoder_decoder_batch(prompt, answer, group, scored)
+        batch = decoder_batch(prompt, answer, group, scored)
+        if self.form == "prefix_lm":
+            batch.extras["prefix_len"] = torch.from_numpy(2 + (prompt != PAD).sum(axis=1))
         return batch
 
     @staticmethod
@@ -360,10 +398,13 @@ class SequenceTask(Task):
 
     def trivial_baselines(self, batches: list[Batch]) -> dict[str, dict[str, Any]] | None:
         """The ``chance`` and ``majority`` baselines on ``batches``, with ``by_length``
-        when the batches have groups (None when the task's answer is not a class; see :mod:`anyformer.tasks.baselines`)."""
+        when the batches have groups (see :mod:`anyformer.tasks.baselines`); for an
+        answer that is not a class, the task's :attr:`guesses` (None when it has none)."""
         classes = self.answer_classes()
-        if classes is None or not batches:
+        if not batches:
             return None
+        if classes is None:
+            return self.guess_baselines(batches)
         labels = torch.cat([self.answer_labels(b) for b in batches])
         groups = None
         if any(b.group is not None for b in batches):
@@ -372,8 +413,11 @@ class SequenceTask(Task):
 
     def baseline_outputs(self, name: str, batches: list[Batch]) -> list[torch.Tensor]:
         """Predicted token ids ``[B, T]`` per batch of the deterministic baseline
-        ``name`` (``majority``): the targets, with every answer replaced by the set's most
-        common one. Scored as a model, they reproduce the baseline's numbers."""
+        ``name``: ``majority`` (the targets, with every answer replaced by the set's most
+        common one) or one of the task's :attr:`guesses`. Scored as a model, they
+        reproduce the baseline's numbers."""
+        if name in self.guesses:
+            return [self.guessed_outputs(name, b) for b in batches]
         if name != "majority" or self.answer_classes() is None:
             raise ValueError(f"{type(self).__name__} has no deterministic baseline '{name}'")
         answer = majority_answer(torch.cat([self.answer_labels(b) for b in batches]))
@@ -381,14 +425,9 @@ class SequenceTask(Task):
             torch.where(self.answer_positions(b), torch.tensor(answer), b.targets) for b in batches
         ]
 
-    def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
-        """Teacher-forced exact match, token accuracy (answer tokens) and ``EOS``
-        accuracy, overall; exact match per length; and, for an answer that is a class,
-        the ``baselines`` (``chance``, ``majority``) on the same batches.
-
-        ``outputs`` are logits ``[B, T, V]`` (or predicted ids ``[B, T]``). Only scored
-        positions count (``extras['score_mask']`` when a batch has one).
-        """
+    def exact_metrics(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
+        """The model part of :meth:`score`: exact match, token and ``EOS`` accuracy,
+        exact match per length and its curve (no baselines)."""
         rows: dict[int, list[int]] = {}
         tokens_right = tokens_total = eos_right = eos_total = 0
         for out, batch in zip(outputs, batches):
@@ -416,6 +455,64 @@ class SequenceTask(Task):
                 "n": {str(k): rows[k][1] for k in sorted(rows) if rows[k][1]},  # examples
             },
         }
+        return metrics
+
+    # ------------------------------------------------------------ guessed answers
+    #: Baselines that guess each answer from its prompt alone (:meth:`guess_answer`),
+    #: reported by tasks whose answer is not a class (e.g. ``translation``'s word-for-word
+    #: ``lexicon`` and ``copy``).
+    guesses: ClassVar[tuple[str, ...]] = ()
+
+    def guess_answer(self, name: str, prompt: torch.Tensor) -> torch.Tensor:
+        """The answer tokens the baseline ``name`` (one of :attr:`guesses`) gives for one
+        prompt (its real tokens, ``[P]``)."""
+        raise ValueError(f"{type(self).__name__} has no guessing baseline '{name}'")
+
+    @staticmethod
+    def prompts_of(batch: Batch) -> list[torch.Tensor]:
+        """The real prompt tokens of each row, in any form: ``source`` up to its ``EOS``
+        (``encoder_decoder``), else the inputs between ``BOS`` and ``SEP``."""
+        if "source" in batch.extras:
+            lengths = batch.extras["source_mask"].sum(dim=1) - 1  # the EOS closes it
+            return [row[: int(n)] for row, n in zip(batch.extras["source"], lengths)]
+        sep = batch.loss_mask.int().argmax(dim=1)  # the first scored input is SEP
+        return [row[1 : int(n)] for row, n in zip(batch.inputs, sep)]
+
+    def guessed_outputs(self, name: str, batch: Batch) -> torch.Tensor:
+        """Predicted ids ``[B, T]`` of the baseline ``name``: the targets, with the answer
+        tokens replaced, in order, by :meth:`guess_answer` (``PAD``, wrong, where the
+        guess is too short; ``EOS`` stays right)."""
+        pred = batch.targets.clone()
+        at = batch.loss_mask & (batch.targets != EOS)
+        for i, prompt in enumerate(self.prompts_of(batch)):
+            where = at[i].nonzero().squeeze(1)
+            guess = self.guess_answer(name, prompt)[: len(where)]
+            fill = torch.full((len(where),), PAD, dtype=pred.dtype)
+            fill[: len(guess)] = guess
+            pred[i, where] = fill
+        return pred
+
+    def guess_baselines(self, batches: list[Batch]) -> dict[str, dict[str, Any]] | None:
+        """Each of :attr:`guesses` scored on ``batches`` as a model: ``exact_match``,
+        ``token_accuracy`` and ``by_length`` (None when the task has none)."""
+        if not self.guesses:
+            return None
+        out = {}
+        for name in self.guesses:
+            m = self.exact_metrics(self.baseline_outputs(name, batches), batches)
+            out[name] = {k: m[k] for k in ("exact_match", "token_accuracy", "by_length")}
+        return out
+
+    def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
+        """Teacher-forced exact match, token accuracy (answer tokens) and ``EOS``
+        accuracy, overall; exact match per length; and the ``baselines`` on the same
+        batches: ``chance`` and ``majority`` for an answer that is a class, else the
+        task's :attr:`guesses` (if any).
+
+        ``outputs`` are logits ``[B, T, V]`` (or predicted ids ``[B, T]``). Only scored
+        positions count (``extras['score_mask']`` when a batch has one).
+        """
+        metrics = self.exact_metrics(outputs, batches)
         baselines = self.trivial_baselines(batches)
         if baselines is not None:
             metrics["baselines"] = baselines
@@ -486,6 +583,110 @@ class SequenceTask(Task):
                     break
                 ask = min(2 * ask, ENUMERATE_LIMIT)
         return np.concatenate(kept)[:n]
+
+
+def decoder_batch(
+    prompt: np.ndarray,
+    answer: np.ndarray,
+    group: int | None,
+    scored: np.ndarray | None = None,
+) -> Batch:
+    """Rows ``BOS prompt SEP answer EOS`` (right-padded with ``PAD``) as a batch.
+
+    ``prompt`` ``[N, P]`` and ``answer`` ``[N, A]`` may carry trailing ``PAD``.
+    ``loss_mask`` is True where the target is an answer token or ``EOS``;
+    ``padding_mask`` is None when every row has the same length, else True at real
+    inputs (up to the one whose target is ``EOS``). With
+    ``scored`` (bool ``[N, A]``), ``extras['score_mask']`` marks the answer tokens
+    scores count, plus ``EOS``.
+    """
+    p_len = (prompt != PAD).sum(axis=1)
+    a_len = (answer != PAD).sum(axis=1)
+    prompt = prompt[:, : int(p_len.max(initial=0))]  # drop columns of PAD only
+    n, width = prompt.shape
+    total = int((p_len + a_len).max(initial=0)) + 3
+    rows = np.arange(n)
+    seq = np.full((n, total), PAD, dtype=np.int64)
+    seq[:, 0] = BOS
+    seq[:, 1 : 1 + width] = prompt
+    seq[rows, 1 + p_len] = SEP
+    real = np.arange(answer.shape[1])[None, :] < a_len[:, None]
+    r, j = np.nonzero(real)
+    seq[r, 2 + p_len[r] + j] = answer[r, j]
+    seq[rows, 2 + p_len + a_len] = EOS
+    # targets[t] = seq[t + 1]: answer token j is the target at input 1 + p_len + j,
+    # so the first one is predicted at the SEP input and EOS at 1 + p_len + a_len.
+    seq_t = torch.from_numpy(seq)
+    t = torch.arange(total - 1)
+    start = torch.from_numpy(1 + p_len)[:, None]
+    stop = torch.from_numpy(1 + p_len + a_len)[:, None]
+    batch = Batch(
+        inputs=seq_t[:, :-1].contiguous(),
+        targets=seq_t[:, 1:].contiguous(),
+        loss_mask=(t >= start) & (t <= stop),
+        padding_mask=None if bool((stop == stop[0]).all()) else t <= stop,
+        group=group,
+    )
+    if scored is not None:
+        score_mask = np.zeros((n, total - 1), dtype=bool)
+        r, j = np.nonzero(scored & real)
+        score_mask[r, 1 + p_len[r] + j] = True
+        score_mask[rows, 1 + p_len + a_len] = True
+        batch.extras["score_mask"] = torch.from_numpy(score_mask)
+    return batch
+
+
+def encoder_decoder_batch(
+    prompt: np.ndarray,
+    answer: np.ndarray,
+    group: int | None,
+    scored: np.ndarray | None = None,
+) -> Batch:
+    """The ``encoder_decoder`` form of the rows of :func:`decoder_batch`.
+
+    ``extras["source"]`` ``[N, S]`` holds ``prompt EOS`` (right-padded with ``PAD``) and
+    ``extras["source_mask"]`` ``[N, S]`` is True at its real tokens (every row has one);
+    the decoder reads ``inputs`` = ``BOS answer`` and is trained to emit ``targets`` =
+    ``answer EOS``, every real target scored (``loss_mask``); ``padding_mask`` is None
+    when every answer has the same length, else True at real inputs. With ``scored``,
+    ``extras['score_mask']`` marks the scored answer tokens plus ``EOS``. Targets, loss
+    and score masks mean what they mean in the decoder rows, so scoring is unchanged.
+    """
+    p_len = (prompt != PAD).sum(axis=1)
+    a_len = (answer != PAD).sum(axis=1)
+    n = prompt.shape[0]
+    rows = np.arange(n)
+    width = int(p_len.max(initial=0))
+    source = np.full((n, width + 1), PAD, dtype=np.int64)
+    source[:, :width] = prompt[:, :width]
+    source[rows, p_len] = EOS
+    total = int(a_len.max(initial=0)) + 2  # BOS answer EOS
+    seq = np.full((n, total), PAD, dtype=np.int64)
+    seq[:, 0] = BOS
+    real = np.arange(answer.shape[1])[None, :] < a_len[:, None]
+    r, j = np.nonzero(real)
+    seq[r, 1 + j] = answer[r, j]
+    seq[rows, 1 + a_len] = EOS
+    # targets[t] = seq[t + 1]: answer token j is the target at input j, EOS at a_len
+    seq_t = torch.from_numpy(seq)
+    t = torch.arange(total - 1)
+    stop = torch.from_numpy(a_len)[:, None]
+    batch = Batch(
+        inputs=seq_t[:, :-1].contiguous(),
+        targets=seq_t[:, 1:].contiguous(),
+        loss_mask=t <= stop,
+        padding_mask=None if bool((stop == stop[0]).all()) else t <= stop,
+        group=group,
+    )
+    batch.extras["source"] = torch.from_numpy(source)
+    batch.extras["source_mask"] = torch.from_numpy(np.arange(width + 1)[None, :] <= p_len[:, None])
+    if scored is not None:
+        score_mask = np.zeros((n, total - 1), dtype=bool)
+        r, j = np.nonzero(scored & real)
+        score_mask[r, j] = True
+        score_mask[rows, a_len] = True
+        batch.extras["score_mask"] = torch.from_numpy(score_mask)
+    return batch
 
 
 def unique_rows(a: np.ndarray) -> np.ndarray:

@@ -15,12 +15,12 @@ import random
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.algorithmic import LEE, _add_digits
 from anyformer.tasks.base import at_least, range_validators, split_range
-from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, LengthParams, SequenceTask
+from anyformer.tasks.sequence import FIRST_SYMBOL, PAD, FormParams, LengthParams, SequenceTask
 
 MAMBA = Paper("Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023, "Gu & Dao")
 DYCK_PAPER = Paper(
@@ -102,8 +102,8 @@ class SelectiveCopy(SequenceTask):
         answer = (raw[raw > 0] + FIRST_SYMBOL - 1).reshape(raw.shape[0], self.params.n_copy)
         return prompt, answer
 
-    def input_len(self, length: int) -> int:
-        return length + self.params.n_copy + 2
+    def widths(self, length: int) -> tuple[int, int]:
+        return length, self.params.n_copy
 
 
 # --------------------------------------------------------------------------- multiplication
@@ -333,10 +333,10 @@ class Dyck(SequenceTask):
             return p.ood_max_depth
         return p.max_depth
 
-    def input_len(self, length: int) -> int:
+    def widths(self, length: int) -> tuple[int, int]:
         if self.params.mode == "recognize":
-            return length + 3
-        return length + min(self.depth_for(length), length) + 2
+            return length, 1
+        return length, min(self.depth_for(length), length)
 
     def sample(self, length: int, n: int, rng: np.random.Generator) -> np.ndarray:
         """Raw rows ``[n, L]`` of bracket ids: ``i`` opens type ``i``, ``k + i`` closes it."""
@@ -452,7 +452,7 @@ LISTOPS_OPS = ("MIN", "MAX", "MED", "SM")
 DEPTH_FIELDS = ("min_depth", "max_depth", "ood_min_depth", "ood_max_depth")
 
 
-class ListOpsParams(BaseModel):
+class ListOpsParams(FormParams):
     """Nested list operations; the "length" of an example is its nesting depth.
 
     - ``min_depth``, ``max_depth``: training (and ``id``) depths, inclusive (>= 1).
@@ -461,9 +461,8 @@ class ListOpsParams(BaseModel):
     - ``branch_prob``: chance that an argument off the deepest path is itself a flat
       operation rather than a digit (0 keeps every expression a single nested chain).
     - ``test_fraction``: share of expressions held out for ``id``, in (0, 0.5].
+    - ``form``: the row layout (see :class:`~anyformer.tasks.sequence.FormParams`).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_depth: int = Field(1, ge=1)
     max_depth: int = Field(3, ge=1)
@@ -523,8 +522,8 @@ class ListOps(SequenceTask):
             w = 2 + w + (a - 1) * (1 if d == 1 else 2 + a)
         return w
 
-    def input_len(self, length: int) -> int:
-        return self.width(length) + 3
+    def widths(self, length: int) -> tuple[int, int]:
+        return self.width(length), 1
 
     def sample(self, length: int, n: int, rng: np.random.Generator) -> np.ndarray:
         """Raw rows ``[n, width + 1]``: the prompt tokens (PAD-padded), then the answer."""
