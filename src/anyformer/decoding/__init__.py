@@ -1,9 +1,11 @@
 """Layer 3: decoding with a trained model (above ``model/``, which never imports it).
 
 :func:`generate` continues a batch of prompts (greedy or sampled, with a cache or by
-recomputation; :mod:`anyformer.decoding.generate`).
+recomputation; :mod:`anyformer.decoding.generate`); :func:`unmask_sample` samples a
+masked diffusion model by iterative unmasking (:mod:`anyformer.decoding.diffusion`).
 """
 
+from anyformer.decoding.diffusion import unmask_sample
 from anyformer.decoding.generation import (
     COLUMN_MAJOR_MIN_TOKENS,
     cache_blockers,
@@ -24,4 +26,5 @@ __all__ = [
     "direct_module_calls",
     "generate",
     "sample_next",
+    "unmask_sample",
 ]

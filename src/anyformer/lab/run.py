@@ -237,13 +237,17 @@ def build_task(spec: ExperimentSpec) -> Task:
 def build_objective(spec: ExperimentSpec, task: Task) -> Objective:
     """The run's objective (the task's default unless named), fitted to the model's head
     (:meth:`~anyformer.objectives.losses.Objective.for_head`: ``pinball`` takes the
-    quantile head's levels and refuses other ones)."""
+    quantile head's levels and refuses other ones) and to the model
+    (:meth:`~anyformer.objectives.losses.Objective.for_model`: ``mlm`` reads the
+    vocabulary for its mask token)."""
     if spec.objective is not None:
         objective = spec.objective.entry.build(spec.objective.config)
     else:
         objective = registry.get("objective", task.default_objective).build()
     head = spec.model.head_ref
-    return objective.for_head(head.name, head.config)
+    objective = objective.for_head(head.name, head.config)
+    fit = getattr(objective, "for_model", None)  # a plain callable loss has none
+    return fit(spec.model) if fit is not None else objective
 
 
 def resolve(spec: ExperimentSpec) -> ExperimentSpec:

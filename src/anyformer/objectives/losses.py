@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from anyformer.registry import Capabilities, Paper, register
+from anyformer.spec import ModelSpec
 from anyformer.tasks.base import SPLIT_IDS, Batch, torch_generator
 
 #: Stream ids of the generators that corrupt batches (:meth:`Objective.corrupt`): training
@@ -55,11 +56,27 @@ class Objective:
     def __init__(self, params: BaseModel) -> None:
         self.params = params
 
+    @classmethod
+    def contract_model(cls, task_vocab: int | None, task_len: int) -> dict[str, Any]:
+        """Model fields the contract checks' toy model needs to be trained by this
+        objective with its default parameters, on a task of vocabulary ``task_vocab``
+        and longest row ``task_len`` (besides ``kind``, the first of :attr:`kinds`):
+        e.g. a larger vocabulary for reserved ids. None by default."""
+        return {}
+
     def for_head(self, head: str, params: Any = None) -> Objective:
         """This objective fitted to the model's head (``head`` its registry name,
         ``params`` its parameters): itself unless it reads something from the head (e.g.
         ``pinball`` reads the quantile levels); raises :class:`~anyformer.errors.SpecError`
         naming both when they cannot go together. Call it once, when the run is built."""
+        return self
+
+    def for_model(self, model: ModelSpec) -> Objective:
+        """This objective fitted to the model it trains (``model`` the resolved model
+        spec: its vocabulary for reserved token ids, its position scheme, its lengths):
+        itself by default; raises :class:`~anyformer.errors.SpecError` naming the model
+        field when they cannot go together. Called once, when the run is built, after
+        :meth:`for_head`."""
         return self
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -207,10 +207,14 @@ class StdlibLM(Task):
         ]
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
+        """``bits_per_byte`` and ``accuracy`` over the scored positions (``loss_mask``:
+        every window position of the task's own batches; the masked positions of a
+        corrupting objective's, e.g. ``mlm``)."""
         nats, correct, count = 0.0, 0, 0
         for out, batch in zip(outputs, batches):
-            logits = out.reshape(-1, out.shape[-1]).float()
-            targets = batch.targets.reshape(-1)
+            scored = batch.loss_mask.reshape(-1)
+            logits = out.reshape(-1, out.shape[-1]).float()[scored]
+            targets = batch.targets.reshape(-1)[scored]
             nats += float(F.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()

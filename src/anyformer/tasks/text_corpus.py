@@ -175,15 +175,16 @@ class TextCorpus(StdlibLM):
         return self._fitted
 
     def trivial_baselines(self, batches: list[Batch]) -> dict[str, dict[str, float]]:
-        """``unigram`` and ``bigram`` scored on ``batches``: ``bits_per_byte`` and
-        ``accuracy``."""
+        """``unigram`` and ``bigram`` scored on ``batches`` at their scored positions
+        (``loss_mask``): ``bits_per_byte`` and ``accuracy``."""
         unigram, bigram = self.byte_models()
         guess = {"unigram": np.full(256, unigram.argmax()), "bigram": bigram.argmax(axis=1)}
         totals = {"unigram": [0.0, 0], "bigram": [0.0, 0]}
         count = 0
         for batch in batches:
-            prev = batch.inputs.reshape(-1).numpy()
-            target = batch.targets.reshape(-1).numpy()
+            scored = batch.loss_mask.reshape(-1).numpy()  # all of the task's own windows
+            prev = batch.inputs.reshape(-1).numpy()[scored]
+            target = batch.targets.reshape(-1).numpy()[scored]
             count += target.size
             for name, p in (("unigram", unigram[target]), ("bigram", bigram[prev, target])):
                 totals[name][0] += float(-np.log2(p).sum())

@@ -50,9 +50,11 @@ def matching_tasks(entry: Entry) -> list[str]:
     return list(FALLBACK_TASKS)
 
 
-def toy_model_fields(entry: Entry) -> dict[str, Any]:
+def toy_model_fields(entry: Entry, task_name: str | None = None) -> dict[str, Any]:
     """Model fields the objective's declarations ask for: its first kind when it cannot
-    train a decoder, its first embedder."""
+    train a decoder, its first embedder, and on ``task_name`` what
+    ``Objective.contract_model`` asks (room for reserved token ids above the task's
+    vocabulary, no position scheme)."""
     fields: dict[str, Any] = {}
     kinds = getattr(entry.cls, "kinds", None)
     if kinds and "decoder" not in kinds:
@@ -60,6 +62,11 @@ def toy_model_fields(entry: Entry) -> dict[str, Any]:
     embedders = getattr(entry.cls, "embedders", None)
     if embedders:
         fields["embedder"] = embedders[0]
+    ask = getattr(entry.cls, "contract_model", None)
+    if ask is not None and task_name is not None:
+        task_entry = registry.get("task", task_name)
+        task = task_entry.build(task_entry.make_params(), 0)
+        fields.update(ask(task.model_io().get("vocab_size"), task.max_seq_len()))
     return fields
 
 
@@ -76,7 +83,8 @@ def loss_on(task_name: str, objective: str) -> None:
     its ``training_loss`` checked, and then its evaluation loss on a fixed evaluation
     batch (finite)."""
     entry = registry.get(SLOT, objective)
-    _, task, model, loss_fn = toy_setup(task_name, objective, toy_model_fields(entry))
+    fields = toy_model_fields(entry, task_name)
+    _, task, model, loss_fn = toy_setup(task_name, objective, fields)
     batch = task.train_batch(0, 4)
     if getattr(loss_fn, "corrupts", False):
         batch = loss_fn.corrupt(batch, torch_generator(0, CORRUPT_TRAIN, 0))
