@@ -226,7 +226,7 @@ class SpanCorruption(TokenObjective):
             inputs=full[:, :-1].to(device),
             targets=full[:, 1:].to(device),
             loss_mask=real[:, 1:].to(device),
-            padding_mask=real[:, :-1].to(device),
+            padding_mask=real[:, 1:].to(device),  # input t is real when target t is
             extras={"source": source.to(device), "source_mask": source_mask.to(device)},
         )
 
