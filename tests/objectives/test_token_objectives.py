@@ -342,3 +342,23 @@ def test_sampler_unmasks_everything_and_keeps_the_prompt() -> None:
                               order=order, generator=gen(0))  # fmt: skip
         assert torch.equal(out, again)
         assert torch.equal(out[:, :2], prompt) and not (out == 6).any()
+
+
+# --------------------------------------------------------------------------- every objective
+@pytest.mark.parametrize(
+    "name", ["mlm", "span_corruption", "prefix_lm", "position_prediction", "masked_diffusion"]
+)
+def test_corrupt_draws_only_from_its_generator(name: str) -> None:
+    kwargs = {"mask_ratio": 0.3} if name == "position_prediction" else {}
+    obj = objective(name, **kwargs)
+    batch = ragged(8, 40, 300)
+    state = torch.random.get_rng_state()
+    a, b = obj.corrupt(batch, gen(5)), obj.corrupt(batch, gen(5))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator untouched
+    for x, y in ((a.inputs, b.inputs), (a.targets, b.targets), (a.loss_mask, b.loss_mask)):
+        assert torch.equal(x, y)
+    assert a.extras.keys() == b.extras.keys()
+    assert all(torch.equal(a.extras[k], b.extras[k]) for k in a.extras)
+    c = obj.corrupt(batch, gen(6))
+    differs = not torch.equal(a.loss_mask, c.loss_mask) or not torch.equal(a.inputs, c.inputs)
+    assert differs or not torch.equal(a.padding_mask, c.padding_mask)
