@@ -234,6 +234,6 @@ def _import_each_alone(names: list[str]) -> None:
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, *sorted(names)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, *sorted(names)], capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
