@@ -11,6 +11,10 @@ head); the parameter counts are reported and asserted within 3%. Dropout is off 
 A training step: BERT's corruption of a fixed batch (15% of the tokens chosen, 80% of those
 replaced by a mask id, 10% by a random id, 10% kept; the same corrupted batch for both
 models), forward, cross-entropy on the chosen positions, backward and AdamW, fp32,
+each library as it trains an MLM: anyformer's ``mlm`` objective runs the output layer
+on the chosen positions alone (``readout_mask``; the same loss and gradients, tested in
+tests/objectives/test_token_objectives.py), ``BertForMaskedLM`` computes the logits of
+every position. ``--full-readout`` makes anyformer compute every position too.
 ``--threads`` threads. Steps are timed with
 :func:`anyformer.training.cost.interleaved_speed` (a warm-up round, then rounds in which
 each contender runs ``--steps`` steps in turn, the order rotated every round). Reported:
@@ -108,7 +112,9 @@ def corrupted_batch(shape: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def train_stepper(
-    model: nn.Module, shape: dict, logits_of: Callable[[torch.Tensor], torch.Tensor]
+    model: nn.Module,
+    shape: dict,
+    logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Callable[[int], tuple[int, float]]:
     """One AdamW step of masked-token cross-entropy on the fixed corrupted batch."""
     from anyformer.spec import TrainSpec
@@ -118,8 +124,8 @@ def train_stepper(
     inputs, targets, chosen = corrupted_batch(shape)
 
     def step(_: int) -> tuple[int, float]:
-        logits = logits_of(inputs)
-        loss = F.cross_entropy(logits[chosen], targets[chosen])
+        logits = logits_of(inputs, chosen)  # [N, V] at the chosen positions
+        loss = F.cross_entropy(logits, targets[chosen])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -128,7 +134,9 @@ def train_stepper(
     return step
 
 
-def measure(shape: dict, rounds: int, steps: int, max_gap: float = 0.03) -> dict:
+def measure(
+    shape: dict, rounds: int, steps: int, max_gap: float = 0.03, full_readout: bool = False
+) -> dict:
     """Interleaved tokens/s of anyformer and BERT at one shape."""
     from anyformer.training.cost import interleaved_speed
 
@@ -137,9 +145,15 @@ def measure(shape: dict, rounds: int, steps: int, max_gap: float = 0.03) -> dict
     params = {"anyformer": n_params(ours), "bert": n_params(bert)}
     gap = abs(params["anyformer"] - params["bert"]) / params["bert"]
     assert gap <= max_gap, f"parameter counts differ by {gap:.1%}: {params}"
+
+    def ours_logits(ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        if full_readout:
+            return ours(ids)[chosen]
+        return ours(ids, readout_mask=chosen)
+
     steppers = {
-        "anyformer": train_stepper(ours, shape, ours),
-        "bert": train_stepper(bert, shape, lambda ids: bert(input_ids=ids).logits),
+        "anyformer": train_stepper(ours, shape, ours_logits),
+        "bert": train_stepper(bert, shape, lambda ids, chosen: bert(input_ids=ids).logits[chosen]),
     }
     speeds = interleaved_speed(steppers, rounds, steps)
     per_round = {k: v["rounds_tokens_per_s"] for k, v in speeds.items()}
@@ -162,13 +176,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round (smoke test)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--full-readout", action="store_true", help="anyformer computes every position's logits"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.quick:
         args.steps, args.rounds = 1, 1
     gap = 0.1 if args.quick else 0.03  # BERT's extra parts weigh more in a tiny model
-    results = {name: measure(s, args.rounds, args.steps, gap) for name, s in shapes.items()}
+    results = {
+        name: measure(s, args.rounds, args.steps, gap, args.full_readout)
+        for name, s in shapes.items()
+    }
     n_rounds = len(next(iter(results.values()))["rounds_tokens_per_s"]["bert"])
     print(f"threads {args.threads}, {n_rounds} rounds (rotated) x {args.steps} steps")
     print(f"{'shape':20s} {'params':>10s} {'bert params':>11s} {'anyformer':>10s} "
@@ -185,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         **benchmark_environment(args.threads, ("transformers",)),
         "rounds": n_rounds,
         "steps": args.steps,
+        "anyformer_readout": "every position" if args.full_readout else "chosen positions",
         "shapes": results,
     }
     if not (args.no_save or args.quick):

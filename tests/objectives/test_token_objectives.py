@@ -74,6 +74,41 @@ def test_mlm_rates_padding_and_targets() -> None:
     assert out.inputs.max() < 300
 
 
+def test_mlm_reads_out_the_selected_positions_alone_with_the_full_forwards_loss() -> None:
+    """``readout_mask``: the head runs on the selected positions only (outputs
+    ``[N, V]`` equal to the full forward's rows there), and MLM's training loss and its
+    gradients equal those of the full forward's :meth:`loss`."""
+    torch.manual_seed(0)
+    model = build_model(
+        ModelSpec(
+            kind="encoder", head="lm", vocab_size=300, max_len=32, d_model=16, n_heads=2,
+            n_layers=2,
+        )
+    )
+    mlm = objective("mlm", vocab=300)
+    batch = mlm.corrupt(ragged(6, 24, 300), gen(3))
+    full = model(batch.inputs, batch.padding_mask)
+    sparse = model(batch.inputs, batch.padding_mask, readout_mask=batch.loss_mask)
+    assert sparse.shape == (int(batch.loss_mask.sum()), 300)
+    torch.testing.assert_close(sparse, full[batch.loss_mask], rtol=1e-5, atol=1e-6)
+
+    def forward(b: Batch) -> list:
+        kwargs = {k: v for k, v in b.extras.items() if k == "readout_mask"}
+        return [(1.0, model(b.inputs, b.padding_mask, **kwargs))]
+
+    got = mlm.training_loss(model, batch, 0, forward)
+    got.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = mlm.loss(model(batch.inputs, batch.padding_mask), batch)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        model(batch.inputs, readout_mask=batch.loss_mask, last_only=True)
+
+
 def test_mlm_draws_only_from_its_generator() -> None:
     mlm = objective("mlm")
     batch = ragged(4, 50, 300)

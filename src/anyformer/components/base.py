@@ -159,7 +159,11 @@ class Context:
       with the capability ``prefix`` receive it (validation refuses the others);
     - ``memory``: ``[B, S, D]``, an encoder's output that cross-attention
       (capability ``memory``) attends over; ``memory_mask`` ``[B, S]`` bool, True at real
-      source tokens (``None``: all real). Self-attention mixers ignore both.
+      source tokens (``None``: all real). Self-attention mixers ignore both;
+    - ``readout_mask``: ``[B, T]`` bool, the positions the head reads (``None``: all); the
+      outputs are then ``[N, ...]`` for the N selected positions, in row-major order (an
+      MLM scores 15% of the tokens: the head over a large vocabulary need not run on the
+      rest). Like ``last_only`` it concerns the readout only; mixers ignore it.
     """
 
     positions: torch.Tensor
@@ -172,6 +176,7 @@ class Context:
     prefix_len: torch.Tensor | None = None
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
+    readout_mask: torch.Tensor | None = None
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

@@ -86,10 +86,12 @@ class EncoderDecoder(Transformer):
         segments: torch.Tensor | None = None,
         cache: Cache | None = None,
         last_only: bool = False,
+        readout_mask: torch.Tensor | None = None,
         return_outputs: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """Decoder outputs for target ``inputs`` given ``source`` (encoded here) or its
-        encoding ``memory``; ``source_mask`` marks the real source tokens."""
+        encoding ``memory``; ``source_mask`` marks the real source tokens;
+        ``readout_mask`` as in :meth:`Transformer.forward`."""
         if memory is None and source is not None and source_mask is not None:
             check_source_mask(source, source_mask)
         if memory is None:
@@ -107,7 +109,7 @@ class EncoderDecoder(Transformer):
         mask = source_mask.bool() if source_mask is not None else None
         return self._forward(
             inputs, padding_mask, positions, segments, cache, last_only, return_outputs,
-            memory=memory, memory_mask=mask,
+            memory=memory, memory_mask=mask, readout_mask=readout_mask,
         )  # fmt: skip
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

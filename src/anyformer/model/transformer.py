@@ -220,6 +220,7 @@ class Transformer(nn.Module):
         cache: Cache | None = None,
         last_only: bool = False,
         prefix_len: torch.Tensor | None = None,
+        readout_mask: torch.Tensor | None = None,
         return_outputs: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
@@ -227,7 +228,10 @@ class Transformer(nn.Module):
         needs: over a long prompt and a large vocabulary the head costs as much as many
         decoding steps). Only for heads applied per position (not pooled ones). With
         ``return_outputs`` the result is the pass's :class:`ModelOutput`. ``prefix_len``
-        ``[B]``: a prefix LM's prefix per row (``kind: prefix_lm`` only)."""
+        ``[B]``: a prefix LM's prefix per row (``kind: prefix_lm`` only). ``readout_mask``
+        ``[B, T]`` bool: the head runs on the selected positions alone and the outputs are
+        ``[N, ...]`` for the N of them (row-major; equal to ``outputs[readout_mask]`` of a
+        full forward), for per-position heads."""
         if prefix_len is not None:
             if self.spec.kind != "prefix_lm":
                 raise SpecError(
@@ -242,7 +246,7 @@ class Transformer(nn.Module):
             prefix_len = prefix_len.to(device=inputs.device, dtype=torch.long)
         return self._forward(
             inputs, padding_mask, positions, segments, cache, last_only, return_outputs,
-            prefix_len=prefix_len,
+            prefix_len=prefix_len, readout_mask=readout_mask,
         )  # fmt: skip
 
     def _forward(
@@ -261,6 +265,13 @@ class Transformer(nn.Module):
         encoder–decoder's ``memory`` and ``memory_mask``), read out."""
         if last_only and self.pooled:
             raise ValueError("last_only needs a per-position head; this model pools")
+        readout_mask = context.get("readout_mask")
+        if readout_mask is not None and (self.pooled or last_only):
+            raise ValueError(
+                "readout_mask selects positions for a per-position head; this model pools"
+                if self.pooled
+                else "give readout_mask or last_only, not both"
+            )
         embedded = self.embed(inputs)
         t = embedded.shape[1]  # tokens, not the raw input's second axis (image channels)
         offset = 0 if cache is None else cache.offset
@@ -305,13 +316,18 @@ class Transformer(nn.Module):
         head: nn.Module | None = None,
     ) -> torch.Tensor:
         """Final norm, pooling (pooled heads, over ``ctx.padding_mask``) and head on the
-        last hidden states, on the last position alone when ``ctx.last_only``; a depth
+        last hidden states, on the last position alone when ``ctx.last_only`` (on the
+        positions of ``ctx.readout_mask`` alone, ``[N, ...]``, when it is given); a depth
         schedule with several exits passes each exit's own ``norm`` and ``head``."""
         if ctx.last_only:
             x = x[:, -1:]
+        elif ctx.readout_mask is not None:  # [1, N, D]: the head sees a row of N tokens
+            x = x[ctx.readout_mask.to(x.device)][None]
         x = (self.norm if norm is None else norm)(x)
         head = self.head if head is None else head
-        return head(x, ctx.padding_mask) if self.pooled else head(x)
+        if self.pooled:
+            return head(x, ctx.padding_mask)
+        return head(x)[0] if ctx.readout_mask is not None else head(x)
 
     @property
     def trains_several_outputs(self) -> bool:
