@@ -142,7 +142,7 @@ class TokenRegressHead(LinearHead):
     "head",
     "classify",
     paper=BERT,
-    summary="class logits [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    summary="class logits [B, n_outputs] of each row, pooled by model.pool (mean, first, last, branches)",
     params=NoParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )
@@ -157,7 +157,7 @@ class ClassifyHead(LinearHead):
     "head",
     "regress",
     paper=BERT,
-    summary="values [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    summary="values [B, n_outputs] of each row, pooled by model.pool (mean, first, last, branches)",
     params=NoParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )
