@@ -222,7 +222,7 @@ class CrossBranchAttention(QKVHeads):
             return int(own)
         d = self.n_heads * self.d_head
         fuse = sum(
-            linear_flops(c.k, c.v) * (1 + self.branches[1 - b] - 1)
+            linear_flops(c.k, c.v) * self.branches[1 - b]  # keys: own CLS + other patches
             + linear_flops(c.q, c.out)
             + 4 * self.branches[1 - b] * d
             for b, c in enumerate(self.fusion)
