@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anyformer import registry
 from anyformer.cli import main
 from anyformer.lab import run_experiment
 from anyformer.lab.loaded import load_run
@@ -125,3 +126,14 @@ def test_vision_quickstart_writes_its_confusion_matrix(tmp_path: Path) -> None:
     (folder,) = tmp_path.iterdir()
     assert (folder / "plots" / "confusion.png").is_file()
     assert "![confusion](plots/confusion.png)" in (folder / "report.md").read_text()
+
+
+def test_shapes_names_its_classes_on_the_confusion_matrix() -> None:
+    entry = registry.get("task", "shapes")
+    task = entry.build(entry.make_params(), 0)
+    batches = task.eval_set("id", 24)
+    outputs = [torch.nn.functional.one_hot(b.targets, task.n_classes).float() for b in batches]
+    panel = task.plot_data("id", outputs, batches)
+    assert panel.labels[0] == "red rect" and panel.labels[5] == "blue disc"
+    assert panel.accuracy == 1.0 and panel.examples == 24
+    assert np.count_nonzero(panel.counts - np.diag(np.diag(panel.counts))) == 0
