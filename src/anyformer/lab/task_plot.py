@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anyformer.tasks.base import Batch
+from anyformer.tasks.base import Batch, Task
 from anyformer.tasks.packing import model_inputs
 from anyformer.training.conformal import calibration_steps, conformal_head, intervals
 
@@ -31,6 +31,8 @@ def task_plot_data(run: Run, model: nn.Module) -> list[Any]:
     """The task's plot data of each evaluated ``id``/``ood`` split (empty when the task
     has no plot of its own)."""
     task, train = run.task, run.spec.train
+    if type(task).plot_data is Task.plot_data:  # no plot of its own: predict nothing
+        return []
     splits = [s for s in task.splits if s in run.metrics]
     device = next(model.parameters()).device
     was_training = model.training
