@@ -159,7 +159,10 @@ class Dims:
     ``layer`` is the block's index (0-based) and ``n_layers`` the depth of the stack.
     ``grid`` is ``(H, W)`` when the embedder lays tokens out on a 2-D grid (image
     patches): tokens ``0 .. n_prefix - 1`` are prefix tokens (CLS, registers), token
-    ``n_prefix + r * W + c`` is grid cell ``(r, c)``; ``None`` for 1-D sequences."""
+    ``n_prefix + r * W + c`` is grid cell ``(r, c)``; ``None`` for 1-D sequences.
+    ``branches`` is the length of each branch when the embedder lays out several
+    branches one after another, each starting with its CLS token (CrossViT's two patch
+    sizes); ``None`` for one sequence."""
 
     d_model: int
     n_heads: int
@@ -171,6 +174,7 @@ class Dims:
     n_layers: int = 1
     grid: tuple[int, int] | None = None
     n_prefix: int = 0
+    branches: tuple[int, ...] | None = None
 
     @property
     def d_head(self) -> int:
@@ -226,6 +230,8 @@ class Capabilities:
       encoder–decoder, never as a layer's self-attention mixer.
     - ``cross``: (layouts) places a cross-attention sublayer between the mixer and the
       FFN when the block belongs to an encoder–decoder's decoder.
+    - ``branches``: (embedders) lays tokens out as several branches, each starting with
+      its CLS token (``TokenLayout.branches``); (mixers) needs such a layout.
 
     Every capability has this one default; a variant states what differs from it.
     """
@@ -247,6 +253,7 @@ class Capabilities:
     prefix: bool = False
     memory: bool = False
     cross: bool = False
+    branches: bool = False
 
 
 @dataclass(frozen=True)

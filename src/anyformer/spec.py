@@ -129,7 +129,10 @@ class ModelSpec(_Frozen):
     embedder reads (``[C, H, W]``, ``[n_columns]``). ``head`` (slot ``head``) writes
     the outputs; unset, it is ``lm`` for decoders and ``classify`` for encoders. ``norm_placement`` names the
     residual layout (``pre``, ``post``, ``sandwich``, ``sandwich_norm``, ``macaron``,
-    ``parallel``); ``layers`` overrides block slots per layer, e.g.
+    ``parallel``); ``pool`` is how pooled heads pool the tokens (``mean`` over real
+    tokens, ``first``, ``last``, or ``branches``: the mean of the CLS tokens of an
+    embedder with branches, CrossViT's average of its branches' logits); ``layers``
+    overrides block slots per layer, e.g.
     ``{2: {attention: softmax}}`` (on the command line ``model.layers.2.attention=softmax``).
     ``n_layers`` is the number of *distinct* blocks (each with its own weights) and
     ``layers`` keys index them; ``depth`` is the schedule that runs them (``stack``: each
@@ -164,7 +167,7 @@ class ModelSpec(_Frozen):
     max_len: int = Field(512, gt=0, le=limits.MAX_LEN)
     head: HeadRef | None = None
     n_outputs: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
-    pool: Literal["mean", "first", "last"] = "mean"
+    pool: Literal["mean", "first", "last", "branches"] = "mean"
     tie_embeddings: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
@@ -229,6 +232,13 @@ class ModelSpec(_Frozen):
             return (
                 f"head='lm' needs an embedder that reads tokens (embedder='{embedder.name}' "
                 f"reads {self.input_kind}); use token_classify or another head"
+            )
+        branched = getattr(self.token_layout, "branches", None) is not None
+        if self.pool == "branches" and head.entry.caps.pooled and not branched:
+            return (
+                f"model.pool='branches' averages the CLS tokens of an embedder's "
+                f"branches, but embedder='{embedder.name}' lays out one sequence; use "
+                f"an embedder with branches (crossvit) or pool=mean|first|last"
             )
         length = self.token_layout.length
         if length is not None and length > self.max_len:
@@ -323,14 +333,16 @@ class ModelSpec(_Frozen):
         if self.input_kind in ("image", "table") and self.input_shape is None:
             layout = None  # not known before the task fills input_shape
         if layout is None:  # a user's embedder without the base class's method
-            return SimpleNamespace(length=None, grid=None, n_prefix=0)
+            return SimpleNamespace(length=None, grid=None, n_prefix=0, branches=None)
         return layout(ref.config, self)
 
     @property
     def grid_pending(self) -> bool:
         """Whether the embedder lays tokens on a grid whose size the task has not set yet
-        (``input_shape`` unset): components that need the grid are checked later."""
-        return self.input_shape is None and bool(self.embedder_ref.entry.caps.grid)
+        (``input_shape`` unset), or in branches (``caps.branches``): components that need
+        the grid or the branches are checked later."""
+        caps = self.embedder_ref.entry.caps
+        return self.input_shape is None and bool(caps.grid or caps.branches)
 
     @property
     def head_ref(self) -> HeadRef:
@@ -376,7 +388,9 @@ class ModelSpec(_Frozen):
         refs = {"attention": layer.attention, "position": self.position, "norm": layer.norm}
         refs.update(ffn=layer.ffn, norm_placement=layer.norm_placement)
         for slot, ref in refs.items():
-            if ref.entry.caps.grid and dims.grid is None and self.grid_pending:
+            caps = ref.entry.caps
+            unknown = caps.grid and dims.grid is None or caps.branches and dims.branches is None
+            if unknown and self.grid_pending:
                 continue  # checked again once the task fills input_shape
             problem = ref.entry.check(ref.config, dims)
             if problem:
@@ -396,6 +410,7 @@ class ModelSpec(_Frozen):
         return registry.Dims(
             grid=tokens.grid,
             n_prefix=tokens.n_prefix,
+            branches=getattr(tokens, "branches", None),
             d_model=self.d_model,
             n_heads=self.n_heads,
             max_len=self.max_len,

@@ -65,6 +65,17 @@ def test_digits(tmp_path: Path) -> None:
     beats(m, "accuracy", "majority", 0.5)
 
 
+@pytest.mark.slow
+def test_crossvit_digits_reaches_logistic_regression(tmp_path: Path) -> None:
+    """CrossViT (two branches of 2x2 and 4x4 patches, CLS fusion, the two CLS tokens'
+    logits averaged), 2x64, 800 steps: at least the logistic regression on the same
+    held-out digits (measured: 0.969 vs 0.965; 3x64 for 1500 steps: 0.977)."""
+    crossvit = {"embedder": {"name": "crossvit", "small_patch": 2, "large_patch": 4},
+                "attention": "cross_branch", "pool": "branches", "max_len": 22, "d_model": 64}  # fmt: skip
+    m = train({"name": "digits"}, crossvit, steps=800, batch_size=64)
+    beats(m, "accuracy", "logreg", 0.0)
+
+
 def test_mnist1d(tmp_path: Path) -> None:
     m = train({"name": "mnist1d"}, {"max_len": 40}, steps=150)
     beats(m, "accuracy", "majority", 0.15)

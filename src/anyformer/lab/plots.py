@@ -17,7 +17,12 @@ Comparison figures: ``curve_<split>.png`` (each variant's curve with its band),
 all variants have the same size, where that axis would be one point), ``cost.png``
 (headline against training FLOPs per token and against measured tokens/s) and
 ``loss.png`` (training loss by step, mean over seeds with its band). Run figures:
-``curve.png`` and ``loss.png``.
+``curve.png`` and ``loss.png``, and the task's own figure (:func:`plot_task`, from the
+data of :meth:`anyformer.tasks.base.Task.plot_data`, one panel per split):
+``confusion.png`` (a confusion matrix with the accuracy in each panel's title),
+``predicted_vs_true.png`` (predicted against true values with the conformal interval of
+each point as an error bar and its coverage in the legend) or ``images.png`` (input,
+output, target and baseline images side by side).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anyformer.lab.compare import CompareResult
+    from anyformer.tasks.plot_data import Confusion, ImageGrid, PlotData, Scatter
 
 #: a curve point resting on fewer examples than this is annotated with its count
 FEW = 30
@@ -294,6 +300,118 @@ def plot_losses(
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+#: The file each kind of task plot is written to.
+TASK_PLOT_FILES = {
+    "confusion": "confusion.png",
+    "scatter": "predicted_vs_true.png",
+    "images": "images.png",
+}
+#: At most this many points of a scatter are drawn (coverage counts them all).
+MAX_SCATTER_POINTS = 1500
+
+
+def plot_task(panels: list[PlotData], folder: Path, title: str) -> Path | None:
+    """Draw a task's plot data (one panel per split, all of one kind) into ``folder``
+    under the kind's file name (:data:`TASK_PLOT_FILES`); ``None`` without panels."""
+    if not panels:
+        return None
+    kinds = {p.kind for p in panels}
+    if len(kinds) != 1:
+        raise ValueError(f"a task plot has panels of one kind, got {sorted(kinds)}")
+    kind = kinds.pop()
+    draw = {"confusion": _confusion, "scatter": _scatter, "images": _images}[kind]
+    plt = _pyplot()
+    fig = draw(plt, panels, title)
+    out = _save(fig, folder / TASK_PLOT_FILES[kind])
+    plt.close(fig)
+    return out
+
+
+def _confusion(plt: Any, panels: list[Confusion], title: str) -> Any:
+    n = len(panels[0].labels)
+    side = min(12.0, 2.0 + 0.45 * n)
+    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side + 0.8),
+                             dpi=100, squeeze=False)  # fmt: skip
+    for ax, panel in zip(axes[0], panels):
+        counts = panel.counts
+        ax.imshow(counts, cmap="Blues", vmin=0)
+        ticks = range(len(panel.labels))
+        ax.set_xticks(ticks, panel.labels, rotation=90 if n > 10 else 0, fontsize=7)
+        ax.set_yticks(ticks, panel.labels, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        if n <= 25:
+            top = counts.max() or 1
+            for i in range(n):
+                for j in range(n):
+                    if counts[i, j]:
+                        color = "white" if counts[i, j] > top / 2 else "black"
+                        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                                fontsize=6, color=color)  # fmt: skip
+        ax.set_title(f"{panel.split}: accuracy {panel.accuracy:.3f} (n={panel.examples})",
+                     fontsize=9)  # fmt: skip
+    fig.suptitle(title)
+    return fig
+
+
+def _scatter(plt: Any, panels: list[Scatter], title: str) -> Any:
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax, panel in zip(axes[0], panels):
+        n = panel.true.size
+        pick = np.arange(n)
+        if n > MAX_SCATTER_POINTS:  # a fixed, evenly spread subset
+            pick = np.linspace(0, n - 1, MAX_SCATTER_POINTS).round().astype(np.int64)
+        true, pred = panel.true[pick], panel.pred[pick]
+        label = f"model (n={n}{', ' + str(len(pick)) + ' drawn' if len(pick) < n else ''})"
+        if panel.lower is not None and panel.upper is not None:
+            below = np.clip(pred - panel.lower[pick], 0, None)
+            above = np.clip(panel.upper[pick] - pred, 0, None)
+            ax.errorbar(true, pred, yerr=[below, above], fmt="none", ecolor="tab:blue",
+                        alpha=0.25, linewidth=0.8,
+                        label=f"conformal interval at {panel.level:g}: coverage "
+                        f"{panel.coverage:.3f}")  # fmt: skip
+        ax.scatter(true, pred, s=6, color="tab:blue", label=label)
+        finite = np.concatenate([true[np.isfinite(true)], pred[np.isfinite(pred)]])
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1,
+                    label="predicted = true")  # fmt: skip
+        ax.set_xlabel(f"true {panel.quantity}")
+        ax.set_ylabel(f"predicted {panel.quantity}")
+        ax.set_title(panel.split, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _images(plt: Any, panels: list[ImageGrid], title: str) -> Any:
+    rows = [(panel.split, r) for panel in panels for r in range(len(panel.images[0]))]
+    columns = panels[0].columns
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.8 * len(columns),
+                             1.8 * len(rows)), dpi=100, squeeze=False)  # fmt: skip
+    by_split = {panel.split: panel for panel in panels}
+    for i, (split, r) in enumerate(rows):
+        for j, name in enumerate(columns):
+            ax = axes[i][j]
+            image = by_split[split].images[j][r]
+            if image.shape[-1] == 1:
+                ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 or rows[i - 1][0] != split:
+                ax.set_title(name, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{split} {r}", fontsize=8)
+    fig.suptitle(title)
+    return fig
 
 
 def image_lines(paths: list[Path | None], root: Path) -> list[str]:

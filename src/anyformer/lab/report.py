@@ -7,7 +7,9 @@ token, the training settings; then every session of the run (``provenance.json``
 command line, the experiment and overrides, the anyformer version, the date, the
 platform, python and torch versions, CPU and GPU); the final metrics of every evaluated
 split; for MatFormer models the results at every trained width; and the figures
-``plots/curve.png`` (the task's curves) and ``plots/loss.png`` (training loss by step).
+``plots/curve.png`` (the task's curves), the task's own plot (a confusion matrix,
+predicted against true values with conformal intervals, or an image grid) and
+``plots/loss.png`` (training loss by step).
 """
 
 from __future__ import annotations
@@ -349,15 +351,19 @@ def rows_table(rows: list[dict[str, Any]], headline: str) -> list[str]:
 
 
 def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
-    """Write ``report.md``, ``plots/curve.png`` and ``plots/loss.png`` into the run folder
-    (``objective`` gives the loss of each MatFormer width)."""
+    """Write ``report.md``, ``plots/curve.png``, the task's own plot
+    (:mod:`anyformer.lab.task_plot`: ``confusion.png``, ``predicted_vs_true.png`` or
+    ``images.png``) and ``plots/loss.png`` into the run folder (``objective`` gives the
+    loss of each MatFormer width)."""
     from anyformer.lab.plots import image_lines, plot_losses
     from anyformer.lab.results import read_losses
+    from anyformer.lab.task_plot import write_task_plot
 
     spec = run.spec
     plot = plot_curves(
         run.metrics, run.dir / "plots" / "curve.png", f"{spec.name}: {spec.task.name}"
     )
+    task_plot = write_task_plot(run, model)
     losses = {step: (loss, 0.0) for step, loss in read_losses(run.dir).items()}
     loss_plot = plot_losses({"train": losses}, run.dir / "plots" / "loss.png",
                             f"{spec.name}: training loss")  # fmt: skip
@@ -387,7 +393,7 @@ def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
                   "Every trained width of the nested FFNs, evaluated without retraining "
                   "(params: a standalone model extracted at that width).", ""]  # fmt: skip
         lines += rows_table(widths, run.task.headline)
-    lines += image_lines([plot, loss_plot], run.dir)
+    lines += image_lines([plot, task_plot, loss_plot], run.dir)
     path = run.dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

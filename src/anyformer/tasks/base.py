@@ -165,6 +165,14 @@ class Task:
         all exceed the ``train`` ones; None (the default) when it does not."""
         return None
 
+    def plot_data(self, split: str, outputs: list[torch.Tensor], batches: list[Batch]) -> Any:
+        """What the task's own plot shows of a model's ``outputs`` on the evaluation
+        ``batches`` of ``split``, as data (:mod:`anyformer.tasks.plot_data`: a
+        ``Confusion``, ``Scatter`` or ``ImageGrid``), or ``None`` (the default) when the
+        task has no plot of its own. The lab draws it at the end of a run; a ``Scatter``
+        gets the run's conformal intervals added there."""
+        return None
+
     # ------------------------------------------------------------------ shared
     def eval_set(self, split: str, size: int) -> list[Batch]:
         if split not in self.splits:

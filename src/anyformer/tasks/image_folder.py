@@ -219,6 +219,9 @@ class ImageFolder(SupervisedTask):
     def shape(self) -> tuple[int, int, int]:
         return (self.params.channels, self.params.size, self.params.size)
 
+    def class_labels(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
     def model_io(self) -> dict[str, Any]:
         return image_io(self.shape, self.n_classes)
 

@@ -158,6 +158,7 @@ class PoseLifting(SupervisedTask):
     higher_is_better: ClassVar[bool] = False
     default_objective: ClassVar[str] = "mse"
     input_kind: ClassVar[str] = "vectors"
+    quantity: ClassVar[str] = "joint coordinate (m)"
     kind = "regress"
     params: PoseParams
 

@@ -198,6 +198,13 @@ class Shapes(SupervisedTask):
         """Tokens of a box sequence: ``BOS``, 5 per object, ``EOS``."""
         return 2 + 5 * self.params.ood_max_objects
 
+    def class_labels(self) -> tuple[str, ...]:
+        """``largest_class``: colour and shape (``class = 3 * shape + colour``); ``count``:
+        the number of objects."""
+        if self.params.output == "largest_class":
+            return tuple(f"{c} {s}" for s in ("rect", "disc") for c in ("red", "green", "blue"))
+        return tuple(str(i) for i in range(self.n_classes))
+
     def model_io(self) -> dict[str, Any]:
         p = self.params
         if p.output == "boxes":

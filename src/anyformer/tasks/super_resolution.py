@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, rng_for
 from anyformer.tasks.images import image_seq_len
+from anyformer.tasks.plot_data import ImageGrid, to_hwc
 from anyformer.tasks.supervised import Examples, SupervisedTask, psnr
 
 RGT = Paper("Recursive Generalization Transformer for Image Super-Resolution", 2024, "Chen et al.")
@@ -151,6 +152,17 @@ class SuperResolution(SupervisedTask):
 
     def baseline_outputs(self, name: str, batches: list[Batch]) -> list[torch.Tensor]:
         return [upsample(b.inputs, name).float() for b in batches]
+
+    def image_grid(
+        self, split: str, outputs: torch.Tensor, batches: list[Batch], rows: int = 4
+    ) -> ImageGrid:
+        """Low-resolution input, the model's x2 output, the target and the input's
+        nearest-neighbour upsampling (the baseline a model must beat) of the first
+        ``rows`` crops."""
+        grid = super().image_grid(split, outputs, batches, rows)
+        inputs = torch.cat([b.inputs for b in batches])[:rows]
+        nearest = to_hwc(upsample(inputs, "nearest").numpy())
+        return ImageGrid(split, (*grid.columns, "nearest"), (*grid.images, nearest))
 
     def regression_scores(
         self, pred: np.ndarray, targets: np.ndarray, batches: list[Batch]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.plot_data import ImageGrid, PlotData, Scatter, confusion, to_hwc
 
 #: Examples per evaluation batch.
 EVAL_BATCH_ROWS = 256
@@ -89,6 +90,8 @@ class SupervisedTask(Task):
     higher_is_better: ClassVar[bool] = True
     disjoint_splits: ClassVar[bool] = True
     input_kind: ClassVar[str] = "image"
+    #: What a regression target is, for the axes of the predicted-vs-true plot.
+    quantity: ClassVar[str] = "target"
     kind: str = "classify"
     n_classes: int = 0
 
@@ -188,6 +191,40 @@ class SupervisedTask(Task):
             else:
                 outs.append(pred.float())
         return outs
+
+    # ------------------------------------------------------------ plots
+    def class_labels(self) -> tuple[str, ...]:
+        """The names of the classes (a confusion matrix's axes): their indices by default."""
+        return tuple(str(i) for i in range(self.n_classes))
+
+    def plot_data(
+        self, split: str, outputs: list[torch.Tensor], batches: list[Batch]
+    ) -> PlotData | None:
+        """Classification: the confusion matrix of the argmax of the logits. Image
+        targets (a dense head): input, output and target of the first examples side by
+        side. Other regression: predicted against true values, every target value a point
+        (the lab adds the conformal interval of a regression head)."""
+        targets = torch.cat([b.targets for b in batches])
+        if self.kind == "classify":
+            pred = torch.cat([o.reshape(o.shape[0], -1).argmax(-1).cpu() for o in outputs])
+            return confusion(split, targets.numpy(), pred.numpy(), self.n_classes,
+                             self.class_labels())  # fmt: skip
+        out = torch.cat([o.detach().float().cpu() for o in outputs])
+        if targets.dim() == 4:  # images [B, C, H, W]
+            return self.image_grid(split, out, batches)
+        if out.numel() != targets.numel():  # e.g. a distribution head: the lab reads it
+            out = torch.full_like(targets, float("nan"), dtype=torch.float32)
+        return Scatter(split, targets.double().numpy().reshape(-1),
+                       out.double().numpy().reshape(-1), self.quantity)  # fmt: skip
+
+    def image_grid(
+        self, split: str, outputs: torch.Tensor, batches: list[Batch], rows: int = 4
+    ) -> ImageGrid:
+        """Input, output and target of the first ``rows`` examples."""
+        inputs = torch.cat([b.inputs for b in batches])[:rows]
+        targets = torch.cat([b.targets for b in batches])[:rows]
+        columns = {"input": inputs, "output": outputs[:rows], "target": targets}
+        return ImageGrid(split, tuple(columns), tuple(to_hwc(v.numpy()) for v in columns.values()))
 
     # ------------------------------------------------------------ metrics
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:

@@ -243,6 +243,9 @@ class Table(SupervisedTask):
         self.target_mean, self.target_std = float(tr.mean()), float(tr.std()) or 1.0
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
 
+    def class_labels(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.raw.classes)
+
     def model_io(self) -> dict[str, Any]:
         cats = list(self.raw.categories)
         head = "classify" if self.kind == "classify" else "regress"

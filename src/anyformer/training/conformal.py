@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from anyformer.tasks.base import Batch
-from anyformer.tasks.conformal import HEAD_KINDS, head_report
+from anyformer.tasks.conformal import HEAD_KINDS, calibrate, head_report, predictions
 
 
 def conformal_head(model: Any) -> str | None:
@@ -55,6 +55,32 @@ def counted(output: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]
     return out[mask].numpy(), targets[mask].numpy()
 
 
+def stack(pairs: list[tuple[torch.Tensor, Batch]]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`counted` outputs and targets of ``(outputs, batch)`` pairs, concatenated."""
+    parts = [counted(o, b) for o, b in pairs]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def intervals(
+    head: str,
+    calibration: list[tuple[torch.Tensor, Batch]],
+    pairs: list[tuple[torch.Tensor, Batch]],
+    level: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(true, point, lower, upper)`` of every counted target value of ``pairs``
+    (flattened), with the split-conformal interval at ``level`` calibrated on
+    ``calibration`` as :func:`report` does. The point prediction is the head's mean
+    (``regress``, ``gaussian``) or the middle of its outermost quantiles (``quantile``)."""
+    kind = HEAD_KINDS[head]
+    outputs, y = stack(calibration)
+    rule = calibrate(kind, y, *predictions(kind, outputs), level=level)
+    outputs, y = stack(pairs)
+    preds = predictions(kind, outputs)
+    lower, upper = rule.interval(*preds)
+    point = preds[0] if kind != "cqr" else (preds[0] + preds[1]) / 2
+    return y.reshape(-1), point.reshape(-1), lower.reshape(-1), upper.reshape(-1)
+
+
 def report(
     head: str,
     calibration: list[tuple[torch.Tensor, Batch]],
@@ -63,10 +89,6 @@ def report(
 ) -> dict[str, dict[str, float]]:
     """``{split: {level, coverage, width, n_calibration}}`` of intervals calibrated on
     ``calibration`` (``(outputs, batch)`` pairs) and tested on each split's pairs."""
-
-    def stack(pairs: list[tuple[torch.Tensor, Batch]]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [counted(o, b) for o, b in pairs]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     tests = {name: stack(pairs) for name, pairs in splits.items() if pairs}
     rep = head_report(head, stack(calibration), tests, level)

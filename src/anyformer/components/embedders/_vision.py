@@ -33,9 +33,10 @@ def image_problem(spec: Any, name: str) -> str | None:
     return None
 
 
-def patch_problem(spec: Any, name: str, patch_size: int) -> str | None:
+def patch_problem(spec: Any, name: str, patch_size: int, field: str = "patch_size") -> str | None:
     """Why ``spec`` is not an image that non-overlapping ``patch_size`` patches tile
-    (``None`` when it is), listing the patch sizes that would."""
+    (``None`` when it is), listing the patch sizes that would; ``field`` names the
+    embedder parameter that holds the size."""
     problem = image_problem(spec, name)
     if problem:
         return problem
@@ -44,7 +45,7 @@ def patch_problem(spec: Any, name: str, patch_size: int) -> str | None:
     if h % p or w % p:
         return (
             f"model.input_shape={list(spec.input_shape)}: an image of {h}x{w} is not "
-            f"divisible into patches of embedder.patch_size={p}; use a patch size "
+            f"divisible into patches of embedder.{field}={p}; use a patch size "
             f"that divides both sides ("
             f"{', '.join(str(d) for d in range(1, h + 1) if h % d == 0 and w % d == 0)})"
         )

@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 class TokenLayout:
     """How an embedder lays out its tokens: ``length`` tokens in all, the first
     ``n_prefix`` of them prefix tokens (CLS, registers), the rest either a 1-D sequence
-    (``grid=None``) or a row-major ``(H, W)`` grid."""
+    (``grid=None``) or a row-major ``(H, W)`` grid. ``branches`` (when not ``None``) is
+    the length of each of several branches laid out one after another, each starting
+    with its own CLS token (CrossViT: ``[CLS_s, small patches..., CLS_l, large
+    patches...]``); mixers that need it read it from ``Dims.branches``."""
 
     length: int | None
     grid: tuple[int, int] | None = None
     n_prefix: int = 0
+    branches: tuple[int, ...] | None = None
 
 
 class Embedder(nn.Module):

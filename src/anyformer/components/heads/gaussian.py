@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from anyformer.components.heads.base import Head
-from anyformer.components.heads.linear import entry_name, n_outputs, pool
+from anyformer.components.heads.linear import entry_name, n_outputs, pool, pooling
 from anyformer.registry import Capabilities, NoParams, Paper, register
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class ValuesHead(Head):
         super().__init__()
         self.n_targets = n_outputs(spec, entry_name(self))
         self.values = values
-        self.how = spec.pool
+        self.how = pooling(spec) if self.pooled else spec.pool
         self.proj = nn.Linear(spec.d_model, self.n_targets * values)
 
     def n_values(self) -> int:

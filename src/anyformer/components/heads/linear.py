@@ -24,9 +24,30 @@ BERT = Paper(
 )
 
 
-def pool(x: torch.Tensor, padding_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+def pooling(spec: ModelSpec) -> str | tuple[int, ...]:
+    """How a pooled head of ``spec`` pools: ``model.pool``, or for ``pool='branches'``
+    the index of each branch's CLS token in the embedder's layout (CrossViT)."""
+    if spec.pool != "branches":
+        return spec.pool
+    branches = spec.token_layout.branches
+    if branches is None:
+        raise ValueError("model.pool='branches' needs an embedder with branches (crossvit)")
+    starts = [0]
+    for length in branches[:-1]:
+        starts.append(starts[-1] + length)
+    return tuple(starts)
+
+
+def pool(
+    x: torch.Tensor, padding_mask: torch.Tensor | None, how: str | tuple[int, ...]
+) -> torch.Tensor:
     """``[B, T, D] -> [B, D]``: the mean over real tokens, the first token, or the last
-    real one (``padding_mask`` True at real tokens; ``None``: all real)."""
+    real one (``padding_mask`` True at real tokens; ``None``: all real); ``how`` a tuple
+    of token indices (:func:`pooling` of ``pool='branches'``): the mean of those tokens,
+    the CLS tokens of CrossViT's branches. A linear head on that mean is the average of
+    the head's outputs on each CLS token, CrossViT's average of the branches' logits."""
+    if isinstance(how, tuple):
+        return x[:, list(how)].mean(dim=1)
     if how == "first":
         return x[:, 0]
     if padding_mask is None:
@@ -57,7 +78,7 @@ class LinearHead(nn.Linear, Head):
 
     def __init__(self, spec: ModelSpec, params: NoParams) -> None:
         nn.Linear.__init__(self, spec.d_model, self.out_size(spec), bias=self.uses_bias)
-        self.how = spec.pool
+        self.how = pooling(spec) if self.pooled else spec.pool
 
     def out_size(self, spec: ModelSpec) -> int:
         return n_outputs(spec, entry_name(self))
@@ -121,7 +142,7 @@ class TokenRegressHead(LinearHead):
     "head",
     "classify",
     paper=BERT,
-    summary="class logits [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    summary="class logits [B, n_outputs] of each row, pooled by model.pool (mean, first, last, branches)",
     params=NoParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )
@@ -136,7 +157,7 @@ class ClassifyHead(LinearHead):
     "head",
     "regress",
     paper=BERT,
-    summary="values [B, n_outputs] of each row, pooled by model.pool (mean, first, last)",
+    summary="values [B, n_outputs] of each row, pooled by model.pool (mean, first, last, branches)",
     params=NoParams,
     caps=Capabilities(pooled=True, complexity="O(n)"),
 )

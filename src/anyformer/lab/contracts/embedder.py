@@ -41,7 +41,8 @@ def reads_its_example(entry: Entry) -> None:
 
 @contract_check(SLOT, "layout")
 def layout(entry: Entry) -> None:
-    """layout() makes a grid exactly when caps.grid says, and the grid fits in the tokens"""
+    """layout() makes a grid (branches) exactly when caps.grid (caps.branches) says, and
+    they fit in the tokens"""
     model = _io._embedder_model(entry)
     tokens = model.spec.token_layout
     if entry.caps.grid != (tokens.grid is not None):
@@ -50,6 +51,11 @@ def layout(entry: Entry) -> None:
         tokens.length is None and tokens.n_prefix
     ):
         raise CheckFailure(f"layout() gives n_prefix={tokens.n_prefix} of {tokens.length} tokens")
+    branches = getattr(tokens, "branches", None)
+    if entry.caps.branches != (branches is not None):
+        raise CheckFailure(f"caps.branches={entry.caps.branches} but layout() gives {branches}")
+    if branches is not None and (sum(branches) != tokens.length or min(branches) < 1):
+        raise CheckFailure(f"layout() gives branches {branches} of {tokens.length} tokens")
     if tokens.grid is not None:
         h, w = tokens.grid
         if h < 1 or w < 1 or tokens.length is None or tokens.n_prefix + h * w > tokens.length:

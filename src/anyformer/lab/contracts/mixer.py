@@ -5,7 +5,10 @@ reaches every parameter, and cached decoding equals recomputation.
 A mixer whose capabilities say ``grid`` reads a 2-D grid of tokens: the checks build it
 with :func:`mixer_dims` (prefix tokens and a grid that make up the test length), check
 that validation refuses it in a model without a grid, and check padding as masked grid
-cells whose values reach no real token."""
+cells whose values reach no real token. A mixer whose capabilities say ``branches``
+(CrossViT's ``cross_branch``) reads branches of tokens, each starting with its CLS token:
+it is built with two branches that make up the test length, and validation must refuse it
+in a model without branches, saying so."""
 
 from __future__ import annotations
 
@@ -55,9 +58,12 @@ def grid_for(t: int) -> tuple[int, int, int]:
 
 def mixer_dims(entry: Entry, d_model: int, n_heads: int, t: int, causal: bool, **kw: Any) -> Dims:
     """The ``Dims`` a check builds ``entry`` with for inputs of ``t`` tokens: a grid
-    mixer (``caps.grid``) gets prefix tokens and a grid of :func:`grid_for` ``(t)``;
-    ``max_len`` defaults to ``t``."""
+    mixer (``caps.grid``) gets prefix tokens and a grid of :func:`grid_for` ``(t)``, a
+    branch mixer (``caps.branches``) two branches of ``t - t // 2`` and ``t // 2``
+    tokens; ``max_len`` defaults to ``t``."""
     kw.setdefault("max_len", t)
+    if entry.caps.branches:
+        kw.update(branches=(t - t // 2, t // 2))
     if entry.caps.grid:
         n_prefix, h, w = grid_for(t)
         kw.update(grid=(h, w), n_prefix=n_prefix)
@@ -118,11 +124,13 @@ def encoder_padding(entry: Entry) -> None:
         return
     if entry.caps.grid:
         refuses_a_model_without_a_grid(entry)
+    if entry.caps.branches:
+        refuses_a_model_without_branches(entry)
     if not entry.caps.bidirectional:
         if try_spec("encoder", entry.name, "learned")[0] is not None:
             raise CheckFailure("validation accepted a causal-only mixer in an encoder")
         raise NotApplicable("not bidirectional (decoders only); encoders refuse it")
-    if entry.caps.grid:
+    if entry.caps.grid or entry.caps.branches:
         grid_cells_ignore_padding(entry)
     else:
         encoder_ignores_padding(entry.name, "learned")
@@ -136,7 +144,7 @@ def gradients(entry: Entry) -> None:
         model(tokens(), source=source_tokens()).float().pow(2).mean().backward()
         no_dead_parameters(model, f"in an encoder_decoder, cross_attention={entry.name}")
         return
-    if entry.caps.grid:
+    if entry.caps.grid or entry.caps.branches:
         mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, T, False))
         position = registry.get("position", "none").build(None, mixer_dims(entry, 32, 4, T, False))
         mixer(torch.randn(2, T, 32), Context(torch.arange(T), False, position)).pow(
@@ -227,6 +235,15 @@ def refuses_a_model_without_a_grid(entry: Entry) -> None:
         raise CheckFailure("validation accepted a grid mixer in a model without a grid")
     if "grid" not in why:
         raise CheckFailure(f"the refusal of a model without a grid does not say why: {why}")
+
+
+def refuses_a_model_without_branches(entry: Entry) -> None:
+    """Validation refuses a branch mixer in a model of one sequence, saying why."""
+    spec, why = try_spec("encoder", entry.name, "none")
+    if spec is not None:
+        raise CheckFailure("validation accepted a branch mixer in a model without branches")
+    if "branches" not in why:
+        raise CheckFailure(f"the refusal of a model without branches does not say why: {why}")
 
 
 def grid_cells_ignore_padding(entry: Entry) -> None:
