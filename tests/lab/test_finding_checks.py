@@ -310,7 +310,69 @@ POOL_COST = {POOL[0]: {"params": 68000.0, "flops_per_token": 300000.0},
              POOL[1]: {"params": 51000.0, "flops_per_token": 200000.0}}  # fmt: skip
 
 
+# --------------------------------------------------------------------------- pretraining
+MAE_FT = ("init_from=null", "init_from=@mae25", "init_from=@mae75")
+
+
+def mae(scratch: float, low: float, high: float) -> Callable[[Results], None]:
+    """Fine-tuned ``id`` accuracies: from scratch, after 25% and after 75% masking."""
+
+    def fill(results: Results) -> None:
+        r = results["finetune"]
+        base = {"baselines.logreg.accuracy": 0.97, "baselines.majority.accuracy": 0.11}
+        for label, acc in zip(MAE_FT, (scratch, low, high)):
+            put(r, label, {"accuracy": acc, **base})
+        for key in ("mae25", "mae75"):
+            put(results[key], only(results[key]), {"loss": 0.5})
+
+    return fill
+
+
+def mp3(tuned: float, scratch: float) -> Callable[[Results], None]:
+    """``id`` accuracy fine-tuned after MP3 and from scratch at equal total steps."""
+
+    def fill(results: Results) -> None:
+        base = {"baselines.logreg.accuracy": 0.97, "baselines.majority.accuracy": 0.11}
+        put(results["finetune"], only(results["finetune"]), {"accuracy": tuned, **base})
+        put(results["scratch"], only(results["scratch"]), {"accuracy": scratch, **base})
+        put(results["mp3"], only(results["mp3"]), {"accuracy": 0.6})
+
+    return fill
+
+
+MTP_LABELS = ("objective=causal_lm", "objective=multi_token(k=2)", "objective=multi_token(k=4)")
+
+
+def mtp(next_byte: float, k2: float, k4: float, bigram: float = 3.3) -> Callable[[Results], None]:
+    """Next-byte bits per byte of the three objectives beside the bigram baseline's."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        for label, bpb in zip(MTP_LABELS, (next_byte, k2, k4)):
+            put(r, label, {"bits_per_byte": bpb, "accuracy": 0.5,
+                           "baselines.bigram.bits_per_byte": bigram})  # fmt: skip
+
+    return fill
+
+
 CASES: dict[str, list[Case]] = {
+    "mae_high_mask_ratio": [
+        Case("75% ahead by 0.02", HOLDS, mae(0.90, 0.91, 0.93)),
+        Case("75% ahead by only 0.005", NOT, mae(0.90, 0.92, 0.925)),
+        Case("25% ahead", NOT, mae(0.90, 0.94, 0.92)),
+        Case("no fine-tuned model learned", UNDECIDED, mae(0.5, 0.5, 0.6)),
+    ],
+    "mp3_pretraining_beats_scratch": [
+        Case("fine-tuned ahead by 0.03", HOLDS, mp3(0.93, 0.90)),
+        Case("fine-tuned behind", NOT, mp3(0.88, 0.90)),
+        Case("neither learned", UNDECIDED, mp3(0.6, 0.5)),
+    ],
+    "multi_token_next_byte": [
+        Case("k=4 0.5% worse: inside 1%", HOLDS, mtp(2.40, 2.41, 2.412)),
+        Case("k=4 better", HOLDS, mtp(2.40, 2.35, 2.30)),
+        Case("k=4 5% worse", NOT, mtp(2.40, 2.45, 2.52)),
+        Case("next-byte model no better than bigram", UNDECIDED, mtp(3.2, 3.3, 3.4)),
+    ],
     "icl_tracks_least_squares": [
         Case("leaves 5% of the gap to least squares", HOLDS, icl_tracks(0.05)),
         Case("leaves 9%: inside the 10% tolerance", HOLDS, icl_tracks(0.09)),

@@ -386,12 +386,17 @@ def compare(
     progress: Callable[[str], None] | None = None,
     replace: bool = False,
     timing: tuple[int, int] | None = (3, 3),
+    per_seed: dict[str, list[str]] | None = None,
 ) -> CompareResult:
     """Run the grid and aggregate it; writes ``report.md``, ``results.json`` and plots.
 
     ``out`` is the comparison folder (``None``: :func:`default_folder`); a folder holding
     another grid is refused unless ``replace``. ``timing`` = (rounds, steps) of the
-    interleaved speed measurement after training (``None`` skips it)."""
+    interleaved speed measurement after training (``None`` skips it). ``per_seed``
+    replaces override values seed by seed: a variant's override ``KEY=VALUE`` whose
+    ``VALUE`` is a key of ``per_seed`` becomes ``KEY=per_seed[VALUE][seed]`` in the run
+    of that seed (a finding's fine-tuned variants start from the parent run of their own
+    seed: ``init_from=@<parent>``); the grid (and its folder) keeps ``VALUE``."""
     grid = grid_key(base, axes, match_params, lrs)
     folder = Path(out) if out is not None else default_folder(base, axes, match_params, lrs)
     base = base.with_overrides(["train.progress=false"])
@@ -406,6 +411,7 @@ def compare(
                 extra = [f"train.seed={base.train.seed + seed}"] + (
                     [f"train.lr={lr}"] if lr else []
                 )
+                extra += seed_values([*base_values(base, per_seed), *v.overrides], per_seed, seed)
                 spec = v.spec.with_overrides(extra)
                 cells.append((v.label, lr, seed, spec, [*v.overrides, *extra]))
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -448,6 +454,26 @@ def compare(
     result.cost = variant_costs(variants, run_costs, result.lrs, timing)
     write_compare_report(result)
     return result
+
+
+def base_values(base: ExperimentSpec, per_seed: dict[str, list[str]] | None) -> list[str]:
+    """``init_from=VALUE`` when the base spec's ``init_from`` is a key of ``per_seed``."""
+    if per_seed and base.init_from in per_seed:
+        return [f"init_from={base.init_from}"]
+    return []
+
+
+def seed_values(
+    overrides: list[str], per_seed: dict[str, list[str]] | None, seed: int
+) -> list[str]:
+    """The overrides among ``overrides`` whose value ``per_seed`` replaces, with the value
+    of run ``seed`` (see :func:`compare`)."""
+    out = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if per_seed and value in per_seed:
+            out.append(f"{key}={per_seed[value][seed]}")
+    return out
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -9,7 +9,7 @@ masking ratio), so the task cannot be solved by matching every neighbour.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +60,9 @@ class PositionPrediction(Objective):
     heads = ("token_classify",)
     kinds = ("encoder",)
     corrupts = True
+    #: the objective decides the head, not the task (a classifier over positions, also on
+    #: a task whose own head is another: digits' ``classify``); ``n_outputs`` is the user's
+    model_io: ClassVar[dict[str, Any] | None] = {"head": "token_classify", "n_outputs": None}
 
     @classmethod
     def contract_model(cls, task_vocab: int | None, task_len: int) -> dict[str, Any]:
@@ -84,10 +87,21 @@ class PositionPrediction(Objective):
                 f"model.max_len={model.max_len}, but model.n_outputs={model.n_outputs}; set "
                 f"model.n_outputs={model.max_len} (head: token_classify)"
             )
+        self.tokens = model.token_layout.length
         return self
 
     def corrupt(self, batch: Batch, generator: torch.Generator) -> Batch:
-        real = real_positions(batch)
+        if batch.inputs.dim() == 2:
+            real = real_positions(batch)
+        else:  # images or vectors: the model's tokens (patches, CLS), none padding
+            n = getattr(self, "tokens", None)
+            if n is None:
+                raise SpecError(
+                    "objective 'position_prediction' on non-token inputs needs the model's "
+                    "token count: fit it to the model first (Objective.for_model)"
+                )
+            real = torch.ones(batch.inputs.shape[0], n, dtype=torch.bool)
+            real = real.to(batch.inputs.device)
         b, t = real.shape
         positions = torch.arange(t, device=real.device).expand(b, t).clone()
         visible = real

@@ -1,6 +1,13 @@
 """Registered findings (slot ``finding``) and ``reproduce``. Importing registers them."""
 
-from anyformer.lab.findings import algorithmic, depth, generalization, icl, vision  # noqa: F401
+from anyformer.lab.findings import (  # noqa: F401
+    algorithmic,
+    depth,
+    generalization,
+    icl,
+    pretraining,
+    vision,
+)
 from anyformer.lab.findings.base import Comparison, Finding, Verdict
 from anyformer.lab.findings.reproduce import reproduce
 

@@ -26,9 +26,21 @@ class NeedsCheckpoints(RunFolderError):
     the published ``docs/findings/`` records, which keep results but not runs."""
 
 
+#: An ``init_from`` value naming another comparison of the same finding: ``@<key>``.
+PARENT = "@"
+
+
 @dataclass
 class Comparison:
-    """A comparison to run: base experiment, axes, seeds and protocol options."""
+    """A comparison to run: base experiment, axes, seeds and protocol options.
+
+    Pretrain -> fine-tune: an ``init_from`` value (in ``base`` or an axis) of the form
+    ``@<key>`` names an earlier comparison of the same finding (in the order
+    :meth:`Finding.comparisons` returns them) with a single variant, its *parent*. When
+    the finding is reproduced, seed ``i`` of every variant that names it starts from the
+    backbone of the parent's run of seed ``i`` (its run folder substituted for
+    ``@<key>``), so the parent needs at least as many seeds. ``init_from: null`` in an
+    axis gives the from-scratch variant beside the fine-tuned ones."""
 
     base: dict[str, Any]
     axes: list[tuple[str, list[str]]]
@@ -38,6 +50,12 @@ class Comparison:
 
     def spec(self) -> ExperimentSpec:
         return ExperimentSpec.from_dict(self.base)
+
+    def parents(self) -> list[str]:
+        """The keys of the comparisons this one's ``init_from`` values name (``@<key>``)."""
+        values = [str(self.base.get("init_from") or "")]
+        values += [v for key, vs in self.axes if key == "init_from" for v in vs]
+        return list(dict.fromkeys(v[len(PARENT) :] for v in values if v.startswith(PARENT)))
 
 
 #: The three outcomes of a check, as written in reports and ``verdict.json`` (``status``).

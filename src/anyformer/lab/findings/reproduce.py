@@ -14,7 +14,7 @@ from typing import Any
 from anyformer import registry
 from anyformer.errors import SpecError, did_you_mean
 from anyformer.lab.compare import CompareResult, compare, table_markdown
-from anyformer.lab.findings.base import STATUSES, Finding, Verdict
+from anyformer.lab.findings.base import PARENT, STATUSES, Comparison, Finding, Verdict
 from anyformer.lab.plots import image_lines
 from anyformer.spec import write_text_atomic
 
@@ -52,19 +52,50 @@ def reproduce(
         entry = registry.get("finding", name)
         finding: Finding = entry.build()
         folder = Path(out) / ("quick" if quick else "full") / name
-        results = {}
+        results: dict[str, CompareResult] = {}
         for key, comp in finding.comparisons(quick).items():
             if progress:
                 progress(f"{name}: {key}")
             results[key] = compare(
                 comp.spec(), comp.axes, folder / key, seeds=comp.seeds, match_params=comp.match_params,
                 lrs=comp.lrs, progress=progress, replace=True,
+                per_seed=parent_runs(name, key, comp, results),
             )  # fmt: skip
         verdict = finding.check(results)
         rep = Reproduction(name, finding, verdict, results, folder, quick)
         write_finding_report(rep)
         done.append(rep)
     return done
+
+
+def parent_runs(
+    name: str, key: str, comp: Comparison, done: dict[str, CompareResult]
+) -> dict[str, list[str]]:
+    """``{"@<parent>": [run folder of seed 0, 1, ...]}`` for every parent comparison that
+    ``comp`` names in its ``init_from`` values (:meth:`Comparison.parents`), read from the
+    comparisons already run (``done``). Refused (:class:`SpecError`) when a parent is not
+    an earlier comparison of the finding, has more than one variant or fewer seeds."""
+    runs = {}
+    for parent in comp.parents():
+        if parent not in done:
+            raise SpecError(
+                f"finding '{name}': comparison '{key}' starts from init_from='{PARENT}{parent}', "
+                f"which is not an earlier comparison (earlier: {', '.join(done) or 'none'})"
+            )
+        result = done[parent]
+        if len(result.variants) != 1:
+            raise SpecError(
+                f"finding '{name}': init_from='{PARENT}{parent}' names a comparison of "
+                f"{len(result.variants)} variants; a parent comparison has one"
+            )
+        folders = [str(d) for d in result.run_dirs(result.variants[0].label)]
+        if len(folders) < comp.seeds:
+            raise SpecError(
+                f"finding '{name}': comparison '{key}' has {comp.seeds} seeds but its parent "
+                f"'{parent}' only {len(folders)}"
+            )
+        runs[f"{PARENT}{parent}"] = folders
+    return runs
 
 
 def write_finding_report(rep: Reproduction, rechecked: dict[str, Any] | None = None) -> Path:
