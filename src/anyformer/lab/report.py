@@ -352,8 +352,8 @@ def rows_table(rows: list[dict[str, Any]], headline: str) -> list[str]:
 
 def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
     """Write ``report.md``, ``plots/curve.png``, the task's own plot
-    (:mod:`anyformer.lab.task_plot`: ``confusion.png``, ``predicted_vs_true.png`` or
-    ``images.png``) and ``plots/loss.png`` into the run folder (``objective`` gives the
+    (:mod:`anyformer.lab.task_plot`: ``confusion.png``, ``predicted_vs_true.png``,
+    ``images.png`` or ``boxes.png``) and ``plots/loss.png`` into the run folder (``objective`` gives the
     loss of each MatFormer width)."""
     from anyformer.lab.plots import image_lines, plot_losses
     from anyformer.lab.results import read_losses
