@@ -423,7 +423,7 @@ def _boxes(plt: Any, panels: list[BoxesOnImages], title: str) -> Any:
     from matplotlib.patches import Rectangle
 
     cols = max(len(p.images) for p in panels)
-    fig, axes = plt.subplots(len(panels), cols, figsize=(1.8 * cols, 2.0 * len(panels)),
+    fig, axes = plt.subplots(len(panels), cols, figsize=(1.8 * cols, 2.3 * len(panels)),
                              dpi=100, squeeze=False)  # fmt: skip
     for row, panel in zip(axes, panels):
         for j, ax in enumerate(row):

@@ -231,7 +231,8 @@ def what_ran(run: Run, model: nn.Module) -> list[str]:
         lines.append(
             f"- encoder: {enc.n_layers} blocks of attention {_component(enc.attention)}, "
             f"embedder {_component(enc.embedder_ref)}; cross-attention "
-            f"{_component(m.cross_attention_ref)}; shared embeddings: {m.share_embeddings}"
+            f"{_component(m.cross_attention_ref)}; shared embeddings: "
+            f"{getattr(model, 'shares_embeddings', m.share_embeddings)}"
         )
     if m.layers:
         lines.append(f"- per-layer overrides: `{json.dumps(m.model_dump(mode='json')['layers'])}`")
