@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from anyformer import registry
 from anyformer.errors import SpecError
-from anyformer.tasks.contract import batches_equal
 from anyformer.tasks.base import Batch
+from anyformer.tasks.contract import batches_equal
 from anyformer.tasks.plot_data import BoxesOnImages
 from anyformer.tasks.shapes import (
     BOS,
@@ -153,7 +153,9 @@ def test_boxes_are_deterministic_by_seed_and_held_out_by_hash_and_count() -> Non
     assert len(ident) == 64 and all(image_bucket(img) < cut for img in ident)
     keys = {img.tobytes() for img in trained}
     assert not keys & {img.tobytes() for img in ident}
-    counts = {len(task.decode_boxes(row)) for b in task.make_eval_set("ood", 64) for row in b.targets}
+    counts = {
+        len(task.decode_boxes(row)) for b in task.make_eval_set("ood", 64) for row in b.targets
+    }
     assert counts == {3, 4}  # more objects than the 1-2 of training
 
 
@@ -218,7 +220,9 @@ def test_box_scores_on_hand_made_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     assert box_iou(a, np.array([[4, 0, 8, 4]]))[0, 0] == 0.0  # touching edges only
     assert box_iou(a, np.array([[3, 3, 3, 5]]))[0, 0] == 0.0  # no area
     # the assignment of highest total IoU, not the greedy one
-    ious = matched_ious(np.array([[0, 0, 4, 4], [0, 0, 2, 4]]), np.array([[0, 0, 3, 4], [0, 0, 1, 4]]))
+    ious = matched_ious(
+        np.array([[0, 0, 4, 4], [0, 0, 2, 4]]), np.array([[0, 0, 3, 4], [0, 0, 1, 4]])
+    )
     assert sorted(ious.tolist()) == pytest.approx([0.5, 0.75])
 
 

@@ -323,9 +323,7 @@ def plot_task(panels: list[PlotData], folder: Path, title: str) -> Path | None:
     if len(kinds) != 1:
         raise ValueError(f"a task plot has panels of one kind, got {sorted(kinds)}")
     kind = kinds.pop()
-    draw = {"confusion": _confusion, "scatter": _scatter, "images": _images, "boxes": _boxes}[
-        kind
-    ]
+    draw = {"confusion": _confusion, "scatter": _scatter, "images": _images, "boxes": _boxes}[kind]
     plt = _pyplot()
     fig = draw(plt, panels, title)
     out = _save(fig, folder / TASK_PLOT_FILES[kind])
@@ -442,7 +440,8 @@ def _boxes(plt: Any, panels: list[BoxesOnImages], title: str) -> Any:
             ax.set_title(f"{len(panel.true[j])} true, {len(panel.pred[j])} predicted", fontsize=6)
             if j == 0:
                 ax.set_ylabel(panel.split, fontsize=8)
-    fig.suptitle(f"{title} (true: white, predicted: yellow dashed)")
+    how = panels[0].decoding
+    fig.suptitle(f"{title} (true: white; predicted, {how}: yellow dashed)")
     return fig
 
 

@@ -380,7 +380,9 @@ def _check_kind(model: dict[str, Any], need: str | None, task: str) -> None:
         )
 
 
-def _fill_encoder(current: dict[str, Any] | None, need: dict[str, Any], task: str) -> dict[str, Any]:
+def _fill_encoder(
+    current: dict[str, Any] | None, need: dict[str, Any], task: str
+) -> dict[str, Any]:
     """The model's ``encoder`` with the fields the task decides filled in: a field the
     user left unset takes the task's value; the user's own ``embedder`` is kept if it
     reads what the task's embedder reads; any other field must agree."""

@@ -100,12 +100,14 @@ class ImageGrid:
 class BoxesOnImages:
     """``images[r]``: an ``[H, W, C]`` image in ``[0, 1]`` of example ``r`` of ``split``;
     ``true[r]`` and ``pred[r]``: its true and predicted boxes, ``[k, 4]`` arrays of pixel
-    bounds ``x0 y0 x1 y1`` (ends exclusive; the counts may differ)."""
+    bounds ``x0 y0 x1 y1`` (ends exclusive; the counts may differ); ``decoding`` says how
+    the predictions were read from the model (``teacher-forced`` argmax or ``greedy``)."""
 
     split: str
     images: np.ndarray
     true: tuple[np.ndarray, ...]
     pred: tuple[np.ndarray, ...]
+    decoding: str = "teacher-forced"
 
     kind = "boxes"
 

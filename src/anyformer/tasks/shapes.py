@@ -57,7 +57,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from anyformer.errors import SpecError
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, range_validators, rng_for
 from anyformer.tasks.images import image_io, image_seq_len, logreg
@@ -179,8 +178,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU ``[n, m]`` of boxes ``a [n, 4]`` and ``b [m, 4]`` written ``x0 y0 x1 y1``
     (ends exclusive); a box with no area overlaps nothing (IoU 0)."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    w = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    )
+    h = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    )
     inter = w * h
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
@@ -493,7 +496,8 @@ class Shapes(SupervisedTask):
         self, split: str, outputs: list[torch.Tensor], batches: list[Batch]
     ) -> PlotData | None:
         """Boxes: the first :data:`PLOT_ROWS` images with their true boxes and the boxes
-        read from the argmax of ``outputs``; otherwise as :class:`SupervisedTask`."""
+        read from the argmax of ``outputs`` (a run's are teacher-forced); otherwise as
+        :class:`SupervisedTask`."""
         if self.params.output != "boxes":
             return super().plot_data(split, outputs, batches)
         images, true, pred = [], [], []
