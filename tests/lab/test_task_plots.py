@@ -1,5 +1,5 @@
 """Each run writes its task's own plot (confusion matrix, predicted vs true with conformal
-intervals, input/output image grid) and report.md shows it; the numbers a plot is drawn
+intervals, input/output image grid, boxes on images) and report.md shows it; the numbers a plot is drawn
 from are the model's predictions (tested on the data, not the pixels)."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from anyformer.lab.loaded import load_run
 from anyformer.lab.run import Run
 from anyformer.lab.task_plot import task_plot_data
 from anyformer.spec import ExperimentSpec
-from anyformer.tasks.plot_data import Confusion, ImageGrid, Scatter, confusion
+from anyformer.tasks.packing import model_inputs
+from anyformer.tasks.plot_data import BoxesOnImages, Confusion, ImageGrid, Scatter, confusion
 
 TRAIN = {"steps": 3, "batch_size": 16, "eval_size": 40, "eval_every": 3, "checkpoint_every": 3,
          "warmup_steps": 0, "threads": 1, "progress": False}  # fmt: skip
@@ -29,8 +30,12 @@ KINDS = {
     "scatter": ({"name": "table", "dataset": "diabetes"},
                 {"embedder": "features", "position": "none"}),
     "images": ({"name": "super_resolution"}, {"embedder": {"name": "patches", "cls": False}}),
+    "boxes": ({"name": "shapes", "output": "boxes", "size": 8, "max_objects": 2,
+               "ood_min_objects": 3, "ood_max_objects": 3},
+              {"kind": "encoder_decoder", "max_len": 24}),
 }  # fmt: skip
-FILES = {"confusion": "confusion.png", "scatter": "predicted_vs_true.png", "images": "images.png"}
+FILES = {"confusion": "confusion.png", "scatter": "predicted_vs_true.png", "images": "images.png",
+         "boxes": "boxes.png"}  # fmt: skip
 
 
 def tiny_run(tmp_path: Path, kind: str) -> Run:
@@ -109,6 +114,22 @@ def test_the_super_resolution_grid_shows_input_output_target_and_nearest(tmp_pat
     # nearest upsampling repeats each input pixel in a 2x2 block
     np.testing.assert_allclose(nearest[:, ::2, ::2], inputs, atol=1e-6)
     np.testing.assert_allclose(nearest[:, 1::2, 1::2], inputs, atol=1e-6)
+
+
+def test_the_boxes_plot_shows_the_models_boxes_and_the_true_ones(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path, "boxes")
+    model = trained_model(run)
+    panels = task_plot_data(run, model)
+    assert [p.split for p in panels] == ["id", "ood"]
+    for panel in panels:
+        assert isinstance(panel, BoxesOnImages) and len(panel.images) == 8
+        batch = run.task.eval_set(panel.split, TRAIN["eval_size"])[0]
+        with torch.no_grad():
+            pred = model(batch.inputs, **model_inputs(batch)).argmax(-1)
+        np.testing.assert_array_equal(panel.images, batch.extras["source"][:8].permute(0, 2, 3, 1))
+        for r in range(8):
+            np.testing.assert_array_equal(panel.true[r], run.task.decode_boxes(batch.targets[r]))
+            np.testing.assert_array_equal(panel.pred[r], run.task.decode_boxes(pred[r]))
 
 
 def test_confusion_counts_pairs_of_true_and_predicted_classes() -> None:

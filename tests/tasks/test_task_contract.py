@@ -59,6 +59,7 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("mqar", {**SMALL["mqar"], "seq_len": 24}),
     ("digits", {"ood": "shift"}),
     ("shapes", {**SMALL["shapes"], "output": "count", "count_as": "regress"}),
+    ("shapes", {**SMALL["shapes"], "output": "boxes"}),
     ("pose_lifting", {"frames": 2}),
     ("table", {"dataset": "diabetes"}),
 ]

@@ -93,6 +93,42 @@ def test_shapes_count(tmp_path: Path) -> None:
     beats(m, "accuracy", "majority", 0.1)
 
 
+@pytest.mark.slow
+def test_shapes_boxes_encoder_decoder() -> None:
+    """A tiny encoder–decoder (2+2 layers of width 32; the 12x12 image as 36 patches of
+    2x2 in the encoder, learned positions) trained 300 steps writes box tokens above the
+    majority baseline (the common count with its mean boxes) on held-out ``id`` scenes,
+    teacher-forced and under greedy decoding. Measured (seed 0): teacher-forced count
+    accuracy 0.871 vs 0.469, mean IoU of matched boxes 0.278 vs 0.091, token accuracy
+    0.404 vs 0.167; greedy count 0.789, mean IoU 0.193; exact match 0 (the boxes are
+    not yet pixel-exact; connected components get 1.0)."""
+    from anyformer.tasks.shapes import greedy_outputs
+
+    spec = resolve(ExperimentSpec.from_dict({
+        "name": "learns-boxes",
+        "task": {"name": "shapes", "output": "boxes", "size": 12, "max_objects": 2,
+                 "ood_min_objects": 3, "ood_max_objects": 4},
+        "model": {"kind": "encoder_decoder", "d_model": 32, "n_layers": 2, "n_heads": 4,
+                  "position": "learned", "max_len": 64,
+                  "encoder": {"embedder": {"name": "patches", "patch_size": 2, "cls": False}}},
+        "train": {"steps": 300, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20,
+                  "eval_every": 300, "checkpoint_every": 300, "eval_size": 256, "threads": 1,
+                  "progress": False},
+    }))  # fmt: skip
+    task = build_task(spec)
+    model = prepare_model(spec)
+    m = Trainer(model, task, build_objective(spec, task), spec.train).fit().final["id"]
+    beats(m, "count_accuracy", "majority", 0.2)
+    beats(m, "mean_iou", "majority", 0.05)
+    beats(m, "token_accuracy", "majority", 0.1)
+    assert m["baselines"]["components"]["exact_match"] == 1.0
+    model.eval()
+    batches = task.eval_set("id", 256)
+    greedy = task.score(greedy_outputs(model, batches), batches)
+    beats(greedy, "count_accuracy", "majority", 0.1)
+    beats(greedy, "mean_iou", "majority", 0.02)
+
+
 def test_pose_lifting(tmp_path: Path) -> None:
     m = train({"name": "pose_lifting"}, {"max_len": 16}, steps=150)
     beats(m, "mpjpe", "mean", 50.0, higher=False)

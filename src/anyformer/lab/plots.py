@@ -21,8 +21,9 @@ all variants have the same size, where that axis would be one point), ``cost.png
 data of :meth:`anyformer.tasks.base.Task.plot_data`, one panel per split):
 ``confusion.png`` (a confusion matrix with the accuracy in each panel's title),
 ``predicted_vs_true.png`` (predicted against true values with the conformal interval of
-each point as an error bar and its coverage in the legend) or ``images.png`` (input,
-output, target and baseline images side by side).
+each point as an error bar and its coverage in the legend), ``images.png`` (input,
+output, target and baseline images side by side) or ``boxes.png`` (images with their
+true and predicted boxes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anyformer.lab.compare import CompareResult
-    from anyformer.tasks.plot_data import Confusion, ImageGrid, PlotData, Scatter
+    from anyformer.tasks.plot_data import BoxesOnImages, Confusion, ImageGrid, PlotData, Scatter
 
 #: a curve point resting on fewer examples than this is annotated with its count
 FEW = 30
@@ -307,6 +308,7 @@ TASK_PLOT_FILES = {
     "confusion": "confusion.png",
     "scatter": "predicted_vs_true.png",
     "images": "images.png",
+    "boxes": "boxes.png",
 }
 #: At most this many points of a scatter are drawn (coverage counts them all).
 MAX_SCATTER_POINTS = 1500
@@ -321,7 +323,7 @@ def plot_task(panels: list[PlotData], folder: Path, title: str) -> Path | None:
     if len(kinds) != 1:
         raise ValueError(f"a task plot has panels of one kind, got {sorted(kinds)}")
     kind = kinds.pop()
-    draw = {"confusion": _confusion, "scatter": _scatter, "images": _images}[kind]
+    draw = {"confusion": _confusion, "scatter": _scatter, "images": _images, "boxes": _boxes}[kind]
     plt = _pyplot()
     fig = draw(plt, panels, title)
     out = _save(fig, folder / TASK_PLOT_FILES[kind])
@@ -411,6 +413,35 @@ def _images(plt: Any, panels: list[ImageGrid], title: str) -> Any:
             if j == 0:
                 ax.set_ylabel(f"{split} {r}", fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def _boxes(plt: Any, panels: list[BoxesOnImages], title: str) -> Any:
+    """One row of images per split, true boxes solid white, predicted dashed yellow."""
+    from matplotlib.patches import Rectangle
+
+    cols = max(len(p.images) for p in panels)
+    fig, axes = plt.subplots(len(panels), cols, figsize=(1.8 * cols, 2.3 * len(panels)),
+                             dpi=100, squeeze=False)  # fmt: skip
+    for row, panel in zip(axes, panels):
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(panel.images):
+                ax.axis("off")
+                continue
+            ax.imshow(panel.images[j])
+            for boxes, style in ((panel.true[j], dict(edgecolor="white", linestyle="-")),
+                                 (panel.pred[j], dict(edgecolor="yellow", linestyle="--"))):  # fmt: skip
+                for x0, y0, x1, y1 in boxes:
+                    # pixel p covers [p - 0.5, p + 0.5] in imshow's coordinates
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0,
+                                           fill=False, linewidth=1.2, **style))  # fmt: skip
+            ax.set_title(f"{len(panel.true[j])} true, {len(panel.pred[j])} predicted", fontsize=6)
+            if j == 0:
+                ax.set_ylabel(panel.split, fontsize=8)
+    how = panels[0].decoding
+    fig.suptitle(f"{title} (true: white; predicted, {how}: yellow dashed)")
     return fig
 
 

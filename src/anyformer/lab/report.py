@@ -231,7 +231,8 @@ def what_ran(run: Run, model: nn.Module) -> list[str]:
         lines.append(
             f"- encoder: {enc.n_layers} blocks of attention {_component(enc.attention)}, "
             f"embedder {_component(enc.embedder_ref)}; cross-attention "
-            f"{_component(m.cross_attention_ref)}; shared embeddings: {m.share_embeddings}"
+            f"{_component(m.cross_attention_ref)}; shared embeddings: "
+            f"{getattr(model, 'shares_embeddings', m.share_embeddings)}"
         )
     if m.layers:
         lines.append(f"- per-layer overrides: `{json.dumps(m.model_dump(mode='json')['layers'])}`")
@@ -352,8 +353,8 @@ def rows_table(rows: list[dict[str, Any]], headline: str) -> list[str]:
 
 def write_report(run: Run, model: nn.Module, objective: Any = None) -> Path:
     """Write ``report.md``, ``plots/curve.png``, the task's own plot
-    (:mod:`anyformer.lab.task_plot`: ``confusion.png``, ``predicted_vs_true.png`` or
-    ``images.png``) and ``plots/loss.png`` into the run folder (``objective`` gives the
+    (:mod:`anyformer.lab.task_plot`: ``confusion.png``, ``predicted_vs_true.png``,
+    ``images.png`` or ``boxes.png``) and ``plots/loss.png`` into the run folder (``objective`` gives the
     loss of each MatFormer width)."""
     from anyformer.lab.plots import image_lines, plot_losses
     from anyformer.lab.results import read_losses

@@ -273,7 +273,11 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
             if key == "n_outputs" and spec.model.head is not None:  # the user's head
                 value = need.get(spec.model.head.name, value) if isinstance(need, dict) else value
             model[key] = value
-    for key, value in task.model_io().items():
+    io = dict(task.model_io())
+    _check_kind(model, io.pop("kind", None), spec.task.name)
+    if "encoder" in io:
+        model["encoder"] = _fill_encoder(model.get("encoder"), io.pop("encoder"), spec.task.name)
+    for key, value in io.items():
         if key in decided:
             continue
         current = model[key]
@@ -364,14 +368,52 @@ def _same_shape_head(chosen: Any, task_head: Any) -> bool:
     return a == b
 
 
-def _check_input_kind(model: dict[str, Any], kind: str, task: str) -> None:
+def _check_kind(model: dict[str, Any], need: str | None, task: str) -> None:
+    """Refuse a model of another kind than the one the task needs (a task that reads a
+    source with an encoder and writes tokens with a decoder needs ``encoder_decoder``);
+    the kind is the user's choice, never filled in."""
+    if need is not None and model["kind"] != need:
+        raise SpecError(
+            f"model.kind={model['kind']!r} does not fit task '{task}', which needs "
+            f"model.kind={need!r} (an encoder reading its source, a decoder writing its "
+            f"tokens); set model.kind={need}"
+        )
+
+
+def _fill_encoder(
+    current: dict[str, Any] | None, need: dict[str, Any], task: str
+) -> dict[str, Any]:
+    """The model's ``encoder`` with the fields the task decides filled in: a field the
+    user left unset takes the task's value; the user's own ``embedder`` is kept if it
+    reads what the task's embedder reads; any other field must agree."""
+    enc = dict(current or {})
+    for key, value in need.items():
+        mine = enc.get(key)
+        if key == "input_shape" and mine is not None:
+            mine = list(mine)
+        if mine is None or mine == value:
+            enc[key] = value
+        elif key == "embedder":
+            wants = registry.get("embedder", _ref_name(value)).caps.input_kind or "tokens"
+            _check_input_kind({"embedder": mine}, wants, task, field="model.encoder.embedder")
+        else:
+            raise SpecError(
+                f"model.encoder.{key}={mine!r} does not fit task '{task}', which needs "
+                f"{key}={value!r}; remove model.encoder.{key} to let the task set it"
+            )
+    return enc
+
+
+def _check_input_kind(
+    model: dict[str, Any], kind: str, task: str, field: str = "model.embedder"
+) -> None:
     """Refuse an embedder that reads something other than the task's inputs."""
     name = _ref_name(model.get("embedder") or model.get("embed") or "tokens")
-    reads = registry.get("embedder", name, where="model.embedder").caps.input_kind
+    reads = registry.get("embedder", name, where=field).caps.input_kind
     if reads is not None and reads != kind:
         readers = [e.name for e in registry.entries("embedder") if e.caps.input_kind == kind]
         raise SpecError(
-            f"model.embedder='{name}' reads {reads}, but task '{task}' gives {kind} "
+            f"{field}='{name}' reads {reads}, but task '{task}' gives {kind} "
             f"(embedders for {kind}: {', '.join(readers) or 'none'})"
         )
 

@@ -3,7 +3,7 @@
 The trained model predicts each evaluated split's fixed examples (``id``, ``ood``) once
 more; the task turns the outputs into plot data
 (:meth:`anyformer.tasks.base.Task.plot_data`: a confusion matrix, predicted-vs-true
-points or an image grid); for a regression head with a conformal score the points get
+points, an image grid or boxes on images); for a regression head with a conformal score the points get
 their split-conformal interval at ``train.conformal_level``, calibrated as the trainer
 does on the training batches just past ``train.steps``
 (:func:`anyformer.training.conformal.intervals`); :func:`anyformer.lab.plots.plot_task`
@@ -78,7 +78,7 @@ def task_plot_data(run: Run, model: nn.Module) -> list[Any]:
 
 def write_task_plot(run: Run, model: nn.Module) -> Path | None:
     """Draw :func:`task_plot_data` into the run's ``plots/`` folder (``confusion.png``,
-    ``predicted_vs_true.png`` or ``images.png``); ``None`` when the task has no plot."""
+    ``predicted_vs_true.png``, ``images.png`` or ``boxes.png``); ``None`` when the task has no plot."""
     from anyformer.lab.plots import plot_task
 
     spec = run.spec

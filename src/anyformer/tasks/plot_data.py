@@ -3,13 +3,15 @@
 A task says what to plot of a trained model's outputs on an evaluation split through
 :meth:`anyformer.tasks.base.Task.plot_data`, returning one of these records; the lab
 draws them (:mod:`anyformer.lab.plots`) and tests read the numbers the figure is drawn
-from. Three kinds:
+from. Four kinds:
 
 - :class:`Confusion`: counts of (true class, predicted class) pairs — classification;
 - :class:`Scatter`: predicted against true values, optionally with a split-conformal
   interval per point (its ``lower``/``upper`` bounds and ``level``) — regression;
 - :class:`ImageGrid`: rows of images side by side (input, output, target, a baseline)
-  — dense outputs such as super-resolution.
+  — dense outputs such as super-resolution;
+- :class:`BoxesOnImages`: images with their true and predicted boxes — ``shapes``
+  boxes (objects written as coordinate tokens).
 
 Registers nothing.
 """
@@ -94,8 +96,24 @@ class ImageGrid:
     kind = "images"
 
 
+@dataclass(frozen=True)
+class BoxesOnImages:
+    """``images[r]``: an ``[H, W, C]`` image in ``[0, 1]`` of example ``r`` of ``split``;
+    ``true[r]`` and ``pred[r]``: its true and predicted boxes, ``[k, 4]`` arrays of pixel
+    bounds ``x0 y0 x1 y1`` (ends exclusive; the counts may differ); ``decoding`` says how
+    the predictions were read from the model (``teacher-forced`` argmax or ``greedy``)."""
+
+    split: str
+    images: np.ndarray
+    true: tuple[np.ndarray, ...]
+    pred: tuple[np.ndarray, ...]
+    decoding: str = "teacher-forced"
+
+    kind = "boxes"
+
+
 #: What :meth:`~anyformer.tasks.base.Task.plot_data` may return.
-PlotData = Confusion | Scatter | ImageGrid
+PlotData = Confusion | Scatter | ImageGrid | BoxesOnImages
 
 
 def to_hwc(images: np.ndarray) -> np.ndarray:
