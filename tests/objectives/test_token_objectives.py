@@ -81,7 +81,12 @@ def test_mlm_reads_out_the_selected_positions_alone_with_the_full_forwards_loss(
     torch.manual_seed(0)
     model = build_model(
         ModelSpec(
-            kind="encoder", head="lm", vocab_size=300, max_len=32, d_model=16, n_heads=2,
+            kind="encoder",
+            head="lm",
+            vocab_size=300,
+            max_len=32,
+            d_model=16,
+            n_heads=2,
             n_layers=2,
         )
     )
