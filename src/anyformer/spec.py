@@ -134,6 +134,9 @@ class ModelSpec(_Frozen):
     embedder with branches, CrossViT's average of its branches' logits); ``layers``
     overrides block slots per layer, e.g.
     ``{2: {attention: softmax}}`` (on the command line ``model.layers.2.attention=softmax``).
+    ``embed_norm`` puts a norm of the ``norm`` kind after the token + position embeddings,
+    before dropout and the first block, in both stacks of an encoder–decoder (BERT's and
+    BART's embedding LayerNorm: Devlin et al., 2019; Lewis et al., 2020).
     ``n_layers`` is the number of *distinct* blocks (each with its own weights) and
     ``layers`` keys index them; ``depth`` is the schedule that runs them (``stack``: each
     once, in order; ``looped``, ``recursive``, ...: some several times, see ``anyformer
@@ -178,15 +181,19 @@ class ModelSpec(_Frozen):
     share_embeddings: bool = True
     #: ``None``: ``cross`` (kept unset so that specs written before it hash as they did)
     cross_attention: AttentionRef | None = None
+    embed_norm: bool = False
 
     @model_serializer(mode="wrap")
     def _drop_unused(self, handler: Any) -> Any:
-        # the encoder–decoder's fields, when unset, are left out of written specs
+        # the encoder–decoder's fields, when unset, and embed_norm when off are left out
+        # of written specs (those written before them read as they did)
         data = handler(self)
         if isinstance(data, dict):
             for key in ("encoder", "cross_attention"):
                 if data.get(key, 0) is None:
                     del data[key]
+            if data.get("embed_norm") is False:
+                del data["embed_norm"]
         return data
 
     @model_validator(mode="after")
@@ -305,7 +312,7 @@ class ModelSpec(_Frozen):
             n_outputs=1,  # the encoder's head is never built
             head="token_regress",
         )
-        for name in ("d_model", "n_heads", "max_len", "dropout", "bias", "init_std"):
+        for name in ("d_model", "n_heads", "max_len", "dropout", "bias", "init_std", "embed_norm"):
             data[name] = getattr(self, name)
         for name in ("attention", "position", "norm", "norm_placement", "ffn"):
             data[name] = getattr(self, name)

@@ -443,3 +443,33 @@ def test_an_image_encoder_feeds_a_token_decoder() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     out = generate(model, torch.full((2, 1), BOS), 4, source=images)
     assert out.shape == (2, 5)
+
+
+def test_embed_norm_applies_in_both_stacks() -> None:
+    """With ``embed_norm`` the encoder's first block reads norm(embed(source) + P[s]) with
+    the encoder's own norm, and the decoder's its own (BART's two ``layernorm_embedding``)."""
+    model = _model(position="learned", embed_norm=True)
+    assert model.embed_norm is not None and model.encoder.embed_norm is not None
+    assert model.embed_norm is not model.encoder.embed_norm
+    with torch.no_grad():
+        for norm in (model.embed_norm, model.encoder.embed_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(key: str) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(key, args[0])
+
+        return hook
+
+    model.encoder.blocks[0].register_forward_pre_hook(keep("enc"))
+    model.blocks[0].register_forward_pre_hook(keep("dec"))
+    source, target = _ids(2, 6, 0), _ids(2, 5, 1)
+    with torch.no_grad():
+        model(target, source=source)
+        for key, stack, ids in (("enc", model.encoder, source), ("dec", model, target)):
+            summed = stack.embed.weight[ids] + stack.position.table.weight[: ids.shape[1]]
+            norm = stack.embed_norm
+            expect = F.layer_norm(summed, (32,), norm.weight, norm.bias, norm.eps)
+            torch.testing.assert_close(seen[key], expect, atol=1e-5, rtol=1e-5)

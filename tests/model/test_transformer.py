@@ -128,3 +128,43 @@ def test_learned_positions_beyond_max_len_name_the_field() -> None:
     model = build_model({**BASE, "position": "learned", "max_len": 8})
     with pytest.raises(AnyformerError, match="max_len"):
         model(torch.randint(0, 50, (1, 9)))
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_embed_norm_normalises_token_plus_position_embeddings(norm: str) -> None:
+    """``embed_norm`` (BERT's / BART's embedding LayerNorm): the first block reads
+    norm(embed(x) + P[t]) with a norm of the model's kind and its own gain and bias."""
+    torch.manual_seed(0)
+    model = build_model({**BASE, "position": "learned", "norm": norm, "embed_norm": True})
+    with torch.no_grad():  # a gain and bias that are not the identity's
+        for p in model.embed_norm.parameters():
+            p.uniform_(0.5, 1.5)
+    seen: list[torch.Tensor] = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        model(x)
+        summed = model.embed.weight[x] + model.position.table.weight[:7]
+        if norm == "layernorm":
+            mean = summed.mean(-1, keepdim=True)
+            var = summed.var(-1, unbiased=False, keepdim=True)
+            expect = (summed - mean) / torch.sqrt(var + model.embed_norm.eps)
+            expect = expect * model.embed_norm.weight + model.embed_norm.bias
+        else:
+            rms = torch.sqrt(summed.pow(2).mean(-1, keepdim=True) + model.embed_norm.eps)
+            expect = summed / rms * model.embed_norm.weight
+    torch.testing.assert_close(seen[0], expect, atol=1e-5, rtol=1e-5)
+    plain = build_model({**BASE, "position": "learned", "norm": norm})
+    assert plain.embed_norm is None
+    assert "embed_norm.weight" in model.state_dict()
+    assert not any(k.startswith("embed_norm") for k in plain.state_dict())
+
+
+def test_embed_norm_off_leaves_written_specs_and_hashes_unchanged() -> None:
+    from anyformer.spec import ModelSpec, parse, spec_hash
+
+    off, on = parse(ModelSpec, BASE), parse(ModelSpec, {**BASE, "embed_norm": True})
+    assert "embed_norm" not in off.model_dump()
+    assert on.model_dump()["embed_norm"] is True
+    assert spec_hash(off) == spec_hash(parse(ModelSpec, {**BASE, "embed_norm": False}))
+    assert spec_hash(on) != spec_hash(off)

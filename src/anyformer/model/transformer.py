@@ -155,6 +155,8 @@ class Transformer(nn.Module):
         except ValueError as exc:  # a required size the task did not fill
             raise SpecError(str(exc)) from None
         self.position: PositionScheme = _build(spec.position, spec.dims())
+        # ``embed_norm``: a norm of the model's kind over token + position embeddings
+        self.embed_norm = _build(spec.norm, spec.dims()) if spec.embed_norm else None
         self.drop = dropout_or_identity(spec.dropout)
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
@@ -293,8 +295,7 @@ class Transformer(nn.Module):
         embed_positions = positions
         if cache is not None and cache.position_shift is not None:  # rows padded in front
             embed_positions = (positions - cache.position_shift[:, None]).clamp(min=0)
-        x = self.position.embed(embedded, embed_positions)
-        x = self.drop(x)
+        x = self.embed_positions(embedded, embed_positions)
         ctx = Context(
             positions, self.causal, self.position, padding_mask, segments, cache, last_only,
             **context,
@@ -307,6 +308,15 @@ class Transformer(nn.Module):
         if not isinstance(out, ModelOutput):  # a user's schedule returning the outputs
             out = ModelOutput(out)
         return out if return_outputs else out.logits
+
+    def embed_positions(self, embedded: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What the first block reads: ``dropout(norm(position.embed(embedded, positions)))``
+        for embedded inputs ``[B, T, D]``, the norm only with ``model.embed_norm`` (the
+        embedding LayerNorm of BERT, Devlin et al. 2019, and BART, Lewis et al. 2020)."""
+        x = self.position.embed(embedded, positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.drop(x)
 
     def readout(
         self,

@@ -262,7 +262,7 @@ class MaskedPatches(DrivenObjective):
         visible tokens only and their token indices."""
         tokens = model.embed(images)
         length = tokens.shape[1]
-        x = model.drop(model.position.embed(tokens, torch.arange(length, device=tokens.device)))
+        x = model.embed_positions(tokens, torch.arange(length, device=tokens.device))
         ids = self.visible_ids(model, mask, length)
         x = x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         per_row = all(capabilities(m).packing for m in mixers(model))
@@ -283,7 +283,7 @@ class MaskedPatches(DrivenObjective):
         grid = torch.where(mask.unsqueeze(-1), parts.mask_token.to(grid.dtype), grid)
         tokens = torch.cat([tokens[:, :n_prefix], grid, tokens[:, n_prefix + n_grid :]], 1)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        h = run_blocks(model, model.drop(model.position.embed(tokens, positions)), positions)
+        h = run_blocks(model, model.embed_positions(tokens, positions), positions)
         return parts.pred(h[:, n_prefix : n_prefix + n_grid])
 
     def objective_loss(

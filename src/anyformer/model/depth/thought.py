@@ -124,7 +124,7 @@ class ContinuousThought(DepthSchedule):
             for j, c in enumerate(thoughts):  # place c_{j+1} at position s + j + 1
                 at = (p[:, :n] == (s + j + 1)[:, None]).unsqueeze(-1)
                 emb = torch.where(at, c[:, None, :], emb)
-            h = model.drop(model.position.embed(emb, positions[:n]))
+            h = model.embed_positions(emb, positions[:n])
             sub = dataclasses.replace(
                 long_ctx,
                 positions=positions[:n],
