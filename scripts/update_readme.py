@@ -74,8 +74,9 @@ def benchmark_table(folder: Path) -> str:
     if seq2seq:
         for name, res in seq2seq["results"].items():
             m = res["model"]
+            peer = {"hf_t5": "HF T5", "hf_bart": "HF BART"}[res.get("peer", "hf_t5")]
             rows.append(
-                f"| encoder-decoder cached generation vs HF T5, {name} "
+                f"| encoder-decoder cached generation vs {peer}, {name} "
                 f"({m['layers']}+{m['layers']}x{m['d']}) | {res['ratio_anyformer_vs_hf']:.2f}x "
                 f"(greedy outputs identical; load average "
                 f"{seq2seq['machine']['loadavg'][0]:.1f}) | >= {seq2seq['target_ratio']}x | "
