@@ -224,7 +224,8 @@ def what_ran(run: Run, model: nn.Module) -> list[str]:
         f"- model: {m.kind}, {m.n_layers} distinct blocks, d_model {m.d_model}, "
         f"{m.n_heads} heads, depth schedule {_component(m.depth)}",
         f"- components: attention {_component(m.attention)}, position {_component(m.position)}, "
-        f"ffn {_component(m.ffn)}, norm {_component(m.norm)} ({m.norm_placement.name})",
+        f"ffn {_component(m.ffn)}, norm {_component(m.norm)} ({m.norm_placement.name})"
+        + (", and after the embeddings (embed_norm)" if m.embed_norm else ""),
     ]
     if m.kind == "encoder_decoder":
         enc = m.encoder_spec()
