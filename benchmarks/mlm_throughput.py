@@ -3,9 +3,10 @@
 
 Shapes match: vocabulary, width, depth, heads, MLP ratio 4 with exact GELU, learned
 absolute positions, post-norm LayerNorm (eps 1e-12) around every sublayer, biases on every
-projection, tied input and output embeddings. BERT has parts anyformer's encoder does not
-(token-type embeddings, a LayerNorm on the embeddings, the MLM "transform" layer of the
-head); the parameter counts are reported and asserted within 3%. Dropout is off in both
+projection, tied input and output embeddings, a LayerNorm on the embeddings
+(``model.embed_norm``). BERT has parts anyformer's encoder does not (token-type embeddings,
+the MLM "transform" layer of the head); the parameter counts are reported and asserted
+within 3%. Dropout is off in both
 (``hidden_dropout_prob = attention_probs_dropout_prob = 0``; anyformer's default is 0).
 
 A training step: BERT's corruption of a fixed batch (15% of the tokens chosen, 80% of those
@@ -64,6 +65,7 @@ def anyformer_mlm(shape: dict) -> nn.Module:
             position="learned",
             norm={"name": "layernorm", "eps": LN_EPS},
             norm_placement="post",
+            embed_norm=True,
             ffn={"name": "mlp", "activation": "gelu", "mult": 4.0},
             head="lm",
             tie_embeddings=True,
