@@ -228,7 +228,7 @@ class ModelSpec(_Frozen):
     def _check_io(self) -> str | None:
         """The embedder and head against the inputs, the length and each other."""
         embedder, head = self.embedder_ref, self.head_ref
-        if self.input_kind in ("image", "table") and self.input_shape is None:
+        if self.input_kind in ("image", "table", "audio") and self.input_shape is None:
             return None  # the task fills input_shape; validated again once it has
         for field, ref in (("embedder", embedder), ("head", head)):
             check = getattr(ref.entry.cls, "check", None)
@@ -329,7 +329,7 @@ class ModelSpec(_Frozen):
 
     @property
     def input_kind(self) -> str:
-        """What the embedder reads: ``tokens``, ``vectors``, ``image`` or ``table``."""
+        """What the embedder reads: ``tokens``, ``vectors``, ``image``, ``table`` or ``audio``."""
         return self.embedder_ref.entry.caps.input_kind or "tokens"
 
     @property
@@ -337,7 +337,7 @@ class ModelSpec(_Frozen):
         """The embedder's :class:`~anyformer.components.embedders.base.TokenLayout`."""
         ref = self.embedder_ref
         layout = getattr(ref.entry.cls, "layout", None)
-        if self.input_kind in ("image", "table") and self.input_shape is None:
+        if self.input_kind in ("image", "table", "audio") and self.input_shape is None:
             layout = None  # not known before the task fills input_shape
         if layout is None:  # a user's embedder without the base class's method
             return SimpleNamespace(length=None, grid=None, n_prefix=0, branches=None)

@@ -296,9 +296,9 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     kind = getattr(task, "input_kind", None)
     if kind is not None:
         _check_input_kind(model, kind, spec.task.name)
-    # an image or table embedder decides the token count itself (ModelSpec validation
-    # checks it against max_len); the task's count assumes one token per value
-    if kind not in ("image", "table") and model["max_len"] < need:
+    # an image, table or audio embedder decides the token count itself (ModelSpec
+    # validation checks it against max_len); the task's count assumes one token per value
+    if kind not in ("image", "table", "audio") and model["max_len"] < need:
         raise SpecError(
             f"model.max_len={model['max_len']} is shorter than the longest sequence of task "
             f"'{spec.task.name}' ({need}); set model.max_len to at least {need}"

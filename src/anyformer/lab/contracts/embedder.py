@@ -21,7 +21,7 @@ from anyformer.spec import ModelSpec, parse
 SLOT = "embedder"
 
 #: An ``input_shape`` of the wrong kind for each kind of input that has one.
-OTHER_SHAPES = {"image": [5], "table": [3, 8, 8]}
+OTHER_SHAPES = {"image": [5], "table": [3, 8, 8], "audio": [3, 8, 8]}
 
 
 @contract_check(SLOT, "reads_its_example")

@@ -23,6 +23,7 @@ INPUTS: dict[str, tuple[dict[str, Any], Any]] = {
     "vectors": ({"input_dim": 5}, lambda: torch.randn(B, 8, 5)),
     "image": ({"input_shape": [3, 8, 8]}, lambda: torch.rand(B, 3, 8, 8)),
     "table": ({"input_shape": [4]}, lambda: _table_rows()),
+    "audio": ({"input_shape": [1024]}, lambda: torch.randn(B, 1024)),
 }
 
 
