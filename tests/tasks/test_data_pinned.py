@@ -73,6 +73,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
                      "form": "encoder_decoder"}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
+    ("tones", {}),
+    ("tones", {"ood": "pitch"}),
+    ("dtmf", {}),
+    ("dtmf", {"ood": "snr"}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -122,6 +126,10 @@ DIGESTS: dict[str, str] = {
     "translation,form=encoder_decoder,max_depth=1,ood_max_depth=3,ood_min_depth=2": "2d83cd9277e366ef",
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
     "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
+    "tones": "8dce57fa3496b788",
+    "tones,ood=pitch": "2322670662ea2bf1",
+    "dtmf": "2a1cb8c99a8bee5a",
+    "dtmf,ood=snr": "61413b5eb7362e92",
 }  # fmt: skip
 
 
