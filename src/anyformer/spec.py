@@ -386,6 +386,14 @@ class ModelSpec(_Frozen):
                 f"(no prefix capability), so it cannot serve in kind=prefix_lm; use one that "
                 f"can: {', '.join(capable)}"
             )
+        if attn.caps.graph and not self.embedder_ref.entry.caps.graph:
+            graphs = [e.name for e in registry.entries("embedder") if e.caps.graph]
+            return (
+                f"{where}attention='{attn.name}' attends along a graph's edges "
+                f"(ctx.adjacency), but embedder='{self.embedder_ref.name}' makes no graph "
+                f"node tokens, so the model has no graph inputs; use a graph embedder "
+                f"({', '.join(graphs)}) with a graph task (graph_atlas)"
+            )
         mode = pos.caps.position_mode or "none"
         if mode not in attn.caps.position_modes:
             return (
