@@ -386,7 +386,12 @@ class ModelSpec(_Frozen):
                 f"(no prefix capability), so it cannot serve in kind=prefix_lm; use one that "
                 f"can: {', '.join(capable)}"
             )
-        if attn.caps.graph and not self.embedder_ref.entry.caps.graph:
+        inputs_pending = (
+            self.embedder is None
+            and self.vocab_size is None
+            and (self.input_dim is None and self.input_shape is None)
+        )  # a task fills the embedder and its sizes later (checked again then)
+        if attn.caps.graph and not self.embedder_ref.entry.caps.graph and not inputs_pending:
             graphs = [e.name for e in registry.entries("embedder") if e.caps.graph]
             return (
                 f"{where}attention='{attn.name}' attends along a graph's edges "

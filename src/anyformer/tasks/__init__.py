@@ -5,6 +5,7 @@ Importing this package registers the built-in tasks.
 
 from anyformer.tasks import (  # noqa: F401
     algorithmic,
+    graph_atlas,
     graphs,
     icl,
     icl_boolean,
