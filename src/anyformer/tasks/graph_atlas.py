@@ -28,6 +28,7 @@ readout; Xu et al., 2019) trained on the training graphs with the same node feat
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
@@ -84,30 +85,37 @@ def atlas_graphs(lap_pe: int, rwse: int, seed: int) -> tuple[Any, ...]:
     with the encodings appended, ``edge_index`` both directions, ``n`` its node count),
     in atlas order."""
     import networkx as nx
+    from torch_geometric.data import Batch as PygBatch
+    from torch_geometric.data import Data
     from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
-    from torch_geometric.utils import from_networkx
 
     out = []
-    with torch.random.fork_rng():  # AddLaplacianEigenvectorPE draws signs from torch's RNG
-        torch.manual_seed(seed)
-        for g in nx.graph_atlas_g()[1:]:
-            n = g.number_of_nodes()
-            data = from_networkx(nx.convert_node_labels_to_integers(g))
-            data.num_nodes = n
-            deg = torch.tensor([d for _, d in sorted(g.degree())], dtype=torch.long)
-            cols = [torch.nn.functional.one_hot(deg, MAX_DEGREE + 1).float()]
-            if lap_pe:
-                pe = torch.zeros(n, lap_pe)
-                k = min(lap_pe, n - 1)
+    for g in nx.graph_atlas_g()[1:]:
+        n = g.number_of_nodes()
+        edges = torch.tensor(list(g.edges()), dtype=torch.long).reshape(-1, 2).T
+        data = Data(edge_index=torch.cat([edges, edges.flip(0)], 1), num_nodes=n)
+        deg = torch.tensor([d for _, d in sorted(g.degree())], dtype=torch.long)
+        data.x = torch.nn.functional.one_hot(deg, MAX_DEGREE + 1).float()
+        data.graph = g
+        out.append(data)
+    if lap_pe:
+        with torch.random.fork_rng():  # the transform draws signs from torch's RNG
+            torch.manual_seed(seed)
+            for data in out:
+                pe = torch.zeros(data.num_nodes, lap_pe)
+                k = min(lap_pe, data.num_nodes - 1)
                 if k > 0:
                     enc = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True)
-                    pe[:, :k] = enc(data.clone()).pe.float()
-                cols.append(pe)
-            if rwse:
-                cols.append(AddRandomWalkPE(rwse, attr_name="rw")(data.clone()).rw.float())
-            data.x = torch.cat(cols, 1)
-            data.graph = g
-            out.append(data)
+                    pe[:, :k] = enc(Data(edge_index=data.edge_index, num_nodes=data.num_nodes)).pe
+                data.x = torch.cat([data.x, pe], 1)
+    if rwse:  # walks stay inside their graph: one transform over the disjoint union
+        union = PygBatch.from_data_list([Data(edge_index=d.edge_index, num_nodes=d.num_nodes)
+                                         for d in out])  # fmt: skip
+        with warnings.catch_warnings():  # torch's beta notice about sparse CSR tensors
+            warnings.simplefilter("ignore", UserWarning)
+            rw = AddRandomWalkPE(rwse, attr_name="rw")(union).rw.float()
+        for data, part in zip(out, rw.split([d.num_nodes for d in out])):
+            data.x = torch.cat([data.x, part], 1)
     return tuple(out)
 
 
