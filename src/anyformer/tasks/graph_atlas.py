@@ -161,7 +161,7 @@ def train_gin(graphs: list[Any], labels: np.ndarray, n_classes: int, steps: int,
         )
         y = torch.from_numpy(labels).long()
         model = GIN(graphs[0].x.shape[1])
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(steps):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(data), y).backward()
