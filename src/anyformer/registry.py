@@ -232,6 +232,9 @@ class Capabilities:
       FFN when the block belongs to an encoder–decoder's decoder.
     - ``branches``: (embedders) lays tokens out as several branches, each starting with
       its CLS token (``TokenLayout.branches``); (mixers) needs such a layout.
+    - ``graph``: (embedders) makes one token per graph node, the batch carrying the
+      graphs' adjacency (``Context.adjacency``); (mixers) reads that adjacency, so it
+      needs such an embedder.
 
     Every capability has this one default; a variant states what differs from it.
     """
@@ -254,6 +257,7 @@ class Capabilities:
     memory: bool = False
     cross: bool = False
     branches: bool = False
+    graph: bool = False
 
 
 @dataclass(frozen=True)

@@ -386,6 +386,19 @@ class ModelSpec(_Frozen):
                 f"(no prefix capability), so it cannot serve in kind=prefix_lm; use one that "
                 f"can: {', '.join(capable)}"
             )
+        inputs_pending = (
+            self.embedder is None
+            and self.vocab_size is None
+            and (self.input_dim is None and self.input_shape is None)
+        )  # a task fills the embedder and its sizes later (checked again then)
+        if attn.caps.graph and not self.embedder_ref.entry.caps.graph and not inputs_pending:
+            graphs = [e.name for e in registry.entries("embedder") if e.caps.graph]
+            return (
+                f"{where}attention='{attn.name}' attends along a graph's edges "
+                f"(ctx.adjacency), but embedder='{self.embedder_ref.name}' makes no graph "
+                f"node tokens, so the model has no graph inputs; use a graph embedder "
+                f"({', '.join(graphs)}) with a graph task (graph_atlas)"
+            )
         mode = pos.caps.position_mode or "none"
         if mode not in attn.caps.position_modes:
             return (

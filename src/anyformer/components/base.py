@@ -163,7 +163,12 @@ class Context:
     - ``readout_mask``: ``[B, T]`` bool, the positions the head reads (``None``: all); the
       outputs are then ``[N, ...]`` for the N selected positions, in row-major order (an
       MLM scores 15% of the tokens: the head over a large vocabulary need not run on the
-      rest). Like ``last_only`` it concerns the readout only; mixers ignore it.
+      rest). Like ``last_only`` it concerns the readout only; mixers ignore it;
+    - ``adjacency``: ``[B, T, T]`` bool, a batch of graphs' dense adjacency over node
+      tokens (``adjacency[b, i, j]``: an edge from node j to node i; padded nodes have
+      no edges), from the batch extras of a graph task (``None``: not a graph). Mixers
+      with the capability ``graph`` read it (validation refuses them in a model whose
+      embedder makes no graph node tokens); other mixers ignore it.
     """
 
     positions: torch.Tensor
@@ -177,6 +182,7 @@ class Context:
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
     readout_mask: torch.Tensor | None = None
+    adjacency: torch.Tensor | None = None
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

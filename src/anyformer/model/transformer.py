@@ -223,6 +223,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
         prefix_len: torch.Tensor | None = None,
         readout_mask: torch.Tensor | None = None,
+        adjacency: torch.Tensor | None = None,
         return_outputs: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
@@ -233,7 +234,9 @@ class Transformer(nn.Module):
         ``[B]``: a prefix LM's prefix per row (``kind: prefix_lm`` only). ``readout_mask``
         ``[B, T]`` bool: the head runs on the selected positions alone and the outputs are
         ``[N, ...]`` for the N of them (row-major; equal to ``outputs[readout_mask]`` of a
-        full forward), for per-position heads."""
+        full forward), for per-position heads. ``adjacency`` ``[B, T, T]`` bool: a batch of
+        graphs' dense adjacency over the node tokens, for mixers with the capability
+        ``graph`` (``Context.adjacency``)."""
         if prefix_len is not None:
             if self.spec.kind != "prefix_lm":
                 raise SpecError(
@@ -249,6 +252,7 @@ class Transformer(nn.Module):
         return self._forward(
             inputs, padding_mask, positions, segments, cache, last_only, return_outputs,
             prefix_len=prefix_len, readout_mask=readout_mask,
+            adjacency=None if adjacency is None else adjacency.to(inputs.device, torch.bool),
         )  # fmt: skip
 
     def _forward(

@@ -90,12 +90,14 @@ def output_shape(entry: Entry) -> None:
         mixer = entry.build(params, dims)
         position = registry.get("position", "none").build(None, dims)
         x = torch.randn(2, T, 32)
-        y = mixer(x, Context(torch.arange(T), causal, position))
+        y = mixer(x, Context(torch.arange(T), causal, position, adjacency=graph_for(entry)))
         what = f"the {'causal' if causal else 'bidirectional'} output"
         if not isinstance(y, torch.Tensor):
             raise CheckFailure(f"{what} is a {type(y).__name__}, not a tensor")
         shape(y, (2, T, 32), what)
         finite(y, what)
+    if entry.caps.graph:
+        refuses_a_context_without_adjacency(entry)
 
 
 @contract_check(SLOT, "causal")
@@ -126,11 +128,15 @@ def encoder_padding(entry: Entry) -> None:
         refuses_a_model_without_a_grid(entry)
     if entry.caps.branches:
         refuses_a_model_without_branches(entry)
+    if entry.caps.graph:
+        refuses_a_model_without_graph_inputs(entry)
     if not entry.caps.bidirectional:
         if try_spec("encoder", entry.name, "learned")[0] is not None:
             raise CheckFailure("validation accepted a causal-only mixer in an encoder")
         raise NotApplicable("not bidirectional (decoders only); encoders refuse it")
-    if entry.caps.grid or entry.caps.branches:
+    if entry.caps.graph:
+        padded_nodes_are_ignored(entry)
+    elif entry.caps.grid or entry.caps.branches:
         grid_cells_ignore_padding(entry)
     else:
         encoder_ignores_padding(entry.name, "learned")
@@ -144,13 +150,12 @@ def gradients(entry: Entry) -> None:
         model(tokens(), source=source_tokens()).float().pow(2).mean().backward()
         no_dead_parameters(model, f"in an encoder_decoder, cross_attention={entry.name}")
         return
-    if entry.caps.grid or entry.caps.branches:
+    if entry.caps.grid or entry.caps.branches or entry.caps.graph:
         mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, T, False))
         position = registry.get("position", "none").build(None, mixer_dims(entry, 32, 4, T, False))
-        mixer(torch.randn(2, T, 32), Context(torch.arange(T), False, position)).pow(
-            2
-        ).mean().backward()
-        no_dead_parameters(mixer, "on a grid")
+        ctx = Context(torch.arange(T), False, position, adjacency=graph_for(entry))
+        mixer(torch.randn(2, T, 32), ctx).pow(2).mean().backward()
+        no_dead_parameters(mixer, "on a graph" if entry.caps.graph else "on a grid")
         return
     kind = "decoder" if entry.caps.causal_safe else "encoder"
     extra = {} if kind == "decoder" else {"n_outputs": V}
@@ -226,6 +231,60 @@ def memory_output_shape(entry: Entry) -> None:
     except ValueError:
         return
     raise CheckFailure("it ran without a memory (ctx.memory=None) instead of refusing")
+
+
+def graph_for(entry: Entry, b: int = 2, t: int = T, seed: int = 0) -> torch.Tensor | None:
+    """For a graph mixer (``caps.graph``): a random symmetric adjacency ``[b, t, t]``
+    without self-loops (about a third of the pairs joined); ``None`` for other mixers."""
+    if not entry.caps.graph:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    upper = torch.rand(b, t, t, generator=g).triu(1) > 2 / 3
+    return upper | upper.transpose(1, 2)
+
+
+def refuses_a_context_without_adjacency(entry: Entry) -> None:
+    """A graph mixer called without ``ctx.adjacency`` raises ValueError naming it."""
+    dims = mixer_dims(entry, 32, 4, T, False)
+    mixer = entry.build(entry.make_params(), dims)
+    position = registry.get("position", "none").build(None, dims)
+    try:
+        mixer(torch.randn(2, T, 32), Context(torch.arange(T), False, position))
+    except ValueError as exc:
+        if "adjacency" not in str(exc):
+            raise CheckFailure(f"its refusal without a graph does not say why: {exc}") from None
+        return
+    raise CheckFailure("it ran without a graph (ctx.adjacency=None) instead of refusing")
+
+
+def refuses_a_model_without_graph_inputs(entry: Entry) -> None:
+    """Validation refuses a graph mixer in a token model (no graph embedder), saying why."""
+    spec, why = try_spec("encoder", entry.name, "none")
+    if spec is not None:
+        raise CheckFailure("validation accepted a graph mixer in a model without graph inputs")
+    if "graph" not in why:
+        raise CheckFailure(f"the refusal of a model without graph inputs does not say why: {why}")
+
+
+def padded_nodes_are_ignored(entry: Entry) -> None:
+    """Padded nodes (``padding_mask`` False), whatever their values and edges, change no
+    real node's output."""
+    dims = mixer_dims(entry, 32, 4, T, False)
+    mixer = entry.build(entry.make_params(), dims).eval()
+    position = registry.get("position", "none").build(None, dims)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, T, 32, generator=g)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[0, -3:] = False
+    mask[1, 2] = False
+    adj = graph_for(entry)
+    assert adj is not None
+    adj = adj & mask[:, :, None] & mask[:, None, :]
+    other = torch.where(mask[..., None], x, torch.randn(2, T, 32, generator=g) * 3)
+    with torch.no_grad():
+        a = mixer(x, Context(torch.arange(T), False, position, mask, adjacency=adj))
+        b = mixer(other, Context(torch.arange(T), False, position, mask, adjacency=adj))
+    close(a[mask], b[mask], "padded nodes changed the outputs of real nodes")
 
 
 def refuses_a_model_without_a_grid(entry: Entry) -> None:
