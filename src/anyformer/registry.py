@@ -220,7 +220,8 @@ class Capabilities:
     - ``empty``: (FFNs) computes nothing; residual layouts skip it and its norm.
     - ``final_norm``: (layouts) the model applies a final norm after the last block.
     - ``input_kind``: (embedders) what the embedder reads: ``tokens``, ``vectors``,
-      ``image``, ``table`` or ``audio`` (waveforms ``[B, n_samples]``).
+      ``image``, ``table``, ``audio`` (waveforms ``[B, n_samples]``) or ``series``
+      (``[B, lookback, variates]``).
     - ``grid``: (embedders) lays tokens out on a 2-D grid; (mixers, positions) needs one.
     - ``pooled``: (heads) one output per example, pooled over the tokens.
     - ``prefix``: (mixers) honours ``ctx.prefix_len`` (a prefix LM: bidirectional over

@@ -99,6 +99,8 @@ class LayerSpec:
 
 
 BLOCK_SLOTS = ("attention", "norm", "ffn", "norm_placement")
+#: Input kinds whose per-example shape (``model.input_shape``) the task fills in.
+SHAPED_INPUTS = ("image", "table", "audio", "series")
 
 
 class EncoderSpec(_Frozen):
@@ -228,7 +230,7 @@ class ModelSpec(_Frozen):
     def _check_io(self) -> str | None:
         """The embedder and head against the inputs, the length and each other."""
         embedder, head = self.embedder_ref, self.head_ref
-        if self.input_kind in ("image", "table", "audio") and self.input_shape is None:
+        if self.input_kind in SHAPED_INPUTS and self.input_shape is None:
             return None  # the task fills input_shape; validated again once it has
         for field, ref in (("embedder", embedder), ("head", head)):
             check = getattr(ref.entry.cls, "check", None)
@@ -337,7 +339,7 @@ class ModelSpec(_Frozen):
         """The embedder's :class:`~anyformer.components.embedders.base.TokenLayout`."""
         ref = self.embedder_ref
         layout = getattr(ref.entry.cls, "layout", None)
-        if self.input_kind in ("image", "table", "audio") and self.input_shape is None:
+        if self.input_kind in SHAPED_INPUTS and self.input_shape is None:
             layout = None  # not known before the task fills input_shape
         if layout is None:  # a user's embedder without the base class's method
             return SimpleNamespace(length=None, grid=None, n_prefix=0, branches=None)

@@ -169,6 +169,9 @@ class Context:
       no edges), from the batch extras of a graph task (``None``: not a graph). Mixers
       with the capability ``graph`` read it (validation refuses them in a model whose
       embedder makes no graph node tokens); other mixers ignore it.
+    - ``embed_state``: what the embedder hands the head besides its tokens
+      (``Embedder.readout_state``: RevIN's statistics of a series embedder), passed to
+      heads whose class sets ``reads_state``; mixers ignore it.
     """
 
     positions: torch.Tensor
@@ -183,6 +186,7 @@ class Context:
     memory_mask: torch.Tensor | None = None
     readout_mask: torch.Tensor | None = None
     adjacency: torch.Tensor | None = None
+    embed_state: Any = None
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

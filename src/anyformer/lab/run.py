@@ -35,7 +35,7 @@ from anyformer.errors import RunFolderError, SpecError
 from anyformer.lab.report import record_session, write_report
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
-from anyformer.spec import ExperimentSpec, HeadRef, ModelSpec, packing_refusal
+from anyformer.spec import SHAPED_INPUTS, ExperimentSpec, HeadRef, ModelSpec, packing_refusal
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
 from anyformer.training.trainer import (
@@ -296,9 +296,9 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     kind = getattr(task, "input_kind", None)
     if kind is not None:
         _check_input_kind(model, kind, spec.task.name)
-    # an image, table or audio embedder decides the token count itself (ModelSpec
+    # an image, table, audio or series embedder decides the token count itself (ModelSpec
     # validation checks it against max_len); the task's count assumes one token per value
-    if kind not in ("image", "table", "audio") and model["max_len"] < need:
+    if kind not in SHAPED_INPUTS and model["max_len"] < need:
         raise SpecError(
             f"model.max_len={model['max_len']} is shorter than the longest sequence of task "
             f"'{spec.task.name}' ({need}); set model.max_len to at least {need}"

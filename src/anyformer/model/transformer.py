@@ -300,6 +300,9 @@ class Transformer(nn.Module):
         if cache is not None and cache.position_shift is not None:  # rows padded in front
             embed_positions = (positions - cache.position_shift[:, None]).clamp(min=0)
         x = self.embed_positions(embedded, embed_positions)
+        state = getattr(self.embed, "readout_state", None)
+        if state is not None:
+            context["embed_state"] = state(inputs)
         ctx = Context(
             positions, self.causal, self.position, padding_mask, segments, cache, last_only,
             **context,
@@ -339,6 +342,8 @@ class Transformer(nn.Module):
             x = x[ctx.readout_mask.to(x.device)][None]
         x = (self.norm if norm is None else norm)(x)
         head = self.head if head is None else head
+        if getattr(head, "reads_state", False):  # the embedder's readout_state (RevIN)
+            return head(x, ctx.padding_mask, state=ctx.embed_state)
         if self.pooled:
             return head(x, ctx.padding_mask)
         return head(x)[0] if ctx.readout_mask is not None else head(x)

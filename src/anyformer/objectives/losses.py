@@ -189,7 +189,7 @@ class MSE(Objective):
     which channel 0 is read (``[B, T, 1]``; the mean of a ``gaussian`` head's
     ``[..., 2]``). Other shapes are refused rather than broadcast."""
 
-    heads = ("regress", "token_regress", "dense")
+    heads = ("regress", "token_regress", "dense", "forecast")
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         pred = outputs[..., 0] if outputs.dim() == batch.targets.dim() + 1 else outputs

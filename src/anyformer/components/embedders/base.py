@@ -41,6 +41,12 @@ class Embedder(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def readout_state(self, inputs: torch.Tensor) -> Any:
+        """What the head needs of ``inputs`` besides the tokens (``None``: nothing); the
+        model carries it to heads that read it (RevIN's statistics, which a forecasting
+        head inverts)."""
+        return None
+
     @classmethod
     def layout(cls, params: Any, spec: ModelSpec) -> TokenLayout:
         """The token layout for inputs of ``spec.input_shape`` (1-D of unknown length

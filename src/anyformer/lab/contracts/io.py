@@ -24,7 +24,10 @@ INPUTS: dict[str, tuple[dict[str, Any], Any]] = {
     "image": ({"input_shape": [3, 8, 8]}, lambda: torch.rand(B, 3, 8, 8)),
     "table": ({"input_shape": [4]}, lambda: _table_rows()),
     "audio": ({"input_shape": [1024]}, lambda: torch.randn(B, 1024)),
+    "series": ({"input_shape": [12, 3]}, lambda: torch.randn(B, 12, 3)),
 }
+#: The head of the toy model around an embedder, per input kind (``classify`` otherwise).
+EMBEDDER_HEADS = {"series": "forecast"}
 
 
 def _table_rows() -> torch.Tensor:
@@ -56,7 +59,7 @@ def _inputs(model: Transformer) -> torch.Tensor:
 def _embedder_model(entry: Entry) -> Transformer:
     if entry.caps.input_kind not in INPUTS:
         raise NotApplicable(f"no toy inputs for input_kind={entry.caps.input_kind!r}")
-    return _model(embedder=entry.name, head="classify")
+    return _model(embedder=entry.name, head=EMBEDDER_HEADS.get(entry.caps.input_kind, "classify"))
 
 
 @contract_check("embedder", "tokens")
