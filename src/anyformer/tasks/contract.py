@@ -108,15 +108,15 @@ def _rows(batch: Batch) -> set[tuple[Any, ...]]:
 def model_outputs(task: Task, batch: Batch, right: bool) -> torch.Tensor:
     """Outputs a model could give: for token tasks one-hot logits of the targets
     (``right``) or of the next token id (wrong everywhere); for vector tasks zeros or
-    ones of the head's ``n_outputs`` channels; for a ``dense`` head zeros or ones shaped
-    like the targets (an image per example)."""
+    ones of the head's ``n_outputs`` channels; for a ``dense`` or ``forecast`` head zeros
+    or ones shaped like the targets (an image, a forecast per example)."""
     io = task.model_io()
     if "vocab_size" in io:
         vocab = int(io["vocab_size"])
         ids = batch.targets.long() if right else (batch.targets.long() + 1) % vocab
         return torch.nn.functional.one_hot(ids, vocab).float()
     head = io.get("head")
-    if (head if isinstance(head, str) else dict(head or {}).get("name")) == "dense":
+    if (head if isinstance(head, str) else dict(head or {}).get("name")) in ("dense", "forecast"):
         return torch.zeros(batch.targets.shape) if right else torch.ones(batch.targets.shape)
     shape = (*batch.targets.shape[:2], int(io.get("n_outputs", 1)))
     return torch.zeros(shape) if right else torch.ones(shape)

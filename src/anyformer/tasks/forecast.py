@@ -1,0 +1,339 @@
+"""Multivariate forecasting with the community's protocol (``forecast``).
+
+A series ``[N, variates]`` (generated, or one of statsmodels' bundled datasets) is split
+chronologically into train / validation / test spans of 70% / 10% / 20% of its steps
+(the Time-Series-Library borders); a scaler (mean and standard deviation per variate) is
+fit on the train span only and applied to the whole series, and every metric is on that
+normalised scale. A window is ``lookback`` steps of input and the next ``horizon`` steps
+as target.
+
+- training batches: windows whose input and target lie in the train span, drawn
+  uniformly by ``(seed, step)``;
+- ``id``: **every** window whose target lies in the test span (its lookback may reach
+  back into the validation span, as in the Time-Series-Library), one per start position,
+  in order, without dropping a last partial batch; the ``size`` asked for is ignored;
+- ``ood``: the same windows after a level and variance shift of that later period: on
+  the normalised scale every value ``v`` of input and target becomes
+  ``ood_scale * v + ood_shift`` (RevIN's motivating case: the scaler fit on train no
+  longer fits). The validation span is held out and unused (no early stopping).
+
+Batch: ``inputs`` ``[B, lookback, variates]``, ``targets`` ``[B, horizon, variates]``,
+``loss_mask`` ``[B]`` all True, ``extras["start"]`` the window's first step and
+``extras["split"]`` its split's id (which the ``optimal`` baseline reads). Metrics: ``mse`` (headline), ``mae``, and per horizon step
+``mse_by_step``/``mae_by_step`` (keys ``1 .. horizon``); baselines on the same windows:
+``last_value`` (the last input value repeated), ``seasonal_naive`` (the value one
+``period`` earlier; not reported when ``period`` exceeds the lookback or is 1),
+``linear`` (DLinear-style but closed form, not trained: one least-squares map with
+intercept from a variate's lookback to its horizon, shared by the variates, fit on
+every training window; a small ridge of 1e-6 keeps it defined) and, for generated data,
+``optimal`` (the conditional mean under the generating process: the noise-free VAR
+recursion from the last ``order`` values; trend + seasonality for ``seasonal``).
+
+Data (``data``): ``var`` (a stable VAR(``order``) of ``variates`` series, unit
+innovations, random coefficients fixed by ``data_seed``), ``seasonal`` (per variate a
+linear trend, two harmonics of ``period`` and Gaussian noise of std ``noise``), and
+statsmodels' ``sunspots`` (yearly, 309), ``co2`` (weekly, 2,284, missing values
+interpolated linearly), ``elnino`` (monthly sea temperatures, 732), ``macrodata`` (202
+quarters of 6 US series: 100 x log-growth of real GDP, consumption, investment,
+government spending and disposable income, and inflation) and ``nile`` (yearly, 100).
+
+Papers: the protocol of Informer (Zhou et al., 2021) and the Time-Series-Library; the
+linear baseline of "Are Transformers Effective for Time Series Forecasting?" (Zeng et
+al., 2023).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from anyformer.errors import SpecError
+from anyformer.registry import Capabilities, Paper, register
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+
+DLINEAR = Paper("Are Transformers Effective for Time Series Forecasting?", 2023, "Zeng et al.")
+#: Fractions of the steps in the train and validation spans (the test span is the rest).
+TRAIN_FRACTION, VAL_FRACTION = 0.7, 0.1
+EVAL_BATCH_ROWS = 256
+#: Each bundled dataset's season length (1: none).
+PERIODS = {"sunspots": 11, "co2": 52, "elnino": 12, "macrodata": 4, "nile": 1}
+GENERATED = ("var", "seasonal")
+Data = Literal["var", "seasonal", "sunspots", "co2", "elnino", "macrodata", "nile"]
+
+
+class ForecastParams(BaseModel):
+    """Parameters of ``forecast`` (see the module docstring). ``length``, ``variates``,
+    ``order``, ``noise`` and ``data_seed`` concern generated data only; ``period``
+    (``None``: 24 for ``seasonal``, 1 for ``var``, the dataset's own season otherwise)
+    is the seasonal-naive baseline's lag and the generated season."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    data: Data = "var"
+    lookback: int = Field(48, ge=1, le=4096)
+    horizon: int = Field(12, ge=1, le=1024)
+    length: int = Field(2000, ge=50, le=100000)
+    variates: int = Field(4, ge=1, le=64)
+    order: int = Field(2, ge=1, le=8)
+    period: int | None = Field(None, ge=1, le=1000)
+    noise: float = Field(0.3, ge=0.0, le=10.0)
+    data_seed: int = Field(0, ge=0, le=100000)
+    ood_shift: float = Field(2.0, ge=-100.0, le=100.0)
+    ood_scale: float = Field(2.0, gt=0.0, le=100.0)
+
+
+def var_coefficients(rng: np.random.Generator, c: int, p: int) -> np.ndarray:
+    """``[p, c, c]`` coefficients of a stable VAR(p): drawn N(0, 1/(c p)), then scaled
+    until the companion matrix's spectral radius is at most 0.9."""
+    a = rng.normal(0.0, 1.0 / np.sqrt(c * p), size=(p, c, c))
+    companion = np.zeros((c * p, c * p))
+    companion[c:, :-c] = np.eye(c * (p - 1))
+    while True:
+        companion[:c] = np.concatenate(list(a), axis=1)
+        radius = float(np.abs(np.linalg.eigvals(companion)).max())
+        if radius <= 0.9:
+            return a
+        a = a * (0.89 / radius) ** (1.0 / p) if p > 1 else a * 0.89 / radius
+
+
+def var_forecast(a: np.ndarray, history: np.ndarray, horizon: int) -> np.ndarray:
+    """The conditional mean ``[horizon, c]`` of a zero-mean VAR with coefficients ``a``
+    ``[p, c, c]`` given its last ``p`` values ``history`` ``[p, c]`` (oldest first)."""
+    p = a.shape[0]
+    values = list(history[-p:])
+    out = []
+    for _ in range(horizon):
+        nxt = sum(a[i] @ values[-1 - i] for i in range(p))
+        values.append(nxt)
+        out.append(nxt)
+    return np.stack(out)
+
+
+def load_bundled(name: str) -> np.ndarray:
+    """A statsmodels dataset as ``[N, variates]`` float64 (see the module docstring)."""
+    import statsmodels.datasets as sm
+
+    df = getattr(sm, name).load_pandas().data
+    if name == "sunspots":
+        return df[["SUNACTIVITY"]].to_numpy(np.float64)
+    if name == "co2":
+        return df[["co2"]].interpolate(limit_direction="both").to_numpy(np.float64)
+    if name == "elnino":
+        return df.drop(columns="YEAR").to_numpy(np.float64).reshape(-1, 1)
+    if name == "macrodata":
+        cols = ["realgdp", "realcons", "realinv", "realgovt", "realdpi"]
+        growth = 100.0 * np.diff(np.log(df[cols].to_numpy(np.float64)), axis=0)
+        return np.concatenate([growth, df[["infl"]].to_numpy(np.float64)[1:]], axis=1)
+    if name == "nile":
+        return df[["volume"]].to_numpy(np.float64)
+    raise ValueError(f"unknown dataset '{name}'")
+
+
+@register(
+    "task",
+    "forecast",
+    paper=DLINEAR,
+    summary="forecast horizon steps of a multivariate series from lookback steps (VAR, seasonal, "
+    "statsmodels' datasets); chronological split, scaler fit on train, every test window; "
+    "ood: level and variance shift; last value, seasonal naive, least-squares linear, optimal",
+    params=ForecastParams,
+    caps=Capabilities(),
+)
+class Forecast(Task):
+    """See the module docstring."""
+
+    headline: ClassVar[str] = "mse"
+    higher_is_better: ClassVar[bool] = False
+    default_objective: ClassVar[str] = "mse"
+    input_kind: ClassVar[str] = "series"
+    disjoint_splits: ClassVar[bool] = False
+    params: ForecastParams
+
+    def __init__(self, params: ForecastParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        p = params
+        n = self.raw.shape[0]
+        self.n_train = int(TRAIN_FRACTION * n)
+        self.test_start = self.n_train + int(VAL_FRACTION * n)
+        self.train_starts = np.arange(0, self.n_train - p.lookback - p.horizon + 1)
+        self.test_starts = np.arange(self.test_start - p.lookback, n - p.lookback - p.horizon + 1)
+        if len(self.train_starts) < 1 or len(self.test_starts) < 1 or self.test_starts[0] < 0:
+            raise SpecError(
+                f"task.lookback={p.lookback} + task.horizon={p.horizon} do not fit data="
+                f"'{p.data}' of {n} steps (train span {self.n_train} steps, test span "
+                f"{n - self.test_start}); use a shorter lookback or horizon"
+            )
+
+    # ------------------------------------------------------------ data
+    @property
+    def period(self) -> int:
+        p = self.params
+        if p.period is not None:
+            return p.period
+        return {"seasonal": 24, "var": 1}.get(p.data) or PERIODS[p.data]
+
+    @cached_property
+    def _generated(self) -> tuple[np.ndarray, dict[str, Any]]:
+        p = self.params
+        rng = rng_for(p.data_seed, 7)
+        if p.data == "var":
+            a = var_coefficients(rng, p.variates, p.order)
+            burn = 200
+            x = np.zeros((p.length + burn, p.variates))
+            eps = rng.normal(size=x.shape)
+            for t in range(p.order, x.shape[0]):
+                x[t] = sum(a[i] @ x[t - 1 - i] for i in range(p.order)) + eps[t]
+            return x[burn:], {"a": a}
+        if p.data == "seasonal":
+            t = np.arange(p.length, dtype=np.float64)[:, None]
+            trend = rng.uniform(-2.0, 2.0, size=p.variates)
+            amp = rng.uniform(0.5, 1.5, size=(2, p.variates))
+            phase = rng.uniform(0.0, 2 * np.pi, size=(2, p.variates))
+            w = 2 * np.pi * t / self.period
+            mean = (
+                trend * t / p.length
+                + amp[0] * np.sin(w + phase[0])
+                + 0.5 * amp[1] * np.sin(2 * w + phase[1])
+            )
+            return mean + p.noise * rng.normal(size=mean.shape), {"mean": mean}
+        return load_bundled(p.data), {}
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The series ``[N, variates]`` before scaling."""
+        return self._generated[0]
+
+    @cached_property
+    def scaler(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` per variate of the train span only (std 0 read as 1)."""
+        train = self.raw[: self.n_train]
+        std = train.std(axis=0)
+        return train.mean(axis=0), np.where(std > 0, std, 1.0)
+
+    @cached_property
+    def scaled(self) -> np.ndarray:
+        mean, std = self.scaler
+        return (self.raw - mean) / std
+
+    # ------------------------------------------------------------ batches
+    def model_io(self) -> dict[str, Any]:
+        return {
+            "embedder": "points",
+            "input_shape": [self.params.lookback, self.raw.shape[1]],
+            "head": "forecast",
+            "n_outputs": self.params.horizon,
+        }
+
+    def max_seq_len(self) -> int:
+        return self.params.lookback
+
+    def windows(self, starts: np.ndarray, split: str) -> Batch:
+        """The windows starting at ``starts``; ``ood`` ones shifted (module docstring)."""
+        p, z = self.params, self.scaled
+        idx = starts[:, None] + np.arange(p.lookback + p.horizon)[None]
+        w = z[idx]
+        if split == "ood":
+            w = p.ood_scale * w + p.ood_shift
+        x, y = w[:, : p.lookback], w[:, p.lookback :]
+        return Batch(
+            inputs=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            targets=torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+            loss_mask=torch.ones(len(starts), dtype=torch.bool),
+            extras={
+                "start": torch.from_numpy(starts.astype(np.int64)),
+                "split": torch.full((len(starts),), SPLIT_IDS[split], dtype=torch.long),
+            },
+        )
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        rng = rng_for(self.seed, SPLIT_IDS["train"], step)
+        return self.windows(rng.choice(self.train_starts, size=batch_size), "train")
+
+    def make_eval_set(self, split: str, size: int) -> list[Batch]:
+        """Every test window, in order (``size`` is ignored: the protocol scores all)."""
+        if split not in self.splits:
+            raise ValueError(f"unknown split '{split}' (valid: {', '.join(self.splits)})")
+        s = self.test_starts
+        return [self.windows(s[i : i + EVAL_BATCH_ROWS], split)
+                for i in range(0, len(s), EVAL_BATCH_ROWS)]  # fmt: skip
+
+    # ------------------------------------------------------------ baselines
+    @cached_property
+    def linear_map(self) -> np.ndarray:
+        """``[lookback + 1, horizon]``: least squares from a variate's lookback (and 1) to
+        its horizon over every training window and variate."""
+        b = self.windows(self.train_starts, "train")
+        x = b.inputs.double().numpy().transpose(0, 2, 1).reshape(-1, self.params.lookback)
+        y = b.targets.double().numpy().transpose(0, 2, 1).reshape(-1, self.params.horizon)
+        x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+        gram = x1.T @ x1 + 1e-6 * np.eye(x1.shape[1])
+        return np.linalg.solve(gram, x1.T @ y)
+
+    def baseline_predictions(self, batch: Batch, split: str) -> dict[str, np.ndarray]:
+        """``{name: [B, horizon, variates]}`` of every baseline on the batch's windows."""
+        p = self.params
+        x = batch.inputs.double().numpy()
+        out = {"last_value": np.repeat(x[:, -1:], p.horizon, axis=1)}
+        m = self.period
+        if 1 < m <= p.lookback:
+            h = np.arange(p.horizon)
+            out["seasonal_naive"] = x[:, p.lookback - m + (h % m)]
+        xt = x.transpose(0, 2, 1)
+        ones = np.ones((*xt.shape[:2], 1))
+        lin = np.concatenate([xt, ones], axis=2) @ self.linear_map
+        out["linear"] = lin.transpose(0, 2, 1)
+        if p.data in GENERATED:
+            out["optimal"] = self.optimal(batch.extras["start"].numpy(), split)
+        return out
+
+    def optimal(self, starts: np.ndarray, split: str) -> np.ndarray:
+        """The conditional mean of each window's target under the generating process, on
+        the normalised (and, for ``ood``, shifted) scale."""
+        p = self.params
+        raw, info = self._generated
+        if p.data == "var":
+            pred = np.stack([
+                var_forecast(info["a"], raw[s + p.lookback - p.order : s + p.lookback], p.horizon)
+                for s in starts
+            ])  # fmt: skip
+        else:
+            idx = starts[:, None] + p.lookback + np.arange(p.horizon)[None]
+            pred = info["mean"][idx]
+        mean, std = self.scaler
+        pred = (pred - mean) / std
+        return p.ood_scale * pred + p.ood_shift if split == "ood" else pred
+
+    # ------------------------------------------------------------ metrics
+    def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
+        """``mse``, ``mae`` (over every window, step and variate), ``mse_by_step`` and
+        ``mae_by_step`` (per horizon step), ``windows``, and the same for each baseline
+        under ``baselines.<name>``."""
+        targets = np.concatenate([b.targets.double().numpy() for b in batches])
+        pred = np.concatenate(
+            [o.double().numpy().reshape(b.targets.shape) for o, b in zip(outputs, batches)]
+        )
+        metrics = forecast_metrics(pred, targets)
+        metrics["windows"] = int(targets.shape[0])
+        base: dict[str, list[np.ndarray]] = {}
+        for b in batches:
+            split = "ood" if int(b.extras["split"][0]) == SPLIT_IDS["ood"] else "id"
+            for name, v in self.baseline_predictions(b, split).items():
+                base.setdefault(name, []).append(v)
+        metrics["baselines"] = {
+            name: forecast_metrics(np.concatenate(v), targets) for name, v in base.items()
+        }
+        return metrics
+
+
+def forecast_metrics(pred: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """``mse``, ``mae`` and per horizon step (1-based keys) of ``[B, H, C]`` arrays."""
+    err = pred - targets
+    return {
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+        "mse_by_step": {str(h + 1): float(v) for h, v in enumerate(np.mean(err**2, axis=(0, 2)))},
+        "mae_by_step": {str(h + 1): float(v) for h, v in enumerate(np.abs(err).mean(axis=(0, 2)))},
+    }
