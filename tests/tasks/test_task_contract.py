@@ -50,6 +50,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "translation": {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 2},
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
     "image_folder": {"size": 8},
+    "forecast": {"length": 400, "lookback": 12, "horizon": 3},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -110,7 +111,7 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
     """The checks that depend on a declaration run where the task makes it."""
     examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
                 "image_folder", "tones", "graph_atlas"}  # fmt: skip
-    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm", "text_corpus", "dtmf"} | examples
+    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm", "text_corpus", "dtmf", "forecast"} | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",
                      "tones", "graph_atlas"}  # fmt: skip

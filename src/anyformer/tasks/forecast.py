@@ -149,7 +149,8 @@ class Forecast(Task):
     higher_is_better: ClassVar[bool] = False
     default_objective: ClassVar[str] = "mse"
     input_kind: ClassVar[str] = "series"
-    disjoint_splits: ClassVar[bool] = False
+    #: training windows lie in the train span, evaluation windows' targets in the test span
+    disjoint_splits: ClassVar[bool] = True
     params: ForecastParams
 
     def __init__(self, params: ForecastParams, seed: int = 0) -> None:
