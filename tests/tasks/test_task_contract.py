@@ -111,7 +111,14 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
     """The checks that depend on a declaration run where the task makes it."""
     examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
                 "image_folder", "tones", "graph_atlas"}  # fmt: skip
-    no_sizes = {"two_hop", "kg_reasoning", "stdlib_lm", "text_corpus", "dtmf", "forecast"} | examples
+    no_sizes = {
+        "two_hop",
+        "kg_reasoning",
+        "stdlib_lm",
+        "text_corpus",
+        "dtmf",
+        "forecast",
+    } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",
                      "tones", "graph_atlas"}  # fmt: skip
