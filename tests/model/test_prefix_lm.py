@@ -149,6 +149,10 @@ def test_prefix_len_is_refused_by_other_kinds_and_checked() -> None:
         decoder(_ids(2, 5), prefix_len=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="one length per row"):
         _model()(_ids(2, 5), prefix_len=torch.tensor([1, 2, 3]))
+    # an encoder-decoder's source given to a single stack is refused, not ignored
+    for kind in ("decoder", "prefix_lm"):
+        with pytest.raises(SpecError, match="source is read by model.kind=encoder_decoder"):
+            _model(kind)(_ids(2, 5), source=_ids(2, 4))
     with pytest.raises(SpecError, match="kind=prefix_lm takes padded rows"):
         from anyformer.spec import ExperimentSpec
 

@@ -195,6 +195,10 @@ class Transformer(nn.Module):
         cache: Cache | None = ...,
         last_only: bool = ...,
         prefix_len: torch.Tensor | None = ...,
+        readout_mask: torch.Tensor | None = ...,
+        adjacency: torch.Tensor | None = ...,
+        source: torch.Tensor | None = ...,
+        source_mask: torch.Tensor | None = ...,
         return_outputs: Literal[False] = ...,
     ) -> torch.Tensor: ...
 
@@ -209,6 +213,10 @@ class Transformer(nn.Module):
         cache: Cache | None = ...,
         last_only: bool = ...,
         prefix_len: torch.Tensor | None = ...,
+        readout_mask: torch.Tensor | None = ...,
+        adjacency: torch.Tensor | None = ...,
+        source: torch.Tensor | None = ...,
+        source_mask: torch.Tensor | None = ...,
         return_outputs: Literal[True],
     ) -> ModelOutput: ...
 
@@ -224,6 +232,8 @@ class Transformer(nn.Module):
         prefix_len: torch.Tensor | None = None,
         readout_mask: torch.Tensor | None = None,
         adjacency: torch.Tensor | None = None,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
         return_outputs: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """Outputs ``[B, T, ...]`` for ``inputs [B, T]``; with ``last_only`` the head runs on
@@ -236,7 +246,15 @@ class Transformer(nn.Module):
         ``[N, ...]`` for the N of them (row-major; equal to ``outputs[readout_mask]`` of a
         full forward), for per-position heads. ``adjacency`` ``[B, T, T]`` bool: a batch of
         graphs' dense adjacency over the node tokens, for mixers with the capability
-        ``graph`` (``Context.adjacency``)."""
+        ``graph`` (``Context.adjacency``). ``source``/``source_mask`` are an
+        encoder–decoder's (:class:`~anyformer.model.encoder_decoder.EncoderDecoder`); this
+        stack refuses them rather than ignore an input."""
+        if source is not None or source_mask is not None:
+            raise SpecError(
+                f"source is read by model.kind=encoder_decoder; this model is "
+                f"kind={self.spec.kind} (give it rows without source, or set "
+                f"model.kind=encoder_decoder)"
+            )
         if prefix_len is not None:
             if self.spec.kind != "prefix_lm":
                 raise SpecError(
