@@ -257,13 +257,19 @@ def refuses_a_context_without_adjacency(entry: Entry) -> None:
     raise CheckFailure("it ran without a graph (ctx.adjacency=None) instead of refusing")
 
 
-def refuses_a_model_without_graph_inputs(entry: Entry) -> None:
-    """Validation refuses a graph mixer in a token model (no graph embedder), saying why."""
+def _refused_in_a_token_model(entry: Entry, kind: str, lacking: str, reason: str) -> None:
+    """Validation refuses the ``kind`` mixer ``entry`` in a plain token encoder (which has
+    no ``lacking``), and its message names ``reason``."""
     spec, why = try_spec("encoder", entry.name, "none")
     if spec is not None:
-        raise CheckFailure("validation accepted a graph mixer in a model without graph inputs")
-    if "graph" not in why:
-        raise CheckFailure(f"the refusal of a model without graph inputs does not say why: {why}")
+        raise CheckFailure(f"validation accepted a {kind} mixer in a model without {lacking}")
+    if reason not in why:
+        raise CheckFailure(f"the refusal of a model without {lacking} does not say why: {why}")
+
+
+def refuses_a_model_without_graph_inputs(entry: Entry) -> None:
+    """Validation refuses a graph mixer in a token model (no graph embedder), saying why."""
+    _refused_in_a_token_model(entry, "graph", "graph inputs", "graph")
 
 
 def padded_nodes_are_ignored(entry: Entry) -> None:
@@ -289,20 +295,12 @@ def padded_nodes_are_ignored(entry: Entry) -> None:
 
 def refuses_a_model_without_a_grid(entry: Entry) -> None:
     """Validation refuses a grid mixer in a token model (a 1-D sequence), saying why."""
-    spec, why = try_spec("encoder", entry.name, "none")
-    if spec is not None:
-        raise CheckFailure("validation accepted a grid mixer in a model without a grid")
-    if "grid" not in why:
-        raise CheckFailure(f"the refusal of a model without a grid does not say why: {why}")
+    _refused_in_a_token_model(entry, "grid", "a grid", "grid")
 
 
 def refuses_a_model_without_branches(entry: Entry) -> None:
     """Validation refuses a branch mixer in a model of one sequence, saying why."""
-    spec, why = try_spec("encoder", entry.name, "none")
-    if spec is not None:
-        raise CheckFailure("validation accepted a branch mixer in a model without branches")
-    if "branches" not in why:
-        raise CheckFailure(f"the refusal of a model without branches does not say why: {why}")
+    _refused_in_a_token_model(entry, "branch", "branches", "branches")
 
 
 def grid_cells_ignore_padding(entry: Entry) -> None:
