@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[data,peers,dev,tensorboard]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[data,peers,compress,dev,tensorboard]"
 	touch $(STAMP)
 
 demo: install

@@ -35,12 +35,16 @@ LAYERS = {
     "anyformer.nn": 0,
     "anyformer.components": 1,
     "anyformer.model": 2,
+    "anyformer.adapters": 2,
     "anyformer.tasks": 3,
     "anyformer.objectives": 3,
     "anyformer.decoding": 3,
     "anyformer.training": 4,
     "anyformer.lab": 5,
+    "anyformer.compress": 5,
+    "anyformer.interop": 5,
     "anyformer.cli": 6,
+    "anyformer.commands": 6,
     "anyformer.__main__": 6,
     "anyformer": 6,  # the package itself: the public API over every layer
 }

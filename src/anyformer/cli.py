@@ -563,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
             "it a spec imports no code (repeatable)",
         )
     _add_check_parser(sub)
+    from anyformer.commands import add_all
+
+    add_all(sub)  # one module per further command (anyformer/commands/)
     return parser
 
 
