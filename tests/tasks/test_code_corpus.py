@@ -7,13 +7,8 @@ import inspect
 import json
 import textwrap
 
-from anyformer.tasks.code_corpus import (
-    extract_files,
-    extract_module,
-    module_files,
-    split_of,
-    stdlib_root,
-)
+from anyformer.tasks.code_corpus import extract_files, extract_module, module_name
+from anyformer.tasks.text import module_paths, module_split, stdlib_root
 
 SAMPLE = textwrap.dedent('''
     import os
@@ -51,13 +46,14 @@ def _by_name(functions):
 
 
 def test_extracts_every_function_and_method_with_qualified_names():
-    found = _by_name(extract_module(SAMPLE, "sample"))
+    found = _by_name(extract_module(SAMPLE, "pkg/sample.py"))
     assert list(found) == ["one", "annotated", "Box.area", "Box.fetch", "Box.fetch.<locals>.inner"]
-    assert all(f.module == "sample" for f in found.values())
+    assert all(f.module == "pkg.sample" and f.area == "pkg" for f in found.values())
+    assert module_name("json/__init__.py") == "json" and module_name("a/b.py") == "a.b"
 
 
 def test_signatures_docstrings_bodies_and_doctests():
-    found = _by_name(extract_module(SAMPLE, "sample"))
+    found = _by_name(extract_module(SAMPLE, "pkg/sample.py"))
     assert found["one"].signature == "def one():" and found["one"].body == "return 1\n"
     sig = found["annotated"].signature
     assert sig.startswith("def annotated(a: dict[str, int],") and sig.endswith("-> list[int]:")
@@ -84,35 +80,31 @@ def Box_area_doc() -> str:
 
 
 def test_identifiers_in_first_use_order_without_keywords():
-    found = _by_name(extract_module(SAMPLE, "sample"))
+    found = _by_name(extract_module(SAMPLE, "pkg/sample.py"))
     assert found["Box.fetch"].identifiers == ("fetch", "self", "inner", "y", "value")
 
 
 def test_finds_json_dumps_with_its_exact_docstring():
-    files = {m: p for m, p in module_files().items() if m.split(".")[0] == "json"}
-    assert "json" in files and "json.decoder" in files
-    found = _by_name(f for f in extract_files(files.items()) if f.module == "json")
+    root = stdlib_root()
+    found = _by_name(extract_files(root, ["json/__init__.py"]))
     dumps = found["dumps"]
+    assert dumps.module == "json"
     assert dumps.docstring == inspect.getdoc(json.dumps)
     assert dumps.signature.startswith("def dumps(obj, *, skipkeys=False")
     assert dumps.lineno == inspect.getsourcelines(json.dumps)[1]
     assert "JSONEncoder" in dumps.identifiers
 
 
-def test_stdlib_files_are_found_and_vendored_folders_skipped():
-    files = module_files()
-    assert len(files) > 500
-    assert str(stdlib_root()) in str(files["json.decoder"])
-    assert not any("site-packages" in str(p) for p in files.values())
-
-
-def test_splits_are_by_module_and_test_suites_are_ood():
-    modules = list(module_files())
-    splits = {m: split_of(m) for m in modules}
-    assert all(s == "ood" for m, s in splits.items() if m.split(".")[0] == "test")
-    counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val", "test")}
-    library = sum(counts.values())
-    assert 0.7 < counts["train"] / library < 0.9 and counts["val"] > 10 and counts["test"] > 10
-    # deterministic and seed-dependent
-    assert splits == {m: split_of(m) for m in modules}
-    assert any(split_of(m, seed=1) != s for m, s in splits.items() if s != "ood")
+def test_every_function_of_a_module_is_in_its_module_split():
+    """Splits are by module: a function's split is its file's, so none is in two."""
+    root = stdlib_root()
+    paths = [p for p in module_paths(root) if p.split("/")[0] in ("json", "email")]
+    paths.append("test/test_json/test_decode.py")
+    functions = list(extract_files(root, paths))
+    by_split: dict[str, set[str]] = {}
+    for f in functions:
+        by_split.setdefault(module_split(f.path, 0.1, 0.1), set()).add(f"{f.path}:{f.qualname}")
+    assert "ood" in by_split and len(by_split) >= 2
+    names = [n for group in by_split.values() for n in group]
+    assert len(names) == len(set(names))
+    assert all(n.startswith("test/") for n in by_split["ood"])

@@ -7,10 +7,10 @@ qualified name, signature line, docstring (exactly as ``inspect.getdoc`` would c
 full source, body without the docstring, the identifiers it uses in order of first use,
 and its doctest examples.
 
-Splits are **by module** so that no function — and no near-copy within one module — is in
-two splits: the test suites (``test.*``, ``*.tests.*``) are the ``ood`` split, and every
-other module goes to ``train`` / ``val`` / ``test`` by a hash of its dotted name (80/10/10
-by default), fixed across machines and runs.
+Splits are **by module**, with the rule ``stdlib_lm`` uses
+(:func:`~anyformer.tasks.text.module_split`: the test suites are ``ood``, every other
+module goes to ``train`` / ``id`` / ``test`` by a hash of its path), so no function is in
+two splits and the code tasks hold out the same modules as the byte-level language model.
 
 Used by the code tasks (CodeT5, UniXcoder, SEA and friends train on functions with
 docstrings; here the corpus is the interpreter's own library, so nothing is downloaded).
@@ -20,33 +20,23 @@ from __future__ import annotations
 
 import ast
 import doctest
-import hashlib
 import io
 import keyword
-import os
-import sysconfig
 import textwrap
 import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
-Split = Literal["train", "val", "test", "ood"]
-
-#: Folders of the standard library that are not library code (GUI demos, vendored
-#: packages, build configuration) and are never read.
-SKIPPED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo", "ensurepip"}
-)
+from anyformer.tasks.text import module_paths, stdlib_root
 
 
 @dataclass(frozen=True)
 class CodeFunction:
     """One function or method of a module, taken apart."""
 
-    module: str  # dotted module name, e.g. "json.decoder"
+    path: str  # the module's path relative to the library root, e.g. "json/decoder.py"
     qualname: str  # e.g. "JSONDecoder.raw_decode"; nested functions as "outer.<locals>.inner"
     signature: str  # the ``def`` line(s) up to and including the colon
     docstring: str | None  # cleaned as inspect.cleandoc does
@@ -55,6 +45,11 @@ class CodeFunction:
     identifiers: tuple[str, ...]  # NAME tokens that are not keywords, first use order
     doctests: tuple[tuple[str, str], ...]  # (source, expected output) per example
     lineno: int
+
+    @property
+    def module(self) -> str:
+        """Dotted module name, e.g. ``json.decoder``."""
+        return module_name(self.path)
 
     @property
     def name(self) -> str:
@@ -66,42 +61,10 @@ class CodeFunction:
         return self.module.split(".", 1)[0]
 
 
-def stdlib_root() -> Path:
-    """Folder of this interpreter's pure-Python standard library."""
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def module_files(root: Path | None = None) -> dict[str, Path]:
-    """Dotted module name -> source file, for every ``.py`` under ``root``, sorted."""
-    root = Path(root) if root is not None else stdlib_root()
-    found: dict[str, Path] = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
-        rel = Path(folder).relative_to(root)
-        if any(part.startswith("config-") for part in rel.parts):
-            continue
-        for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            parts = [*rel.parts, name[:-3]]
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            if parts and all(p.isidentifier() for p in parts):
-                found[".".join(parts)] = Path(folder) / name
-    return dict(sorted(found.items()))
-
-
-def split_of(module: str, seed: int = 0, fractions: tuple[float, float] = (0.8, 0.1)) -> Split:
-    """The split of every function in ``module``: test suites are ``ood``, the rest by
-    a hash of the module name (``fractions`` = train, val; test gets the remainder)."""
-    parts = module.split(".")
-    if parts[0] == "test" or "tests" in parts or parts[-1].startswith("test_"):
-        return "ood"
-    digest = hashlib.sha256(f"{seed}:{module}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < fractions[0]:
-        return "train"
-    return "val" if u < fractions[0] + fractions[1] else "test"
+def module_name(path: str) -> str:
+    """Dotted module name of a relative path: ``json/decoder.py`` -> ``json.decoder``."""
+    parts = path[:-3].split("/") if path.endswith(".py") else path.split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _identifiers(source: str) -> tuple[str, ...]:
@@ -146,7 +109,7 @@ def _segment(lines: list[str], first: int, last: int) -> str:
     return textwrap.dedent("".join(lines[first - 1 : last]))
 
 
-def extract_module(source: str, module: str) -> list[CodeFunction]:
+def extract_module(source: str, path: str) -> list[CodeFunction]:
     """Every function and method defined in ``source`` (a module's text), in order."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
@@ -158,7 +121,7 @@ def extract_module(source: str, module: str) -> list[CodeFunction]:
                 visit(child, f"{prefix}{child.name}.")
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                 qualname = f"{prefix}{child.name}"
-                out.append(_function(child, qualname, module, lines))
+                out.append(_function(child, qualname, path, lines))
                 visit(child, f"{qualname}.<locals>.")
             else:
                 visit(child, prefix)
@@ -168,7 +131,7 @@ def extract_module(source: str, module: str) -> list[CodeFunction]:
 
 
 def _function(
-    node: ast.FunctionDef | ast.AsyncFunctionDef, qualname: str, module: str, lines: list[str]
+    node: ast.FunctionDef | ast.AsyncFunctionDef, qualname: str, path: str, lines: list[str]
 ) -> CodeFunction:
     end = node.end_lineno or node.lineno
     doc = ast.get_docstring(node, clean=True)
@@ -180,29 +143,31 @@ def _function(
     if rest and rest[0].lineno == node.lineno:  # "def f(): return 1"
         body = lines[node.lineno - 1][rest[0].col_offset :].strip() + "\n"
     return CodeFunction(
-        module=module,
+        path=path,
         qualname=qualname,
         signature=signature,
         docstring=doc,
         source=source,
         body=body,
         identifiers=_identifiers(source),
-        doctests=_doctests(doc, f"{module}.{qualname}"),
+        doctests=_doctests(doc, f"{module_name(path)}.{qualname}"),
         lineno=node.lineno,
     )
 
 
-def extract_files(files: Iterable[tuple[str, Path]]) -> Iterator[CodeFunction]:
-    """Functions of each (module name, file); files that do not parse are skipped."""
-    for module, path in files:
+def extract_files(root: Path, paths: Iterable[str]) -> Iterator[CodeFunction]:
+    """Functions of each module path under ``root``; files that do not parse are skipped."""
+    for path in paths:
         try:
-            source = path.read_text(encoding="utf-8")
-            yield from extract_module(source, module)
+            source = (root / path).read_text(encoding="utf-8")
+            yield from extract_module(source, path)
         except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
             continue
 
 
 @cache
-def stdlib_functions() -> tuple[CodeFunction, ...]:
-    """Every function of this interpreter's standard library (read once per process)."""
-    return tuple(extract_files(module_files().items()))
+def library_functions(root: str | None = None) -> tuple[CodeFunction, ...]:
+    """Every function of the library at ``root`` (default: this interpreter's standard
+    library), read once per process."""
+    folder = Path(root) if root else stdlib_root()
+    return tuple(extract_files(folder, module_paths(folder)))
