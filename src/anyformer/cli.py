@@ -222,14 +222,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decode_tokens,
         encode_prompt,
         encode_sources,
-        is_byte_level,
         load_run_model,
+        run_codec,
     )
 
     check_generate_args(args)
     spec, model = load_run_model(args.run_dir)
     check_generate_args(args, vocab_size=model.spec.vocab_size)
-    text = is_byte_level(spec) and not args.ids
+    text = None if args.ids else run_codec(spec, args.run_dir)  # a text run's tokenizer
     prompts = [encode_prompt(p, model.spec.vocab_size or 0, text)[0] for p in args.prompt]
     lengths = torch.tensor([len(p) for p in prompts])
     batch = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # padded at the end
@@ -245,7 +245,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         new = out[i, n : n + made].tolist()
         if args.eos is not None and args.eos in new:  # a finished row repeats eos
             new = new[: new.index(args.eos) + 1]
-        shown = given + decode_tokens(new, True) if text else decode_tokens(new, False)
+        shown = given + decode_tokens(new, text) if text else decode_tokens(new, False)
         sys.stdout.write(shown + "\n")
     return 0
 

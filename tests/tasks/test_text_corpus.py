@@ -81,7 +81,11 @@ def test_plain_rows_deterministic_by_seed() -> None:
 
 def test_bigram_logits_score_the_bigram_baseline() -> None:
     task = make()
-    unigram, bigram = task.byte_models()
+    models = task.token_models()
+    unigram = models.unigram
+    grid = np.arange(256)
+    bigram = models.bigram(np.repeat(grid, 256), np.tile(grid, 256)).reshape(256, 256)
+    assert np.array_equal(models.guess, bigram.argmax(axis=1))
     assert np.allclose(unigram.sum(), 1) and np.allclose(bigram.sum(axis=1), 1)
     data = task.stream("train")[0].astype(np.int64)
     assert unigram.argmax() == np.bincount(data).argmax()  # the space, in English

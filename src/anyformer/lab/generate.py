@@ -2,8 +2,9 @@
 
 Prompts (the ``anyformer generate`` contract):
 
-- **byte-level tasks** (the task class sets ``byte_level = True``: its tokens are the
-  UTF-8 bytes 0-255 of text) take the prompt as text; the output is text (bytes that do
+- **text tasks** (the task class sets ``byte_level = True``: its tokens are text, the
+  UTF-8 bytes 0-255 or the ids of the subword tokenizer the run trained and kept in its
+  folder, :func:`run_codec`) take the prompt as text; the output is text (bytes that do
   not decode are shown as U+FFFD);
 - **every other task** takes the prompt as space-separated token ids (``"1 5 7 2"``),
   each in ``[0, vocab_size)``; the output is space-separated ids.
@@ -20,10 +21,16 @@ from pathlib import Path
 import torch
 
 from anyformer.errors import RunFolderError, UserError
-from anyformer.lab.run import build_objective, build_task, check_checkpoint_spec, load_run_spec
+from anyformer.lab.run import (
+    build_objective,
+    check_checkpoint_spec,
+    load_run_spec,
+    task_for_run,
+)
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import attach_objective
 from anyformer.spec import ExperimentSpec
+from anyformer.tasks.tokenizer import Codec
 from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
 
 
@@ -42,7 +49,7 @@ def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
     check_checkpoint_spec(folder, spec)  # spec.yaml edited after the checkpoint: refused
     model = build_model(spec.model)  # spec.yaml holds the resolved spec
     # an objective's own modules (a generator, a decoder) are in the checkpoint too
-    attach_objective(model, build_objective(spec, build_task(spec)))
+    attach_objective(model, build_objective(spec, task_for_run(spec, folder)))
     load_checkpoint(path, model)
     return spec, model.eval()
 
@@ -52,13 +59,24 @@ def is_byte_level(spec: ExperimentSpec) -> bool:
     return bool(getattr(spec.task.entry.cls, "byte_level", False))
 
 
+def run_codec(spec: ExperimentSpec, run_dir: Path | str) -> Codec | None:
+    """The tokenizer of a text run — UTF-8 bytes, or the subword tokenizer kept in its
+    folder — or None when the run's task reads token ids."""
+    if not is_byte_level(spec):
+        return None
+    task = task_for_run(spec, run_dir)
+    return getattr(task, "codec", None) or Codec()
+
+
 def encode_prompt(
-    text: str, vocab_size: int, byte_level: bool, flag: str = "--prompt"
+    text: str, vocab_size: int, byte_level: bool | Codec | None, flag: str = "--prompt"
 ) -> torch.Tensor:
-    """``[1, T]`` token ids of ``text``: its UTF-8 bytes, or its space-separated ids
-    (``flag`` names the option in messages)."""
+    """``[1, T]`` token ids of ``text``: encoded by the run's tokenizer (``byte_level``
+    a :class:`Codec`, or True for UTF-8 bytes), or its space-separated ids (False/None;
+    ``flag`` names the option in messages)."""
     if byte_level:
-        ids = list(text.encode("utf-8"))
+        codec = byte_level if isinstance(byte_level, Codec) else Codec()
+        ids = codec.encode(text)
     else:
         try:
             ids = [int(tok) for tok in text.split()]
@@ -76,7 +94,7 @@ def encode_prompt(
 
 
 def encode_sources(
-    texts: list[str], model: Transformer, n_prompts: int, byte_level: bool
+    texts: list[str], model: Transformer, n_prompts: int, byte_level: bool | Codec | None
 ) -> dict[str, torch.Tensor]:
     """The ``source``/``source_mask`` keyword arguments of ``generate`` for an
     encoder–decoder (one ``--source`` per prompt, padded at the end), or ``{}`` for any
@@ -103,11 +121,18 @@ def encode_sources(
     return {"source": source, "source_mask": torch.arange(source.shape[1]) < lengths[:, None]}
 
 
-def decode_tokens(ids: list[int], byte_level: bool) -> str:
-    """Text (byte-level) or space-separated ids."""
+def decode_tokens(ids: list[int], byte_level: bool | Codec | None) -> str:
+    """Text (decoded by the run's tokenizer, or UTF-8 bytes for True) or space-separated ids."""
     if byte_level:
-        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+        return (byte_level if isinstance(byte_level, Codec) else Codec()).decode(ids)
     return " ".join(str(i) for i in ids)
 
 
-__all__ = ["decode_tokens", "encode_prompt", "encode_sources", "is_byte_level", "load_run_model"]
+__all__ = [
+    "decode_tokens",
+    "encode_prompt",
+    "encode_sources",
+    "is_byte_level",
+    "load_run_model",
+    "run_codec",
+]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anyformer.lab.generate import load_run_model
-from anyformer.lab.run import build_task
+from anyformer.lab.run import task_for_run
 from anyformer.model.transformer import Transformer
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.base import Task
@@ -27,7 +27,7 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     in eval mode) and its task, seeded as it was trained (so ``task.eval_set`` gives
     the run's evaluation sets)."""
     spec, model = load_run_model(run_dir)
-    return LoadedRun(Path(run_dir), spec, model, build_task(spec))
+    return LoadedRun(Path(run_dir), spec, model, task_for_run(spec, run_dir))
 
 
 __all__ = ["LoadedRun", "load_run"]

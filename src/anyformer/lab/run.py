@@ -36,6 +36,7 @@ from anyformer.lab.report import record_session, write_report
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import Objective
 from anyformer.spec import SHAPED_INPUTS, ExperimentSpec, HeadRef, ModelSpec, packing_refusal
+from anyformer.spec_io import write_text_atomic
 from anyformer.tasks.base import Task
 from anyformer.training.distributed import env_rank
 from anyformer.training.trainer import (
@@ -232,6 +233,34 @@ def build_task(spec: ExperimentSpec) -> Task:
         return spec.task.entry.build(spec.task.config, seed=spec.train.seed)
     except ValueError as exc:  # a task refuses parameters it cannot serve, with the reason
         raise SpecError(f"task '{spec.task.name}': {exc}") from None
+
+
+def task_for_run(spec: ExperimentSpec, *folders: Path | str | None) -> Task:
+    """The task of ``spec`` with what a run folder kept for it (a text task's trained
+    tokenizer), from the first of ``folders`` that holds it (a run's own folder, then its
+    ``init_from`` parent); else the task as :func:`build_task` makes it."""
+    task = build_task(spec)
+    restore = getattr(task, "restore_artifacts", None)
+    for folder in folders if restore is not None else ():
+        if folder is None or not Path(folder).is_dir():
+            continue
+        try:
+            if restore(Path(folder)):
+                break
+        except ValueError as exc:
+            raise RunFolderError(f"task '{spec.task.name}': {exc}") from None
+    return task
+
+
+def save_task_artifacts(task: Task, folder: Path) -> None:
+    """Write the files a task keeps in its run folder (e.g. ``tokenizer.json``) once."""
+    artifacts = getattr(task, "artifacts", None)
+    if artifacts is None:
+        return
+    for name, text in artifacts().items():
+        path = folder / name
+        if not path.exists():
+            write_text_atomic(path, text)
 
 
 def build_objective(spec: ExperimentSpec, task: Task) -> Objective:
@@ -465,10 +494,10 @@ def run_experiment(
     spec = resolve(spec)
     # everything that can refuse the spec runs before the run folder is made
     resolve_device(spec.train.device)
-    task = build_task(spec)
+    folder = run_dir or run_folder(spec, out)
+    task = task_for_run(spec, folder, spec.init_from)
     check_eval_splits(spec.train, task, spec.task.name)
     model = prepare_model(spec)
-    folder = run_dir or run_folder(spec, out)
     provenance = start_from_parent(spec, model, folder, provenance)
     with run_lock(folder):
         check_checkpoint_spec(folder, spec)
@@ -478,6 +507,7 @@ def run_experiment(
             spec.save(saved)
         if main:
             record_session(folder, provenance)
+            save_task_artifacts(task, folder)
         info = {"spec_hash": spec.hash, "spec": spec.to_dict()}
         objective = build_objective(spec, task)
         trainer = Trainer(model, task, objective, spec.train, folder, info=info)

@@ -41,10 +41,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.tokenizer import (
+    RUN_FILE,
+    Codec,
+    TokenizerFields,
+    codec_from_json,
+    load_or_train,
+)
 
 #: Folder names that mark a module as test-suite code (the ``ood`` split).
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
@@ -105,10 +112,21 @@ def split_stream(
     return np.frombuffer(b"".join(parts), dtype=np.uint8), paths
 
 
-class StdlibLMParams(BaseModel):
+def documents(data: np.ndarray) -> list[bytes]:
+    """The documents of a byte stream, each ended by the ``SEPARATOR`` byte."""
+    ends = np.flatnonzero(data == SEPARATOR)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    raw = data.tobytes()
+    return [raw[a:b] for a, b in zip(starts, ends)]
+
+
+class StdlibLMParams(TokenizerFields):
     """Parameters of ``stdlib_lm``.
 
-    - ``seq_len``: bytes per example (the model's ``max_len`` must cover it).
+    - ``seq_len``: tokens per example (the model's ``max_len`` must cover it).
+    - ``tokenizer``, ``vocab_size``, ``min_frequency``: UTF-8 bytes (default) or a
+      subword tokenizer trained on the training split
+      (:class:`~anyformer.tasks.tokenizer.TokenizerFields`).
     - ``val_fraction``, ``test_fraction``: shares of the non-test modules held out as
       the ``id`` (validation) and ``test`` splits, by path hash.
     - ``report_test``: also evaluate the ``test`` split (otherwise kept unseen).
@@ -163,6 +181,8 @@ class StdlibLM(Task):
         self.root = str(Path(params.root) if params.root else stdlib_root())
         if not Path(self.root).is_dir():
             raise ValueError(f"root='{self.root}' is not a folder")
+        self._codec: Codec | None = None
+        self._tokens: dict[str, np.ndarray] = {}
 
     def stream(self, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
         """The byte stream and module paths of ``split`` (``train``, ``id``, ``test``, ``ood``)."""
@@ -175,22 +195,81 @@ class StdlibLM(Task):
             )
         return data, paths
 
+    # ------------------------------------------------------------ tokenizer
+    @property
+    def subword(self) -> bool:
+        return self.params.tokenizer != "bytes"
+
+    @property
+    def codec(self) -> Codec:
+        """The run's tokenizer: bytes, or subwords trained on the training split (cached
+        across runs by corpus and settings; a loaded run uses its folder's copy)."""
+        if self._codec is None:
+            train = self.stream("train")[0]
+            key = f"{type(self).__name__}:{hashlib.sha256(train.tobytes()).hexdigest()}"
+            self._codec = load_or_train(
+                self.params,  # type: ignore[arg-type]
+                key,
+                lambda: (d.decode("utf-8", errors="replace") for d in documents(train)),
+            )
+        return self._codec
+
+    def artifacts(self) -> dict[str, str]:
+        """Files a run folder keeps for this task: the trained tokenizer, if any."""
+        text = self.codec.to_json() if self.subword else None
+        return {RUN_FILE: text} if text is not None else {}
+
+    def restore_artifacts(self, folder: Path) -> bool:
+        """Use the tokenizer a run folder kept (instead of the cache or training); True
+        when the folder held one."""
+        path = Path(folder) / RUN_FILE
+        if not (self.subword and path.is_file()):
+            return False
+        try:
+            text = path.read_text(encoding="utf-8")
+            self._codec = codec_from_json(text, self.params)  # type: ignore[arg-type]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        self._tokens.clear()
+        return True
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The token stream of ``split``: its bytes, or its documents' subword ids, each
+        document followed by the separator."""
+        if not self.subword:
+            return self.stream(split)[0]
+        if split not in self._tokens:
+            data = self.stream(split)[0]
+            ids = self.codec.encode_documents(documents(data))
+            if len(ids) < self.params.seq_len + 1:
+                raise ValueError(
+                    f"split '{split}' holds {len(ids)} tokens, fewer than seq_len + 1 = "
+                    f"{self.params.seq_len + 1}; lower seq_len"
+                )
+            self._tokens[split] = ids
+        return self._tokens[split]
+
     def model_io(self) -> dict[str, Any]:
-        return {"vocab_size": 256, "embed": "tokens", "head": "lm"}
+        vocab = self.params.vocab_size if self.subword else 256
+        return {"vocab_size": vocab, "embed": "tokens", "head": "lm"}
 
     def max_seq_len(self) -> int:
         return self.params.seq_len
 
     def windows(self, data: np.ndarray, offsets: np.ndarray) -> Batch:
-        """The batch of windows starting at ``offsets``."""
+        """The batch of windows starting at ``offsets``; a subword batch carries each
+        target token's length in bytes (``extras["target_bytes"]``) for bits per byte."""
         n = self.params.seq_len + 1
         rows = data[offsets[:, None] + np.arange(n)[None, :]].astype(np.int64)
         seq = torch.from_numpy(rows)
         inputs, targets = seq[:, :-1], seq[:, 1:]
-        return Batch(inputs, targets, torch.ones_like(inputs, dtype=torch.bool))
+        batch = Batch(inputs, targets, torch.ones_like(inputs, dtype=torch.bool))
+        if self.subword:
+            batch.extras["target_bytes"] = torch.from_numpy(self.codec.token_bytes()[rows[:, 1:]])
+        return batch
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        data, _ = self.stream("train")
+        data = self.tokens("train")
         rng = rng_for(self.seed, SPLIT_IDS["train"], step)
         offsets = rng.integers(0, len(data) - self.params.seq_len, size=batch_size)
         return self.windows(data, offsets)
@@ -198,7 +277,7 @@ class StdlibLM(Task):
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
         if size < 1:
             raise ValueError(f"eval size={size} must be >= 1")
-        data, _ = self.stream(split)
+        data = self.tokens(split)
         last = len(data) - self.params.seq_len - 1
         offsets = np.unique(np.linspace(0, last, num=size).round().astype(np.int64))
         return [
@@ -209,8 +288,10 @@ class StdlibLM(Task):
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """``bits_per_byte`` and ``accuracy`` over the scored positions (``loss_mask``:
         every window position of the task's own batches; the masked positions of a
-        corrupting objective's, e.g. ``mlm``)."""
-        nats, correct, count = 0.0, 0, 0
+        corrupting objective's, e.g. ``mlm``). With a subword tokenizer the bits of the
+        scored tokens are divided by the bytes they stand for (comparable across
+        tokenizers), and ``bits_per_token`` and ``tokens_per_byte`` are added."""
+        nats, correct, count, n_bytes = 0.0, 0, 0, 0
         for out, batch in zip(outputs, batches):
             scored = batch.loss_mask.reshape(-1)
             logits = out.reshape(-1, out.shape[-1]).float()[scored]
@@ -218,10 +299,18 @@ class StdlibLM(Task):
             nats += float(F.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()
-        return {
-            "bits_per_byte": nats / max(count, 1) / math.log(2),
+            sizes = batch.extras.get("target_bytes")
+            n_bytes += (
+                int(sizes.reshape(-1)[scored].sum()) if sizes is not None else targets.numel()
+            )
+        metrics = {
+            "bits_per_byte": nats / max(n_bytes, 1) / math.log(2),
             "accuracy": correct / max(count, 1),
         }
+        if self.subword:
+            metrics["bits_per_token"] = nats / max(count, 1) / math.log(2)
+            metrics["tokens_per_byte"] = count / max(n_bytes, 1)
+        return metrics
 
     def corpus_info(self) -> dict[str, dict[str, int]]:
         """Modules and bytes per split (to check that two runs saw the same corpus)."""

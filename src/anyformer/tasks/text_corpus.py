@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import Batch, Task
@@ -59,6 +59,7 @@ from anyformer.tasks.text import (
     split_stream,
     stdlib_root,
 )
+from anyformer.tasks.tokenizer import TokenizerFields
 
 WANG = Paper(
     "What Language Model Architecture and Pretraining Objective Work Best for Zero-Shot "
@@ -90,10 +91,13 @@ def topic_stream(split: str, val_fraction: float) -> tuple[np.ndarray, tuple[str
     return np.frombuffer(data, dtype=np.uint8), tuple(n for n, _ in chosen)
 
 
-class TextCorpusParams(BaseModel):
+class TextCorpusParams(TokenizerFields):
     """Parameters of ``text_corpus``.
 
-    - ``seq_len``: bytes per example (the model's ``max_len`` must cover it).
+    - ``seq_len``: tokens per example (the model's ``max_len`` must cover it).
+    - ``tokenizer``, ``vocab_size``, ``min_frequency``: UTF-8 bytes (default) or a
+      subword tokenizer trained on the training split
+      (:class:`~anyformer.tasks.tokenizer.TokenizerFields`).
     - ``val_fraction``: share of help topics held out as ``id``, by name hash, in (0, 1).
     - ``ood_fraction``: share of standard-library modules held out as ``ood``, by path
       hash (``stdlib_lm``'s rule), in (0, 1).
@@ -107,6 +111,48 @@ class TextCorpusParams(BaseModel):
     ood_fraction: float = Field(0.05, gt=0.0, lt=1.0)
     source: bool = False
     root: str | None = None
+
+
+class TokenModels:
+    """Add-one unigram and unigram-smoothed bigram next-token models over ``vocab`` ids,
+    stored sparsely (a subword vocabulary's pairs would not fit a dense table)."""
+
+    def __init__(self, unigram: np.ndarray, pairs: np.ndarray, counts: np.ndarray, vocab: int):
+        self.unigram, self.pairs, self.counts, self.vocab = unigram, pairs, counts, vocab
+        prev = pairs // vocab
+        self.row_total = np.bincount(prev, weights=counts, minlength=vocab)
+        # each previous token's likeliest next token (the bigram's argmax): its most
+        # frequent successor, ties to the likelier unigram, then the smaller id; a token
+        # never seen before another falls back to the unigram's argmax
+        self.guess = np.full(vocab, int(unigram.argmax()), dtype=np.int64)
+        nxt = pairs % vocab
+        order = np.lexsort((nxt, -unigram[nxt], -counts, prev))
+        first = order[np.r_[True, prev[order][1:] != prev[order][:-1]]] if len(order) else order
+        self.guess[prev[first]] = nxt[first]
+
+    @classmethod
+    def fit(cls, data: np.ndarray, vocab: int) -> TokenModels:
+        data = data.astype(np.int64)
+        unigram = (np.bincount(data, minlength=vocab) + 1.0) / (len(data) + float(vocab))
+        pairs, counts = np.unique(data[:-1] * vocab + data[1:], return_counts=True)
+        return cls(unigram, pairs, counts.astype(np.float64), vocab)
+
+    def bigram(self, prev: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``P(target | prev) = (count(prev, target) + P_unigram(target)) / (count(prev) + 1)``."""
+        code = prev.astype(np.int64) * self.vocab + target
+        at = np.clip(np.searchsorted(self.pairs, code), 0, max(len(self.pairs) - 1, 0))
+        found = self.pairs[at] == code if len(self.pairs) else np.zeros(len(code), bool)
+        joint = np.where(found, self.counts[at] if len(self.counts) else 0.0, 0.0)
+        return (joint + self.unigram[target]) / (self.row_total[prev] + 1.0)
+
+    def score(
+        self, prev: np.ndarray, target: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per model: (probability of each target, the model's guess of each target)."""
+        return {
+            "unigram": (self.unigram[target], np.full(len(target), int(self.unigram.argmax()))),
+            "bigram": (self.bigram(prev, target), self.guess[prev]),
+        }
 
 
 @register(
@@ -135,7 +181,9 @@ class TextCorpus(StdlibLM):
         self.root = str(Path(params.root) if params.root else stdlib_root())
         if not Path(self.root).is_dir():
             raise ValueError(f"root='{self.root}' is not a folder")
-        self._fitted: tuple[np.ndarray, np.ndarray] | None = None
+        self._fitted: TokenModels | None = None
+        self._codec = None
+        self._tokens = {}
 
     def _source(self, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
         """The standard-library modules of ``split`` (``stdlib_lm``'s module split with
@@ -162,35 +210,34 @@ class TextCorpus(StdlibLM):
         return data, names
 
     # ------------------------------------------------------------ baselines
-    def byte_models(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(unigram [256], bigram [256, 256])`` next-byte probabilities fitted on the
-        training stream (see the module docstring for the smoothing)."""
+    def token_models(self) -> TokenModels:
+        """Next-token ``unigram`` and ``bigram`` models fitted on the training stream
+        (its bytes, or its subword ids; see the module docstring for the smoothing)."""
         if self._fitted is None:
-            data = self.stream("train")[0].astype(np.int64)
-            unigram = (np.bincount(data, minlength=256) + 1.0) / (len(data) + 256.0)
-            pairs = np.bincount(data[:-1] * 256 + data[1:], minlength=256 * 256)
-            pairs = pairs.reshape(256, 256).astype(np.float64)
-            bigram = (pairs + unigram[None, :]) / (pairs.sum(axis=1, keepdims=True) + 1.0)
-            self._fitted = (unigram, bigram)
+            self._fitted = TokenModels.fit(self.tokens("train"), self.model_io()["vocab_size"])
         return self._fitted
 
     def trivial_baselines(self, batches: list[Batch]) -> dict[str, dict[str, float]]:
         """``unigram`` and ``bigram`` scored on ``batches`` at their scored positions
-        (``loss_mask``): ``bits_per_byte`` and ``accuracy``."""
-        unigram, bigram = self.byte_models()
-        guess = {"unigram": np.full(256, unigram.argmax()), "bigram": bigram.argmax(axis=1)}
+        (``loss_mask``): ``bits_per_byte`` (bits of the scored tokens over the bytes they
+        stand for) and ``accuracy``."""
+        models = self.token_models()
         totals = {"unigram": [0.0, 0], "bigram": [0.0, 0]}
-        count = 0
+        n_bytes = count = 0
         for batch in batches:
             scored = batch.loss_mask.reshape(-1).numpy()  # all of the task's own windows
             prev = batch.inputs.reshape(-1).numpy()[scored]
             target = batch.targets.reshape(-1).numpy()[scored]
+            sizes = batch.extras.get("target_bytes")
+            n_bytes += (
+                int(sizes.reshape(-1).numpy()[scored].sum()) if sizes is not None else target.size
+            )
             count += target.size
-            for name, p in (("unigram", unigram[target]), ("bigram", bigram[prev, target])):
+            for name, (p, guess) in models.score(prev, target).items():
                 totals[name][0] += float(-np.log2(p).sum())
-                totals[name][1] += int((guess[name][prev] == target).sum())
+                totals[name][1] += int((guess == target).sum())
         return {
-            name: {"bits_per_byte": bits / max(count, 1), "accuracy": right / max(count, 1)}
+            name: {"bits_per_byte": bits / max(n_bytes, 1), "accuracy": right / max(count, 1)}
             for name, (bits, right) in totals.items()
         }
 

@@ -1,0 +1,259 @@
+"""Tokenizers of text and code tasks: UTF-8 bytes, or subwords trained on the task's data.
+
+A task with a ``tokenizer`` field (:class:`TokenizerFields`) turns its text into token ids
+with one of
+
+- ``bytes``: the UTF-8 bytes 0–255 (no training; the task's document separator is the
+  ``0`` byte);
+- ``bpe``: byte-level BPE (Sennrich et al., 2016; GPT-2's byte-level variant) trained
+  with Hugging Face ``tokenizers`` on the task's training split;
+- ``unigram``: a Unigram language-model tokenizer (Kudo, 2018) over the same byte-level
+  alphabet, trained the same way.
+
+Both subword kinds work on the byte-level alphabet (every byte is a symbol before
+merging), so every text encodes without unknown tokens and decodes back exactly; id 0 is
+the special ``<sep>`` token that ends each document. ``vocab_size`` counts every id
+(special token and the 256 byte symbols included); a small corpus may yield fewer ids,
+and the model's vocabulary is ``vocab_size`` regardless.
+
+Training is cached (:func:`load_or_train`): the key is a SHA-256 over the corpus's own
+key (what the task read: files, splits, their sizes and digests), the settings and the
+``tokenizers`` version; the cache holds ``<key>.json`` (the tokenizer, plain JSON — never
+code) and ``<key>.sha256``; a file whose digest does not match is discarded and the
+tokenizer retrained. Writes are atomic (temporary file, then rename). The cache folder is
+``$ANYFORMER_CACHE/tokenizers`` (default ``~/.cache/anyformer/tokenizers``). A run keeps
+its tokenizer as ``tokenizer.json`` in its folder, and a loaded run uses that copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from anyformer.spec_io import write_text_atomic
+
+TokenizerKind = Literal["bytes", "bpe", "unigram"]
+#: The special token that ends every document in a subword stream (id 0).
+SEP_TOKEN = "<sep>"
+#: Name of the tokenizer file in a run folder.
+RUN_FILE = "tokenizer.json"
+
+
+class TokenizerFields(BaseModel):
+    """The tokenizer fields a text or code task's parameters add.
+
+    - ``tokenizer``: ``bytes`` (UTF-8 bytes), ``bpe`` or ``unigram`` (trained on the
+      task's training split with Hugging Face ``tokenizers``).
+    - ``vocab_size``: ids of a subword tokenizer, 257–65,536 (ignored for ``bytes``: 256).
+    - ``min_frequency``: a BPE merge needs a pair seen at least this often.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokenizer: TokenizerKind = "bytes"
+    vocab_size: int = Field(1024, ge=257, le=65536)
+    min_frequency: int = Field(2, ge=1)
+
+    def tokenizer_settings(self) -> dict[str, object]:
+        return {
+            "kind": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "min_frequency": self.min_frequency,
+        }
+
+
+class Codec:
+    """Text <-> ids for one tokenizer, with each id's length in bytes."""
+
+    kind: str = "bytes"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    @property
+    def separator(self) -> int:
+        return 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> np.ndarray:
+        """``[vocab_size]`` bytes each id stands for (the separator counts one byte)."""
+        return np.ones(self.vocab_size, dtype=np.int64)
+
+    def to_json(self) -> str | None:
+        """The tokenizer as JSON, or None for bytes (nothing to keep)."""
+        return None
+
+    def encode_documents(self, documents: Iterable[str | bytes]) -> np.ndarray:
+        """One stream of every document's ids, each followed by the separator."""
+        parts: list[np.ndarray] = []
+        for doc in documents:
+            text = doc.decode("utf-8", errors="replace") if isinstance(doc, bytes) else doc
+            parts.append(np.asarray(self.encode(text), dtype=np.int64))
+            parts.append(np.asarray([self.separator], dtype=np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class SubwordCodec(Codec):
+    """A trained Hugging Face ``tokenizers`` tokenizer over the byte-level alphabet."""
+
+    def __init__(self, tokenizer: object, kind: str, vocab_size: int) -> None:
+        self.tok = tokenizer
+        self.kind = kind
+        self._vocab_size = vocab_size
+        self._bytes: np.ndarray | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def separator(self) -> int:
+        return int(self.tok.token_to_id(SEP_TOKEN))  # type: ignore[attr-defined]
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text).ids)  # type: ignore[attr-defined]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        known = [i for i in ids if 0 <= i < self.tok.get_vocab_size()]  # type: ignore[attr-defined]
+        return self.tok.decode(known, skip_special_tokens=False)  # type: ignore[attr-defined]
+
+    def token_bytes(self) -> np.ndarray:
+        # byte-level symbols: one character of a token string is one byte of text
+        if self._bytes is None:
+            lengths = np.ones(self.vocab_size, dtype=np.int64)
+            for token, i in self.tok.get_vocab().items():  # type: ignore[attr-defined]
+                lengths[i] = 1 if token == SEP_TOKEN else len(token)
+            self._bytes = lengths
+        return self._bytes
+
+    def to_json(self) -> str:
+        return self.tok.to_str()  # type: ignore[attr-defined]
+
+
+def _hf() -> object:
+    try:
+        import tokenizers
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        raise ValueError(
+            "tokenizer='bpe'/'unigram' needs the 'tokenizers' package (pip install tokenizers)"
+        ) from None
+    return tokenizers
+
+
+def train_codec(settings: TokenizerFields, texts: Iterable[str]) -> Codec:
+    """Train the subword tokenizer ``settings`` asks for on ``texts`` (bytes: no training)."""
+    if settings.tokenizer == "bytes":
+        return Codec()
+    hf = _hf()
+    alphabet = hf.pre_tokenizers.ByteLevel.alphabet()  # type: ignore[attr-defined]
+    if settings.tokenizer == "bpe":
+        model = hf.models.BPE()  # type: ignore[attr-defined]
+        trainer = hf.trainers.BpeTrainer(  # type: ignore[attr-defined]
+            vocab_size=settings.vocab_size,
+            min_frequency=settings.min_frequency,
+            special_tokens=[SEP_TOKEN],
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+    else:
+        model = hf.models.Unigram()  # type: ignore[attr-defined]
+        trainer = hf.trainers.UnigramTrainer(  # type: ignore[attr-defined]
+            vocab_size=settings.vocab_size,
+            special_tokens=[SEP_TOKEN],
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+    tok = hf.Tokenizer(model)  # type: ignore[attr-defined]
+    tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[attr-defined]
+    tok.decoder = hf.decoders.ByteLevel()  # type: ignore[attr-defined]
+    tok.train_from_iterator(texts, trainer=trainer)
+    return SubwordCodec(tok, settings.tokenizer, settings.vocab_size)
+
+
+def codec_from_json(text: str, settings: TokenizerFields) -> Codec:
+    """A subword codec read back from its JSON (a run folder's or the cache's copy)."""
+    if settings.tokenizer == "bytes":
+        return Codec()
+    hf = _hf()
+    try:
+        tok = hf.Tokenizer.from_str(text)  # type: ignore[attr-defined]
+    except Exception as exc:  # the library raises its own exception type
+        raise ValueError(f"not a tokenizer file ({exc})") from None
+    if tok.token_to_id(SEP_TOKEN) is None or tok.get_vocab_size() > settings.vocab_size:
+        raise ValueError(
+            f"the tokenizer file does not match tokenizer={settings.tokenizer} "
+            f"vocab_size={settings.vocab_size} (no {SEP_TOKEN} token, or more ids)"
+        )
+    return SubwordCodec(tok, settings.tokenizer, settings.vocab_size)
+
+
+def cache_dir() -> Path:
+    """Where trained tokenizers are cached (``$ANYFORMER_CACHE/tokenizers``)."""
+    base = os.environ.get("ANYFORMER_CACHE") or Path.home() / ".cache" / "anyformer"
+    return Path(base) / "tokenizers"
+
+
+def cache_key(corpus_key: str, settings: TokenizerFields) -> str:
+    """SHA-256 over the corpus key, the settings and the ``tokenizers`` version."""
+    version = getattr(_hf(), "__version__", "?")
+    record = json.dumps(
+        {"corpus": corpus_key, "settings": settings.tokenizer_settings(), "lib": version},
+        sort_keys=True,
+    )
+    return hashlib.sha256(record.encode()).hexdigest()
+
+
+def read_verified(path: Path) -> str | None:
+    """``path``'s text when ``path.sha256`` holds its digest, else None."""
+    digest = path.with_suffix(".sha256")
+    try:
+        text = path.read_text(encoding="utf-8")
+        expected = digest.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if hashlib.sha256(text.encode()).hexdigest() == expected else None
+
+
+def load_or_train(
+    settings: TokenizerFields, corpus_key: str, texts: Callable[[], Iterable[str]]
+) -> Codec:
+    """The codec for ``settings`` on the corpus ``corpus_key``: from the cache when a
+    verified copy is there, else trained on ``texts()`` and cached."""
+    if settings.tokenizer == "bytes":
+        return Codec()
+    key = cache_key(corpus_key, settings)
+    path = cache_dir() / f"{key}.json"
+    text = read_verified(path)
+    if text is not None:
+        try:
+            return codec_from_json(text, settings)
+        except ValueError:
+            pass  # damaged or foreign: retrain
+    codec = train_codec(settings, texts())
+    body = codec.to_json() or ""
+    try:
+        write_text_atomic(path, body)
+        write_text_atomic(path.with_suffix(".sha256"), hashlib.sha256(body.encode()).hexdigest())
+    except OSError:
+        pass  # a read-only home: the run still has its own copy
+    return codec
+
+
+def corpus_digest(parts: Iterable[tuple[str, bytes]]) -> str:
+    """A key for a corpus: SHA-256 over each part's name and content."""
+    h = hashlib.sha256()
+    for name, data in parts:
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
