@@ -74,6 +74,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("translation", {}),
     ("translation", {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 3,
                      "form": "encoder_decoder"}),
+    ("text_files", {"seq_len": 16, "val_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
     ("tones", {}),
@@ -132,6 +133,7 @@ DIGESTS: dict[str, str] = {
     "copy,form=prefix_lm,max_len=5,min_len=2,ood_max_len=7,ood_min_len=6": "9ca7e53c71324104",
     "translation": "c8f8022f50ab2421",
     "translation,form=encoder_decoder,max_depth=1,ood_max_depth=3,ood_min_depth=2": "2d83cd9277e366ef",
+    "text_files,seq_len=16,val_fraction=0.3": "d3618e7ddb447103",
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
     "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
     "tones": "8dce57fa3496b788",
@@ -187,6 +189,8 @@ def test_task_data_is_pinned(
 ) -> None:
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib_tree)}
+    if name == "text_files":
+        params = {**params, "path": str(stdlib_tree)}
     if name == "text_corpus" and sys.version_info[:2] != (3, 11):
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":

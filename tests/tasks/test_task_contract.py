@@ -46,6 +46,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "icl_mixture": {"dims": 2, "n_points": 5},
     "icl_uncertainty": {"dims": 2, "n_points": 5},
     "stdlib_lm": {"seq_len": 16, "val_fraction": 0.3},
+    "text_files": {"seq_len": 16, "val_fraction": 0.3},
     "text_corpus": {"seq_len": 16, "ood_fraction": 0.3},
     "translation": {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 2},
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
@@ -76,6 +77,8 @@ def run_contract(
 ) -> list[CheckResult]:
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib)}
+    if name == "text_files":
+        params = {**params, "path": str(stdlib)}
     if name == "image_folder":
         assert images is not None
         params = {**params, "path": str(images)}

@@ -25,5 +25,6 @@ from anyformer.tasks import (  # noqa: F401
     table,
     text,
     text_corpus,
+    text_files,
     translation,
 )
