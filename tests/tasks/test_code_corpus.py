@@ -6,6 +6,7 @@ import ast
 import inspect
 import json
 import textwrap
+from pathlib import Path
 
 from anyformer.tasks.code_corpus import extract_files, extract_module, module_name
 from anyformer.tasks.text import module_paths, module_split, stdlib_root
@@ -108,3 +109,27 @@ def test_every_function_of_a_module_is_in_its_module_split():
     names = [n for group in by_split.values() for n in group]
     assert len(names) == len(set(names))
     assert all(n.startswith("test/") for n in by_split["ood"])
+
+
+def test_a_library_is_extracted_once_and_cached_verified(tmp_path: Path, monkeypatch) -> None:
+    from anyformer.tasks import code_corpus
+
+    monkeypatch.setenv("ANYFORMER_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "lib"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text(SAMPLE)
+    (root / "test").mkdir()
+    (root / "test" / "test_mod.py").write_text("def test_x():\n    assert True\n")
+    first = code_corpus.library_functions.__wrapped__(str(root))
+    assert {f.qualname for f in first} >= {"one", "Box.area", "test_x"}
+    # the second read comes from the verified cache (extraction is not called)
+    monkeypatch.setattr(
+        code_corpus, "extract_files", lambda *a: (_ for _ in ()).throw(AssertionError)
+    )
+    assert code_corpus.library_functions.__wrapped__(str(root)) == first
+    # an edited entry fails its digest and is extracted again
+    (entry,) = (tmp_path / "cache" / "code_corpus").glob("*.json")
+    entry.write_text(entry.read_text().replace("Box.area", "Box.aera"))
+    monkeypatch.undo()
+    monkeypatch.setenv("ANYFORMER_CACHE", str(tmp_path / "cache"))
+    assert code_corpus.library_functions.__wrapped__(str(root)) == first

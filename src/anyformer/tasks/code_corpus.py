@@ -19,9 +19,12 @@ docstrings; here the corpus is the interpreter's own library, so nothing is down
 from __future__ import annotations
 
 import ast
+import dataclasses
 import doctest
 import io
+import json
 import keyword
+import sys
 import textwrap
 import tokenize
 from collections.abc import Iterable, Iterator
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from anyformer.tasks.cache import cache_dir, key_of, read_verified, write_verified
 from anyformer.tasks.text import module_paths, stdlib_root
 
 
@@ -165,9 +169,43 @@ def extract_files(root: Path, paths: Iterable[str]) -> Iterator[CodeFunction]:
             continue
 
 
+#: Bumped when what :func:`extract_module` records changes (it is part of the cache key).
+EXTRACTION_VERSION = 1
+
+
+def corpus_key(root: Path, paths: tuple[str, ...]) -> str:
+    """Cache key of a library: its folder, Python version, extraction version and every
+    module's path, size and modification time."""
+    stats = []
+    for path in paths:
+        st = (root / path).stat()
+        stats.append((path, st.st_size, st.st_mtime_ns))
+    return key_of(
+        {"root": str(root), "python": sys.version, "v": EXTRACTION_VERSION, "files": stats}
+    )
+
+
 @cache
 def library_functions(root: str | None = None) -> tuple[CodeFunction, ...]:
     """Every function of the library at ``root`` (default: this interpreter's standard
-    library), read once per process."""
+    library): read once per process, and cached on disk as verified JSON
+    (:mod:`anyformer.tasks.cache`), keyed by the modules' paths, sizes and times."""
     folder = Path(root) if root else stdlib_root()
-    return tuple(extract_files(folder, module_paths(folder)))
+    paths = module_paths(folder)
+    entry = cache_dir("code_corpus") / f"{corpus_key(folder, paths)}.json"
+    text = read_verified(entry)
+    if text is not None:
+        try:
+            return tuple(_from_record(r) for r in json.loads(text))
+        except (ValueError, TypeError, KeyError):
+            pass  # an entry from another layout: extract again
+    functions = tuple(extract_files(folder, paths))
+    write_verified(entry, json.dumps([dataclasses.asdict(f) for f in functions]))
+    return functions
+
+
+def _from_record(record: dict) -> CodeFunction:
+    record = dict(record)
+    record["identifiers"] = tuple(record["identifiers"])
+    record["doctests"] = tuple((str(a), str(b)) for a, b in record["doctests"])
+    return CodeFunction(**record)

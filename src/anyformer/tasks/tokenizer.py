@@ -28,16 +28,13 @@ its tokenizer as ``tokenizer.json`` in its folder, and a loaded run uses that co
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from anyformer.spec_io import write_text_atomic
+from anyformer.tasks.cache import cache_dir, key_of, read_verified, write_verified
 
 TokenizerKind = Literal["bytes", "bpe", "unigram"]
 #: The special token that ends every document in a subword stream (id 0).
@@ -199,31 +196,10 @@ def codec_from_json(text: str, settings: TokenizerFields) -> Codec:
     return SubwordCodec(tok, settings.tokenizer, settings.vocab_size)
 
 
-def cache_dir() -> Path:
-    """Where trained tokenizers are cached (``$ANYFORMER_CACHE/tokenizers``)."""
-    base = os.environ.get("ANYFORMER_CACHE") or Path.home() / ".cache" / "anyformer"
-    return Path(base) / "tokenizers"
-
-
 def cache_key(corpus_key: str, settings: TokenizerFields) -> str:
     """SHA-256 over the corpus key, the settings and the ``tokenizers`` version."""
     version = getattr(_hf(), "__version__", "?")
-    record = json.dumps(
-        {"corpus": corpus_key, "settings": settings.tokenizer_settings(), "lib": version},
-        sort_keys=True,
-    )
-    return hashlib.sha256(record.encode()).hexdigest()
-
-
-def read_verified(path: Path) -> str | None:
-    """``path``'s text when ``path.sha256`` holds its digest, else None."""
-    digest = path.with_suffix(".sha256")
-    try:
-        text = path.read_text(encoding="utf-8")
-        expected = digest.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if hashlib.sha256(text.encode()).hexdigest() == expected else None
+    return key_of({"corpus": corpus_key, "settings": settings.tokenizer_settings(), "lib": version})
 
 
 def load_or_train(
@@ -234,7 +210,7 @@ def load_or_train(
     if settings.tokenizer == "bytes":
         return Codec()
     key = cache_key(corpus_key, settings)
-    path = cache_dir() / f"{key}.json"
+    path = cache_dir("tokenizers") / f"{key}.json"
     text = read_verified(path)
     if text is not None:
         try:
@@ -242,12 +218,7 @@ def load_or_train(
         except ValueError:
             pass  # damaged or foreign: retrain
     codec = train_codec(settings, texts())
-    body = codec.to_json() or ""
-    try:
-        write_text_atomic(path, body)
-        write_text_atomic(path.with_suffix(".sha256"), hashlib.sha256(body.encode()).hexdigest())
-    except OSError:
-        pass  # a read-only home: the run still has its own copy
+    write_verified(path, codec.to_json() or "")  # read-only home: the run keeps its copy
     return codec
 
 
