@@ -4,10 +4,15 @@
   (Informer's value embedding, Zhou et al., 2021);
 - ``patches_1d``: PatchTST (Nie et al., 2023): each variate cut into patches of
   ``patch_len`` steps every ``stride`` steps, each patch mapped by one linear map shared
-  by all variates. The tokens are laid out as **channel blocks** ``[variate 0's patches,
-  variate 1's patches, ...]`` in one row (not folded into the batch), so attention spans
-  the blocks: PatchTST's channel independence holds for the embedding and the head, not
-  for the mixers. No end padding (PatchTST repeats the last value ``stride`` times);
+  by all variates. ``channel_independent: true`` (the default, PatchTST's channel
+  independence): the variates are folded into the batch, ``[B * C, N, D]``, so each
+  variate's patch sequence goes through the whole backbone on its own (shared weights,
+  no attention across variates) and the head maps each variate's ``N`` tokens to its own
+  horizon; changing one variate's input changes no other variate's forecast.
+  ``channel_independent: false``: **channel blocks** ``[variate 0's patches, variate 1's
+  patches, ...]`` in one row ``[B, C * N, D]``, so attention spans the variates (the
+  embedding and the head stay per variate). No end padding (PatchTST repeats the last
+  value ``stride`` times);
 - ``variates``: iTransformer (Liu et al., 2024): one token per variate, a linear map of
   its whole lookback; with ``position: none`` the model is equivariant to permuting the
   variates.
@@ -109,6 +114,8 @@ class SeriesParams(BaseModel):
 class Patches1dParams(SeriesParams):
     patch_len: PositiveInt = 8
     stride: PositiveInt = 4
+    #: fold the variates into the batch (PatchTST); ``False``: channel blocks in one row
+    channel_independent: bool = True
 
 
 def series_shape(spec: Any) -> tuple[int, int] | None:
@@ -126,6 +133,13 @@ class SeriesEmbedder(Embedder):
 
     readout: ClassVar[str] = "flatten"
     name: ClassVar[str] = ""
+
+    @classmethod
+    def readout_of(cls, params: Any) -> str:
+        """How a ``forecast`` head reads this embedder's tokens built with ``params``:
+        ``flatten``, ``per_variate``, ``channel_blocks`` (``[B, C * N, D]``, variate-major)
+        or ``channel_rows`` (``[B * C, N, D]``, the variates folded into the batch)."""
+        return cls.readout
 
     def __init__(self, spec: Any, params: SeriesParams) -> None:
         super().__init__()
@@ -203,20 +217,28 @@ def n_patches(lookback: int, patch_len: int, stride: int) -> int:
     "patches_1d",
     paper=PATCHTST,
     summary="series [B, L, C]: per-variate patches of patch_len every stride steps, one linear "
-    "map shared by the variates, laid out as channel blocks; optional RevIN",
+    "map shared by the variates; channel-independent (variates folded into the batch, "
+    "PatchTST) or channel blocks in one row; optional RevIN",
     params=Patches1dParams,
     caps=Capabilities(input_kind="series", complexity="O(n)"),
 )
 class Patch1dEmbedder(SeriesEmbedder):
-    """Token ``(c, n)`` = ``W x[n*stride : n*stride + patch_len, c] + b``, laid out
-    variate-major: ``[B, C * N, D]`` with ``N = (L - patch_len) // stride + 1``."""
+    """Token ``(c, n)`` = ``W x[n*stride : n*stride + patch_len, c] + b`` with
+    ``N = (L - patch_len) // stride + 1`` patches per variate; channel-independent: row
+    ``b * C + c`` holds variate c's ``N`` tokens, ``[B * C, N, D]``; otherwise one row per
+    window, variate-major, ``[B, C * N, D]``."""
 
     name = "patches_1d"
 
     def __init__(self, spec: Any, params: Patches1dParams) -> None:
         super().__init__(spec, params)
         self.patch_len, self.stride = params.patch_len, params.stride
+        self.channel_independent = params.channel_independent
         self.proj = nn.Linear(params.patch_len, spec.d_model)
+
+    @classmethod
+    def readout_of(cls, params: Patches1dParams) -> str:  # type: ignore[override]
+        return "channel_rows" if params.channel_independent else "channel_blocks"
 
     @classmethod
     def check(cls, params: Patches1dParams, spec: Any) -> str | None:  # type: ignore[override]
@@ -236,11 +258,15 @@ class Patch1dEmbedder(SeriesEmbedder):
         shape = series_shape(spec)
         if shape is None or params.patch_len > shape[0]:
             return TokenLayout(None)
-        return TokenLayout(shape[1] * n_patches(shape[0], params.patch_len, params.stride))
+        n = n_patches(shape[0], params.patch_len, params.stride)
+        if params.channel_independent:
+            return TokenLayout(n, rows=shape[1])
+        return TokenLayout(shape[1] * n)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         patches = x.transpose(1, 2).unfold(-1, self.patch_len, self.stride)  # [B, C, N, P]
-        return self.proj(patches).flatten(1, 2)
+        tokens = self.proj(patches)  # [B, C, N, D]
+        return tokens.flatten(0, 1) if self.channel_independent else tokens.flatten(1, 2)
 
 
 @register(
