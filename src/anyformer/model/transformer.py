@@ -126,7 +126,11 @@ def fold_rows(
     """The padding mask of an embedder that makes ``rows`` rows of tokens per input
     (``TokenLayout.rows``): each input's mask repeated for its rows. Packed rows, per-row
     positions and a cache are refused: they describe the inputs' rows, not the folded ones."""
-    if segments is not None or cache is not None or (positions is not None and positions.dim() == 2):
+    if (
+        segments is not None
+        or cache is not None
+        or (positions is not None and positions.dim() == 2)
+    ):
         raise ValueError(
             f"the embedder folds {rows} rows per input into the batch; segments, per-row "
             f"positions and a cache are not supported with it"

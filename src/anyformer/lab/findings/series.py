@@ -91,7 +91,9 @@ class InvertedVariateTokens(Finding):
         macro = {"data": "macrodata", "lookback": 12, "horizon": 4}
         return {
             "var": Comparison(_forecast("inverted_variate_tokens", var, quick), axes, seeds),
-            "macrodata": Comparison(_forecast("inverted_variate_tokens", macro, quick), axes, seeds),
+            "macrodata": Comparison(
+                _forecast("inverted_variate_tokens", macro, quick), axes, seeds
+            ),
         }
 
     def check(self, results: dict[str, CompareResult]) -> Verdict:
