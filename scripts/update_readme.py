@@ -47,6 +47,17 @@ def benchmark_table(folder: Path) -> str:
                 f"{vit['rounds']} rounds; the linear-product floor allows "
                 f"{res['ratio_floor_vs_timm']:.2f}x) | >= 1.0x | {vit['date'][:10]} |"
             )
+    tst = newest(folder, "patchtst_throughput")
+    if tst:
+        for name, res in tst["shapes"].items():
+            lo, hi = res["ratio_spread"]
+            rows.append(
+                f"| PatchTST training windows/s vs plain PyTorch, {name} | "
+                f"{res['ratio_anyformer_vs_reference']:.2f}x ({lo:.2f}-{hi:.2f} over "
+                f"{tst['rounds']} rounds; equal parameters, equal loss with copied weights; "
+                f"load average {tst['machine']['loadavg'][0]:.1f}) | >= 0.95x | "
+                f"{tst['date'][:10]} |"
+            )
     acc = newest(folder, "vision_accuracy")
     if acc:
         walls = [r["wall_s"] for r in acc["runs"]]

@@ -13,24 +13,62 @@ from anyformer.spec import ModelSpec, parse
 
 
 def model(embedder: dict, lookback: int = 12, variates: int = 3, **extra) -> torch.nn.Module:  # noqa: ANN003
-    data = dict(kind="encoder", d_model=16, n_heads=2, n_layers=1, max_len=64, position="none",
-                embedder=embedder, head="forecast", n_outputs=4,
-                input_shape=[lookback, variates], **extra)  # fmt: skip
+    data = {**dict(kind="encoder", d_model=16, n_heads=2, n_layers=1, max_len=64, position="none",
+                   embedder=embedder, head="forecast", n_outputs=4,
+                   input_shape=[lookback, variates]), **extra}  # fmt: skip
     torch.manual_seed(0)
     return build_model(parse(ModelSpec, data)).eval()
 
 
-def test_patch_tokens_equal_an_unfold() -> None:
-    m = model({"name": "patches_1d", "patch_len": 4, "stride": 2})
+@pytest.mark.parametrize("independent", [True, False])
+def test_patch_tokens_equal_an_unfold(independent: bool) -> None:
+    """Channel-independent: row ``b * C + c`` holds variate c's patches; channel blocks:
+    block c of row b."""
+    m = model({"name": "patches_1d", "patch_len": 4, "stride": 2,
+               "channel_independent": independent})  # fmt: skip
     x = torch.randn(2, 12, 3)
     tokens = m.embed(x)
     n = (12 - 4) // 2 + 1
-    assert tokens.shape == (2, 3 * n, 16)
+    assert tokens.shape == ((2 * 3, n, 16) if independent else (2, 3 * n, 16))
     w, b = m.embed.proj.weight, m.embed.proj.bias
     for c in range(3):
         for i in range(n):
             patch = x[:, 2 * i : 2 * i + 4, c]
-            torch.testing.assert_close(tokens[:, c * n + i], patch @ w.T + b)
+            got = tokens.view(2, 3, n, 16)[:, c, i] if independent else tokens[:, c * n + i]
+            torch.testing.assert_close(got, patch @ w.T + b)
+
+
+@pytest.mark.parametrize("revin", [False, True])
+def test_channel_independent_patches_forecast_each_variate_alone(revin: bool) -> None:
+    """PatchTST's channel independence, exactly: changing variate j's window leaves every
+    other variate's forecast bit-for-bit unchanged (through attention, FFN, norm and
+    head), and each variate's forecast is the model run on that variate alone."""
+    m = model({"name": "patches_1d", "patch_len": 4, "stride": 2, "revin": revin},
+              variates=4, n_layers=2, position="learned")  # fmt: skip
+    x = torch.randn(3, 12, 4)
+    with torch.no_grad():
+        y = m(x)
+        for j in range(4):
+            x2 = x.clone()
+            x2[:, :, j] = 10 * torch.randn(3, 12)
+            y2 = m(x2)
+            others = [c for c in range(4) if c != j]
+            assert torch.equal(y2[..., others], y[..., others])
+            assert not torch.allclose(y2[..., j], y[..., j])
+        # the tokens of variate c are a row of their own: the backbone sees [B * C, N, D]
+        assert m.embed(x).shape[0] == 3 * 4
+
+
+def test_channel_blocks_mix_the_variates() -> None:
+    """``channel_independent: false`` lays the variates out in one row: attention mixes
+    them, so another variate's forecast moves."""
+    m = model({"name": "patches_1d", "patch_len": 4, "stride": 2, "channel_independent": False})
+    x = torch.randn(2, 12, 3)
+    with torch.no_grad():
+        x2 = x.clone()
+        x2[:, :, 0] += 5.0
+        y, y2 = m(x), m(x2)
+    assert not torch.allclose(y[..., 1:], y2[..., 1:])
 
 
 def test_revin_inverts_exactly() -> None:

@@ -355,7 +355,57 @@ def mtp(next_byte: float, k2: float, k4: float, bigram: float = 3.3) -> Callable
     return fill
 
 
+# --------------------------------------------------------------------------- time series
+def variate_tokens(var: tuple[float, float], macro: tuple[float, float], last: float = 2.0,
+                   linear: float = 0.85, optimal: float = 0.69) -> Callable[[Results], None]:  # fmt: skip
+    """``id`` mse of (points, variates) on the VAR and on macrodata beside the baselines
+    (``last`` and ``linear`` on both; ``optimal`` on the VAR)."""
+
+    def fill(results: Results) -> None:
+        for key, pair in (("var", var), ("macrodata", macro)):
+            r = results[key]
+            for variant, mse in zip(r.variants, pair, strict=True):
+                metrics = {"mse": mse, "baselines.last_value.mse": last,
+                           "baselines.linear.mse": linear}  # fmt: skip
+                if key == "var":
+                    metrics["baselines.optimal.mse"] = optimal
+                put(r, variant.label, metrics)
+
+    return fill
+
+
+def patching(short: tuple[float, float], long: tuple[float, float],
+             naive: float = 0.21) -> Callable[[Results], None]:  # fmt: skip
+    """``id`` mse of (points, patches) at lookback 48 and 336 beside the baselines."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        for variant, mse in zip(r.variants, (*short, *long), strict=True):
+            put(r, variant.label, {"mse": mse, "baselines.seasonal_naive.mse": naive,
+                                   "baselines.linear.mse": 0.12,
+                                   "baselines.optimal.mse": 0.09})  # fmt: skip
+
+    return fill
+
+
 CASES: dict[str, list[Case]] = {
+    "inverted_variate_tokens": [
+        Case("variates ahead on both", HOLDS, variate_tokens((0.80, 0.72), (1.0, 0.9))),
+        Case("variates ahead by 1% on the VAR", NOT, variate_tokens((0.80, 0.79), (1.0, 0.9))),
+        Case("points ahead on macrodata", NOT, variate_tokens((0.80, 0.70), (0.9, 1.0), last=1.2)),
+        Case("nothing learned on the VAR", UNDECIDED, variate_tokens((1.9, 1.85), (1.0, 0.9))),
+        Case(
+            "no cross-variate structure",
+            UNDECIDED,
+            variate_tokens((0.80, 0.70), (1.0, 0.9), linear=0.70),
+        ),  # fmt: skip
+    ],
+    "patching_needs_long_lookback": [
+        Case("helps at 336, not at 48", HOLDS, patching((0.12, 0.12), (0.15, 0.12))),
+        Case("helps at both", NOT, patching((0.12, 0.10), (0.15, 0.12))),
+        Case("helps at neither", NOT, patching((0.12, 0.12), (0.12, 0.12))),
+        Case("nothing learned at 336", UNDECIDED, patching((0.12, 0.12), (0.20, 0.20))),
+    ],
     "mae_high_mask_ratio": [
         Case("75% ahead by 0.02", HOLDS, mae(0.90, 0.91, 0.93)),
         Case("75% ahead by only 0.005", NOT, mae(0.90, 0.92, 0.925)),

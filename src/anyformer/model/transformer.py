@@ -116,6 +116,28 @@ def check_cache(model: Transformer) -> None:
         )
 
 
+def fold_rows(
+    rows: int,
+    padding_mask: torch.Tensor | None,
+    segments: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    cache: Cache | None,
+) -> torch.Tensor | None:
+    """The padding mask of an embedder that makes ``rows`` rows of tokens per input
+    (``TokenLayout.rows``): each input's mask repeated for its rows. Packed rows, per-row
+    positions and a cache are refused: they describe the inputs' rows, not the folded ones."""
+    if (
+        segments is not None
+        or cache is not None
+        or (positions is not None and positions.dim() == 2)
+    ):
+        raise ValueError(
+            f"the embedder folds {rows} rows per input into the batch; segments, per-row "
+            f"positions and a cache are not supported with it"
+        )
+    return None if padding_mask is None else padding_mask.repeat_interleave(rows, dim=0)
+
+
 class Transformer(nn.Module):
     """A decoder (causal), encoder (bidirectional) or prefix LM Transformer built from a
     :class:`ModelSpec` (the encoder–decoder, :class:`~anyformer.model.encoder_decoder.
@@ -298,6 +320,9 @@ class Transformer(nn.Module):
             )
         embedded = self.embed(inputs)
         t = embedded.shape[1]  # tokens, not the raw input's second axis (image channels)
+        if embedded.shape[0] != inputs.shape[0]:  # rows folded into the batch (TokenLayout.rows)
+            padding_mask = fold_rows(embedded.shape[0] // inputs.shape[0], padding_mask,
+                                     segments, positions, cache)  # fmt: skip
         offset = 0 if cache is None else cache.offset
         if offset + t > self.spec.max_len:
             raise SpecError(

@@ -19,12 +19,17 @@ class TokenLayout:
     (``grid=None``) or a row-major ``(H, W)`` grid. ``branches`` (when not ``None``) is
     the length of each of several branches laid out one after another, each starting
     with its own CLS token (CrossViT: ``[CLS_s, small patches..., CLS_l, large
-    patches...]``); mixers that need it read it from ``Dims.branches``."""
+    patches...]``); mixers that need it read it from ``Dims.branches``. ``rows``: how
+    many rows of ``length`` tokens the embedder makes of each input, folded into the
+    batch (``[B * rows, length, D]``, input b's rows ``b * rows .. (b + 1) * rows - 1``;
+    PatchTST's channel independence: one row per variate); the blocks never mix rows and
+    the head unfolds them."""
 
     length: int | None
     grid: tuple[int, int] | None = None
     n_prefix: int = 0
     branches: tuple[int, ...] | None = None
+    rows: int = 1
 
 
 class Embedder(nn.Module):
@@ -39,6 +44,8 @@ class Embedder(nn.Module):
     a spec it cannot read (the message names the field)."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, T, d_model]`` (``[B * rows, T, d_model]`` when :meth:`layout` folds
+        ``rows`` rows per input into the batch)."""
         raise NotImplementedError
 
     def readout_state(self, inputs: torch.Tensor) -> Any:

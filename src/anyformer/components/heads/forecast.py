@@ -4,12 +4,16 @@
 series ``[lookback, variates]`` a series embedder reads; 1 for other embedders). How it
 reads the tokens follows the embedder's ``readout``:
 
-- ``flatten`` (``points``, ``patches_1d``): all ``T`` tokens of a row flattened and one
-  linear map ``T * d_model -> horizon * variates`` (PatchTST's flatten head, Nie et al.,
-  2023; ``patches_1d``'s channel blocks each map to their own variate's ``horizon``
-  values by one map shared by the variates, as PatchTST's channel-independent head);
-- ``per_variate`` (``variates``): token c, variate c's state, by one linear map
-  ``d_model -> horizon`` (iTransformer's projection, Liu et al., 2024);
+- ``flatten`` (``points``): all ``T`` tokens of a row flattened and one linear map
+  ``T * d_model -> horizon * variates``;
+- ``channel_rows`` (``patches_1d``, channel-independent: row ``b * C + c`` holds variate
+  c's ``N`` tokens) and ``channel_blocks`` (``patches_1d`` with
+  ``channel_independent: false``: block c of a row): each variate's ``N`` tokens
+  flattened and mapped to its own ``horizon`` values by one linear map
+  ``N * d_model -> horizon`` shared by the variates (PatchTST's flatten head, Nie et al.,
+  2023);
+- ``per_variate`` (``variates``, ``gateformer``): token c, variate c's state, by one
+  linear map ``d_model -> horizon`` (iTransformer's projection, Liu et al., 2024);
 - otherwise (embedders that are not series ones): the mean over real tokens, then a linear
   map ``d_model -> horizon * variates``.
 
@@ -56,15 +60,16 @@ class ForecastHead(Head):
         embedder = spec.embedder_ref.entry.cls
         shape = series_shape(spec) if issubclass(embedder, SeriesEmbedder) else None
         self.variates = shape[1] if shape is not None else 1
-        self.mode = embedder.readout if shape is not None else "pool"
+        config = spec.embedder_ref.config
+        self.mode = embedder.readout_of(config) if shape is not None else "pool"
         d = spec.d_model
         if self.mode == "flatten":
-            self.tokens = spec.token_layout.length
-            blocks = 1 if spec.embedder_ref.name == "points" else self.variates
-            self.blocks = blocks  # patches_1d: one block of tokens per variate
-            per_block = self.tokens // blocks
-            out = self.horizon * (self.variates if blocks == 1 else 1)
-            self.proj = nn.Linear(per_block * d, out)
+            self.proj = nn.Linear(spec.token_layout.length * d, self.horizon * self.variates)
+        elif self.mode in ("channel_rows", "channel_blocks"):
+            per_variate = spec.token_layout.length
+            if self.mode == "channel_blocks":
+                per_variate //= self.variates
+            self.proj = nn.Linear(per_variate * d, self.horizon)
         elif self.mode == "per_variate":
             self.proj = nn.Linear(d, self.horizon)
         else:
@@ -74,10 +79,12 @@ class ForecastHead(Head):
         self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: Any = None
     ) -> torch.Tensor:
         b = x.shape[0]
-        if self.mode == "flatten" and self.blocks == 1:
+        if self.mode == "flatten":
             y = self.proj(x.flatten(1)).view(b, self.horizon, self.variates)
-        elif self.mode == "flatten":  # channel blocks: [B, C, N*D] -> [B, C, H]
-            y = self.proj(x.reshape(b, self.blocks, -1)).transpose(1, 2)
+        elif self.mode == "channel_rows":  # [B*C, N, D] -> [B*C, H] -> [B, H, C]
+            y = self.proj(x.flatten(1)).view(-1, self.variates, self.horizon).transpose(1, 2)
+        elif self.mode == "channel_blocks":  # [B, C, N*D] -> [B, C, H] -> [B, H, C]
+            y = self.proj(x.reshape(b, self.variates, -1)).transpose(1, 2)
         elif self.mode == "per_variate":
             y = self.proj(x).transpose(1, 2)  # [B, C, H] -> [B, H, C]
         else:

@@ -64,26 +64,29 @@ def _embedder_model(entry: Entry) -> Transformer:
 
 @contract_check("embedder", "tokens")
 def embedder_tokens(entry: Entry) -> None:
-    """forward(inputs) gives finite [B, T, d_model] with T as layout() says"""
+    """forward(inputs) gives finite [B * rows, T, d_model] with T and rows (1 unless the
+    embedder folds several rows per example into the batch) as layout() says"""
     model = _embedder_model(entry)
     x = _inputs(model)
     tokens = model.embed(x)
     layout = model.spec.token_layout
     length = layout.length if layout.length is not None else x.shape[1]
-    shape(tokens, (B, length, model.spec.d_model), "the embedder's tokens")
+    shape(tokens, (B * layout.rows, length, model.spec.d_model), "the embedder's tokens")
     finite(tokens, "the embedder's tokens")
 
 
 @contract_check("embedder", "rows_apart")
 def embedder_rows_apart(entry: Entry) -> None:
-    """changing one example changes no other example's tokens"""
+    """changing one example changes no other example's tokens (example i's tokens are
+    rows ``i * rows .. (i + 1) * rows - 1`` when the embedder folds rows into the batch)"""
     model = _embedder_model(entry).eval()
     x = _inputs(model)
     y = x.clone()
     y[0] = _inputs(model)[0]
+    rows = model.spec.token_layout.rows
     with torch.no_grad():
         a, b = model.embed(x), model.embed(y)
-    close(a[1:], b[1:], "changing example 0 changed the tokens of other examples")
+    close(a[rows:], b[rows:], "changing example 0 changed the tokens of other examples")
 
 
 @contract_check("embedder", "gradients")

@@ -6,6 +6,7 @@ from anyformer.lab.findings import (  # noqa: F401
     generalization,
     icl,
     pretraining,
+    series,
     vision,
 )
 from anyformer.lab.findings.base import Comparison, Finding, Verdict
