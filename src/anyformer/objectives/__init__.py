@@ -1,6 +1,7 @@
 """Losses (layer 3). Importing this package registers the built-in objectives."""
 
 from anyformer.objectives import (  # noqa: F401
+    contrastive,
     ctc,
     diffusion,
     extra,

@@ -6,6 +6,7 @@ Importing this package registers the built-in tasks.
 from anyformer.tasks import (  # noqa: F401
     algorithmic,
     audio,
+    code_search,
     forecast,
     graph_atlas,
     graphs,

@@ -166,3 +166,25 @@ class RegressHead(LinearHead):
 
     pooled = True
     plain_linear = False
+
+
+UNIXCODER = Paper(
+    "UniXcoder: Unified Cross-Modal Pre-training for Code Representation", 2022, "Guo et al."
+)
+
+
+@register(
+    "head",
+    "embed",
+    paper=UNIXCODER,
+    summary="row embedding [B, n_outputs] for retrieval: pooled by model.pool, projected "
+    "without bias (the contrastive objective normalises it)",
+    params=NoParams,
+    caps=Capabilities(pooled=True, complexity="O(n)"),
+)
+class EmbedHead(LinearHead):
+    """Pooled embedding ``[B, n_outputs]`` (a bias would only shift every embedding)."""
+
+    pooled = True
+    plain_linear = False
+    uses_bias = False
