@@ -149,3 +149,20 @@ def test_ood_horizon_must_exceed_the_horizon() -> None:
     with pytest.raises(ValueError, match="ood_horizon is for ood='horizon'"):
         ForecastParams(ood_horizon=8)
     assert ForecastParams(horizon=5, ood="horizon").long_horizon == 10
+
+
+@pytest.mark.slow  # constructing torch.optim.Adam imports torch._dynamo (seconds)
+def test_dlinears_adam_step_equals_torch_optim_adam() -> None:
+    from anyformer.tasks.forecast_baselines import adam_step
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    grads = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(5)]
+    ref = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.005)
+    mine, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    for step, grad in enumerate(grads, 1):
+        ref.grad = grad.clone()
+        opt.step()
+        adam_step(mine, grad, m, v, step)
+    torch.testing.assert_close(mine, ref.detach(), rtol=1e-12, atol=1e-12)

@@ -61,6 +61,7 @@ al., 2023).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, ClassVar, Literal
@@ -92,6 +93,9 @@ Data = Literal[
     "var", "seasonal", "sunspots", "co2", "elnino", "macrodata", "nile",
     "airline", "lynx", "shampoo", "uschange", "longley", "csv",
 ]  # fmt: skip
+#: Trained DLinear baselines by (train span digest, lookback, horizon, kernel, steps,
+#: seed), the oldest dropped past 8: tasks built again on the same data reuse them.
+_DLINEAR_CACHE: dict[tuple[Any, ...], fb.DLinear] = {}
 #: The longest lookback ``arima``/``ets`` are read off for (``lookback + 1`` fits).
 MAX_STAT_LOOKBACK = 512
 
@@ -392,17 +396,26 @@ class Forecast(Task):
     @cached_property
     def dlinear(self) -> fb.DLinear:
         """DLinear (:mod:`anyformer.tasks.forecast_baselines`) trained on the training
-        windows, deterministic by the task's seed."""
+        windows, deterministic by the task's seed (kept for tasks of the same data,
+        settings and seed: :data:`_DLINEAR_CACHE`)."""
         p = self.params
+        digest = hashlib.sha256(np.ascontiguousarray(self.scaled[: self.n_train]).tobytes())
+        key = (digest.hexdigest(), p.lookback, p.horizon, p.dlinear_kernel, p.dlinear_steps,
+               self.seed)  # fmt: skip
+        if key in _DLINEAR_CACHE:
+            return _DLINEAR_CACHE[key]
 
         def windows(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             b = self.windows(self.train_starts[i], "train")
             return b.inputs.double().numpy(), b.targets.double().numpy()
 
-        return fb.train_dlinear(
+        if len(_DLINEAR_CACHE) >= 8:
+            _DLINEAR_CACHE.pop(next(iter(_DLINEAR_CACHE)))
+        _DLINEAR_CACHE[key] = fb.train_dlinear(
             windows, len(self.train_starts), p.lookback, p.horizon, p.dlinear_kernel,
             p.dlinear_steps, int(rng_for(self.seed, 13).integers(2**31)),
         )  # fmt: skip
+        return _DLINEAR_CACHE[key]
 
     def statistical_maps(self, name: str, horizon: int) -> list[np.ndarray]:
         """Per variate, ``A`` ``[lookback + 1, horizon]`` with ``[window, 1] @ A`` the

@@ -6,7 +6,8 @@
   ``(k - 1) // 2`` copies of its first and last value, as DLinear's ``moving_avg``) and a
   remainder ``s = x - t``; the forecast is ``W_s s + b_s + W_t t + b_t``, one linear
   layer each from lookback to horizon, shared by the variates (``individual=False``),
-  weights initialised to ``1 / lookback`` as in the paper's code, trained with Adam on
+  weights initialised to ``1 / lookback`` as in the paper's code, trained with Adam
+  (:func:`adam_step`, equal to ``torch.optim.Adam``) on
   the MSE of training windows for a fixed number of steps, deterministic by seed.
 - ``arima`` and ``ets`` (statsmodels): one model per variate fit by maximum likelihood
   on the train span (normalised), then *applied* to each evaluation window's lookback
@@ -80,15 +81,39 @@ def train_dlinear(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=torch_rng)))
         model = DLinear(lookback, horizon, kernel).double()
-    opt = torch.optim.Adam(model.parameters(), lr=DLINEAR_LR)
+    params = list(model.parameters())
+    state = [(torch.zeros_like(w), torch.zeros_like(w)) for w in params]
     with torch.enable_grad():  # scoring (where it is first needed) runs under no_grad
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             x, y = windows(rng.integers(0, n_windows, size=DLINEAR_BATCH))
             loss = torch.mean((model(torch.from_numpy(x)) - torch.from_numpy(y)) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for w, g, (m, v) in zip(params, grads, state):
+                    adam_step(w, g, m, v, step)
     return model.eval().requires_grad_(False)
+
+
+def adam_step(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step: int,
+    lr: float = DLINEAR_LR,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """One Adam update (Kingma & Ba, 2015) of ``w`` in place with gradient ``g`` and
+    moments ``m``, ``v`` (updated in place) at 1-based ``step``: what
+    ``torch.optim.Adam`` computes, written out because constructing that imports
+    ``torch._dynamo`` (seconds), which scoring a task should not pay."""
+    b1, b2 = betas
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    m_hat = m / (1 - b1**step)
+    v_hat = v / (1 - b2**step)
+    w.sub_(lr * m_hat / (v_hat.sqrt() + eps))
 
 
 def affine_forecaster(
