@@ -22,7 +22,9 @@ as target.
   (:meth:`Forecast.evaluate`): it forecasts ``horizon`` steps, appends them to its
   input, drops as many of the oldest and forecasts again until ``ood_horizon`` steps
   are out; ``linear`` and ``dlinear`` are rolled the same way, while the naive
-  forecasts, ``arima``, ``ets`` and ``optimal`` forecast any horizon directly.
+  forecasts, ``arima``, ``ets`` and ``optimal`` forecast any horizon directly. Its
+  inputs are the ``id`` windows' own, so the task then does not declare ``id`` and
+  ``ood`` disjoint (``disjoint_splits``).
 
 The validation span is held out and unused (no early stopping).
 
@@ -221,6 +223,9 @@ class Forecast(Task):
         super().__init__(params, seed)
         self._stat_maps: dict[tuple[str, int], list[np.ndarray]] = {}
         p = params
+        # a longer horizon scores the id windows' inputs again (only their targets are
+        # longer), so id and ood are not disjoint then; training windows never are
+        self.disjoint_splits = p.ood != "horizon"
         n = self.raw.shape[0]
         self.n_train = int(TRAIN_FRACTION * n)
         self.test_start = self.n_train + int(VAL_FRACTION * n)
