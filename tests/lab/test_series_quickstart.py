@@ -3,6 +3,7 @@ forecasting baselines."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ def test_series_quickstart_prints_its_table_beside_the_baselines(
     out = capsys.readouterr().out
     assert code == 0
     assert "in-distribution (id)" in out and "out-of-distribution (ood)" in out
-    for name in ("last_value", "linear", "optimal"):
-        assert out.count(f"{name} baseline") == 2  # under id and under ood
+    for name in ("last_value", "linear", "dlinear", "optimal"):
+        # under id and under ood
+        assert len(re.findall(rf"\b{name} baseline", out)) == 2, name
     (folder,) = tmp_path.iterdir()
     spec = ExperimentSpec.from_yaml(folder / "spec.yaml")
     assert spec.task.name == "forecast" and spec.model.embedder_ref.name == "points"

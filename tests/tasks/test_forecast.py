@@ -68,7 +68,7 @@ def test_baselines_are_computed_and_the_optimal_one_is_best_on_var() -> None:
     batches = t.make_eval_set("id", 1)
     m = t.score([torch.zeros(b.targets.shape) for b in batches], batches)
     base = {k: v["mse"] for k, v in m["baselines"].items()}
-    assert set(base) == {"last_value", "linear", "optimal"}
+    assert set(base) == {"last_value", "linear", "dlinear", "optimal"}
     assert base["optimal"] < base["linear"] < base["last_value"]
     s = task(data="seasonal", length=2000, lookback=48)
     sb = s.make_eval_set("id", 1)

@@ -64,6 +64,7 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("shapes", {**SMALL["shapes"], "output": "boxes"}),
     ("pose_lifting", {"frames": 2}),
     ("table", {"dataset": "diabetes"}),
+    ("forecast", {**SMALL["forecast"], "ood": "horizon", "data": "seasonal", "period": 6}),
 ]
 
 

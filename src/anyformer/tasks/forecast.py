@@ -12,10 +12,21 @@ as target.
 - ``id``: **every** window whose target lies in the test span (its lookback may reach
   back into the validation span, as in the Time-Series-Library), one per start position,
   in order, without dropping a last partial batch; the ``size`` asked for is ignored;
-- ``ood``: the same windows after a level and variance shift of that later period: on
-  the normalised scale every value ``v`` of input and target becomes
-  ``ood_scale * v + ood_shift`` (RevIN's motivating case: the scaler fit on train no
-  longer fits). The validation span is held out and unused (no early stopping).
+- ``ood`` (``ood='shift'``, the default): the same windows after a level and variance
+  shift of that later period: on the normalised scale every value ``v`` of input and
+  target becomes ``ood_scale * v + ood_shift`` (RevIN's motivating case: the scaler
+  fit on train no longer fits);
+- ``ood`` (``ood='horizon'``): a longer horizon, unshifted: every window whose
+  ``ood_horizon`` target steps (default ``2 * horizon``) lie in the test span. The
+  model's head has a fixed horizon, so the model forecasts it **autoregressively**
+  (:meth:`Forecast.evaluate`): it forecasts ``horizon`` steps, appends them to its
+  input, drops as many of the oldest and forecasts again until ``ood_horizon`` steps
+  are out; ``linear`` and ``dlinear`` are rolled the same way, while the naive
+  forecasts, ``arima``, ``ets`` and ``optimal`` forecast any horizon directly. Its
+  inputs are the ``id`` windows' own, so the task then does not declare ``id`` and
+  ``ood`` disjoint (``disjoint_splits``).
+
+The validation span is held out and unused (no early stopping).
 
 Batch: ``inputs`` ``[B, lookback, variates]``, ``targets`` ``[B, horizon, variates]``,
 ``loss_mask`` ``[B]`` all True, ``extras["start"]`` the window's first step and
@@ -25,17 +36,25 @@ Batch: ``inputs`` ``[B, lookback, variates]``, ``targets`` ``[B, horizon, variat
 ``period`` earlier; not reported when ``period`` exceeds the lookback or is 1),
 ``linear`` (DLinear-style but closed form, not trained: one least-squares map with
 intercept from a variate's lookback to its horizon, shared by the variates, fit on
-every training window; a small ridge of 1e-6 keeps it defined) and, for generated data,
+every training window; a small ridge of 1e-6 keeps it defined), for generated data
 ``optimal`` (the conditional mean under the generating process: the noise-free VAR
-recursion from the last ``order`` values; trend + seasonality for ``seasonal``).
+recursion from the last ``order`` values; trend + seasonality for ``seasonal``), and
+those listed in ``baselines`` (:mod:`anyformer.tasks.forecast_baselines`): ``dlinear``
+(a trained DLinear, ``dlinear_steps`` Adam steps, moving-average kernel
+``dlinear_kernel``; on by default), ``arima`` (statsmodels' ARIMA(``arima_order``) per
+variate) and ``ets`` (additive trend, additive season of ``period`` when it is > 1 and
+``lookback >= period + 3``), both fit on the train span and applied to each window's
+lookback; ``arima``/``ets`` are off by default (statsmodels' fits take seconds per
+variate).
 
 Data (``data``): ``var`` (a stable VAR(``order``) of ``variates`` series, unit
 innovations, random coefficients fixed by ``data_seed``), ``seasonal`` (per variate a
-linear trend, two harmonics of ``period`` and Gaussian noise of std ``noise``), and
-statsmodels' ``sunspots`` (yearly, 309), ``co2`` (weekly, 2,284, missing values
-interpolated linearly), ``elnino`` (monthly sea temperatures, 732), ``macrodata`` (202
-quarters of 6 US series: 100 x log-growth of real GDP, consumption, investment,
-government spending and disposable income, and inflation) and ``nile`` (yearly, 100).
+linear trend, two harmonics of ``period`` and Gaussian noise of std ``noise``),
+statsmodels' ``sunspots``, ``co2``, ``elnino``, ``macrodata``, ``nile``, sktime's
+``airline``, ``lynx``, ``shampoo``, ``uschange``, ``longley``, and ``csv``: the columns
+``columns`` of the user's CSV file ``path``, in the time order of column ``time``, with
+missing values interpolated or refused (``missing``), as
+:mod:`anyformer.tasks.forecast_data` describes.
 
 Papers: the protocol of Informer (Zhou et al., 2021) and the Time-Series-Library; the
 linear baseline of "Are Transformers Effective for Time Series Forecasting?" (Zeng et
@@ -44,25 +63,43 @@ al., 2023).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anyformer.errors import SpecError
 from anyformer.registry import Capabilities, Paper, register
+from anyformer.tasks import forecast_baselines as fb
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.forecast_data import (
+    SKTIME,
+    STATSMODELS,
+    load_sktime,
+    load_statsmodels,
+    read_series_csv,
+)
 
 DLINEAR = Paper("Are Transformers Effective for Time Series Forecasting?", 2023, "Zeng et al.")
 #: Fractions of the steps in the train and validation spans (the test span is the rest).
 TRAIN_FRACTION, VAL_FRACTION = 0.7, 0.1
 EVAL_BATCH_ROWS = 256
 #: Each bundled dataset's season length (1: none).
-PERIODS = {"sunspots": 11, "co2": 52, "elnino": 12, "macrodata": 4, "nile": 1}
+PERIODS = {**STATSMODELS, **{name: period for name, (_, period) in SKTIME.items()}}
 GENERATED = ("var", "seasonal")
-Data = Literal["var", "seasonal", "sunspots", "co2", "elnino", "macrodata", "nile"]
+Data = Literal[
+    "var", "seasonal", "sunspots", "co2", "elnino", "macrodata", "nile",
+    "airline", "lynx", "shampoo", "uschange", "longley", "csv",
+]  # fmt: skip
+#: Trained DLinear baselines by (train span digest, lookback, horizon, kernel, steps,
+#: seed), the oldest dropped past 8: tasks built again on the same data reuse them.
+_DLINEAR_CACHE: dict[tuple[Any, ...], fb.DLinear] = {}
+#: The longest lookback ``arima``/``ets`` are read off for (``lookback + 1`` fits).
+MAX_STAT_LOOKBACK = 512
 
 
 class ForecastParams(BaseModel):
@@ -83,6 +120,49 @@ class ForecastParams(BaseModel):
     data_seed: int = Field(0, ge=0, le=100000)
     ood_shift: float = Field(2.0, ge=-100.0, le=100.0)
     ood_scale: float = Field(2.0, gt=0.0, le=100.0)
+    ood: Literal["shift", "horizon"] = "shift"
+    ood_horizon: int | None = Field(None, ge=2, le=2048)
+    path: str | None = None
+    columns: list[str] | None = None
+    time: str | None = None
+    missing: Literal["interpolate", "refuse"] = "interpolate"
+    baselines: list[Literal["dlinear", "arima", "ets"]] = Field(default_factory=lambda: ["dlinear"])
+    dlinear_kernel: int = Field(25, ge=1, le=1001)
+    dlinear_steps: int = Field(200, ge=1, le=10000)
+    arima_order: tuple[int, int, int] = (2, 0, 0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForecastParams:
+        csv_only = {"columns": self.columns, "time": self.time}
+        if self.data == "csv" and self.path is None:
+            raise ValueError("data='csv' reads the file named by path: set task.path=FILE")
+        if self.data != "csv":
+            for name, value in {"path": self.path, **csv_only}.items():
+                if value is not None:
+                    raise ValueError(f"{name}={value!r} is for data='csv' (data={self.data!r})")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns=[] names no column; leave it unset for every column")
+        if self.dlinear_kernel % 2 == 0:
+            raise ValueError(f"dlinear_kernel={self.dlinear_kernel} must be odd (DLinear's)")
+        p, d, q = self.arima_order
+        if not (0 <= p <= 5 and 0 <= d <= 2 and 0 <= q <= 5):
+            raise ValueError(f"arima_order={self.arima_order}: p and q in 0..5, d in 0..2")
+        if self.ood_horizon is not None:
+            if self.ood != "horizon":
+                raise ValueError("ood_horizon is for ood='horizon'")
+            if self.ood_horizon <= self.horizon:
+                raise ValueError(
+                    f"ood_horizon={self.ood_horizon} must exceed horizon={self.horizon}"
+                )
+        return self
+
+    @property
+    def long_horizon(self) -> int:
+        """The ``ood`` horizon: ``ood_horizon`` (``2 * horizon`` by default) when
+        ``ood='horizon'``, else ``horizon``."""
+        if self.ood != "horizon":
+            return self.horizon
+        return self.ood_horizon or 2 * self.horizon
 
 
 def var_coefficients(rng: np.random.Generator, c: int, p: int) -> np.ndarray:
@@ -113,23 +193,8 @@ def var_forecast(a: np.ndarray, history: np.ndarray, horizon: int) -> np.ndarray
 
 
 def load_bundled(name: str) -> np.ndarray:
-    """A statsmodels dataset as ``[N, variates]`` float64 (see the module docstring)."""
-    import statsmodels.datasets as sm
-
-    df = getattr(sm, name).load_pandas().data
-    if name == "sunspots":
-        return df[["SUNACTIVITY"]].to_numpy(np.float64)
-    if name == "co2":
-        return df[["co2"]].interpolate(limit_direction="both").to_numpy(np.float64)
-    if name == "elnino":
-        return df.drop(columns="YEAR").to_numpy(np.float64).reshape(-1, 1)
-    if name == "macrodata":
-        cols = ["realgdp", "realcons", "realinv", "realgovt", "realdpi"]
-        growth = 100.0 * np.diff(np.log(df[cols].to_numpy(np.float64)), axis=0)
-        return np.concatenate([growth, df[["infl"]].to_numpy(np.float64)[1:]], axis=1)
-    if name == "nile":
-        return df[["volume"]].to_numpy(np.float64)
-    raise ValueError(f"unknown dataset '{name}'")
+    """A bundled dataset (statsmodels' or sktime's) as ``[N, variates]`` float64."""
+    return load_sktime(name) if name in SKTIME else load_statsmodels(name)
 
 
 @register(
@@ -137,8 +202,9 @@ def load_bundled(name: str) -> np.ndarray:
     "forecast",
     paper=DLINEAR,
     summary="forecast horizon steps of a multivariate series from lookback steps (VAR, seasonal, "
-    "statsmodels' datasets); chronological split, scaler fit on train, every test window; "
-    "ood: level and variance shift; last value, seasonal naive, least-squares linear, optimal",
+    "statsmodels' and sktime's datasets, a CSV file); chronological split, scaler fit on train, "
+    "every test window; ood: level and variance shift, or a longer horizon rolled out; last "
+    "value, seasonal naive, least-squares linear, trained DLinear, ARIMA, ETS, optimal",
     params=ForecastParams,
     caps=Capabilities(),
 )
@@ -155,17 +221,34 @@ class Forecast(Task):
 
     def __init__(self, params: ForecastParams, seed: int = 0) -> None:
         super().__init__(params, seed)
+        self._stat_maps: dict[tuple[str, int], list[np.ndarray]] = {}
         p = params
+        # a longer horizon scores the id windows' inputs again (only their targets are
+        # longer), so id and ood are not disjoint then; training windows never are
+        self.disjoint_splits = p.ood != "horizon"
         n = self.raw.shape[0]
         self.n_train = int(TRAIN_FRACTION * n)
         self.test_start = self.n_train + int(VAL_FRACTION * n)
         self.train_starts = np.arange(0, self.n_train - p.lookback - p.horizon + 1)
         self.test_starts = np.arange(self.test_start - p.lookback, n - p.lookback - p.horizon + 1)
-        if len(self.train_starts) < 1 or len(self.test_starts) < 1 or self.test_starts[0] < 0:
+        #: the ``ood`` windows: the test windows, or those of the longer horizon
+        self.ood_starts = np.arange(
+            self.test_start - p.lookback, n - p.lookback - p.long_horizon + 1
+        )
+        source = f"data='{p.data}'" + (f" (task.path={p.path!r})" if p.data == "csv" else "")
+        fit = min(len(self.train_starts), len(self.test_starts), len(self.ood_starts))
+        if fit < 1 or self.test_starts[0] < 0:
+            longer = f" (ood_horizon {p.long_horizon})" if p.ood == "horizon" else ""
             raise SpecError(
-                f"task.lookback={p.lookback} + task.horizon={p.horizon} do not fit data="
-                f"'{p.data}' of {n} steps (train span {self.n_train} steps, test span "
-                f"{n - self.test_start}); use a shorter lookback or horizon"
+                f"task.lookback={p.lookback} + task.horizon={p.horizon}{longer} do not fit "
+                f"{source} of {n} steps (train span {self.n_train} steps, test span "
+                f"{n - self.test_start}, with lookback + horizon needed in each); use a shorter "
+                "lookback or horizon, or a longer series"
+            )
+        if {"arima", "ets"} & set(p.baselines) and p.lookback > MAX_STAT_LOOKBACK:
+            raise SpecError(
+                f"task.baselines={p.baselines}: arima/ets are read off lookback + 1 windows, "
+                f"at most task.lookback={MAX_STAT_LOOKBACK} (got {p.lookback}); drop them"
             )
 
     # ------------------------------------------------------------ data
@@ -174,7 +257,7 @@ class Forecast(Task):
         p = self.params
         if p.period is not None:
             return p.period
-        return {"seasonal": 24, "var": 1}.get(p.data) or PERIODS[p.data]
+        return {"seasonal": 24, "var": 1, "csv": 1}.get(p.data) or PERIODS[p.data]
 
     @cached_property
     def _generated(self) -> tuple[np.ndarray, dict[str, Any]]:
@@ -200,6 +283,8 @@ class Forecast(Task):
                 + 0.5 * amp[1] * np.sin(2 * w + phase[1])
             )
             return mean + p.noise * rng.normal(size=mean.shape), {"mean": mean}
+        if p.data == "csv":
+            return read_series_csv(p.path or "", p.columns, p.time, p.missing), {}
         return load_bundled(p.data), {}
 
     @property
@@ -232,11 +317,13 @@ class Forecast(Task):
         return self.params.lookback
 
     def windows(self, starts: np.ndarray, split: str) -> Batch:
-        """The windows starting at ``starts``; ``ood`` ones shifted (module docstring)."""
+        """The windows starting at ``starts``; ``ood`` ones shifted or with the longer
+        horizon (module docstring)."""
         p, z = self.params, self.scaled
-        idx = starts[:, None] + np.arange(p.lookback + p.horizon)[None]
+        horizon = p.long_horizon if split == "ood" else p.horizon
+        idx = starts[:, None] + np.arange(p.lookback + horizon)[None]
         w = z[idx]
-        if split == "ood":
+        if split == "ood" and p.ood == "shift":
             w = p.ood_scale * w + p.ood_shift
         x, y = w[:, : p.lookback], w[:, p.lookback :]
         return Batch(
@@ -257,9 +344,47 @@ class Forecast(Task):
         """Every test window, in order (``size`` is ignored: the protocol scores all)."""
         if split not in self.splits:
             raise ValueError(f"unknown split '{split}' (valid: {', '.join(self.splits)})")
-        s = self.test_starts
+        s = self.ood_starts if split == "ood" else self.test_starts
         return [self.windows(s[i : i + EVAL_BATCH_ROWS], split)
                 for i in range(0, len(s), EVAL_BATCH_ROWS)]  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        predict: Callable[[Batch], torch.Tensor],
+        split: str,
+        size: int,
+        loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`Task.evaluate`; with ``ood='horizon'`` the ``ood`` split is forecast
+        autoregressively by :meth:`rollout` (the head's horizon is fixed)."""
+        if split == "ood" and self.params.ood == "horizon":
+            predict = self.rollout(predict)
+        return super().evaluate(predict, split, size, loss_fn)
+
+    def rollout(self, predict: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], torch.Tensor]:
+        """``predict`` extended to a batch's whole target length: forecast ``horizon``
+        steps, append them to the input, keep its last ``lookback`` steps, repeat; the
+        steps past the target are dropped."""
+        p = self.params
+
+        def rolled(batch: Batch) -> torch.Tensor:
+            x = batch.inputs
+            rows, want = x.shape[0], batch.targets.shape[1]
+            parts: list[torch.Tensor] = []
+            while sum(part.shape[1] for part in parts) < want:
+                step = Batch(
+                    inputs=x,
+                    targets=torch.zeros(rows, p.horizon, x.shape[2]),
+                    loss_mask=batch.loss_mask,
+                    extras=batch.extras,
+                )
+                out = predict(step).float().cpu().reshape(rows, p.horizon, x.shape[2])
+                parts.append(out)
+                x = torch.cat([x, out.to(x.dtype)], dim=1)[:, -p.lookback :]
+            return torch.cat(parts, dim=1)[:, :want]
+
+        return rolled
 
     # ------------------------------------------------------------ baselines
     @cached_property
@@ -273,19 +398,93 @@ class Forecast(Task):
         gram = x1.T @ x1 + 1e-6 * np.eye(x1.shape[1])
         return np.linalg.solve(gram, x1.T @ y)
 
+    @cached_property
+    def dlinear(self) -> fb.DLinear:
+        """DLinear (:mod:`anyformer.tasks.forecast_baselines`) trained on the training
+        windows, deterministic by the task's seed (kept for tasks of the same data,
+        settings and seed: :data:`_DLINEAR_CACHE`)."""
+        p = self.params
+        digest = hashlib.sha256(np.ascontiguousarray(self.scaled[: self.n_train]).tobytes())
+        key = (digest.hexdigest(), p.lookback, p.horizon, p.dlinear_kernel, p.dlinear_steps,
+               self.seed)  # fmt: skip
+        if key in _DLINEAR_CACHE:
+            return _DLINEAR_CACHE[key]
+
+        def windows(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            b = self.windows(self.train_starts[i], "train")
+            return b.inputs.double().numpy(), b.targets.double().numpy()
+
+        if len(_DLINEAR_CACHE) >= 8:
+            _DLINEAR_CACHE.pop(next(iter(_DLINEAR_CACHE)))
+        _DLINEAR_CACHE[key] = fb.train_dlinear(
+            windows, len(self.train_starts), p.lookback, p.horizon, p.dlinear_kernel,
+            p.dlinear_steps, int(rng_for(self.seed, 13).integers(2**31)),
+        )  # fmt: skip
+        return _DLINEAR_CACHE[key]
+
+    def statistical_maps(self, name: str, horizon: int) -> list[np.ndarray]:
+        """Per variate, ``A`` ``[lookback + 1, horizon]`` with ``[window, 1] @ A`` the
+        forecast of ``name`` (``arima``/``ets``) fit on the train span and applied to the
+        window (:func:`~anyformer.tasks.forecast_baselines.affine_forecaster`)."""
+        key = (name, horizon)
+        if key not in self._stat_maps:
+            p, train = self.params, self.scaled[: self.n_train]
+            maps = []
+            for c in range(train.shape[1]):
+                if name == "arima":
+                    res = fb.fit_arima(train[:, c], p.arima_order)
+                else:
+                    seasonal = self.period > 1 and p.lookback >= self.period + 3
+                    res = fb.fit_ets(train[:, c], self.period if seasonal else 1)
+                forecast = fb.applied_forecast(res, horizon)
+                maps.append(fb.affine_forecaster(forecast, p.lookback, seed=c))
+            self._stat_maps[key] = maps
+        return self._stat_maps[key]
+
+    def _roll(
+        self, one: Callable[[np.ndarray], np.ndarray], x: np.ndarray, want: int
+    ) -> np.ndarray:
+        """A fixed-horizon forecaster ``one`` (``[B, lookback, C] -> [B, horizon, C]``)
+        rolled out to ``want`` steps as :meth:`rollout` rolls the model."""
+        parts, done = [], 0
+        while done < want:
+            out = one(x)
+            parts.append(out)
+            done += out.shape[1]
+            x = np.concatenate([x, out], axis=1)[:, -self.params.lookback :]
+        return np.concatenate(parts, axis=1)[:, :want]
+
     def baseline_predictions(self, batch: Batch, split: str) -> dict[str, np.ndarray]:
-        """``{name: [B, horizon, variates]}`` of every baseline on the batch's windows."""
+        """``{name: [B, horizon, variates]}`` of every baseline on the batch's windows
+        (the ``ood`` horizon for ``ood`` windows)."""
         p = self.params
         x = batch.inputs.double().numpy()
-        out = {"last_value": np.repeat(x[:, -1:], p.horizon, axis=1)}
+        horizon = int(batch.targets.shape[1])
+        out = {"last_value": np.repeat(x[:, -1:], horizon, axis=1)}
         m = self.period
         if 1 < m <= p.lookback:
-            h = np.arange(p.horizon)
+            h = np.arange(horizon)
             out["seasonal_naive"] = x[:, p.lookback - m + (h % m)]
-        xt = x.transpose(0, 2, 1)
-        ones = np.ones((*xt.shape[:2], 1))
-        lin = np.concatenate([xt, ones], axis=2) @ self.linear_map
-        out["linear"] = lin.transpose(0, 2, 1)
+
+        def linear(w: np.ndarray) -> np.ndarray:
+            wt = w.transpose(0, 2, 1)
+            ones = np.ones((*wt.shape[:2], 1))
+            return (np.concatenate([wt, ones], axis=2) @ self.linear_map).transpose(0, 2, 1)
+
+        out["linear"] = self._roll(linear, x, horizon)
+        if "dlinear" in p.baselines:
+            model = self.dlinear
+
+            def dlinear(w: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return model(torch.from_numpy(w)).numpy()
+
+            out["dlinear"] = self._roll(dlinear, x, horizon)
+        x1 = np.concatenate([x, np.ones((x.shape[0], 1, x.shape[2]))], axis=1)
+        for name in ("arima", "ets"):
+            if name in p.baselines:
+                maps = self.statistical_maps(name, horizon)
+                out[name] = np.stack([x1[:, :, c] @ a for c, a in enumerate(maps)], axis=2)
         if p.data in GENERATED:
             out["optimal"] = self.optimal(batch.extras["start"].numpy(), split)
         return out
@@ -295,17 +494,19 @@ class Forecast(Task):
         the normalised (and, for ``ood``, shifted) scale."""
         p = self.params
         raw, info = self._generated
+        h = p.long_horizon if split == "ood" else p.horizon
         if p.data == "var":
             pred = np.stack([
-                var_forecast(info["a"], raw[s + p.lookback - p.order : s + p.lookback], p.horizon)
+                var_forecast(info["a"], raw[s + p.lookback - p.order : s + p.lookback], h)
                 for s in starts
             ])  # fmt: skip
         else:
-            idx = starts[:, None] + p.lookback + np.arange(p.horizon)[None]
+            idx = starts[:, None] + p.lookback + np.arange(h)[None]
             pred = info["mean"][idx]
         mean, std = self.scaler
         pred = (pred - mean) / std
-        return p.ood_scale * pred + p.ood_shift if split == "ood" else pred
+        shifted = split == "ood" and p.ood == "shift"
+        return p.ood_scale * pred + p.ood_shift if shifted else pred
 
     # ------------------------------------------------------------ metrics
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
