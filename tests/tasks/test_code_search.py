@@ -4,12 +4,12 @@ InfoNCE objective, split-encode-aggregate rows, and a short run that learns."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from code_library import write_code_library as library
 
 from anyformer import registry
 from anyformer.cli import main
@@ -18,41 +18,6 @@ from anyformer.tasks.base import Batch
 from anyformer.tasks.code_search import CodeSearch
 from anyformer.tasks.retrieval import bm25_scores, ranks, retrieval_metrics, tfidf_scores, words
 from anyformer.tasks.text import module_split
-
-
-def library(root: Path, modules: int = 24, per_module: int = 6) -> Path:
-    """A small library: ``modules`` modules of documented functions and a test suite."""
-    topics = ["parse", "render", "merge", "split", "encode", "decode", "sort", "count",
-              "filter", "scale", "rotate", "flatten"]  # fmt: skip
-    for m in range(modules):
-        lines = []
-        for f in range(per_module):
-            topic = topics[(m * per_module + f) % len(topics)]
-            name = f"{topic}_{m}_{f}"
-            lines.append(
-                textwrap.dedent(f'''
-                def {name}(items, factor={f}):
-                    """{topic.capitalize()} the items of group {m} with factor {f}.
-
-                    Longer explanation that is not part of the query.
-                    """
-                    result = [x * factor for x in items]
-                    for i in range({m + 2}):
-                        result.append(i + {f})
-                    return sorted(result)
-            ''')
-            )
-        path = root / f"pkg{m % 4}" / f"mod{m}.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(lines))
-    (root / "test").mkdir()
-    (root / "test" / "test_x.py").write_text(
-        "".join(
-            f'def test_{i}():\n    """Check case {i} of the suite."""\n    assert {i} == {i}\n'
-            for i in range(12)
-        )  # fmt: skip
-    )
-    return root
 
 
 def make(root: Path, **params: object) -> CodeSearch:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from code_library import write_code_library
 
 from anyformer import registry
 from anyformer.tasks.base import Batch, Task
@@ -75,6 +76,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("translation", {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 3,
                      "form": "encoder_decoder"}),
     ("text_files", {"seq_len": 16, "val_fraction": 0.3}),
+    ("code_search", {"tokenizer": "bytes", "query_len": 16, "code_len": 32, "val_fraction": 0.25,
+                     "min_query_chars": 8}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
     ("tones", {}),
@@ -134,6 +137,9 @@ DIGESTS: dict[str, str] = {
     "translation": "c8f8022f50ab2421",
     "translation,form=encoder_decoder,max_depth=1,ood_max_depth=3,ood_min_depth=2": "2d83cd9277e366ef",
     "text_files,seq_len=16,val_fraction=0.3": "d3618e7ddb447103",
+    "code_search,code_len=32,min_query_chars=8,query_len=16,tokenizer=bytes,val_fraction=0.25": (
+        "e8a8f092441324ce"
+    ),
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
     "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
     "tones": "8dce57fa3496b788",
@@ -191,6 +197,8 @@ def test_task_data_is_pinned(
         params = {**params, "root": str(stdlib_tree)}
     if name == "text_files":
         params = {**params, "path": str(stdlib_tree)}
+    if name == "code_search":
+        params = {**params, "root": str(write_code_library(stdlib_tree.with_name("code-lib")))}
     if name == "text_corpus" and sys.version_info[:2] != (3, 11):
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from code_library import write_code_library
 
 from anyformer import registry
 from anyformer.errors import SpecError
@@ -47,6 +48,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "icl_uncertainty": {"dims": 2, "n_points": 5},
     "stdlib_lm": {"seq_len": 16, "val_fraction": 0.3},
     "text_files": {"seq_len": 16, "val_fraction": 0.3},
+    "code_search": {"tokenizer": "bytes", "query_len": 40, "code_len": 40, "val_fraction": 0.25,
+                    "min_query_chars": 8, "embed_dim": 8},
     "text_corpus": {"seq_len": 16, "ood_fraction": 0.3},
     "translation": {"max_depth": 1, "ood_min_depth": 2, "ood_max_depth": 2},
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
@@ -80,6 +83,11 @@ def run_contract(
         params = {**params, "root": str(stdlib)}
     if name == "text_files":
         params = {**params, "path": str(stdlib)}
+    if name == "code_search":  # a small documented library beside the source tree
+        library = stdlib.with_name(stdlib.name + "-code")
+        if not library.exists():
+            write_code_library(library)
+        params = {**params, "root": str(library)}
     if name == "image_folder":
         assert images is not None
         params = {**params, "path": str(images)}
@@ -120,6 +128,8 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
         "kg_reasoning",
         "stdlib_lm",
         "text_corpus",
+        "text_files",
+        "code_search",
         "dtmf",
         "forecast",
     } | examples

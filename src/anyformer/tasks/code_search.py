@@ -3,8 +3,9 @@
 Pairs come from :mod:`anyformer.tasks.code_corpus`: every function with a docstring whose
 first paragraph has at least ``min_query_chars`` characters. The **query** is that first
 paragraph (whitespace collapsed); the **key** is the function without its docstring
-(signature, then body), so the answer is not in the key. Duplicate queries or keys
-within a split keep their first pair only.
+(signature, then body), so the answer is not in the key. A query or key text seen
+before (in training first, then ``id``, then ``ood``) is skipped, so no text is in two
+splits.
 
 Splits are by module with ``stdlib_lm``'s rule (:func:`~anyformer.tasks.text.module_split`):
 training pairs from ``train`` modules, ``id`` from the held-out modules, ``ood`` from the
@@ -115,6 +116,7 @@ class CodeSearch(Task):
     default_objective: ClassVar[str] = "info_nce"
     byte_level: ClassVar[bool] = True  # text in, text tokenizer
     headline: ClassVar[str] = "mrr@10"
+    disjoint_splits: ClassVar[bool] = True  # by module, duplicates across splits dropped
     higher_is_better: ClassVar[bool] = True
 
     params: CodeSearchParams
@@ -129,9 +131,11 @@ class CodeSearch(Task):
     def functions(self) -> tuple[CodeFunction, ...]:
         return library_functions(self.params.root)
 
-    def _raw_pairs(self, split: str) -> list[tuple[str, str]]:
+    def _raw_pairs(
+        self, split: str, seen_q: set[str], seen_k: set[str]
+    ) -> list[tuple[str, str]]:
         p = self.params
-        seen_q, seen_k, out = set(), set(), []
+        out = []
         for f in self.functions:
             if f.docstring is None or module_split(f.path, p.val_fraction, 0.0) != split:
                 continue
@@ -146,7 +150,11 @@ class CodeSearch(Task):
 
     @cached_property
     def _pairs(self) -> dict[str, list[tuple[str, str]]]:
-        return {s: self._raw_pairs(s) for s in ("train", "id", "ood")}
+        """Pairs per split; a query or key already taken (by training first) is skipped,
+        so no query or function text is in two splits."""
+        seen_q: set[str] = set()
+        seen_k: set[str] = set()
+        return {s: self._raw_pairs(s, seen_q, seen_k) for s in ("train", "id", "ood")}
 
     # ------------------------------------------------------------ tokens
     @property
