@@ -28,7 +28,7 @@ def perturbed(hf: nn.Module, seed: int = 0) -> nn.Module:
     """``hf`` in eval mode with biases and norm gains moved off their initial values."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in hf.named_parameters():
+        for p in hf.parameters():
             if p.dim() == 1:
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
     return hf.eval()
@@ -80,7 +80,8 @@ MODELS = {
     ),
     "llama_gqa": lambda: llama(),
     "llama_tied_mqa_theta": lambda: llama(
-        tie_word_embeddings=True, num_key_value_heads=1,
+        tie_word_embeddings=True,
+        num_key_value_heads=1,
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
     ),  # fmt: skip
 }
@@ -166,10 +167,15 @@ def test_a_native_anyformer_decoder_exports_to_llama() -> None:
         (lambda: llama(hidden_act="gelu"), "hidden_act='gelu'"),
         (lambda: llama(attention_bias=True), "attention_bias=True with mlp_bias=False"),
         (
-            lambda: llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+            lambda: llama(
+                rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+            ),
             "rope_type='linear'",
         ),
-        (lambda: T.GPT2Model(T.GPT2Config(n_layer=1, n_embd=8, n_head=2)), "GPT2Model: has no head"),
+        (
+            lambda: T.GPT2Model(T.GPT2Config(n_layer=1, n_embd=8, n_head=2)),
+            "GPT2Model: has no head",
+        ),
         (lambda: nn.Linear(2, 2), "Linear is not a supported architecture"),
     ],
 )

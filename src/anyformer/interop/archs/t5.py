@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 from anyformer.interop.hf import Architecture, common_problems, want
@@ -70,8 +71,10 @@ class T5(Architecture):
         if c.d_kv * c.num_heads != c.d_model:
             problems.append(f"d_kv={c.d_kv} x num_heads={c.num_heads} != d_model={c.d_model}")
         tables = (hf.shared.weight, hf.encoder.embed_tokens.weight, hf.decoder.embed_tokens.weight)
-        if not all(t is tables[0] for t in tables):
-            problems.append("encoder and decoder token embeddings that are not one table")
+        if not all(t is tables[0] or torch.equal(t, tables[0]) for t in tables):
+            problems.append(
+                "encoder and decoder token embeddings that differ (anyformer shares one)"
+            )
         refuse("cannot import this T5ForConditionalGeneration", problems)
         tied = hf.lm_head.weight is hf.shared.weight
         scale = getattr(c, "scale_decoder_outputs", tied)
