@@ -11,57 +11,18 @@ config of an anyformer spec (refusing by name every component HF's class cannot 
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar
 
 from torch import nn
 
-from anyformer.interop.mapping import (
-    Rule,
-    Unsupported,
-    export_state,
-    import_state,
-    load_ours,
-    refuse,
-)
+from anyformer.interop.archs import ARCHITECTURES
+from anyformer.interop.base import Architecture
+from anyformer.interop.mapping import Unsupported, export_state, import_state, load_ours, refuse
 from anyformer.model.transformer import Transformer, build_model
 from anyformer.spec import ModelSpec, parse
 
 
-class Architecture:
-    """One HF family. Subclasses set ``name`` (for messages), ``classes`` (HF class name
-    -> what anyformer builds of it; a class mapped to a string is refused with that
-    reason) and ``ignore`` (HF buffers no rule needs), and define :meth:`spec`,
-    :meth:`rules`, :meth:`export_problems` and :meth:`hf_config`."""
-
-    name: ClassVar[str] = ""
-    classes: ClassVar[dict[str, str | None]] = {}
-    #: the class :func:`to_hf` builds
-    export_class: ClassVar[str] = ""
-    ignore: ClassVar[tuple[str, ...]] = ()
-
-    def spec(self, hf: nn.Module) -> dict[str, Any]:
-        """The anyformer model spec (a dict) computing what ``hf`` computes."""
-        raise NotImplementedError
-
-    def rules(self, spec: ModelSpec) -> list[Rule]:
-        """The weight mapping of a model of ``spec``."""
-        raise NotImplementedError
-
-    def export_problems(self, spec: ModelSpec) -> list[str]:
-        """What in ``spec`` the HF class cannot express (empty: it can)."""
-        raise NotImplementedError
-
-    def hf_config(self, spec: ModelSpec) -> Any:
-        """The HF config of ``spec`` (after :meth:`export_problems` found nothing)."""
-        raise NotImplementedError
-
-    def after_export(self, model: Transformer, hf: nn.Module) -> None:
-        """Fix-ups after the weights are written (e.g. zeroed buffers); nothing by default."""
-
-
-def _archs() -> list[Architecture]:
-    from anyformer.interop.archs import ARCHITECTURES
-
+def architectures() -> list[Architecture]:
+    """One instance of every supported family, in export order."""
     return [cls() for cls in ARCHITECTURES]
 
 
@@ -69,13 +30,13 @@ def architecture_of(hf: nn.Module) -> Architecture:
     """The architecture that reads ``hf``'s class, or a refusal naming the class and
     the supported ones."""
     cls = type(hf).__name__
-    for arch in _archs():
+    for arch in architectures():
         if cls in arch.classes:
             reason = arch.classes[cls]
             if reason:
                 raise Unsupported(f"{cls}: {reason}")
             return arch
-    known = sorted(c for a in _archs() for c, why in a.classes.items() if not why)
+    known = sorted(c for a in architectures() for c, why in a.classes.items() if not why)
     raise Unsupported(f"{cls} is not a supported architecture (supported: {', '.join(known)})")
 
 
@@ -96,7 +57,7 @@ def export_architecture(spec: ModelSpec) -> Architecture:
     """The architecture whose HF class expresses ``spec``; refuses naming, for the
     closest one, every component it cannot express."""
     best: tuple[int, Architecture, list[str]] | None = None
-    for arch in _archs():
+    for arch in architectures():
         if not arch.export_class:
             continue
         problems = arch.export_problems(spec)
@@ -106,7 +67,7 @@ def export_architecture(spec: ModelSpec) -> Architecture:
             best = (len(problems), arch, problems)
     assert best is not None
     _, arch, problems = best
-    others = ", ".join(a.export_class for a in _archs() if a.export_class and a is not arch)
+    others = ", ".join(a.export_class for a in architectures() if a.export_class and a is not arch)
     refuse(
         f"this model has no Hugging Face equivalent (closest: {arch.export_class}, which "
         f"cannot express it; others tried: {others})",
@@ -129,47 +90,11 @@ def to_hf(model: Transformer) -> nn.Module:
     return hf
 
 
-def want(spec: ModelSpec, arch: str, **expected: Any) -> list[str]:
-    """Problems of ``spec`` against ``expected`` values: for component fields the
-    registered name (``position='learned'``) or ``(name, {param: value})``; for plain
-    fields the value. Each problem names the field, its value and what ``arch`` has."""
-    problems = []
-    for field, value in expected.items():
-        have = getattr(spec, field)
-        name, params = (value, {}) if not isinstance(value, tuple) else value
-        if hasattr(have, "entry"):
-            if have.name != name:
-                problems.append(f"{field}='{have.name}' ({arch} has {name})")
-                continue
-            for key, need in params.items():
-                got = have.params.get(key)
-                if callable(need):
-                    if not need(got):
-                        problems.append(f"{field}.{key}={got!r} is not what {arch} has")
-                elif got != need:
-                    problems.append(f"{field}.{key}={got!r} ({arch} has {need!r})")
-        elif have != name:
-            problems.append(f"{field}={have!r} ({arch} has {name!r})")
-    return problems
-
-
-def common_problems(spec: ModelSpec, arch: str) -> list[str]:
-    """What no supported HF class expresses: per-layer overrides, a depth schedule other
-    than ``stack``, and another embedder than the architecture reads (checked apart)."""
-    problems = []
-    if spec.layers:
-        problems.append(f"per-layer overrides model.layers ({arch}'s layers are all alike)")
-    if spec.depth.name != "stack" or spec.depth.params:
-        problems.append(f"depth='{spec.depth.name}' ({arch} runs each layer once: stack)")
-    return problems
-
-
 __all__ = [
     "Architecture",
     "architecture_of",
-    "common_problems",
+    "architectures",
     "export_architecture",
     "from_hf",
     "to_hf",
-    "want",
 ]

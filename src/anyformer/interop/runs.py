@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from anyformer.errors import RunFolderError, UserError
-from anyformer.interop.hf import architecture_of, from_hf, to_hf
+from anyformer.interop.hf import architecture_of, architectures, from_hf, to_hf
 from anyformer.interop.mapping import Unsupported
 from anyformer.model.transformer import Transformer
 from anyformer.spec import ExperimentSpec, ModelSpec
@@ -71,10 +71,8 @@ def load_hf(path: str | Path) -> Any:
         raise UserError(
             f"hf:{path}/config.json must name one class in 'architectures' (got {names!r})"
         )
-    from anyformer.interop.hf import _archs
-
     name = names[0]
-    known = {c: why for a in _archs() for c, why in a.classes.items()}
+    known = {c: why for a in architectures() for c, why in a.classes.items()}
     if name not in known:
         supported = sorted(c for c, why in known.items() if not why)
         raise Unsupported(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from anyformer.interop.archs.gpt2 import ACTIVATIONS
-from anyformer.interop.hf import Architecture, common_problems, want
+from anyformer.interop.base import Architecture, common_problems, want
 from anyformer.interop.mapping import Rule, config_problems, fused, linear, refuse, same
 from anyformer.spec import ModelSpec
 

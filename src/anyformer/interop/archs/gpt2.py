@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from anyformer.interop.hf import Architecture, common_problems, want
+from anyformer.interop.base import Architecture, common_problems, want
 from anyformer.interop.mapping import Rule, config_problems, linear, refuse, same, transposed
 from anyformer.spec import ModelSpec
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from anyformer.interop.hf import Architecture, common_problems, want
+from anyformer.interop.base import Architecture, common_problems, want
 from anyformer.interop.mapping import Rule, config_problems, fused, linear, refuse, same
 from anyformer.spec import ModelSpec
 

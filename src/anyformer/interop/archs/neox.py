@@ -18,7 +18,7 @@ from torch import nn
 
 from anyformer.interop.archs.gpt2 import ACTIVATIONS
 from anyformer.interop.archs.llama import rope_of
-from anyformer.interop.hf import Architecture, common_problems, want
+from anyformer.interop.base import Architecture, common_problems, want
 from anyformer.interop.mapping import Rule, config_problems, linear, refuse, same
 from anyformer.spec import ModelSpec
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anyformer.interop.hf import Architecture, common_problems, want
+from anyformer.interop.base import Architecture, common_problems, want
 from anyformer.interop.mapping import (
     Rule,
     config_problems,
