@@ -114,3 +114,26 @@ def test_import_refusals_exit_2(
     assert main(["import", source, "--out", str(tmp_path / "runs")]) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_quickstart_run_exports_as_gpt_neox_and_safetensors(tmp_path: Path) -> None:
+    """The README's quickstart (rope, pre-norm LayerNorm, MLP: GPT-NeoX's block), trained a
+    few steps at a small width, exports to a folder ``from_pretrained`` loads with equal
+    logits."""
+    import anyformer
+
+    spec = anyformer.load_experiment("quickstart").with_overrides(
+        ["train.steps=2", "train.eval_every=2", "train.eval_size=4", "train.batch_size=4",
+         "train.checkpoint_every=2", "train.progress=false", "model.d_model=16",
+         "model.n_layers=1", "model.n_heads=2"]
+    )  # fmt: skip
+    run = anyformer.train(spec, out=str(tmp_path / "runs")).dir
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "st")]) == 0
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", use_safetensors=True).eval()
+    assert type(back).__name__ == "GPTNeoXForCausalLM"
+    _, model = load_run_model(run)
+    x = torch.randint(0, model.spec.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, model(x), atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "st" / "model.safetensors").is_file()

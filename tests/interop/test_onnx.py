@@ -71,7 +71,9 @@ def test_onnx_equals_eager_for_other_model_kinds(tmp_path: Path, name: str) -> N
 
 
 def test_an_encoder_decoder_is_refused_with_the_reason(tmp_path: Path) -> None:
-    model = build_model(dict(kind="encoder_decoder", vocab_size=20, d_model=16, n_layers=1, n_heads=2))
+    model = build_model(
+        dict(kind="encoder_decoder", vocab_size=20, d_model=16, n_layers=1, n_heads=2)
+    )
     with pytest.raises(SpecError, match="encoder_decoder has no ONNX export"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
