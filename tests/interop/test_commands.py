@@ -137,3 +137,29 @@ def test_the_quickstart_run_exports_as_gpt_neox_and_safetensors(tmp_path: Path) 
     with torch.no_grad():
         torch.testing.assert_close(back(x).logits, model(x), atol=1e-4, rtol=1e-4)
     assert (tmp_path / "st" / "model.safetensors").is_file()
+
+
+def test_an_imported_t5_generates_from_a_source_like_hf(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = T.T5Config(vocab_size=61, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                        num_decoder_layers=1, num_heads=4)  # fmt: skip
+    torch.manual_seed(0)
+    hf = T.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # weights large enough that greedy tokens vary
+        for p in hf.parameters():
+            p.normal_(0.0, 0.5)
+    hf.save_pretrained(tmp_path / "t5")
+    assert main(["import", f"hf:{tmp_path / 't5'}", "--out", str(tmp_path / "runs")]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    argv = ["generate", str(run), "--prompt", "0", "--source", "5 9 2 40", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    printed = [int(t) for t in capsys.readouterr().out.split()]
+    source = torch.tensor([[5, 9, 2, 40]])
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=source, attention_mask=torch.ones_like(source),
+                             max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                             eos_token_id=None, decoder_start_token_id=0)  # fmt: skip
+    assert printed == theirs[0, 1:].tolist()
+    assert len(set(printed)) > 1  # not one repeated token
