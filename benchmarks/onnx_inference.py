@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[name] = measure(cfg, rounds, iters, args.threads, Path(tmp) / name)
     print(f"threads {args.threads}, rounds {rounds} x {iters} forwards, load average "
           f"{env['machine']['loadavg'][0]:.1f}")  # fmt: skip
-    print(f"{'model':22s} {'batch':>9s} {'eager ms':>9s} {'ORT ms':>9s} {'eager/ORT':>10s} {'spread':>13s}")
+    print(
+        f"{'model':22s} {'batch':>9s} {'eager ms':>9s} {'ORT ms':>9s} {'eager/ORT':>10s} {'spread':>13s}"
+    )
     for name, res in results.items():
         ms = res["ms_per_forward"]
         lo, hi = res["ratio_spread"]
