@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from anyformer.errors import RunFolderError, UserError
-from anyformer.interop.hf import architecture_of, architectures, from_hf, to_hf
+from anyformer.interop.hf import architectures, from_hf, to_hf
 from anyformer.interop.mapping import Unsupported
 from anyformer.model.transformer import Transformer
 from anyformer.spec import ExperimentSpec, ModelSpec
@@ -130,7 +130,6 @@ def import_hf(source: str, out: str | Path = "runs") -> tuple[Path, ModelSpec]:
         raise UserError(f"'{source}': give hf:PATH, a folder written by save_pretrained()")
     path = source[3:]
     hf = load_hf(path)
-    architecture_of(hf)
     spec, model = from_hf(hf)
     cls = type(hf).__name__
     name = f"hf-{hf.config.model_type}".replace("_", "-")
