@@ -6,8 +6,9 @@ T5: the anyformer model has T5's architecture (``kind: encoder_decoder``, pre-no
 without biases, the ``t5_bias`` relative position bias per stack, a relu MLP, no bias
 anywhere, one shared token embedding and an untied head, as T5 v1.0 with
 ``tie_word_embeddings=False``); its weights are copied into a randomly initialised HF T5
-of the same shape (:func:`copy_to_t5`; T5 does not scale attention scores by
-``1/sqrt(d_head)``, so its query weights are anyformer's divided by ``sqrt(d_head)``).
+of the same shape (:func:`copy_to_t5`, which is :func:`anyformer.interop.to_hf`; T5 does
+not scale attention scores by ``1/sqrt(d_head)``, so its query weights are anyformer's
+divided by ``sqrt(d_head)``).
 
 BART ("BART: Denoising Sequence-to-Sequence Pre-training for Natural Language
 Generation, Translation, and Comprehension", Lewis et al., 2020): a randomly initialised
@@ -33,7 +34,6 @@ each size in :data:`CONFIGS`.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -92,61 +92,17 @@ def anyformer_t5(cfg: dict[str, int]) -> nn.Module:
 
 
 def copy_to_t5(model: nn.Module, cfg: dict[str, int]) -> nn.Module:
-    """A ``T5ForConditionalGeneration`` computing what ``model`` computes.
+    """A ``T5ForConditionalGeneration`` computing what ``model`` computes:
+    :func:`anyformer.interop.to_hf` (:mod:`anyformer.interop.archs.t5`: T5's query weights
+    are anyformer's divided by ``sqrt(d_head)``, since T5 does not scale its scores; fused
+    ``qkv`` rows split into q, k, v and the cross-attention's ``kv`` into k, v)."""
+    from anyformer.interop import to_hf
 
-    anyformer scales scores by ``1/sqrt(d_head)``; T5 does not, so T5's query weights are
-    anyformer's divided by ``sqrt(d_head)``. Fused ``qkv`` rows split into T5's q, k, v and
-    the cross-attention's ``kv`` into k, v."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    d, heads = cfg["d"], cfg["heads"]
-    d_head = d // heads
-    config = T5Config(
-        vocab_size=cfg["vocab"], d_model=d, d_kv=d_head, d_ff=cfg["d_ff"],
-        num_layers=cfg["layers"], num_decoder_layers=cfg["layers"], num_heads=heads,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        dropout_rate=0.0, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
-        tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )  # fmt: skip
-    config.tie_word_embeddings = False  # (the keyword alone does not untie them here)
-    hf = T5ForConditionalGeneration(config).eval()
+    hf = to_hf(model)
     if hf.lm_head.weight is hf.shared.weight:
         raise AssertionError("HF T5 tied its head to the embedding; the mapping needs it untied")
-    scale = 1.0 / math.sqrt(d_head)
-    state: dict[str, torch.Tensor] = {"shared.weight": model.embed.weight}
-    state["encoder.embed_tokens.weight"] = model.embed.weight
-    state["decoder.embed_tokens.weight"] = model.embed.weight
-    state["lm_head.weight"] = model.head.weight
-    for side, stack in (("encoder", model.encoder), ("decoder", model)):
-        state[f"{side}.final_layer_norm.weight"] = stack.norm.weight
-        rel = stack.position.bias.weight
-        state[f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = rel
-        for i, block in enumerate(stack.blocks):
-            pre = f"{side}.block.{i}.layer"
-            q, k, v = block.mixer.qkv.weight.split(d, dim=0)
-            state[f"{pre}.0.SelfAttention.q.weight"] = q * scale
-            state[f"{pre}.0.SelfAttention.k.weight"] = k
-            state[f"{pre}.0.SelfAttention.v.weight"] = v
-            state[f"{pre}.0.SelfAttention.o.weight"] = block.mixer.out.weight
-            state[f"{pre}.0.layer_norm.weight"] = block.norm1.weight
-            ff = 1
-            if side == "decoder":
-                ck, cv = block.cross.kv.weight.split(d, dim=0)
-                state[f"{pre}.1.EncDecAttention.q.weight"] = block.cross.q.weight * scale
-                state[f"{pre}.1.EncDecAttention.k.weight"] = ck
-                state[f"{pre}.1.EncDecAttention.v.weight"] = cv
-                state[f"{pre}.1.EncDecAttention.o.weight"] = block.cross.out.weight
-                state[f"{pre}.1.layer_norm.weight"] = block.norm_cross.weight
-                ff = 2
-            state[f"{pre}.{ff}.DenseReluDense.wi.weight"] = block.ffn.up.weight
-            state[f"{pre}.{ff}.DenseReluDense.wo.weight"] = block.ffn.down.weight
-            state[f"{pre}.{ff}.layer_norm.weight"] = block.norm2.weight
-    with torch.no_grad():
-        missing, unexpected = hf.load_state_dict(
-            {k: v.detach().clone() for k, v in state.items()}, strict=False
-        )
-    if unexpected or missing:
-        raise AssertionError(f"T5 weights not mapped: missing {missing}, unexpected {unexpected}")
+    if hf.config.d_ff != cfg["d_ff"] or hf.config.num_layers != cfg["layers"]:
+        raise AssertionError(f"T5 shape differs from {cfg}: {hf.config}")
     return hf
 
 

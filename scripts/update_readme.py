@@ -125,6 +125,17 @@ def benchmark_table(folder: Path) -> str:
             f"| time growth 1k -> 8k tokens, linear-cost mixers (worst: {worst}) | "
             f"{growth[worst]:.1f}x | <= {t['linear_cost_max_growth']:.0f}x | {mix['date'][:10]} |"
         )
+    onnx = newest(folder, "onnx_inference")
+    if onnx:
+        for name, res in onnx["results"].items():
+            lo, hi = res["ratio_spread"]
+            rows.append(
+                f"| ONNX Runtime vs eager PyTorch inference, {name} ({res['batch']}x"
+                f"{res['seq']}) | {res['ratio_eager_over_onnxruntime']:.2f}x ({lo:.2f}-{hi:.2f} "
+                f"over {onnx['rounds']} rounds; logits within "
+                f"{res['max_abs_difference_checked_shapes']:.0e}; load average "
+                f"{onnx['machine']['loadavg'][0]:.1f}) | none | {onnx['date'][:10]} |"
+            )
     return "\n".join(rows) + "\n"
 
 

@@ -9,6 +9,7 @@ stays fast::
     run = anyformer.train(anyformer.load_experiment("quickstart"))
     anyformer.check("mypkg.attn:MyAttention", "attention")   # the registry's contract tests
     loaded = anyformer.load_run(run.dir)                    # spec, model and task of a run
+    spec, model = anyformer.from_hf(hf_model)               # a transformers model, converted
 
 ``anyformer.components`` is both the function listing a slot's variants and the
 subpackage of built-in components (``anyformer.components.attention`` ...): importing
@@ -35,6 +36,8 @@ _LAZY = {
     "load_run": ("anyformer.lab.loaded", "load_run"),
     "LoadedRun": ("anyformer.lab.loaded", "LoadedRun"),
     "Run": ("anyformer.lab.run", "Run"),
+    "from_hf": ("anyformer.interop.hf", "from_hf"),
+    "to_hf": ("anyformer.interop.hf", "to_hf"),
 }
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Feed-forward channel mixers: mlp (gelu/relu/silu) and glu (swiglu/geglu)."""
+"""Feed-forward channel mixers: mlp (gelu/gelu_tanh/relu/silu) and glu (swiglu/geglu)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from torch import nn
 
 from anyformer.registry import Capabilities, Dims, Paper, register
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
+    (Hendrycks and Gimpel, 2016), the ``gelu_new`` of GPT-2 and BERT's original code."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
 
 
 def hidden_size(d_model: int, mult: float) -> int:
@@ -20,8 +27,11 @@ def hidden_size(d_model: int, mult: float) -> int:
 
 
 class MLPParams(BaseModel):
+    """``activation``: ``gelu`` (exact, erf), ``gelu_tanh`` (its tanh approximation,
+    GPT-2's ``gelu_new``), ``relu`` or ``silu``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
     mult: PositiveFloat = 4.0
 
 
@@ -29,15 +39,15 @@ class MLPParams(BaseModel):
     "ffn",
     "mlp",
     paper=Paper("Attention Is All You Need", 2017, "Vaswani et al."),
-    summary="two linear maps with a pointwise activation (gelu, relu or silu) between",
+    summary="two linear maps with a pointwise activation (gelu, gelu_tanh, relu or silu) between",
     params=MLPParams,
     caps=Capabilities(complexity="O(n)"),
 )
 class MLP(nn.Module):
     """W2 act(W1 x + b1) + b2 with hidden width ``mult * d_model``.
 
-    Paper: "Attention Is All You Need", Vaswani et al., 2017 (ReLU); GELU from
-    "Gaussian Error Linear Units", Hendrycks and Gimpel, 2016.
+    Paper: "Attention Is All You Need", Vaswani et al., 2017 (ReLU); GELU and its tanh
+    approximation from "Gaussian Error Linear Units", Hendrycks and Gimpel, 2016.
     """
 
     def __init__(self, dims: Dims, params: MLPParams) -> None:

@@ -65,6 +65,8 @@ class LearnedPosition(PositionScheme):
         self.table = nn.Embedding(dims.max_len, dims.d_model)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced (torch.export, ONNX): no data-dependent check
+            return x + self.table(positions)
         top = int(positions.max()) if positions.numel() else 0
         if top >= self.table.num_embeddings:
             raise ValueError(
