@@ -388,7 +388,28 @@ def patching(short: tuple[float, float], long: tuple[float, float],
     return fill
 
 
+# --------------------------------------------------------------------------- code
+def code_search(truncate: float, split: float, pool: float = 400.0) -> Callable[[Results], None]:
+    """``id`` (and ood) mrr@10 of (truncate, split) on a pool beside BM25 and TF-IDF."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        for variant, mrr in zip(r.variants, (truncate, split), strict=True):
+            metrics = {"mrr@10": mrr, "pool": pool, "baselines.bm25.mrr@10": 0.4,
+                       "baselines.tfidf.mrr@10": 0.45}  # fmt: skip
+            put(r, variant.label, metrics)
+            put(r, variant.label, {"mrr@10": mrr / 2}, "ood")
+
+    return fill
+
+
 CASES: dict[str, list[Case]] = {
+    "split_encode_aggregate_long_code": [
+        Case("split ahead by 0.05", HOLDS, code_search(0.20, 0.25)),
+        Case("split ahead by only 0.01", NOT, code_search(0.20, 0.21)),
+        Case("truncation ahead", NOT, code_search(0.25, 0.20)),
+        Case("neither above 3x chance (0.022)", UNDECIDED, code_search(0.005, 0.008)),
+    ],
     "inverted_variate_tokens": [
         Case("variates ahead on both", HOLDS, variate_tokens((0.80, 0.72), (1.0, 0.9))),
         Case("variates ahead by 1% on the VAR", NOT, variate_tokens((0.80, 0.79), (1.0, 0.9))),

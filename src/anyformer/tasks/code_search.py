@@ -131,9 +131,7 @@ class CodeSearch(Task):
     def functions(self) -> tuple[CodeFunction, ...]:
         return library_functions(self.params.root)
 
-    def _raw_pairs(
-        self, split: str, seen_q: set[str], seen_k: set[str]
-    ) -> list[tuple[str, str]]:
+    def _raw_pairs(self, split: str, seen_q: set[str], seen_k: set[str]) -> list[tuple[str, str]]:
         p = self.params
         out = []
         for f in self.functions:

@@ -2,6 +2,7 @@
 
 from anyformer.lab.findings import (  # noqa: F401
     algorithmic,
+    code,
     depth,
     generalization,
     icl,
