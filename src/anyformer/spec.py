@@ -76,12 +76,17 @@ ModelKind = Literal["decoder", "encoder", "prefix_lm", "encoder_decoder"]
 
 class LayerOverride(_Frozen):
     """Per-layer replacements of block slots, for hybrid stacks (e.g. MASFormer: local
-    attention everywhere but full softmax in a few layers). Unset fields keep the model's."""
+    attention everywhere but full softmax in a few layers). Unset fields keep the model's.
+
+    ``n_heads`` keeps fewer attention heads in this layer than the model's ``n_heads``,
+    each still ``d_model / model.n_heads`` wide (what head pruning writes,
+    :mod:`anyformer.compress.prune`); only mixers in :data:`HEAD_SUBSET_MIXERS` take it."""
 
     attention: AttentionRef | None = None
     norm: NormRef | None = None
     ffn: FFNRef | None = None
     norm_placement: LayoutRef | None = None
+    n_heads: int | None = Field(None, gt=0, le=limits.MAX_HEADS)
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> Any:
@@ -99,6 +104,9 @@ class LayerSpec:
 
 
 BLOCK_SLOTS = ("attention", "norm", "ffn", "norm_placement")
+#: Mixers that run with fewer heads than ``d_model / d_head`` (``layers.N.n_heads``):
+#: their projections are sized by ``Dims.n_heads`` and ``Dims.d_head`` alone.
+HEAD_SUBSET_MIXERS = ("softmax",)
 #: Input kinds whose per-example shape (``model.input_shape``) the task fills in.
 SHAPED_INPUTS = ("image", "table", "audio", "series")
 
@@ -215,7 +223,7 @@ class ModelSpec(_Frozen):
                 )
         for i in range(self.n_layers):
             where = f"layers.{i}." if i in self.layers else ""
-            problem = self._check_layer(self.layer(i), self.dims(i), where)
+            problem = self._check_heads(i) or self._check_layer(self.layer(i), self.dims(i), where)
             if problem:
                 raise ValueError(problem)
         problem = self._check_io() or self._check_kind()
@@ -226,6 +234,39 @@ class ModelSpec(_Frozen):
         if problem:
             raise ValueError(f"depth='{self.depth.name}': {problem}")
         return self
+
+    def _check_heads(self, i: int) -> str | None:
+        """Why ``layers.i.n_heads`` cannot hold (``None`` when unset or fine)."""
+        over = self.layers.get(i)
+        heads = getattr(over, "n_heads", None)
+        if heads is None:
+            return None
+        attn = self.layer(i).attention
+        if heads > self.n_heads:
+            return (
+                f"layers.{i}.n_heads={heads} is more than model.n_heads={self.n_heads}; a "
+                f"layer keeps at most the model's heads (each d_model/n_heads wide)"
+            )
+        if attn.name not in HEAD_SUBSET_MIXERS:
+            return (
+                f"layers.{i}.n_heads={heads}: attention='{attn.name}' cannot run with fewer "
+                f"heads than the model's; mixers that can: {', '.join(HEAD_SUBSET_MIXERS)}"
+            )
+        kv = getattr(attn.config, "kv_heads", None)
+        if kv is not None and kv != heads:
+            return (
+                f"layers.{i}.n_heads={heads} with kv_heads={kv}: a layer with its own head "
+                f"count keeps one key/value head per query head (kv_heads unset)"
+            )
+        pos = self.position.entry
+        if pos.caps.position_mode == "bias":
+            return (
+                f"layers.{i}.n_heads={heads} with position='{pos.name}': its score bias is "
+                f"per head of the model's n_heads; use a rotary, embedded or no position scheme"
+            )
+        if self.kind == "encoder_decoder":
+            return f"layers.{i}.n_heads={heads}: kind=encoder_decoder keeps the model's heads"
+        return None
 
     def _check_io(self) -> str | None:
         """The embedder and head against the inputs, the length and each other."""
@@ -425,6 +466,11 @@ class ModelSpec(_Frozen):
             )
         return None
 
+    def layer_heads(self, i: int) -> int:
+        """Attention heads of layer ``i``: ``layers.i.n_heads`` or the model's."""
+        heads = getattr(self.layers.get(i), "n_heads", None)
+        return self.n_heads if heads is None else heads
+
     def dims(self, layer: int = 0) -> registry.Dims:
         """The sizes and flags components of layer ``layer`` are built with (the token
         grid, if any, from the embedder's layout)."""
@@ -434,14 +480,20 @@ class ModelSpec(_Frozen):
             n_prefix=tokens.n_prefix,
             branches=getattr(tokens, "branches", None),
             d_model=self.d_model,
-            n_heads=self.n_heads,
+            n_heads=self.layer_heads(layer),
             max_len=self.max_len,
             causal=self.kind != "encoder",
             dropout=self.dropout,
             bias=self.bias,
             layer=layer,
             n_layers=self.n_layers,
+            head_dim=None if self.layer_heads(layer) == self.n_heads else self.d_head,
         )
+
+    @property
+    def d_head(self) -> int:
+        """The width of one attention head, ``d_model / n_heads`` (in every layer)."""
+        return self.d_model // self.n_heads
 
     def packing_problem(self, check_head: bool = True) -> str | None:
         """Why this model cannot take packed rows (several documents per row, told apart
