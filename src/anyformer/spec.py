@@ -609,6 +609,55 @@ class TrainSpec(_Frozen):
 
 # --------------------------------------------------------------------------- experiment
 #: A run's name: it names the run folder, so it is one safe path component.
+#: The adapter kinds (:mod:`anyformer.adapters`).
+AdapterKind = Literal["lora", "prompt", "prefix", "bitfit"]
+
+
+class AdapterSpec(_Frozen):
+    """Parameter-efficient adaptation (:mod:`anyformer.adapters`): only the adapter's
+    parameters (and, with ``train_head``, the head) train; the rest is frozen.
+
+    ``kind``: ``lora`` (Hu et al. 2021: ``W x + alpha/rank * B A dropout(x)`` on every
+    ``nn.Linear`` whose name in ``model.named_modules()`` matches ``target``, a glob such
+    as ``blocks.*.mixer.*``, or a regular expression written ``re:<pattern>``),
+    ``prompt`` (Lester et al. 2021: ``n_tokens`` learned vectors before the embedded
+    inputs, dropped before the readout), ``prefix`` (Li and Liang 2021: ``n_tokens``
+    learned keys and values per layer, softmax attention only) or ``bitfit`` (Ben Zaken
+    et al. 2022: only the biases). Given by name alone (``adapter: lora``) it takes the
+    defaults."""
+
+    kind: AdapterKind
+    rank: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0.0, le=1e6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target: str = Field("blocks.*.mixer.*", min_length=1, max_length=1000)
+    n_tokens: int = Field(8, gt=0, le=limits.MAX_LEN)
+    train_head: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"kind": data}
+        if isinstance(data, dict) and "name" in data and "kind" not in data:
+            data = dict(data)
+            data["kind"] = data.pop("name")
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _pattern(cls, target: str) -> str:
+        if target.startswith("re:"):
+            try:
+                re.compile(target[3:])
+            except re.error as exc:
+                raise ValueError(
+                    f"target={target!r} is not a regular expression ({exc}); write a glob "
+                    f"such as 'blocks.*.mixer.*' or 're:<pattern>'"
+                ) from None
+        return target
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_NAME_LEN = 100
 #: A plugin module name (``package.module``).
@@ -630,6 +679,7 @@ class ExperimentSpec(_Frozen):
     lists parts kept fixed during training (``embedder``, ``position``, ``blocks``,
     ``blocks.N``, ``blocks.N-M``, ``norm``: see :func:`freeze_prefixes`) and
     ``linear_probe`` freezes everything but the head. All three are part of the hash.
+    ``adapter`` (:class:`AdapterSpec`) trains a parameter-efficient adapter instead.
     """
 
     name: str = "custom"
@@ -642,6 +692,14 @@ class ExperimentSpec(_Frozen):
     init_from: str | None = Field(None, min_length=1, max_length=4096)
     freeze: tuple[str, ...] = ()
     linear_probe: bool = False
+    adapter: AdapterSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_no_adapter(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("adapter", 0) is None:
+            del data["adapter"]  # specs without one read and hash as before
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -694,6 +752,11 @@ class ExperimentSpec(_Frozen):
     @model_validator(mode="after")
     def _check_freeze(self) -> ExperimentSpec:
         freeze_prefixes(self.freeze, self.model.n_layers)  # raises naming the pattern
+        if self.adapter is not None and self.linear_probe:
+            raise ValueError(
+                f"adapter.kind={self.adapter.kind} with linear_probe=true: an adapter trains "
+                f"its own parameters (and the head); choose one of them"
+            )
         return self
 
     @model_validator(mode="after")

@@ -143,11 +143,14 @@ def check_init_from(spec: ExperimentSpec) -> Parent | None:
 
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's entries of ``model.state_dict()`` (:data:`NOT_BACKBONE` left out)."""
+    """The backbone's entries of ``model.state_dict()`` (:data:`NOT_BACKBONE` and an
+    adapter's parameters, :func:`anyformer.adapters.is_adapter_key`, left out)."""
+    from anyformer.adapters import is_adapter_key
+
     return {
         name: tensor
         for name, tensor in model.state_dict().items()
-        if name.split(".", 1)[0] not in NOT_BACKBONE
+        if name.split(".", 1)[0] not in NOT_BACKBONE and not is_adapter_key(name)
     }
 
 
