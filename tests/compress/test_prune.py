@@ -27,6 +27,7 @@ from anyformer.compress.prune import (
     structured_plan,
 )
 from anyformer.errors import SpecError
+from anyformer.lab import load_experiment
 from anyformer.lab.run import run_experiment
 from anyformer.model.transformer import build_model
 from anyformer.spec import ExperimentSpec
@@ -130,15 +131,11 @@ def test_spec_refuses_heads_on_other_mixers() -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = ExperimentSpec.from_dict({
-        "name": "quickstart",
-        "model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_len": 32},
-        "task": {"name": "copy", "min_len": 1, "max_len": 6, "ood_min_len": 7,
-                 "ood_max_len": 8, "n_symbols": 8},
-        "train": {"steps": 20, "batch_size": 16, "lr": 0.003, "warmup_steps": 3,
-                  "eval_every": 20, "eval_size": 32, "checkpoint_every": 20,
-                  "log_every": 10, "progress": False},
-    })  # fmt: skip
+    # the README quickstart, trained briefly
+    spec = load_experiment("quickstart").with_overrides(
+        ["train.steps=20", "train.eval_every=20", "train.checkpoint_every=20",
+         "train.eval_size=32", "train.batch_size=16", "train.progress=false"]
+    )  # fmt: skip
     return run_experiment(spec, out=tmp_path_factory.mktemp("runs")).dir
 
 
@@ -152,7 +149,8 @@ def test_prune_command_writes_a_smaller_run(run_dir: Path, tmp_path: Path, capsy
     assert set(c["metrics"]) == {"id", "ood"}
     assert (folder / "report.md").is_file() and "parent" in (folder / "prune.md").read_text()
     spec = ExperimentSpec.from_yaml(folder / "spec.yaml")
-    assert sum(spec.model.layer_heads(i) for i in range(2)) == 6
+    assert sum(spec.model.layer_heads(i) for i in range(2)) == 6  # 8 heads, 2 removed
+    assert spec.model.layers[0].ffn.config.mult == 2.0  # 256 hidden units, 128 kept
 
 
 def test_prune_magnitude_and_bad_method(run_dir: Path, tmp_path: Path, capsys: Any) -> None:
