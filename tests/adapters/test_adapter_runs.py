@@ -78,3 +78,10 @@ def test_merge_refuses_prompt_tuning_by_name(parent: Path, tmp_path: Path, capsy
     child = finetune(parent, tmp_path / "p", "adapter=prompt", "adapter.n_tokens=2")
     assert main(["merge", str(child)]) == 2
     assert "adapter.kind=prompt" in capsys.readouterr().err
+
+
+def test_finetune_from_an_adapted_run_is_refused(parent: Path, tmp_path: Path, capsys: Any) -> None:
+    child = finetune(parent, tmp_path / "l", "adapter.kind=lora")
+    code = main(["finetune", str(child), "copy", "train.steps=2", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "adapter.kind=lora" in capsys.readouterr().err
