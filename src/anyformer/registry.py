@@ -175,10 +175,13 @@ class Dims:
     grid: tuple[int, int] | None = None
     n_prefix: int = 0
     branches: tuple[int, ...] | None = None
+    #: the width of one head when a layer keeps fewer heads than ``d_model / d_head``
+    #: (``layers.N.n_heads``); ``None``: ``d_model // n_heads``
+    head_dim: int | None = None
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
 
 class NoParams(BaseModel):

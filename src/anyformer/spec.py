@@ -76,12 +76,17 @@ ModelKind = Literal["decoder", "encoder", "prefix_lm", "encoder_decoder"]
 
 class LayerOverride(_Frozen):
     """Per-layer replacements of block slots, for hybrid stacks (e.g. MASFormer: local
-    attention everywhere but full softmax in a few layers). Unset fields keep the model's."""
+    attention everywhere but full softmax in a few layers). Unset fields keep the model's.
+
+    ``n_heads`` keeps fewer attention heads in this layer than the model's ``n_heads``,
+    each still ``d_model / model.n_heads`` wide (what head pruning writes,
+    :mod:`anyformer.compress.prune`); only mixers in :data:`HEAD_SUBSET_MIXERS` take it."""
 
     attention: AttentionRef | None = None
     norm: NormRef | None = None
     ffn: FFNRef | None = None
     norm_placement: LayoutRef | None = None
+    n_heads: int | None = Field(None, gt=0, le=limits.MAX_HEADS)
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> Any:
@@ -99,6 +104,9 @@ class LayerSpec:
 
 
 BLOCK_SLOTS = ("attention", "norm", "ffn", "norm_placement")
+#: Mixers that run with fewer heads than ``d_model / d_head`` (``layers.N.n_heads``):
+#: their projections are sized by ``Dims.n_heads`` and ``Dims.d_head`` alone.
+HEAD_SUBSET_MIXERS = ("softmax",)
 #: Input kinds whose per-example shape (``model.input_shape``) the task fills in.
 SHAPED_INPUTS = ("image", "table", "audio", "series")
 
@@ -215,7 +223,7 @@ class ModelSpec(_Frozen):
                 )
         for i in range(self.n_layers):
             where = f"layers.{i}." if i in self.layers else ""
-            problem = self._check_layer(self.layer(i), self.dims(i), where)
+            problem = self._check_heads(i) or self._check_layer(self.layer(i), self.dims(i), where)
             if problem:
                 raise ValueError(problem)
         problem = self._check_io() or self._check_kind()
@@ -226,6 +234,39 @@ class ModelSpec(_Frozen):
         if problem:
             raise ValueError(f"depth='{self.depth.name}': {problem}")
         return self
+
+    def _check_heads(self, i: int) -> str | None:
+        """Why ``layers.i.n_heads`` cannot hold (``None`` when unset or fine)."""
+        over = self.layers.get(i)
+        heads = getattr(over, "n_heads", None)
+        if heads is None:
+            return None
+        attn = self.layer(i).attention
+        if heads > self.n_heads:
+            return (
+                f"layers.{i}.n_heads={heads} is more than model.n_heads={self.n_heads}; a "
+                f"layer keeps at most the model's heads (each d_model/n_heads wide)"
+            )
+        if attn.name not in HEAD_SUBSET_MIXERS:
+            return (
+                f"layers.{i}.n_heads={heads}: attention='{attn.name}' cannot run with fewer "
+                f"heads than the model's; mixers that can: {', '.join(HEAD_SUBSET_MIXERS)}"
+            )
+        kv = getattr(attn.config, "kv_heads", None)
+        if kv is not None and kv != heads:
+            return (
+                f"layers.{i}.n_heads={heads} with kv_heads={kv}: a layer with its own head "
+                f"count keeps one key/value head per query head (kv_heads unset)"
+            )
+        pos = self.position.entry
+        if pos.caps.position_mode == "bias":
+            return (
+                f"layers.{i}.n_heads={heads} with position='{pos.name}': its score bias is "
+                f"per head of the model's n_heads; use a rotary, embedded or no position scheme"
+            )
+        if self.kind == "encoder_decoder":
+            return f"layers.{i}.n_heads={heads}: kind=encoder_decoder keeps the model's heads"
+        return None
 
     def _check_io(self) -> str | None:
         """The embedder and head against the inputs, the length and each other."""
@@ -425,6 +466,11 @@ class ModelSpec(_Frozen):
             )
         return None
 
+    def layer_heads(self, i: int) -> int:
+        """Attention heads of layer ``i``: ``layers.i.n_heads`` or the model's."""
+        heads = getattr(self.layers.get(i), "n_heads", None)
+        return self.n_heads if heads is None else heads
+
     def dims(self, layer: int = 0) -> registry.Dims:
         """The sizes and flags components of layer ``layer`` are built with (the token
         grid, if any, from the embedder's layout)."""
@@ -434,14 +480,20 @@ class ModelSpec(_Frozen):
             n_prefix=tokens.n_prefix,
             branches=getattr(tokens, "branches", None),
             d_model=self.d_model,
-            n_heads=self.n_heads,
+            n_heads=self.layer_heads(layer),
             max_len=self.max_len,
             causal=self.kind != "encoder",
             dropout=self.dropout,
             bias=self.bias,
             layer=layer,
             n_layers=self.n_layers,
+            head_dim=None if self.layer_heads(layer) == self.n_heads else self.d_head,
         )
+
+    @property
+    def d_head(self) -> int:
+        """The width of one attention head, ``d_model / n_heads`` (in every layer)."""
+        return self.d_model // self.n_heads
 
     def packing_problem(self, check_head: bool = True) -> str | None:
         """Why this model cannot take packed rows (several documents per row, told apart
@@ -557,6 +609,55 @@ class TrainSpec(_Frozen):
 
 # --------------------------------------------------------------------------- experiment
 #: A run's name: it names the run folder, so it is one safe path component.
+#: The adapter kinds (:mod:`anyformer.adapters`).
+AdapterKind = Literal["lora", "prompt", "prefix", "bitfit"]
+
+
+class AdapterSpec(_Frozen):
+    """Parameter-efficient adaptation (:mod:`anyformer.adapters`): only the adapter's
+    parameters (and, with ``train_head``, the head) train; the rest is frozen.
+
+    ``kind``: ``lora`` (Hu et al. 2021: ``W x + alpha/rank * B A dropout(x)`` on every
+    ``nn.Linear`` whose name in ``model.named_modules()`` matches ``target``, a glob such
+    as ``blocks.*.mixer.*``, or a regular expression written ``re:<pattern>``),
+    ``prompt`` (Lester et al. 2021: ``n_tokens`` learned vectors before the embedded
+    inputs, dropped before the readout), ``prefix`` (Li and Liang 2021: ``n_tokens``
+    learned keys and values per layer, softmax attention only) or ``bitfit`` (Ben Zaken
+    et al. 2022: only the biases). Given by name alone (``adapter: lora``) it takes the
+    defaults."""
+
+    kind: AdapterKind
+    rank: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0.0, le=1e6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target: str = Field("blocks.*.mixer.*", min_length=1, max_length=1000)
+    n_tokens: int = Field(8, gt=0, le=limits.MAX_LEN)
+    train_head: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"kind": data}
+        if isinstance(data, dict) and "name" in data and "kind" not in data:
+            data = dict(data)
+            data["kind"] = data.pop("name")
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _pattern(cls, target: str) -> str:
+        if target.startswith("re:"):
+            try:
+                re.compile(target[3:])
+            except re.error as exc:
+                raise ValueError(
+                    f"target={target!r} is not a regular expression ({exc}); write a glob "
+                    f"such as 'blocks.*.mixer.*' or 're:<pattern>'"
+                ) from None
+        return target
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_NAME_LEN = 100
 #: A plugin module name (``package.module``).
@@ -578,6 +679,7 @@ class ExperimentSpec(_Frozen):
     lists parts kept fixed during training (``embedder``, ``position``, ``blocks``,
     ``blocks.N``, ``blocks.N-M``, ``norm``: see :func:`freeze_prefixes`) and
     ``linear_probe`` freezes everything but the head. All three are part of the hash.
+    ``adapter`` (:class:`AdapterSpec`) trains a parameter-efficient adapter instead.
     """
 
     name: str = "custom"
@@ -590,6 +692,14 @@ class ExperimentSpec(_Frozen):
     init_from: str | None = Field(None, min_length=1, max_length=4096)
     freeze: tuple[str, ...] = ()
     linear_probe: bool = False
+    adapter: AdapterSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_no_adapter(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("adapter", 0) is None:
+            del data["adapter"]  # specs without one read and hash as before
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -642,6 +752,11 @@ class ExperimentSpec(_Frozen):
     @model_validator(mode="after")
     def _check_freeze(self) -> ExperimentSpec:
         freeze_prefixes(self.freeze, self.model.n_layers)  # raises naming the pattern
+        if self.adapter is not None and self.linear_probe:
+            raise ValueError(
+                f"adapter.kind={self.adapter.kind} with linear_probe=true: an adapter trains "
+                f"its own parameters (and the head); choose one of them"
+            )
         return self
 
     @model_validator(mode="after")

@@ -132,6 +132,17 @@ def check_init_from(spec: ExperimentSpec) -> Parent | None:
     if spec.init_from is None:
         return None
     parent = read_parent(spec.init_from)
+    adapter = parent.spec.adapter
+    if adapter is not None and adapter.kind != "bitfit":  # BitFit's biases are backbone weights
+        raise SpecError(
+            f"init_from='{spec.init_from}': the parent run trained adapter.kind="
+            f"{adapter.kind}, which its backbone weights do not hold; "
+            + (
+                f"merge it first (anyformer merge {spec.init_from}) and start from the merged run"
+                if adapter.kind == "lora"
+                else "start from the run it was adapted from"
+            )
+        )
     changes = backbone_changes(parent.spec.model, spec.model)
     if changes:
         raise SpecError(
@@ -143,11 +154,14 @@ def check_init_from(spec: ExperimentSpec) -> Parent | None:
 
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's entries of ``model.state_dict()`` (:data:`NOT_BACKBONE` left out)."""
+    """The backbone's entries of ``model.state_dict()`` (:data:`NOT_BACKBONE` and an
+    adapter's parameters, :func:`anyformer.adapters.is_adapter_key`, left out)."""
+    from anyformer.adapters import is_adapter_key
+
     return {
         name: tensor
         for name, tensor in model.state_dict().items()
-        if name.split(".", 1)[0] not in NOT_BACKBONE
+        if name.split(".", 1)[0] not in NOT_BACKBONE and not is_adapter_key(name)
     }
 
 

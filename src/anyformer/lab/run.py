@@ -476,9 +476,14 @@ def run_folder(spec: ExperimentSpec, out: Path | str = "runs") -> Path:
 
 
 def prepare_model(spec: ExperimentSpec) -> Transformer:
-    """Build the model with the run's seed, so initial weights are reproducible."""
+    """Build the model with the run's seed, so initial weights are reproducible, with
+    ``spec.adapter`` added (:func:`anyformer.adapters.apply_adapter`: the rest frozen)."""
+    from anyformer.adapters import apply_adapter
+
     seed_everything(spec.train.seed)
-    return build_model(spec.model)
+    model = build_model(spec.model)
+    apply_adapter(model, spec.adapter)
+    return model
 
 
 def run_experiment(
@@ -516,6 +521,10 @@ def run_experiment(
         finally:
             trainer.close()
         run = Run(folder, spec, result, task)
+        if main and spec.adapter is not None:
+            from anyformer.adapters import save_adapter
+
+            save_adapter(folder, model, spec.adapter)
         if main and not result.interrupted:
             write_report(run, model, objective)
     return run

@@ -39,6 +39,15 @@ def qkv_projection(
     return linear
 
 
+def head_groups(qkv: nn.Module) -> tuple[int, ...]:
+    """The head layout of a :func:`qkv_projection`, also through a wrapper that keeps the
+    layer as ``base_layer`` (peft's LoRA layers)."""
+    layer = qkv
+    while not hasattr(layer, "head_groups") and hasattr(layer, "base_layer"):
+        layer = layer.base_layer
+    return layer.head_groups  # type: ignore[return-value]
+
+
 def project_qkv(
     qkv: nn.Linear, x: torch.Tensor, heads_first: bool = True
 ) -> tuple[torch.Tensor, ...]:
@@ -47,7 +56,7 @@ def project_qkv(
     Each part is ``[..., H_i, T, d_head]`` (``heads_first``, what attention kernels take)
     or ``[..., T, H_i, d_head]`` (heads next to the channels, as a one-token recurrent
     step over ``x [B, D]`` wants: ``[B, H_i, d_head]``)."""
-    groups: tuple[int, ...] = qkv.head_groups  # type: ignore[assignment]
+    groups: tuple[int, ...] = head_groups(qkv)
     heads = qkv(x).unflatten(-1, (sum(groups), -1))  # [..., T, sum(groups), d_head]
     if heads_first:  # one transpose, then views of it (as few ops as decoding allows)
         return heads.transpose(-3, -2).split(groups, dim=-3)
@@ -88,4 +97,4 @@ class QKVHeads(nn.Module):
         return self.projection_flops() + 4 * seq_len * self.n_heads * self.d_head
 
 
-__all__ = ["QKVHeads", "linear_flops", "project_qkv", "qkv_projection"]
+__all__ = ["QKVHeads", "head_groups", "linear_flops", "project_qkv", "qkv_projection"]
