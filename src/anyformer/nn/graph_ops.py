@@ -82,11 +82,13 @@ def sparse_graph(adjacency: torch.Tensor, padding_mask: torch.Tensor | None) -> 
     # stacked id of every dense node (-1 at padding)
     ids = torch.full((b * n,), -1, dtype=torch.long, device=device)
     ids[node_index] = torch.arange(node_index.numel(), device=device)
-    adj = adjacency.bool() & real[:, :, None] & real[:, None, :]
-    edge_flat = adj.reshape(-1).nonzero().squeeze(1)
-    target = edge_flat // n  # b * N + i
-    source = (edge_flat // (n * n)) * n + edge_flat % n  # b * N + j
-    edge_index = torch.stack([ids[source], ids[target]])
+    adj = adjacency.bool()
+    if padding_mask is not None:
+        adj = adj & (real[:, :, None] & real[:, None, :])
+    b_idx, i_idx, j_idx = adj.nonzero(as_tuple=True)  # row-major: graph, target, source
+    target = b_idx * n + i_idx
+    edge_flat = target * n + j_idx
+    edge_index = torch.stack([ids[b_idx * n + j_idx], ids[target]])
     return SparseGraph(node_index, node_index // n, edge_index, edge_flat, (b, n))
 
 
