@@ -291,3 +291,26 @@ def test_each_graph_mixer_learns_an_atlas_target_above_trivial(
         )
     majority = np.mean(test.targets.numpy() == np.bincount(train.targets.numpy()).argmax())
     assert float(acc) > majority + 0.1, (float(acc), majority)
+
+
+def test_a_task_can_train_edge_labels_with_the_edge_head() -> None:
+    """A graph model with ``head: edge_classify`` gives logits per pair of nodes, and the
+    tasks' default objective (masked cross-entropy) scores the pairs ``loss_mask`` marks."""
+    from anyformer.model import build_model
+    from anyformer.objectives.losses import CausalLM, CausalLMParams
+    from anyformer.spec import ModelSpec
+    from anyformer.tasks.base import Batch
+
+    x, mask, adj, attr = _dense(_graphs())
+    torch.manual_seed(0)
+    spec = ModelSpec(kind="encoder", embedder={"name": "graph_nodes"}, input_dim=D,
+                     attention="mpnn_vn", position="none", d_model=D, n_heads=H, n_layers=1,
+                     max_len=8, head="edge_classify", n_outputs=2, edge_dim=3)  # fmt: skip
+    model = build_model(spec)
+    logits = model(x, mask, adjacency=adj, edge_attr=attr)
+    assert logits.shape == (*adj.shape, 2)
+    pairs = mask[:, :, None] & mask[:, None, :]
+    batch = Batch(inputs=x, targets=adj.long(), loss_mask=pairs, padding_mask=mask)
+    loss = CausalLM(CausalLMParams(answer_only=True)).loss(logits, batch)
+    want = torch.nn.functional.cross_entropy(logits[pairs], adj.long()[pairs])
+    torch.testing.assert_close(loss, want)
