@@ -169,6 +169,9 @@ class ModelSpec(_Frozen):
     vocab_size: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
     input_dim: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
     input_shape: tuple[Annotated[int, Field(gt=0, le=limits.MAX_LEN)], ...] | None = None
+    #: edge features per edge of a graph task's batches (``extras['edge_attr']``
+    #: ``[B, N, N, edge_dim]``); set by the task; ``None``: no edge features
+    edge_dim: int | None = Field(None, gt=0, le=limits.MAX_VOCAB)
     d_model: int = Field(128, gt=0, le=limits.MAX_D_MODEL)
     n_layers: int = Field(2, gt=0, le=limits.MAX_LAYERS)
     n_heads: int = Field(4, gt=0, le=limits.MAX_HEADS)
@@ -195,11 +198,11 @@ class ModelSpec(_Frozen):
 
     @model_serializer(mode="wrap")
     def _drop_unused(self, handler: Any) -> Any:
-        # the encoder–decoder's fields, when unset, and embed_norm when off are left out
+        # the encoder–decoder's fields and edge_dim, when unset, and embed_norm when off are left out
         # of written specs (those written before them read as they did)
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("encoder", "cross_attention"):
+            for key in ("encoder", "cross_attention", "edge_dim"):
                 if data.get(key, 0) is None:
                     del data[key]
             if data.get("embed_norm") is False:

@@ -17,7 +17,13 @@ from anyformer.errors import SpecError
 from anyformer.model import build_model
 from anyformer.registry import Dims, get
 from anyformer.spec import ModelSpec, parse
-from anyformer.tasks.graph_atlas import GraphAtlas, GraphAtlasParams, atlas_graphs, dense_batch
+from anyformer.tasks.graph_atlas import (
+    GraphAtlas,
+    GraphAtlasParams,
+    atlas_graphs,
+    dense_batch,
+    dense_edge_attr,
+)
 from anyformer.tasks.packing import model_inputs
 
 
@@ -139,7 +145,8 @@ def test_padded_graphs_equal_each_graph_alone(task: GraphAtlas) -> None:
         together = model(batch.inputs, **model_inputs(batch))
         for row, index in enumerate(batch.extras["graph"].tolist()):
             inputs, mask, adj = dense_batch([task.graphs[index]])
-            alone = model(inputs, mask, adjacency=adj)
+            edges = dense_edge_attr([task.graphs[index]], inputs.shape[1])
+            alone = model(inputs, mask, adjacency=adj, edge_attr=edges)
             torch.testing.assert_close(together[row], alone[0], rtol=1e-5, atol=1e-5)
 
 

@@ -169,6 +169,13 @@ class Context:
       no edges), from the batch extras of a graph task (``None``: not a graph). Mixers
       with the capability ``graph`` read it (validation refuses them in a model whose
       embedder makes no graph node tokens); other mixers ignore it.
+    - ``edges``: ``[B, T, T, D]`` float, the edge states of those graphs in the model's
+      width (``edges[b, i, j]``: the edge from node j to node i; meaningful on the
+      adjacency's edges only), or ``None`` (no edge features). The model fills it by
+      embedding the batch's ``edge_attr`` ``[B, T, T, E]`` (``model.edge_dim = E``) and
+      a graph mixer with an edge stream (``graph_attention``, as Dwivedi & Bresson)
+      replaces it with its updated edge states for the next layer
+      (:meth:`set_edges`); message-passing mixers (``gps``, ``mpnn_vn``) read it.
     - ``embed_state``: what the embedder hands the head besides its tokens
       (``Embedder.readout_state``: RevIN's statistics of a series embedder), passed to
       heads whose class sets ``reads_state``; mixers ignore it.
@@ -187,6 +194,11 @@ class Context:
     readout_mask: torch.Tensor | None = None
     adjacency: torch.Tensor | None = None
     embed_state: Any = None
+    edges: torch.Tensor | None = None
+
+    def set_edges(self, edges: torch.Tensor) -> None:
+        """Hand the next layers updated edge states ``[B, T, T, D]`` (an edge stream)."""
+        self.edges = edges
 
     def bias_positions(self) -> torch.Tensor:
         """1-D positions ``[T]`` for :meth:`PositionScheme.score_bias`.

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from torch import nn
 
+from anyformer.nn.graph_ops import current_token_mask, masked_batch_norm
 from anyformer.registry import Capabilities, Dims, NoParams, Paper, register
 
 
@@ -96,6 +97,10 @@ class BatchNormParams(BaseModel):
       ``gamma * LayerNorm(x) + (1 - gamma) * norm(x)`` with gamma falling linearly from 1
       to 0 over this many training-mode forward calls (one per optimiser step without
       gradient accumulation), counted in a buffer that checkpoints keep.
+    - ``mask_padding``: batch statistics count the real tokens alone (the model declares
+      its ``padding_mask``; :func:`~anyformer.nn.graph_ops.masked_batch_norm`), so padded
+      node tokens of a batch of graphs change nothing (padded positions come out 0);
+      ``False``: every position counts, padding included (what earlier versions did).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,6 +108,7 @@ class BatchNormParams(BaseModel):
     eps: PositiveFloat = 1e-5
     rep: bool = False
     progressive_steps: NonNegativeInt = 0
+    mask_padding: bool = True
 
 
 @register(
@@ -126,9 +132,11 @@ class BatchNorm(nn.Module):
     Causality: in training the statistics include later tokens (and other sequences), so
     a token's output depends on the future; a decoder could read the next tokens through
     them. ``check_dims`` therefore rejects it in decoders (``caps.causal_safe=False``).
-    Padding: the norm sees no padding mask, so in training padded tokens enter the batch
-    statistics (they do not in evaluation, where running statistics are used); keep
-    padding light or use evaluation mode when padding invariance matters.
+    Padding: with ``mask_padding`` (the default) the statistics are those of the real
+    tokens alone, the padding mask the model declares for its forward pass
+    (:func:`~anyformer.nn.graph_ops.token_mask_scope`), so adding or changing padding
+    leaves every real token's output unchanged, as the Graph Transformer's BatchNorm
+    over the nodes of a batch of graphs; without it padded tokens enter the statistics.
 
     Papers: BatchNorm in place of LayerNorm as in "A Generalization of Transformer
     Networks to Graphs", Dwivedi and Bresson, 2020; RepBN and the progressive schedule
@@ -148,6 +156,7 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(d))
         self.eta = nn.Parameter(torch.ones(())) if params.rep else None
         self.progressive_steps = params.progressive_steps
+        self.mask_padding = params.mask_padding
         if params.progressive_steps:
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
             self.ln_weight = nn.Parameter(torch.ones(d))
@@ -171,9 +180,10 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
-        flat = x.reshape(-1, d)
-        y = F.batch_norm(
-            flat,
+        mask = current_token_mask(x) if self.mask_padding else None
+        y = masked_batch_norm(
+            x,
+            mask,
             self.running_mean,
             self.running_var,
             self.weight,
@@ -181,7 +191,7 @@ class BatchNorm(nn.Module):
             self.training,
             self.momentum,
             self.eps,
-        ).view_as(x)
+        )
         if self.eta is not None:
             y = y + self.eta * x
         if self.progressive_steps:

@@ -309,7 +309,7 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     for key, value in io.items():
         if key in decided:
             continue
-        current = model[key]
+        current = model.get(key)  # unset optional fields (edge_dim) are left out
         if key == "input_shape" and value is not None:
             value = list(value)
         if current is None or current == defaults[key].default or current == value:

@@ -23,6 +23,7 @@ from anyformer.model.depth import DepthSchedule
 from anyformer.model.flops import count_params, forward_flops_per_token
 from anyformer.model.output import ModelOutput
 from anyformer.model.widths import nested_ffns, training_widths, widths_set
+from anyformer.nn.graph_ops import token_mask_scope
 from anyformer.nn.packing import positions_from_segments
 from anyformer.registry import Dims, capabilities, entry_of
 from anyformer.spec import LayerSpec, ModelSpec, parse
@@ -180,6 +181,8 @@ class Transformer(nn.Module):
         # ``embed_norm``: a norm of the model's kind over token + position embeddings
         self.embed_norm = _build(spec.norm, spec.dims()) if spec.embed_norm else None
         self.drop = dropout_or_identity(spec.dropout)
+        # graph edge features (model.edge_dim, from the task) -> ctx.edges in model width
+        self.edge_embed = nn.Linear(spec.edge_dim, spec.d_model) if spec.edge_dim else None
         self.blocks = nn.ModuleList(build_block(spec, i) for i in range(spec.n_layers))
         last = spec.layer(spec.n_layers - 1)
         final = capabilities(self.blocks[-1]).final_norm
@@ -219,6 +222,7 @@ class Transformer(nn.Module):
         prefix_len: torch.Tensor | None = ...,
         readout_mask: torch.Tensor | None = ...,
         adjacency: torch.Tensor | None = ...,
+        edge_attr: torch.Tensor | None = ...,
         source: torch.Tensor | None = ...,
         source_mask: torch.Tensor | None = ...,
         return_outputs: Literal[False] = ...,
@@ -237,6 +241,7 @@ class Transformer(nn.Module):
         prefix_len: torch.Tensor | None = ...,
         readout_mask: torch.Tensor | None = ...,
         adjacency: torch.Tensor | None = ...,
+        edge_attr: torch.Tensor | None = ...,
         source: torch.Tensor | None = ...,
         source_mask: torch.Tensor | None = ...,
         return_outputs: Literal[True],
@@ -254,6 +259,7 @@ class Transformer(nn.Module):
         prefix_len: torch.Tensor | None = None,
         readout_mask: torch.Tensor | None = None,
         adjacency: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
         source: torch.Tensor | None = None,
         source_mask: torch.Tensor | None = None,
         return_outputs: bool = False,
@@ -268,7 +274,9 @@ class Transformer(nn.Module):
         ``[N, ...]`` for the N of them (row-major; equal to ``outputs[readout_mask]`` of a
         full forward), for per-position heads. ``adjacency`` ``[B, T, T]`` bool: a batch of
         graphs' dense adjacency over the node tokens, for mixers with the capability
-        ``graph`` (``Context.adjacency``). ``source``/``source_mask`` are an
+        ``graph`` (``Context.adjacency``); ``edge_attr`` ``[B, T, T, E]`` their edge
+        features (zeros off the edges), embedded to ``Context.edges`` by a model with
+        ``edge_dim = E`` (:meth:`embed_edges`). ``source``/``source_mask`` are an
         encoder–decoder's (:class:`~anyformer.model.encoder_decoder.EncoderDecoder`); this
         stack refuses them rather than ignore an input."""
         if source is not None or source_mask is not None:
@@ -293,6 +301,7 @@ class Transformer(nn.Module):
             inputs, padding_mask, positions, segments, cache, last_only, return_outputs,
             prefix_len=prefix_len, readout_mask=readout_mask,
             adjacency=None if adjacency is None else adjacency.to(inputs.device, torch.bool),
+            edges=self.embed_edges(edge_attr, inputs.device),
         )  # fmt: skip
 
     def _forward(
@@ -352,12 +361,29 @@ class Transformer(nn.Module):
         )  # fmt: skip
         if cache is not None:
             cache.begin()
-        out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
+        with token_mask_scope(padding_mask):  # for norms that mask padding (batchnorm)
+            out = self.depth(self, x, ctx, inputs)  # the depth schedule runs the blocks
         if cache is not None:
             cache.end(t)
         if not isinstance(out, ModelOutput):  # a user's schedule returning the outputs
             out = ModelOutput(out)
         return out if return_outputs else out.logits
+
+    def embed_edges(
+        self, edge_attr: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor | None:
+        """``Context.edges`` ``[B, T, T, d_model]``: the linear embedding of a graph batch's
+        edge features ``edge_attr [B, T, T, edge_dim]`` (``None`` without them). A model
+        built without ``edge_dim`` refuses edge features rather than ignore them."""
+        if edge_attr is None:
+            return None
+        if self.edge_embed is None:
+            raise SpecError(
+                f"the batch carries edge features (edge_attr, {edge_attr.shape[-1]} per "
+                f"edge) but model.edge_dim is unset; set model.edge_dim={edge_attr.shape[-1]} "
+                f"(a graph task fills it)"
+            )
+        return self.edge_embed(edge_attr.to(device, self.edge_embed.weight.dtype))
 
     def embed_positions(self, embedded: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """What the first block reads: ``dropout(norm(position.embed(embedded, positions)))``

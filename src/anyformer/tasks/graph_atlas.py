@@ -10,8 +10,11 @@ per graph by the seed, the ``graph_nodes`` embedder flips them in training) and
 ``Batch`` of its graphs made dense (``to_dense_batch``, ``to_dense_adj``): ``inputs``
 ``[B, N, 7 + lap_pe + rwse]`` with ``N`` the batch's largest graph, ``padding_mask``
 ``[B, N]`` (True at real nodes), ``targets`` ``[B]`` (a class), and the extras
-``adjacency`` ``[B, N, N]`` bool (read by graph mixers as ``Context.adjacency``) and
-``graph`` ``[B]`` (the atlas index).
+``adjacency`` ``[B, N, N]`` bool (read by graph mixers as ``Context.adjacency``),
+``edge_attr`` ``[B, N, N, 1]`` (with ``edge_features``: 1 on every edge, 0 elsewhere;
+the atlas has no edge labels, so this constant feature, as Dwivedi & Bresson give graphs
+without edge labels, lets the edge-featured layers run; the model embeds it to
+``Context.edges``) and ``graph`` ``[B]`` (the atlas index).
 
 Targets (``target``): ``connected`` (2 classes), ``bipartite`` (2), ``diameter``
 (0 = disconnected, else the diameter + 1; 8 classes) and ``triangles`` (the triangle
@@ -54,7 +57,9 @@ class GraphAtlasParams(BaseModel):
     - ``id_fraction``: share of the small graphs held out for ``id``;
     - ``lap_pe``: Laplacian eigenvectors per node (0: none); ``rwse``: random-walk
       steps (0: none);
-    - ``gin_steps``: training steps of the GIN baseline."""
+    - ``gin_steps``: training steps of the GIN baseline;
+    - ``edge_features``: batches carry ``edge_attr`` (one constant feature per edge) and
+      the model gets ``edge_dim=1``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +69,7 @@ class GraphAtlasParams(BaseModel):
     lap_pe: int = Field(4, ge=0, le=6)
     rwse: int = Field(6, ge=0, le=16)
     gin_steps: int = Field(300, ge=1, le=5000)
+    edge_features: bool = True
 
 
 def graph_target(g: Any, target: str) -> int:
@@ -94,6 +100,7 @@ def atlas_graphs(lap_pe: int, rwse: int, seed: int) -> tuple[Any, ...]:
         n = g.number_of_nodes()
         edges = torch.tensor(list(g.edges()), dtype=torch.long).reshape(-1, 2).T
         data = Data(edge_index=torch.cat([edges, edges.flip(0)], 1), num_nodes=n)
+        data.edge_attr = torch.ones(data.edge_index.shape[1], 1)
         deg = torch.tensor([d for _, d in sorted(g.degree())], dtype=torch.long)
         data.x = torch.nn.functional.one_hot(deg, MAX_DEGREE + 1).float()
         data.graph = g
@@ -121,14 +128,35 @@ def atlas_graphs(lap_pe: int, rwse: int, seed: int) -> tuple[Any, ...]:
 
 def dense_batch(graphs: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyG ``Data`` graphs as padded node tokens: ``inputs [B, N, F]``, ``mask [B, N]``
-    (True at real nodes) and ``adjacency [B, N, N]`` bool."""
+    (True at real nodes) and ``adjacency [B, N, N]`` bool (``[b, i, j]``: an edge from
+    node j to node i, ``Context.adjacency``'s convention)."""
     from torch_geometric.data import Batch as PygBatch
     from torch_geometric.utils import to_dense_adj, to_dense_batch
 
     pyg = PygBatch.from_data_list([g.__class__(x=g.x, edge_index=g.edge_index) for g in graphs])
     inputs, mask = to_dense_batch(pyg.x, pyg.batch)
     adj = to_dense_adj(pyg.edge_index, pyg.batch, max_num_nodes=inputs.shape[1]) > 0
-    return inputs, mask, adj
+    return inputs, mask, adj.transpose(1, 2)  # PyG's [b, source, target] -> [b, i, j]
+
+
+def dense_edge_attr(graphs: list[Any], max_nodes: int) -> torch.Tensor:
+    """The edge features of PyG ``Data`` graphs (each with ``edge_attr [n_edges, E]``)
+    as the dense ``[B, max_nodes, max_nodes, E]`` tensor a batch carries in
+    ``extras['edge_attr']``: ``[b, i, j]`` holds the features of graph b's edge from
+    node j to node i (the adjacency's convention), zeros where there is no edge. The
+    model embeds it to ``Context.edges`` (``model.edge_dim = E``)."""
+    from torch_geometric.data import Batch as PygBatch
+    from torch_geometric.utils import to_dense_adj
+
+    pyg = PygBatch.from_data_list(
+        [g.__class__(edge_index=g.edge_index, edge_attr=g.edge_attr, num_nodes=g.num_nodes)
+         for g in graphs]
+    )  # fmt: skip
+    attr = pyg.edge_attr.float()
+    if attr.dim() == 1:
+        attr = attr[:, None]
+    dense = to_dense_adj(pyg.edge_index, pyg.batch, attr, max_num_nodes=max_nodes)
+    return dense.transpose(1, 2)
 
 
 def train_gin(graphs: list[Any], labels: np.ndarray, n_classes: int, steps: int, seed: int) -> Any:
@@ -209,6 +237,7 @@ class GraphAtlas(SupervisedTask):
             "embedder": {"name": "graph_nodes", "lap_pe": p.lap_pe, "rwse": p.rwse},
             "head": "classify",
             "n_outputs": self.n_classes,
+            **({"edge_dim": 1} if p.edge_features else {}),
         }
 
     def max_seq_len(self) -> int:
@@ -217,13 +246,17 @@ class GraphAtlas(SupervisedTask):
     def to_batch(self, x: np.ndarray, y: np.ndarray) -> Batch:
         """The graphs at atlas indices ``x`` as padded node tokens (module docstring)."""
         rows = [int(i) for i in x]
-        inputs, mask, adj = dense_batch([self.graphs[i] for i in rows])
+        graphs = [self.graphs[i] for i in rows]
+        inputs, mask, adj = dense_batch(graphs)
+        extras = {"adjacency": adj, "graph": torch.tensor(rows, dtype=torch.long)}
+        if self.params.edge_features:
+            extras["edge_attr"] = dense_edge_attr(graphs, inputs.shape[1])
         return Batch(
             inputs=inputs,
             targets=torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
             loss_mask=torch.ones(len(rows), dtype=torch.bool),
             padding_mask=mask,
-            extras={"adjacency": adj, "graph": torch.tensor(rows, dtype=torch.long)},
+            extras=extras,
         )
 
     def _examples(self, rows: np.ndarray) -> Examples:

@@ -32,7 +32,7 @@ from anyformer.tasks.base import Batch
 PACKING_EXTRAS = ("segments", "positions")
 #: Batch extras that are model inputs of other kinds: an encoder–decoder's ``source``
 #: and ``source_mask``, a prefix LM's ``prefix_len`` (see ``docs/architecture.md``).
-KIND_EXTRAS = ("source", "source_mask", "prefix_len", "adjacency")
+KIND_EXTRAS = ("source", "source_mask", "prefix_len", "adjacency", "edge_attr")
 #: Batch extras that choose what the model reads out: ``readout_mask`` (the head runs at
 #: those positions alone; an objective sets it for its training forward, never a task).
 READOUT_EXTRAS = ("readout_mask",)
@@ -87,7 +87,7 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     """Keyword arguments of ``Transformer.forward`` for ``batch`` besides its inputs:
     ``padding_mask``; for a packed batch, ``segments`` and ``positions``; and those of
     the batch's extras that other model kinds read: ``source`` and ``source_mask`` (an
-    encoder–decoder), ``prefix_len`` (a prefix LM), ``adjacency`` (graphs), ``readout_mask`` (the positions the
+    encoder–decoder), ``prefix_len`` (a prefix LM), ``adjacency`` and ``edge_attr`` (graphs), ``readout_mask`` (the positions the
     head reads, set by an objective for its training forward)."""
     kwargs: dict[str, Any] = {"padding_mask": batch.padding_mask}
     for key in (*PACKING_EXTRAS, *KIND_EXTRAS, *READOUT_EXTRAS):

@@ -129,6 +129,9 @@ def padding_invariant(entry: Entry) -> None:
         if pooled(entry, head):
             close(out_noisy, out, f"with model.pool={pool} the padding tokens changed the output")
             close(out, short, f"with model.pool={pool} a padded row differs from the unpadded one")
+        elif getattr(head, "pairwise", False):  # [B, T, T, ...]: pairs of real tokens
+            close(out_noisy[:, :t, :t], out[:, :t, :t], "the padding tokens changed real pairs")
+            close(out[:, :t, :t], short, "a padded row's real pairs differ from the unpadded row's")
         else:
             close(out_noisy[:, :t], out[:, :t], "the padding tokens changed real tokens' outputs")
             close(out[:, :t], short, "a padded row's real tokens differ from the unpadded row's")

@@ -154,8 +154,15 @@ def gradients(entry: Entry) -> None:
         mixer = entry.build(entry.make_params(), mixer_dims(entry, 32, 4, T, False))
         position = registry.get("position", "none").build(None, mixer_dims(entry, 32, 4, T, False))
         ctx = Context(torch.arange(T), False, position, adjacency=graph_for(entry))
-        mixer(torch.randn(2, T, 32), ctx).pow(2).mean().backward()
-        no_dead_parameters(mixer, "on a graph" if entry.caps.graph else "on a grid")
+        if entry.caps.graph:  # edge states too: an edge stream's parameters act on them
+            ctx.edges = torch.randn(2, T, T, 32)
+        loss = mixer(torch.randn(2, T, 32), ctx).pow(2).mean()
+        if ctx.edges is not None:
+            loss = loss + ctx.edges.pow(2).mean()
+        loss.backward()
+        no_dead_parameters(
+            mixer, "on a graph with edge states" if entry.caps.graph else "on a grid"
+        )
         return
     kind = "decoder" if entry.caps.causal_safe else "encoder"
     extra = {} if kind == "decoder" else {"n_outputs": V}
