@@ -201,3 +201,11 @@ def test_bad_audio_specs_are_refused_naming_the_field() -> None:
                 embedder="spectrogram_patches",
             ),
         )
+
+
+def test_the_filterbank_builds_on_the_meta_device() -> None:
+    """Counting a model's parameters builds it on the meta device (``compare``): the
+    filterbank must not read a tensor's value there."""
+    with torch.device("meta"):
+        fb = mel_filterbank(256, 32, 8000)
+    assert fb.is_meta and fb.shape == (129, 32)

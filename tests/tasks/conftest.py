@@ -98,3 +98,55 @@ def make_image_tree() -> Callable[..., Path]:
 def image_tree(tmp_path: Path) -> Path:
     """:func:`write_image_tree` in a temporary folder ``images``."""
     return write_image_tree(tmp_path / "images")
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 8000, width: int = 2,
+              channels: int = 1) -> Path:  # fmt: skip
+    """``samples`` (float in ``[-1, 1]``, ``[n]`` or ``[n, channels]``) as a PCM WAV file
+    of ``width`` bytes per sample, written with the standard library's ``wave``."""
+    import wave
+
+    x = np.asarray(samples, dtype=np.float64).reshape(len(samples), -1 if len(samples) else 1)
+    x = np.repeat(x, channels, 1) if x.shape[1] == 1 else x
+    scale = 2.0 ** (8 * width - 1)
+    ints = np.clip(np.round(x * scale), -scale, scale - 1)
+    if width == 3:  # 24-bit: the low 3 bytes of each little-endian int32
+        data = ints.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].copy()
+    else:
+        data = (ints + 128).astype("<u1") if width == 1 else ints.astype(f"<i{width}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[1])
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data.tobytes())
+    return path
+
+
+def write_audio_tree(root: Path, classes: int = 2, per_class: int = 10, n: int = 2000) -> Path:
+    """A folder of ``classes`` class subfolders of ``per_class`` distinct 8 kHz 16-bit
+    clips of ``n`` samples: class ``c`` is a tone of ``(300 + 500 c) (1 + i / 50)`` Hz."""
+    t = np.arange(n) / 8000
+    for c in range(classes):
+        for i in range(per_class):
+            freq = (300 + 500 * c) * (1 + i / 50)
+            write_wav(root / f"class_{c}" / f"clip_{i}.wav", 0.5 * np.sin(2 * np.pi * freq * t))
+    return root
+
+
+@pytest.fixture
+def make_wav() -> Callable[..., Path]:
+    """:func:`write_wav`."""
+    return write_wav
+
+
+@pytest.fixture
+def make_audio_tree() -> Callable[..., Path]:
+    """:func:`write_audio_tree`."""
+    return write_audio_tree
+
+
+@pytest.fixture
+def audio_tree(tmp_path: Path) -> Path:
+    """:func:`write_audio_tree` in a temporary folder ``audio``."""
+    return write_audio_tree(tmp_path / "audio")

@@ -86,6 +86,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("dtmf", {"ood": "snr"}),
     # lap_pe off: eigenvectors of repeated eigenvalues depend on the LAPACK build
     ("graph_atlas", {"target": "triangles", "lap_pe": 0}),
+    ("series_classification", {}),
+    ("series_classification", {"dataset": "JapaneseVowels", "ood": "shift"}),
+    ("audio_folder", {"duration": 0.2}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -147,6 +150,9 @@ DIGESTS: dict[str, str] = {
     "dtmf": "2a1cb8c99a8bee5a",
     "dtmf,ood=snr": "61413b5eb7362e92",
     "graph_atlas,lap_pe=0,target=triangles": "7b4dc5f2f834c48b",
+    "series_classification": "06db843c6fe65a19",
+    "series_classification,dataset=JapaneseVowels,ood=shift": "165e6367953e09aa",
+    "audio_folder,duration=0.2": "9d7c0fea87fff1ca",
 }  # fmt: skip
 
 
@@ -191,8 +197,10 @@ def data_digest(task: Task) -> str:
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
 def test_task_data_is_pinned(
-    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
+    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path, audio_tree: Path
 ) -> None:
+    if name == "series_classification":
+        pytest.importorskip("sktime")
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib_tree)}
     if name == "text_files":
@@ -203,6 +211,8 @@ def test_task_data_is_pinned(
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":
         params = {**params, "path": str(image_tree)}
+    if name == "audio_folder":
+        params = {**params, "path": str(audio_tree)}
     digest = data_digest(build(name, params))
     case = _case_id(name, {k: v for k, v in params.items() if k not in ("root", "path")})
     assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -40,9 +42,10 @@ def mel_filterbank(
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min={f_min} < f_max={f_max} <= sample_rate/2")
     freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
-    mels = torch.linspace(
-        float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64
-    )
+    # the two edges as Python floats (math, not tensors: a model built on the meta device
+    # to count its parameters cannot read a tensor's value)
+    mel_lo, mel_hi = (2595.0 * math.log10(1.0 + f / 700.0) for f in (f_min, f_max))
+    mels = torch.linspace(mel_lo, mel_hi, n_mels + 2, dtype=torch.float64)
     edges = mel_to_hz(mels)
     lo, centre, hi = edges[:-2], edges[1:-1], edges[2:]
     up = (freqs[:, None] - lo) / (centre - lo)

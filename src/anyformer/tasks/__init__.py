@@ -6,6 +6,7 @@ Importing this package registers the built-in tasks.
 from anyformer.tasks import (  # noqa: F401
     algorithmic,
     audio,
+    audio_folder,
     code_search,
     forecast,
     graph_atlas,
@@ -20,6 +21,7 @@ from anyformer.tasks import (  # noqa: F401
     knowledge,
     pose,
     recall,
+    series_classification,
     shapes,
     super_resolution,
     symbolic,

@@ -77,10 +77,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def list_images(
-    folder: str, field: str, max_images: int
+    folder: str,
+    field: str,
+    max_images: int,
+    extensions: frozenset[str] = EXTENSIONS,
+    noun: str = "images",
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """The class names (sorted subfolders) and ``(relative path, class)`` of every image
-    below them, in sorted path order."""
+    """The class names (sorted subfolders) and ``(relative path, class)`` of every file
+    with one of ``extensions`` (lower case, any case in the name) below them, in sorted
+    path order; links out of the folder refused, more than ``max_images`` files refused
+    (``noun`` names the files in that message)."""
     root = Path(folder)
     if not root.is_dir():
         raise SpecError(f"task.{field}={folder!r}: no such folder")
@@ -106,12 +112,12 @@ def list_images(
                     )
             for name in files:
                 full = Path(here) / name
-                if full.suffix.lower() in EXTENSIONS:
+                if full.suffix.lower() in extensions:
                     found.append((full.relative_to(root).as_posix(), cls))
                     if len(found) > max_images:
                         raise SpecError(
-                            f"task.{field}={folder!r} holds more than task.max_images="
-                            f"{max_images} images"
+                            f"task.{field}={folder!r} holds more than task.max_{noun}="
+                            f"{max_images} {noun}"
                         )
     return classes, sorted(found)
 

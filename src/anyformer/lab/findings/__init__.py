@@ -2,6 +2,7 @@
 
 from anyformer.lab.findings import (  # noqa: F401
     algorithmic,
+    audio,
     code,
     depth,
     generalization,

@@ -47,6 +47,9 @@ class Comparison:
     seeds: int = 1
     match_params: bool = False
     lrs: list[float] | None = None
+    #: (rounds, steps) of the interleaved speed measurement after training
+    #: (:func:`~anyformer.lab.compare.compare`'s ``timing``)
+    timing: tuple[int, int] = (3, 3)
 
     def spec(self) -> ExperimentSpec:
         return ExperimentSpec.from_dict(self.base)

@@ -58,7 +58,7 @@ def reproduce(
                 progress(f"{name}: {key}")
             results[key] = compare(
                 comp.spec(), comp.axes, folder / key, seeds=comp.seeds, match_params=comp.match_params,
-                lrs=comp.lrs, progress=progress, replace=True,
+                lrs=comp.lrs, progress=progress, replace=True, timing=comp.timing,
                 per_seed=parent_runs(name, key, comp, results),
             )  # fmt: skip
         verdict = finding.check(results)
