@@ -86,6 +86,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("dtmf", {"ood": "snr"}),
     # lap_pe off: eigenvectors of repeated eigenvalues depend on the LAPACK build
     ("graph_atlas", {"target": "triangles", "lap_pe": 0}),
+    # lap_pe off for the same reason
+    ("graph_sbm", {"n_train": 16, "n_eval": 8, "lap_pe": 0, "rwse": 4}),
+    ("graph_sbm", {"n_train": 16, "n_eval": 8, "lap_pe": 0, "mode": "pattern", "ood": "pq"}),
+    ("graph_motifs", {"n_train": 16, "n_eval": 8, "lap_pe": 0}),
+    ("graph_file", {"lap_pe": 0, "level": "node", "target": "end"}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -147,6 +152,10 @@ DIGESTS: dict[str, str] = {
     "dtmf": "2a1cb8c99a8bee5a",
     "dtmf,ood=snr": "61413b5eb7362e92",
     "graph_atlas,lap_pe=0,target=triangles": "41864283f09c86b7",
+    "graph_sbm,lap_pe=0,n_eval=8,n_train=16,rwse=4": "a055deeff271f4ac",
+    "graph_sbm,lap_pe=0,mode=pattern,n_eval=8,n_train=16,ood=pq": "13f6dadc40d2b4a3",
+    "graph_motifs,lap_pe=0,n_eval=8,n_train=16": "9f897a40b7d70646",
+    "graph_file,lap_pe=0,level=node,target=end": "6a1f396235408f04",
 }  # fmt: skip
 
 
@@ -191,7 +200,7 @@ def data_digest(task: Task) -> str:
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
 def test_task_data_is_pinned(
-    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
+    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path, graph_file: Path
 ) -> None:
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib_tree)}
@@ -203,6 +212,8 @@ def test_task_data_is_pinned(
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":
         params = {**params, "path": str(image_tree)}
+    if name == "graph_file":
+        params = {**params, "path": str(graph_file)}
     digest = data_digest(build(name, params))
     case = _case_id(name, {k: v for k, v in params.items() if k not in ("root", "path")})
     assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"

@@ -55,6 +55,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
     "image_folder": {"size": 8},
     "forecast": {"length": 400, "lookback": 12, "horizon": 3},
+    "graph_atlas": {"gin_steps": 5},
+    "graph_sbm": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
+    "graph_motifs": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
+    "graph_file": {"gin_steps": 5},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -68,6 +72,9 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("pose_lifting", {"frames": 2}),
     ("table", {"dataset": "diabetes"}),
     ("forecast", {**SMALL["forecast"], "ood": "horizon", "data": "seasonal", "period": 6}),
+    ("graph_sbm", {**SMALL["graph_sbm"], "mode": "pattern", "ood": "pq"}),
+    ("graph_motifs", {**SMALL["graph_motifs"], "target": "in_motif", "features": "constant"}),
+    ("graph_file", {"gin_steps": 5, "level": "node", "target": "end"}),
 ]
 
 
@@ -77,7 +84,11 @@ def registered_cases() -> list[tuple[str, dict[str, Any]]]:
 
 
 def run_contract(
-    name: str, params: dict[str, Any], stdlib: Path, images: Path | None = None
+    name: str,
+    params: dict[str, Any],
+    stdlib: Path,
+    images: Path | None = None,
+    graphs: Path | None = None,
 ) -> list[CheckResult]:
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib)}
@@ -91,6 +102,9 @@ def run_contract(
     if name == "image_folder":
         assert images is not None
         params = {**params, "path": str(images)}
+    if name == "graph_file":
+        assert graphs is not None
+        params = {**params, "path": str(graphs)}
     entry = registry.get("task", name)
     return check_task(entry.cls, entry.make_params(params))
 
@@ -108,9 +122,9 @@ CASES = registered_cases()
     ids=[n + ("" if p is SMALL.get(n) else f"-{i}") for i, (n, p) in enumerate(CASES)],
 )
 def test_registered_task_keeps_the_contract(
-    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path
+    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path, graph_file: Path
 ) -> None:
-    results = run_contract(name, params, stdlib_tree, image_tree)
+    results = run_contract(name, params, stdlib_tree, image_tree, graph_file)
     assert [r.name for r in results] == list(CHECKS)
     assert not _failures(results), _failures(results)
 
@@ -119,10 +133,13 @@ def _ran(results: list[CheckResult]) -> set[str]:
     return {r.name for r in results if r.passed and not r.skipped}
 
 
-def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tree: Path) -> None:
+def test_the_contract_applies_where_tasks_declare_it(
+    stdlib_tree: Path, image_tree: Path, graph_file: Path
+) -> None:
     """The checks that depend on a declaration run where the task makes it."""
     examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
-                "image_folder", "tones", "graph_atlas"}  # fmt: skip
+                "image_folder", "tones", "graph_atlas", "graph_sbm", "graph_motifs",
+                "graph_file"}  # fmt: skip
     no_sizes = {
         "two_hop",
         "kg_reasoning",
@@ -135,9 +152,9 @@ def test_the_contract_applies_where_tasks_declare_it(stdlib_tree: Path, image_tr
     } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",
-                     "tones", "graph_atlas"}  # fmt: skip
+                     "tones", "graph_atlas", "graph_sbm", "graph_motifs", "graph_file"}  # fmt: skip
     for name in registry.components("task"):
-        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree))
+        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree, graph_file))
         sized = not (name in no_sizes or name.startswith("icl_"))
         assert ("declared_sizes" in ran) == sized, name
         assert ("baselines_same_prompts" in ran) == (name in with_majority), name

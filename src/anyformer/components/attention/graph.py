@@ -53,7 +53,11 @@ def neighbour_mask(ctx: Context, self_loops: bool) -> torch.Tensor:
     "(ctx.adjacency); pair with norm=batch_norm and a Laplacian PE as the paper does",
     params=GraphAttentionParams,
     caps=Capabilities(
-        causal_safe=False, position_modes=("none", "embed"), complexity="O(n^2)", graph=True
+        causal_safe=False,
+        position_modes=("none", "embed"),
+        complexity="O(n^2)",
+        graph=True,
+        packing=True,
     ),
 )
 class GraphAttention(QKVHeads):
@@ -61,7 +65,9 @@ class GraphAttention(QKVHeads):
     ``M`` is 0 on the edges of the graph (``ctx.adjacency``, plus self-loops) between real
     nodes and very negative elsewhere, so a node gives exactly zero weight to every
     non-neighbour (the exponential underflows to 0). Encoders over graph node tokens only:
-    validation refuses it without a graph embedder; edge features are not used.
+    validation refuses it without a graph embedder; edge features are not used. Packed
+    rows of graphs (``ctx.segments``, the adjacency block-diagonal per row) keep every
+    graph to itself, so packed outputs equal padded ones.
     Paper: "A Generalization of Transformer Networks to Graphs", Dwivedi & Bresson, 2020.
     """
 
