@@ -5,6 +5,7 @@ from anyformer.lab.findings import (  # noqa: F401
     code,
     depth,
     generalization,
+    graphs,
     icl,
     pretraining,
     series,
