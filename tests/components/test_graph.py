@@ -204,3 +204,14 @@ def test_packed_graphs_equal_padded_graphs(attention: str) -> None:
     mask = padded.padding_mask
     torch.testing.assert_close(back[mask], out_padded[mask], rtol=1e-5, atol=1e-5)
     assert task.score([back], [padded]) == task.score([out_padded], [padded])
+
+
+def test_graph_sbm_experiment_resolves_to_a_node_level_graph_transformer() -> None:
+    from anyformer.lab.experiments import load_experiment
+    from anyformer.lab.run import resolve
+
+    spec = resolve(load_experiment("graph_sbm"))
+    model = spec.model
+    assert model.embedder_ref.name == "graph_nodes" and model.attention.name == "graph_attention"
+    assert model.resolved_head == "token_classify" and model.n_outputs == 4
+    assert model.input_dim == 5 + 8 and model.packing_problem() is None
