@@ -54,8 +54,8 @@ def label(attention: str, lap_pe: int) -> str:
 class GraphTransformerPEAndSparsity(Finding):
     """Three Graph Transformers on ``graph_sbm`` (CLUSTER-like: 4 communities of 5-12
     nodes, p = 0.55, q = 0.25, one labelled seed per community; 500 training graphs),
-    BatchNorm, 4 layers of width 64, 800 steps of 32 graphs, one seed (the shared machine allowed no more): adjacency-masked
-    attention with 8 Laplacian eigenvectors (random sign flips in training), the same
+    BatchNorm, 4 layers of width 64, 800 steps of 32 graphs, one seed (the shared
+    machine allowed no more): adjacency-masked attention with 8 Laplacian eigenvectors (random sign flips in training), the same
     without PE, and full softmax attention over all node pairs with the PE. The measure is
     the benchmark's weighted accuracy (mean per-class recall) on the ``id`` graphs.
     Holds when the sparse model with PE is at least ``lead`` (0.01) ahead of both the one
