@@ -177,3 +177,48 @@ def test_graph_quickstart_learns_connectivity_beyond_the_majority_class(
     assert "gin" in capsys.readouterr().out
     base = ood["baselines"]
     assert ood["accuracy"] > base["majority"]["accuracy"] + 0.05 and "gin" in base
+
+
+@pytest.mark.parametrize("attention", ["graph_attention", "softmax"])
+def test_packed_graphs_equal_padded_graphs(attention: str) -> None:
+    """Node graphs packed into shared rows (block-diagonal adjacency and document mask)
+    give every node the output it has in the padded batch."""
+    from anyformer.tasks.graph_sbm import GraphSBM, GraphSBMParams
+    from anyformer.tasks.packing import pack_batch
+
+    task = GraphSBM(GraphSBMParams(n_train=16, n_eval=8, gin_steps=5, lap_pe=4, rwse=4), 0)
+    io = task.model_io()
+    torch.manual_seed(0)
+    spec = ModelSpec(kind="encoder", attention=attention, position="none", d_model=16,
+                     n_heads=2, n_layers=2, max_len=96, norm="batchnorm", **io)  # fmt: skip
+    model = build_model(spec).eval()
+    padded = task.make_eval_set("id", 8)[0]
+    packed, layout = pack_batch(padded, row_len=96)
+    assert packed.inputs.shape[0] < padded.inputs.shape[0]
+    adj = packed.extras["adjacency"]
+    lengths = padded.padding_mask.sum(1).tolist()
+    blocks = torch.zeros_like(adj)
+    for i, (row, start, n) in enumerate(layout.places):
+        assert n == lengths[i]
+        assert torch.equal(adj[row, start : start + n, start : start + n],
+                           padded.extras["adjacency"][i, :n, :n])  # fmt: skip
+        blocks[row, start : start + n, start : start + n] = True
+    assert not adj[~blocks].any()  # no edge between two graphs of a row
+    with torch.no_grad():
+        out_padded = model(padded.inputs, **model_inputs(padded))
+        out_packed = model(packed.inputs, **model_inputs(packed))
+    back = layout.unpack_padded(out_packed, padded.inputs.shape[1])
+    mask = padded.padding_mask
+    torch.testing.assert_close(back[mask], out_padded[mask], rtol=1e-5, atol=1e-5)
+    assert task.score([back], [padded]) == task.score([out_padded], [padded])
+
+
+def test_graph_sbm_experiment_resolves_to_a_node_level_graph_transformer() -> None:
+    from anyformer.lab.experiments import load_experiment
+    from anyformer.lab.run import resolve
+
+    spec = resolve(load_experiment("graph_sbm"))
+    model = spec.model
+    assert model.embedder_ref.name == "graph_nodes" and model.attention.name == "graph_attention"
+    assert model.resolved_head == "token_classify" and model.n_outputs == 4
+    assert model.input_dim == 5 + 8 and model.packing_problem() is None

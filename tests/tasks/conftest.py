@@ -150,3 +150,28 @@ def make_audio_tree() -> Callable[..., Path]:
 def audio_tree(tmp_path: Path) -> Path:
     """:func:`write_audio_tree` in a temporary folder ``audio``."""
     return write_audio_tree(tmp_path / "audio")
+
+
+def write_graph_file(path: Path, n_graphs: int = 12) -> Path:
+    """``torch.save`` of ``n_graphs`` PyG ``Data``: graph ``i`` has ``3 + i`` nodes and
+    is a cycle (``y = 1``) when ``i`` is odd, else a path (``y = 0``); ``x`` is each
+    node's degree, ``end`` marks the path's end nodes (a node-level class)."""
+    from torch_geometric.data import Data
+
+    graphs = []
+    for i in range(n_graphs):
+        n, cycle = 3 + i, i % 2
+        src = torch.arange(n if cycle else n - 1)
+        dst = (src + 1) % n
+        edges = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+        deg = torch.bincount(edges[0], minlength=n)
+        graphs.append(Data(x=deg[:, None].float(), edge_index=edges, y=torch.tensor([cycle]),
+                           end=(deg == 1).long(), num_nodes=n))  # fmt: skip
+    torch.save(graphs, path)
+    return path
+
+
+@pytest.fixture
+def graph_file(tmp_path: Path) -> Path:
+    """:func:`write_graph_file` in a temporary file ``graphs.pt``."""
+    return write_graph_file(tmp_path / "graphs.pt")

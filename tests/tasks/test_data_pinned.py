@@ -89,6 +89,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("series_classification", {}),
     ("series_classification", {"dataset": "JapaneseVowels", "ood": "shift"}),
     ("audio_folder", {"duration": 0.2}),
+    # lap_pe off for the same reason
+    ("graph_sbm", {"n_train": 16, "n_eval": 8, "lap_pe": 0, "rwse": 4}),
+    ("graph_sbm", {"n_train": 16, "n_eval": 8, "lap_pe": 0, "mode": "pattern", "ood": "pq"}),
+    ("graph_motifs", {"n_train": 16, "n_eval": 8, "lap_pe": 0}),
+    ("graph_file", {"lap_pe": 0, "level": "node", "target": "end"}),
 ]  # fmt: skip
 
 #: sha256 (first 16 hex digits) of each case's batches; see :func:`data_digest`.
@@ -153,6 +158,10 @@ DIGESTS: dict[str, str] = {
     "series_classification": "06db843c6fe65a19",
     "series_classification,dataset=JapaneseVowels,ood=shift": "165e6367953e09aa",
     "audio_folder,duration=0.2": "9d7c0fea87fff1ca",
+    "graph_sbm,lap_pe=0,n_eval=8,n_train=16,rwse=4": "a055deeff271f4ac",
+    "graph_sbm,lap_pe=0,mode=pattern,n_eval=8,n_train=16,ood=pq": "13f6dadc40d2b4a3",
+    "graph_motifs,lap_pe=0,n_eval=8,n_train=16": "9f897a40b7d70646",
+    "graph_file,lap_pe=0,level=node,target=end": "6a1f396235408f04",
 }  # fmt: skip
 
 
@@ -197,7 +206,12 @@ def data_digest(task: Task) -> str:
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[_case_id(n, p) for n, p in CASES])
 def test_task_data_is_pinned(
-    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path, audio_tree: Path
+    name: str,
+    params: dict[str, Any],
+    stdlib_tree: Path,
+    image_tree: Path,
+    audio_tree: Path,
+    graph_file: Path,
 ) -> None:
     if name == "series_classification":
         pytest.importorskip("sktime")
@@ -213,6 +227,8 @@ def test_task_data_is_pinned(
         params = {**params, "path": str(image_tree)}
     if name == "audio_folder":
         params = {**params, "path": str(audio_tree)}
+    if name == "graph_file":
+        params = {**params, "path": str(graph_file)}
     digest = data_digest(build(name, params))
     case = _case_id(name, {k: v for k, v in params.items() if k not in ("root", "path")})
     assert DIGESTS.get(case) == digest, f"{case}: data digest {digest}"

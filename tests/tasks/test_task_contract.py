@@ -55,6 +55,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "shapes": {"size": 8, "max_objects": 2, "ood_min_objects": 3, "ood_max_objects": 3},
     "image_folder": {"size": 8},
     "forecast": {"length": 400, "lookback": 12, "horizon": 3},
+    "graph_atlas": {"gin_steps": 5},
+    "graph_sbm": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
+    "graph_motifs": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
+    "graph_file": {"gin_steps": 5},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -69,6 +73,9 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("table", {"dataset": "diabetes"}),
     ("forecast", {**SMALL["forecast"], "ood": "horizon", "data": "seasonal", "period": 6}),
     ("series_classification", {"dataset": "JapaneseVowels", "ood": "shift"}),
+    ("graph_sbm", {**SMALL["graph_sbm"], "mode": "pattern", "ood": "pq"}),
+    ("graph_motifs", {**SMALL["graph_motifs"], "target": "in_motif", "features": "constant"}),
+    ("graph_file", {"gin_steps": 5, "level": "node", "target": "end"}),
 ]
 
 
@@ -83,6 +90,7 @@ def run_contract(
     stdlib: Path,
     images: Path | None = None,
     audio: Path | None = None,
+    graphs: Path | None = None,
 ) -> list[CheckResult]:
     if name in ("stdlib_lm", "text_corpus"):
         params = {**params, "root": str(stdlib)}
@@ -99,6 +107,9 @@ def run_contract(
     if name == "audio_folder":
         assert audio is not None
         params = {**params, "path": str(audio)}
+    if name == "graph_file":
+        assert graphs is not None
+        params = {**params, "path": str(graphs)}
     entry = registry.get("task", name)
     return check_task(entry.cls, entry.make_params(params))
 
@@ -116,9 +127,14 @@ CASES = registered_cases()
     ids=[n + ("" if p is SMALL.get(n) else f"-{i}") for i, (n, p) in enumerate(CASES)],
 )
 def test_registered_task_keeps_the_contract(
-    name: str, params: dict[str, Any], stdlib_tree: Path, image_tree: Path, audio_tree: Path
+    name: str,
+    params: dict[str, Any],
+    stdlib_tree: Path,
+    image_tree: Path,
+    audio_tree: Path,
+    graph_file: Path,
 ) -> None:
-    results = run_contract(name, params, stdlib_tree, image_tree, audio_tree)
+    results = run_contract(name, params, stdlib_tree, image_tree, audio_tree, graph_file)
     assert [r.name for r in results] == list(CHECKS)
     assert not _failures(results), _failures(results)
 
@@ -128,12 +144,12 @@ def _ran(results: list[CheckResult]) -> set[str]:
 
 
 def test_the_contract_applies_where_tasks_declare_it(
-    stdlib_tree: Path, image_tree: Path, audio_tree: Path
+    stdlib_tree: Path, image_tree: Path, audio_tree: Path, graph_file: Path
 ) -> None:
     """The checks that depend on a declaration run where the task makes it."""
     examples = {"digits", "mnist1d", "shapes", "super_resolution", "pose_lifting", "table",
                 "image_folder", "tones", "graph_atlas", "series_classification",
-                "audio_folder"}  # fmt: skip
+                "audio_folder", "graph_sbm", "graph_motifs", "graph_file"}  # fmt: skip
     no_sizes = {
         "two_hop",
         "kg_reasoning",
@@ -146,9 +162,11 @@ def test_the_contract_applies_where_tasks_declare_it(
     } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",
-                     "tones", "graph_atlas", "series_classification", "audio_folder"}  # fmt: skip
+                     "tones", "graph_atlas", "series_classification", "audio_folder",
+                     "graph_sbm", "graph_motifs", "graph_file"}  # fmt: skip
     for name in registry.components("task"):
-        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree, audio_tree))
+        ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree, audio_tree,
+                                graph_file))  # fmt: skip
         sized = not (name in no_sizes or name.startswith("icl_"))
         assert ("declared_sizes" in ran) == sized, name
         assert ("baselines_same_prompts" in ran) == (name in with_majority), name

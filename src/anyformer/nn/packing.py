@@ -49,6 +49,17 @@ class Packed:
             out[row, start : start + n] = seq
         return out
 
+    def pack_pairs(self, matrices: list[torch.Tensor], pad: float | int = 0) -> torch.Tensor:
+        """Pack per-sequence pairwise tensors (each ``[n_i, n_i, ...]``: a graph's adjacency
+        over its nodes) into ``[R, L, L, ...]``: sequence ``i``'s matrix on the diagonal
+        block of its place, ``pad`` everywhere else (so no pair crosses documents)."""
+        rows, length = self.segments.shape
+        first = matrices[0]
+        out = first.new_full((rows, length, length, *first.shape[2:]), pad)
+        for m, (row, start, n) in zip(matrices, self.places, strict=True):
+            out[row, start : start + n, start : start + n] = m
+        return out
+
     def unpack(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-token ``values [R, L, ...]`` back to one tensor per input sequence, in order."""
         return [values[row, start : start + n] for row, start, n in self.places]

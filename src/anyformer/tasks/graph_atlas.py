@@ -91,9 +91,7 @@ def atlas_graphs(lap_pe: int, rwse: int, seed: int) -> tuple[Any, ...]:
     with the encodings appended, ``edge_index`` both directions, ``n`` its node count),
     in atlas order."""
     import networkx as nx
-    from torch_geometric.data import Batch as PygBatch
     from torch_geometric.data import Data
-    from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
 
     out = []
     for g in nx.graph_atlas_g()[1:]:
@@ -105,35 +103,65 @@ def atlas_graphs(lap_pe: int, rwse: int, seed: int) -> tuple[Any, ...]:
         data.x = torch.nn.functional.one_hot(deg, MAX_DEGREE + 1).float()
         data.graph = g
         out.append(data)
+    add_encodings(out, lap_pe, rwse, seed)
+    return tuple(out)
+
+
+def add_encodings(
+    graphs: list[Any], lap_pe: int, rwse: int, seed: int, chunk_nodes: int | None = None
+) -> None:
+    """Append ``lap_pe`` Laplacian eigenvector columns (PyG's ``AddLaplacianEigenvectorPE``
+    on the symmetric normalised Laplacian, dense eigendecomposition at every size so the
+    result is deterministic; zeros past a graph's ``n - 1`` eigenvectors; signs drawn from
+    ``seed``) and ``rwse`` random-walk return probabilities (``AddRandomWalkPE``) to the
+    ``x`` of every PyG ``Data`` in ``graphs``, in place. The walks run on disjoint unions
+    of the graphs (a walk stays in its graph): one union of all (``chunk_nodes=None``),
+    or unions of consecutive graphs of at most ``chunk_nodes`` nodes (PyG's transform is
+    dense, cubic in the union's size, below 2,000 nodes)."""
+    from torch_geometric.data import Batch as PygBatch
+    from torch_geometric.data import Data
+    from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
+
     if lap_pe:
         with torch.random.fork_rng():  # the transform draws signs from torch's RNG
             torch.manual_seed(seed)
-            for data in out:
+            for data in graphs:
                 pe = torch.zeros(data.num_nodes, lap_pe)
                 k = min(lap_pe, data.num_nodes - 1)
                 if k > 0:
                     enc = AddLaplacianEigenvectorPE(k, attr_name="pe", is_undirected=True)
-                    pe[:, :k] = enc(Data(edge_index=data.edge_index, num_nodes=data.num_nodes)).pe
+                    enc.SPARSE_THRESHOLD = data.num_nodes + 1  # ARPACK's start is random
+                    plain = Data(edge_index=data.edge_index, num_nodes=data.num_nodes)
+                    pe[:, :k] = enc(plain).pe.float()
                 data.x = torch.cat([data.x, pe], 1)
-    if rwse:  # walks stay inside their graph: one transform over the disjoint union
+    if not rwse:
+        return
+    chunks: list[list[Any]] = [[]]
+    for data in graphs:
+        if (
+            chunk_nodes is not None
+            and chunks[-1]
+            and (sum(d.num_nodes for d in chunks[-1]) + data.num_nodes > chunk_nodes)
+        ):
+            chunks.append([])
+        chunks[-1].append(data)
+    for chunk in chunks:  # walks stay inside their graph: a transform per disjoint union
         union = PygBatch.from_data_list([Data(edge_index=d.edge_index, num_nodes=d.num_nodes)
-                                         for d in out])  # fmt: skip
+                                         for d in chunk])  # fmt: skip
         with warnings.catch_warnings():  # torch's beta notice about sparse CSR tensors
             warnings.simplefilter("ignore", UserWarning)
             rw = AddRandomWalkPE(rwse, attr_name="rw")(union).rw.float()
-        for data, part in zip(out, rw.split([d.num_nodes for d in out])):
+        for data, part in zip(chunk, rw.split([d.num_nodes for d in chunk])):
             data.x = torch.cat([data.x, part], 1)
-    return tuple(out)
 
 
 def dense_batch(graphs: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyG ``Data`` graphs as padded node tokens: ``inputs [B, N, F]``, ``mask [B, N]``
     (True at real nodes) and ``adjacency [B, N, N]`` bool (``[b, i, j]``: an edge from
     node j to node i, ``Context.adjacency``'s convention)."""
-    from torch_geometric.data import Batch as PygBatch
     from torch_geometric.utils import to_dense_adj, to_dense_batch
 
-    pyg = PygBatch.from_data_list([g.__class__(x=g.x, edge_index=g.edge_index) for g in graphs])
+    pyg = pyg_batch(graphs)
     inputs, mask = to_dense_batch(pyg.x, pyg.batch)
     adj = to_dense_adj(pyg.edge_index, pyg.batch, max_num_nodes=inputs.shape[1]) > 0
     return inputs, mask, adj.transpose(1, 2)  # PyG's [b, source, target] -> [b, i, j]
@@ -159,10 +187,22 @@ def dense_edge_attr(graphs: list[Any], max_nodes: int) -> torch.Tensor:
     return dense.transpose(1, 2)
 
 
-def train_gin(graphs: list[Any], labels: np.ndarray, n_classes: int, steps: int, seed: int) -> Any:
-    """A 3-layer GIN (PyG ``GINConv``, width 64, sum readout) fitted full-batch on the graphs."""
+def train_gin(
+    graphs: list[Any],
+    labels: np.ndarray,
+    n_classes: int,
+    steps: int,
+    seed: int,
+    node_level: bool = False,
+    batch_graphs: int | None = None,
+) -> Any:
+    """A 3-layer GIN (PyG ``GINConv``, width 64; Xu et al., 2019) fitted with Adam (lr
+    1e-3) on the graphs, full-batch or, with ``batch_graphs``, on that many graphs per
+    step drawn from ``seed``: graph classes from the sum readout of every layer
+    (``labels`` one per graph), or with ``node_level`` node classes from every layer's
+    node states (``labels`` one per node of the graphs in order). Its
+    ``forward(pyg_batch)`` gives the logits per graph (per node)."""
     from torch import nn
-    from torch_geometric.data import Batch as PygBatch
     from torch_geometric.nn import GINConv, global_add_pool
 
     class GIN(nn.Module):
@@ -176,25 +216,41 @@ def train_gin(graphs: list[Any], labels: np.ndarray, n_classes: int, steps: int,
             self.out = nn.Linear(64 * 3, n_classes)
 
         def forward(self, batch: Any) -> torch.Tensor:
-            h, pooled = batch.x, []
+            h, states = batch.x, []
             for conv in self.convs:
                 h = conv(h, batch.edge_index).relu()
-                pooled.append(global_add_pool(h, batch.batch))
-            return self.out(torch.cat(pooled, -1))
+                states.append(h if node_level else global_add_pool(h, batch.batch))
+            return self.out(torch.cat(states, -1))
 
     with torch.random.fork_rng(), torch.enable_grad():  # scores may run under no_grad
         torch.manual_seed(seed)
-        data = PygBatch.from_data_list(
-            [g.__class__(x=g.x, edge_index=g.edge_index) for g in graphs]
-        )
+        data = pyg_batch(graphs)
         y = torch.from_numpy(labels).long()
         model = GIN(graphs[0].x.shape[1])
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        rng = np.random.default_rng(seed)
+        ends = np.cumsum([g.num_nodes for g in graphs]) if node_level else None
         for _ in range(steps):
+            if batch_graphs is not None and batch_graphs < len(graphs):
+                rows = np.sort(rng.choice(len(graphs), batch_graphs, replace=False))
+                data = pyg_batch([graphs[i] for i in rows])
+                if ends is None:
+                    y = torch.from_numpy(labels[rows]).long()
+                else:
+                    y = torch.from_numpy(np.concatenate(
+                        [labels[ends[i] - graphs[i].num_nodes : ends[i]] for i in rows]
+                    )).long()  # fmt: skip
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(data), y).backward()
             opt.step()
     return model.eval()
+
+
+def pyg_batch(graphs: list[Any]) -> Any:
+    """The PyG ``Batch`` (disjoint union) of the graphs' ``x`` and ``edge_index``."""
+    from torch_geometric.data import Batch as PygBatch
+
+    return PygBatch.from_data_list([g.__class__(x=g.x, edge_index=g.edge_index) for g in graphs])
 
 
 @register(
@@ -290,13 +346,9 @@ class GraphAtlas(SupervisedTask):
         return self._fitted
 
     def baseline_predictions(self, batch: Batch) -> dict[str, np.ndarray]:
-        from torch_geometric.data import Batch as PygBatch
-
         gin = self.fitted_baselines()["gin"]
         graphs = [self.graphs[int(i)] for i in batch.extras["graph"]]
-        data = PygBatch.from_data_list(
-            [g.__class__(x=g.x, edge_index=g.edge_index) for g in graphs]
-        )
+        data = pyg_batch(graphs)
         with torch.no_grad():
             pred = gin(data).argmax(-1).numpy()
         n = len(graphs)

@@ -15,9 +15,12 @@ rows as fit (see :func:`anyformer.nn.packing.pack`). The packed batch carries
 
 Targets and loss masks move with their tokens, so per-token losses and metrics are
 those of the padded batch. Row tails are marked as padding (``padding_mask`` False,
-``loss_mask`` False). Other ``extras`` are kept as they are (per original row), so
-scores that read them must be computed on the padded batch with unpacked outputs, as
-the Trainer does with ``train.packing``.
+``loss_mask`` False). A graph batch's ``extras["adjacency"]`` ``[B, N, N]`` becomes the
+packed rows' ``[R, L, L]``: each graph's adjacency on the diagonal block of its nodes,
+nothing between graphs (:meth:`~anyformer.nn.packing.Packed.pack_pairs`). Other
+``extras`` are kept as they are (per original row), so scores that read them must be
+computed on the padded batch with unpacked outputs, as the Trainer does with
+``train.packing``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def pack_batch(batch: Batch, row_len: int | None = None) -> tuple[Batch, Packed]
     loss_mask = layout.pack_like([batch.loss_mask[i, : lengths[i]] for i in rows], False)
     extras = {k: v for k, v in batch.extras.items() if k not in PACKING_EXTRAS}
     extras.update(segments=layout.segments, positions=layout.positions)
+    if "adjacency" in extras:  # pairwise per row: each graph's block on the diagonal
+        adj = extras["adjacency"]
+        extras["adjacency"] = layout.pack_pairs([adj[i, : lengths[i], : lengths[i]] for i in rows])
     packed = Batch(
         inputs=layout.inputs,
         targets=targets,

@@ -101,7 +101,11 @@ def neighbour_mask(ctx: Context, self_loops: bool) -> torch.Tensor:
     "graph has edge features; pair with norm=batchnorm and a Laplacian PE as the paper",
     params=GraphAttentionParams,
     caps=Capabilities(
-        causal_safe=False, position_modes=("none", "embed"), complexity="O(n^2)", graph=True
+        causal_safe=False,
+        position_modes=("none", "embed"),
+        complexity="O(n^2)",
+        graph=True,
+        packing=True,
     ),
 )
 class GraphAttention(QKVHeads):
@@ -118,7 +122,9 @@ class GraphAttention(QKVHeads):
     stream ``e_ij <- BN(e + O_e w_ij)``, ``BN(e + FFN(e))`` (:class:`EdgeStream`, BatchNorm
     over the real edges and self-loops only) is handed to the next layer through
     ``ctx.set_edges``. Not done: the paper's clamp of the scores to [-5, 5] before the
-    exponential (the masked softmax here is stable without it).
+    exponential (the masked softmax here is stable without it). Packed rows of graphs
+    (``ctx.segments``, the adjacency block-diagonal per row) keep every graph to itself,
+    so packed outputs equal padded ones.
     Paper: "A Generalization of Transformer Networks to Graphs", Dwivedi & Bresson, 2020.
     """
 

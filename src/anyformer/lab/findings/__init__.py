@@ -6,6 +6,7 @@ from anyformer.lab.findings import (  # noqa: F401
     code,
     depth,
     generalization,
+    graph_encodings,
     graphs,
     icl,
     pretraining,
