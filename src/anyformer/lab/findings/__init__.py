@@ -9,6 +9,7 @@ from anyformer.lab.findings import (  # noqa: F401
     graphs,
     icl,
     pretraining,
+    quantization,
     series,
     vision,
 )
