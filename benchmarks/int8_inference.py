@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--runs", default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="measure the initial weights (speed and size only; the metric drop says nothing)",
+    )
+    parser.add_argument(
         "--run", default=None, help="measure this trained run folder instead of training one"
     )
     args = parser.parse_args(argv)
