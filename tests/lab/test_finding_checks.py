@@ -29,6 +29,7 @@ from anyformer.lab.compare import CompareResult, make_variants
 from anyformer.lab.findings import Verdict
 from anyformer.lab.findings import depth as depth_findings
 from anyformer.lab.findings import generalization as generalization_findings
+from anyformer.lab.findings import quantization as quantization_findings
 from anyformer.lab.findings.base import STATUSES, Finding
 from anyformer.lab.findings.reproduce import (
     Reproduction,
@@ -52,6 +53,8 @@ class Case:
     elastic: dict[str, dict[str, float]] = field(default_factory=dict)
     #: ``{variant label: ms}`` for ``forward_latency_ms``
     latency: dict[str, float] = field(default_factory=dict)
+    #: ``{attention: profile}`` for ``quantization_profile``
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @functools.cache
@@ -463,7 +466,60 @@ def atlas(ood: dict[str, tuple[float, float]], majority: float = 0.3,
     return fill
 
 
+def qprofile(max_abs: float, kurtosis: float, static_drop: float, bpb: float = 2.5) -> dict[str, float]:  # fmt: skip
+    """A ``quantization_profile`` (unigram entropy 4.6 bits per byte)."""
+    return {"max_abs": max_abs, "kurtosis": kurtosis, "mean_kurtosis": kurtosis / 2, "bpb": bpb,
+            "unigram": 4.6, "int8_static": bpb * (1 + static_drop), "int8_dynamic": bpb * 1.001,
+            "static_drop": static_drop, "dynamic_drop": 0.001}  # fmt: skip
+
+
+def no_metrics(results: Results) -> None:
+    """For checks that read everything from their own measurement of the runs."""
+
+
 CASES: dict[str, list[Case]] = {
+    "quantizable_attention_fewer_outliers": [
+        Case(
+            "gated removes the outliers",
+            HOLDS,
+            no_metrics,
+            profile={
+                "softmax": qprofile(40.0, 60.0, 0.05),
+                "clipped_softmax": qprofile(38.0, 55.0, 0.05),
+                "gated": qprofile(12.0, 8.0, 0.01),
+            },  # fmt: skip
+        ),
+        Case(
+            "fewer outliers but no less degradation",
+            NOT,
+            no_metrics,
+            profile={
+                "softmax": qprofile(40.0, 60.0, 0.02),
+                "clipped_softmax": qprofile(30.0, 20.0, 0.03),
+                "gated": qprofile(39.0, 70.0, 0.01),
+            },  # fmt: skip
+        ),
+        Case(
+            "softmax did not learn",
+            UNDECIDED,
+            no_metrics,
+            profile={
+                "softmax": qprofile(4.0, 3.0, 0.05, bpb=4.5),
+                "clipped_softmax": qprofile(3.0, 3.0, 0.01),
+                "gated": qprofile(3.0, 3.0, 0.01),
+            },  # fmt: skip
+        ),
+        Case(
+            "softmax loses nothing to int8",
+            UNDECIDED,
+            no_metrics,
+            profile={
+                "softmax": qprofile(40.0, 60.0, 0.0005),
+                "clipped_softmax": qprofile(10.0, 5.0, 0.0001),
+                "gated": qprofile(10.0, 5.0, 0.0001),
+            },  # fmt: skip
+        ),
+    ],
     "split_encode_aggregate_long_code": [
         Case("split ahead by 0.05", HOLDS, code_search(0.20, 0.25)),
         Case("split ahead by only 0.01", NOT, code_search(0.20, 0.21)),
@@ -845,6 +901,11 @@ def test_check_decides_synthetic_results(
 
     monkeypatch.setattr(depth_findings, "elastic_metric", elastic_metric)
     monkeypatch.setattr(generalization_findings, "forward_latency_ms", latency)
+    monkeypatch.setattr(
+        quantization_findings,
+        "quantization_profile",
+        lambda result, label: case.profile[label.split("=")[-1]],
+    )
     finding: Finding = registry.get("finding", name).cls()
     verdict = finding.check(results)
     assert verdict.status == case.expect, verdict.reason

@@ -31,7 +31,7 @@ from anyformer.model.transformer import Transformer, build_model
 from anyformer.objectives.losses import attach_objective
 from anyformer.spec import ExperimentSpec
 from anyformer.tasks.tokenizer import Codec
-from anyformer.training.checkpoint import latest_checkpoint, load_checkpoint
+from anyformer.training.checkpoint import checkpoint_info, latest_checkpoint, load_checkpoint
 
 
 def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
@@ -50,6 +50,11 @@ def load_run_model(run_dir: Path | str) -> tuple[ExperimentSpec, Transformer]:
     model = build_model(spec.model)  # spec.yaml holds the resolved spec
     # an objective's own modules (a generator, a decoder) are in the checkpoint too
     attach_objective(model, build_objective(spec, task_for_run(spec, folder)))
+    layout = checkpoint_info(path).get("quantization")
+    if layout is not None:  # written by ``anyformer quantize``: int8/int4 layers
+        from anyformer.compress.qmodel import rebuild_from_checkpoint
+
+        rebuild_from_checkpoint(model, layout, path)
     load_checkpoint(path, model)
     return spec, model.eval()
 

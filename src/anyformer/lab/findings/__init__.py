@@ -10,6 +10,7 @@ from anyformer.lab.findings import (  # noqa: F401
     graphs,
     icl,
     pretraining,
+    quantization,
     series,
     vision,
 )
