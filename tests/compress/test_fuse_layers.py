@@ -94,8 +94,14 @@ def test_refusals_name_the_field() -> None:
 def test_fuse_layers_command_writes_a_shallower_run(tmp_path: Path) -> None:
     spec, _, _, _ = _setup()
     spec = spec.with_overrides(
-        ["train.steps=2", "train.warmup_steps=1", "train.eval_size=8", "train.eval_every=2",
-         "train.checkpoint_every=2", "train.batch_size=4"]  # fmt: skip
+        [
+            "train.steps=2",
+            "train.warmup_steps=1",
+            "train.eval_size=8",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "train.batch_size=4",
+        ]  # fmt: skip
     )
     run = anyformer.lab.run.run_experiment(spec, tmp_path / "runs").dir
     assert main(["fuse-layers", str(run), "--drop", "1", "--recover-steps", "3",

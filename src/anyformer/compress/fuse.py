@@ -27,7 +27,6 @@ Norms of dropped blocks are not fused (only their linear layers). Supported: the
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -275,7 +274,9 @@ def fuse_layers_run(
     small, new, info = fuse_layers(run.model, spec, objective, batches, drop, recovery,
                                    lr if lr is not None else spec.train.lr)  # fmt: skip
     removed, _ = drop_blocks(run.model, spec, info["dropped"])
-    dest = (Path(out) if out is not None else run.dir.parent) / f"{spec.name}-fused{drop}-{new.hash}"
+    dest = (
+        Path(out) if out is not None else run.dir.parent
+    ) / f"{spec.name}-fused{drop}-{new.hash}"
     if dest.exists():
         raise RunFolderError(f"'{dest}' already exists; remove it or choose another --out")
     results = {

@@ -25,7 +25,9 @@ def fused_accuracies(result: CompareResult, label: str) -> list[dict[str, float]
 
     folders = result.run_dirs(label) if result.runs.get(label) else []
     if len(folders) < 2 or not all(f.is_dir() for f in folders):
-        raise NeedsCheckpoints(f"comparison '{result.dir}': the run folders of '{label}' are absent")
+        raise NeedsCheckpoints(
+            f"comparison '{result.dir}': the run folders of '{label}' are absent"
+        )
     pairs = []
     for a_dir, b_dir in zip(folders[0::2], folders[1::2]):
         try:
