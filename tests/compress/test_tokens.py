@@ -93,3 +93,27 @@ def test_refusals() -> None:
     quick = anyformer.lab.run.resolve(anyformer.load_experiment("quickstart"))
     with pytest.raises(SpecError, match="model.kind='decoder'"):
         check_reducible(build_model(quick.model), quick, "prune", 0.5, 1)
+
+
+@pytest.mark.slow
+def test_reduce_tokens_command_writes_the_curve(tmp_path: Any) -> None:
+    from anyformer.cli import main
+    from anyformer.commands.reduce_tokens import _keeps
+
+    spec, _ = _vit()
+    spec = spec.with_overrides(
+        [
+            "train.steps=2",
+            "train.warmup_steps=1",
+            "train.eval_size=16",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "train.batch_size=4",
+        ]  # fmt: skip
+    )
+    run = anyformer.lab.run.run_experiment(spec, tmp_path).dir
+    assert main(["reduce-tokens", str(run), "--keep", "1,0.5", "--method", "merge"]) == 0
+    table = (run / "token_reduction.md").read_text()
+    assert "| 1 | id | 17 |" in table and "| 0.5 | id | 9 |" in table
+    with pytest.raises(SpecError, match="--keep 'half'"):
+        _keeps("half")
