@@ -68,6 +68,25 @@ def test_ot_fusion_with_a_permuted_copy_recovers_the_model(ffn: str) -> None:
         assert (naive(x) - ref).abs().max() > 1e-2
 
 
+def test_ot_fusion_aligns_a_permuted_residual_stream_from_activations() -> None:
+    from anyformer.compress.merge_models import permute_residual
+
+    spec = _spec()
+    torch.manual_seed(0)
+    model = build_model(spec.model).eval()
+    twin = _permuted(model, 2)
+    x = torch.randint(0, 30, (4, 12))
+    permute_residual(twin, torch.randperm(16, generator=torch.Generator().manual_seed(3)), x)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(twin(x), ref, atol=1e-5)
+        fused, info = fuse(model, twin, spec, "ot", inputs=x)
+        assert info["residual_perm_moved"] > 0
+        assert torch.allclose(fused(x), ref, atol=1e-6)
+        units_only, _ = fuse(model, twin, spec, "ot")
+        assert (units_only(x) - ref).abs().max() > 1e-2
+
+
 def test_fusion_refuses_other_shapes_and_unsupported_components() -> None:
     with pytest.raises(SpecError, match="model.d_model: 16 vs 32"):
         check_same_shape(_spec(), _spec(d_model=32))

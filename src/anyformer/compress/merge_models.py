@@ -14,8 +14,12 @@ bias and output column; each head: its query, key and value rows and biases and 
 output columns). With equal numbers of units and uniform marginals the optimal plan is a
 permutation (Birkhoff), found exactly by the Hungarian algorithm
 (``scipy.optimize.linear_sum_assignment``). B is permuted, which leaves its function
-unchanged, and the two are averaged with weight ``alpha`` on B. The residual stream
-(embeddings, norms, head) is not permuted: it is averaged as it is.
+unchanged, and the two are averaged with weight ``alpha`` on B. Optionally (given a
+batch of inputs) B's residual stream is aligned first, as Imfeld et al. do: one
+permutation of the ``d_model`` channels, shared by the embedder, positions, norms, every
+block's input and output projections and the head, chosen by optimal transport with
+minus the correlation of the two models' residual activations on the batch as the cost;
+otherwise the residual stream is averaged as it is.
 ``method="average"`` is naive averaging without alignment, the baseline.
 
 Supported: mixers whose only parameters are the fused ``qkv`` (as many key/value heads
@@ -169,6 +173,72 @@ def align(model_a: Transformer, model_b: Transformer) -> dict[str, Any]:
     return info
 
 
+#: hidden (non-residual) axes of the block parameters whose size may equal d_model
+HIDDEN_AXES = {"mixer.qkv.weight": 0, "mixer.qkv.bias": 0, "mixer.out.weight": 1,
+               "ffn.up.weight": 0, "ffn.up.bias": 0, "ffn.gate_up.weight": 0,
+               "ffn.gate_up.bias": 0, "ffn.down.weight": 1}  # fmt: skip
+
+
+def permute_residual(
+    model: Transformer, perm: torch.Tensor, check: torch.Tensor | None = None
+) -> None:
+    """Reorder the residual-stream channels of ``model`` in place: channel ``i`` becomes
+    the old channel ``perm[i]``, along every axis of size ``d_model`` of every parameter
+    except the hidden axes of the q/k/v, output and FFN projections. With ``check``
+    (inputs), the outputs must be unchanged; otherwise the model is restored and refused
+    (an embedder or head with another axis of size ``d_model``)."""
+    d = perm.numel()
+    state = model.state_dict()
+    before = {k: v.clone() for k, v in state.items()}
+    if check is not None:
+        with torch.no_grad():
+            ref = model(check)
+    new = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            new[name] = tensor
+            continue
+        hidden = next((ax for key, ax in HIDDEN_AXES.items() if name.endswith(key)), None)
+        for axis, size in enumerate(tensor.shape):
+            if size == d and axis != hidden:
+                tensor = tensor.index_select(axis, perm.to(tensor.device))
+        new[name] = tensor
+    model.load_state_dict(new)
+    if check is not None:
+        with torch.no_grad():
+            out = model(check)
+        if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
+            model.load_state_dict(before)
+            raise SpecError(
+                "the residual stream of this model cannot be permuted by shape (an embedder, "
+                "position table or head has another axis of size d_model); use --align units"
+            )
+
+
+def residual_activations(model: Transformer, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``[N, d_model]``: the residual stream at the input of every block and after the
+    last one, every token of ``inputs`` (rows of all the points stacked)."""
+    seen: list[torch.Tensor] = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+             for b in model.blocks]  # fmt: skip
+    hooks.append(model.blocks[-1].register_forward_hook(lambda m, a, o: seen.append(o.detach())))
+    try:
+        with torch.no_grad():
+            model(inputs, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
+
+
+def residual_permutation(acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
+    """The channel permutation of B maximising the summed correlation with A's channels
+    (exact OT between uniform marginals, the cost being minus the correlation)."""
+    za = (acts_a - acts_a.mean(0)) / acts_a.std(0).clamp_min(1e-8)
+    zb = (acts_b - acts_b.mean(0)) / acts_b.std(0).clamp_min(1e-8)
+    return assignment(-(za.T.double() @ zb.double()) / len(za))
+
+
 def average_into(model_a: Transformer, model_b: Transformer, alpha: float = 0.5) -> None:
     """``A <- (1 - alpha) A + alpha B``, every parameter and floating buffer."""
     sb = model_b.state_dict()
@@ -184,8 +254,12 @@ def fuse(
     spec: ExperimentSpec,
     method: str = "ot",
     alpha: float = 0.5,
+    inputs: torch.Tensor | None = None,
 ) -> tuple[Transformer, dict[str, Any]]:
-    """A new model fusing ``model_a`` and ``model_b`` (neither is changed)."""
+    """A new model fusing ``model_a`` and ``model_b`` (neither is changed). With ``inputs``
+    (a batch of model inputs) and ``method="ot"``, B's residual stream is first aligned to
+    A's by the correlation of their activations on them (Imfeld et al.), then its heads
+    and neurons by their weights."""
     import copy
 
     if method not in METHODS:
@@ -195,6 +269,11 @@ def fuse(
     check_fusable(model_a, spec)
     fused, b = copy.deepcopy(model_a), copy.deepcopy(model_b)
     info: dict[str, Any] = {"method": method, "alpha": alpha}
+    if method == "ot" and inputs is not None:
+        perm = residual_permutation(residual_activations(fused, inputs),
+                                    residual_activations(b, inputs))  # fmt: skip
+        permute_residual(b, perm, inputs)
+        info["residual_perm_moved"] = int((perm != torch.arange(len(perm))).sum())
     if method == "ot":
         info |= align(fused, b)
     average_into(fused, b, alpha)
@@ -215,18 +294,25 @@ def fuse_runs(
     method: str = "ot",
     alpha: float = 0.5,
     out: Path | str | None = None,
+    align_residual: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Fuse two runs into a new run folder ``<out>/<name>-fused-<method>-<hash>`` (``out``
     defaults to A's parent) with ``spec.yaml``, ``checkpoint/`` at A's step,
     ``fusion.json`` and ``report.md`` comparing the fused model with both parents on A's
-    evaluation sets. Returns the folder and the results."""
+    evaluation sets. ``align_residual``: align the residual stream first, on the
+    activations of one training batch of A's task (past A's training steps). Returns the
+    folder and the results."""
     from anyformer.lab.loaded import load_run
     from anyformer.training.checkpoint import latest_checkpoint, save_checkpoint
     from anyformer.training.trainer import make_optimizer
 
     a, b = load_run(run_a), load_run(run_b)
     check_same_shape(a.spec, b.spec)
-    fused, info = fuse(a.model, b.model, a.spec, method, alpha)
+    inputs = None
+    if align_residual and method == "ot":
+        batch = a.task.train_batch(a.spec.train.steps, a.spec.train.batch_size)
+        inputs = batch.inputs.to(next(a.model.parameters()).device)
+    fused, info = fuse(a.model, b.model, a.spec, method, alpha, inputs)
     dest = Path(out) if out is not None else a.dir.parent
     dest = dest / f"{a.spec.name}-fused-{method}-{a.spec.hash}"
     if dest.exists():
