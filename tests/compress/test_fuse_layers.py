@@ -110,3 +110,13 @@ def test_fuse_layers_command_writes_a_shallower_run(tmp_path: Path) -> None:
     assert "| removed (3 blocks) | id |" in (dest / "report.md").read_text()
     _, small = anyformer.lab.generate.load_run_model(dest)
     assert len(small.blocks) == 3
+
+
+def test_per_layer_overrides_follow_their_blocks() -> None:
+    spec, model, _, _ = _setup(layers={3: {"n_heads": 1}, 1: {"n_heads": 1}})
+    small, new = drop_blocks(model, spec, [1])
+    assert set(new.model.layers) == {2} and new.model.layers[2].n_heads == 1
+    x = torch.randint(0, 30, (2, 9))
+    model.depth.order = lambda training: [0, 2, 3]
+    with torch.no_grad():
+        assert torch.equal(small(x), model(x))

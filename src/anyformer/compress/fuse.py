@@ -77,6 +77,10 @@ def drop_blocks(
     ``n_layers`` holding the other weights, and its spec."""
     keep = [i for i in range(len(model.blocks)) if i not in set(drop)]
     model_dict = spec.model.model_dump(mode="json") | {"n_layers": len(keep)}
+    # per-layer overrides follow their blocks to the new indices
+    model_dict["layers"] = {str(keep.index(int(i))): v
+                            for i, v in (model_dict.get("layers") or {}).items()
+                            if int(i) in keep}  # fmt: skip
     new = ExperimentSpec.from_dict({**spec.to_dict(), "model": model_dict})
     small = build_model(new.model)
     state = {}

@@ -67,6 +67,7 @@ def check_fusable(model: Transformer, spec: ExperimentSpec) -> None:
         )
     for i, block in enumerate(model.blocks):
         mixer, ffn = getattr(block, "mixer", None), getattr(block, "ffn", None)
+        ffn_name = spec.model.layer(i).ffn.name
         if mixer is None or _names(mixer) - {"qkv.weight", "qkv.bias", "out.weight", "out.bias"}:
             raise SpecError(
                 f"model.attention='{spec.model.attention.name}' (block {i}) has parameters "
@@ -78,9 +79,9 @@ def check_fusable(model: Transformer, spec: ExperimentSpec) -> None:
                 f"model.attention='{spec.model.attention.name}' (block {i}) has grouped "
                 f"key/value heads {groups}; fusion needs as many key/value heads as query heads"
             )
-        if ffn is None or spec.model.ffn.name not in ("mlp", "glu"):
+        if ffn is None or ffn_name not in ("mlp", "glu"):
             raise SpecError(
-                f"model.ffn='{spec.model.ffn.name}' (block {i}) is not mlp or glu; fusion "
+                f"model.ffn='{ffn_name}' (block {i}) is not mlp or glu; fusion "
                 "aligns the hidden neurons of those only"
             )
 
