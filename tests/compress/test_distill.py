@@ -184,6 +184,11 @@ def test_distill_command_writes_a_student_run_compared_with_its_teacher(
     losses = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in losses if "loss" in r and "split" not in r]
     assert train[-1] < train[0]  # the distillation loss decreases
+    from anyformer.lab.loaded import load_run
+
+    held = load_run(folder).model.objective_module.teacher.model.state_dict()
+    for name, tensor in load_run(teacher_run).model.state_dict().items():
+        assert torch.equal(held[name], tensor), name  # the trained teacher, frozen
 
 
 def test_distill_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@ trained run with logit and MiniLM attention-relation distillation.
 
 The student run's spec is the student experiment (its model and training) on the
 teacher's task, with ``objective: distill`` (:class:`~anyformer.objectives.distill.Distill`)
-holding the teacher's model spec and the teacher's objective as its base. Before training
-its first checkpoint (step 0) is written with the student's initial weights and the
-teacher's trained weights (``objective_module.teacher``); the Trainer then resumes it, so
-checkpoints, ``anyformer resume`` and reports work unchanged. The report ends with the
+naming the teacher run (``teacher``), its model spec and the teacher's objective as its
+base. When the run starts, :func:`~anyformer.lab.run.start_teacher` loads the teacher's
+trained weights into the frozen teacher the objective holds
+(``objective_module.teacher``), which the student's checkpoints then keep, so the
+Trainer, ``anyformer resume`` and reports work unchanged (``anyformer run`` of a spec
+with ``objective: {name: distill, teacher: runs/...}`` does the same). The report ends with the
 student compared with the teacher on the teacher's evaluation.
 """
 
@@ -16,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from anyformer.compress.parent_report import compare_with_parent
-from anyformer.errors import RunFolderError
 from anyformer.lab.experiments import load_experiment
 from anyformer.lab.loaded import load_run
-from anyformer.lab.run import Run, build_objective, prepare_model, resolve, run_experiment
-from anyformer.objectives.losses import attach_objective
+from anyformer.lab.run import Run, resolve, run_experiment, run_folder
 from anyformer.spec import ExperimentSpec
 
 
@@ -64,23 +64,9 @@ def distill_run(
     """Train the student of ``teacher_dir`` (see :func:`student_spec`) in a new run folder
     under ``out`` (default: the teacher's parent folder); a folder that exists is resumed.
     Appends the comparison with the teacher to its report and ``parent.json``."""
-    from anyformer.lab.run import run_folder, task_for_run
-    from anyformer.training.checkpoint import latest_checkpoint, save_checkpoint
-    from anyformer.training.trainer import make_optimizer
-
     teacher = load_run(teacher_dir)
     spec = student_spec(teacher.spec, teacher_dir, student, overrides, distill)
     folder = run_folder(spec, Path(out) if out is not None else Path(teacher_dir).parent)
-    if folder.resolve() == Path(teacher_dir).resolve():
-        raise RunFolderError(f"the student's folder '{folder}' is the teacher's")
-    if latest_checkpoint(folder / "checkpoint") is None:
-        model = prepare_model(spec)
-        task = task_for_run(spec, folder, teacher_dir)
-        attach_objective(model, build_objective(spec, task))
-        model.objective_module.teacher.model.load_state_dict(teacher.model.state_dict())
-        spec.save(folder / "spec.yaml")
-        info = {"spec_hash": spec.hash, "spec": spec.to_dict(), "distilled_from": str(teacher_dir)}
-        save_checkpoint(folder / "checkpoint", 0, model, make_optimizer(model, spec.train), info)
     provenance = {"distill": str(teacher_dir), "student": str(student),
                   "overrides": list(overrides or []), "command": command}  # fmt: skip
     run = run_experiment(spec, run_dir=folder, provenance=provenance)

@@ -64,8 +64,11 @@ class DistillParams(BaseModel):
     - ``relation_heads``: relation heads q/k/v are split into (``None``: the gcd of both
       models' head counts, i.e. per attention head when they agree).
     - ``teacher_layer``, ``student_layer``: the blocks compared (``-1``: the last).
-    - ``teacher_model``: the teacher's model spec (``None``: the student's own, for tests).
-    - ``teacher``: where the teacher came from (a run folder; recorded, never read here)."""
+    - ``teacher``: the teacher run's folder. When a run starts, the lab fills
+      ``teacher_model`` from its spec and loads its trained weights into the frozen
+      teacher (:func:`anyformer.lab.run.start_teacher`); checkpoints keep them after.
+    - ``teacher_model``: the teacher's model spec (``None`` without ``teacher``: the
+      student's own architecture, untrained, as the contract checks use)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     base: ObjectiveRef = Field(default_factory=lambda: ObjectiveRef(name="causal_lm"))
