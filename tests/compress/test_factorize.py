@@ -78,6 +78,12 @@ def test_a_factorized_model_is_rebuilt_from_its_spec_with_the_same_outputs() -> 
     ids = torch.randint(0, 13, (2, 9))
     torch.testing.assert_close(rebuilt(ids), model(ids))
     assert rebuilt.num_params() == model.num_params() < build_model(SMALL).num_params()
+    dense = build_model(SMALL)
+    saved = sum(
+        2 * (lin.in_features * lin.out_features - 6 * (lin.in_features + lin.out_features))
+        for lin in factorizable(dense).values()
+    )
+    assert dense.flops_per_token(9) - rebuilt.flops_per_token(9) == 3 * saved  # fwd + bwd
 
 
 def test_bad_ranks_and_names_are_refused_naming_the_field() -> None:
