@@ -195,3 +195,17 @@ def test_distill_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     from anyformer.cli import main
 
     assert main(["distill", str(tmp_path), "quickstart"]) == 2
+
+
+def test_a_teacher_that_is_not_a_run_folder_is_refused_naming_objective_teacher(
+    tmp_path: Path,
+) -> None:
+    from anyformer.errors import RunFolderError
+    from anyformer.lab.run import resolve
+    from anyformer.spec import ExperimentSpec
+
+    spec = ExperimentSpec.from_dict(
+        {"task": "copy", "objective": {"name": "distill", "teacher": str(tmp_path)}}
+    )
+    with pytest.raises(RunFolderError, match=r"objective.teacher='.*' is not a run folder"):
+        resolve(spec)
