@@ -46,7 +46,7 @@ def _train(steps: int, quick: bool) -> dict[str, Any]:
 class MiniLMBeatsLogitDistillation(Finding):
     """A teacher (the quickstart decoder: d_model 64, 2 layers, 4 heads, rotary positions)
     learns ``copy`` (1-12 symbols) for 800 steps; students of a quarter of its block
-    parameters (d_model 32, 2 layers, 2 heads) train for 400 steps on the same task,
+    parameters (d_model 32, 2 layers, 2 heads) train for 1200 steps on the same task,
     three ways at equal size, steps and data: from scratch (``alpha`` 0, no relations),
     logit distillation (``alpha`` 0.5, T = 2) and logit + MiniLM distillation of the last
     layer (attention distributions and value relations over 2 relation heads, ``beta`` 1).
@@ -54,7 +54,10 @@ class MiniLMBeatsLogitDistillation(Finding):
     students' mean ``id`` exact match is at least ``lead`` (0.02) above the logit-only
     students' (MiniLM, Wang et al. 2020, Table: deep self-attention distillation beats
     logit-based distillation at equal student size). Inconclusive when the teacher did
-    not learn the task (``id`` exact match below 0.5): there is nothing to distil."""
+    not learn the task (``id`` exact match below 0.5): there is nothing to distil; or
+    when no student learned to copy (best ``id`` token accuracy below 0.5): the
+    experiment is too small to separate them (as with 400 student steps, where every
+    student stayed near 0.2 token accuracy)."""
 
     claim = (
         "Distilling the last layer's self-attention distributions and value relations "
@@ -63,6 +66,7 @@ class MiniLMBeatsLogitDistillation(Finding):
     )
     lead = 0.02
     learned = 0.5
+    student_learned = 0.5
 
     def comparisons(self, quick: bool) -> dict[str, Comparison]:
         task = {"name": "copy", "min_len": 1, "max_len": 12, "ood_min_len": 13,
@@ -84,7 +88,7 @@ class MiniLMBeatsLogitDistillation(Finding):
         }
         objective = {"name": "distill", "temperature": 2.0, "beta": 1.0}
         base = {"name": name, "model": student, "task": task, "objective": objective,
-                "train": _train(400, quick)}  # fmt: skip
+                "train": _train(1200, quick)}  # fmt: skip
         out["students"] = Comparison(
             base,
             [
@@ -107,6 +111,8 @@ class MiniLMBeatsLogitDistillation(Finding):
             )
             numbers[f"{key} id token_accuracy"] = r.mean(label, "token_accuracy")
         minilm, logits = numbers["minilm id exact_match"], numbers["logits id exact_match"]
+        teacher = numbers["teacher id exact_match"]
+        best = max(numbers[f"{key} id token_accuracy"] for key in STUDENTS)
         lead = minilm - logits
         return Verdict.decide(
             lead >= self.lead,
@@ -115,7 +121,9 @@ class MiniLMBeatsLogitDistillation(Finding):
             f"{logits:.3f}: {lead:+.3f} (needs >= {self.lead:+.2f}); from scratch "
             f"{numbers['scratch id exact_match']:.3f}; teacher "
             f"{numbers['teacher id exact_match']:.3f}",
-            numbers["teacher id exact_match"] >= self.learned,
-            f"the teacher did not learn copy (id exact match "
-            f"{numbers['teacher id exact_match']:.3f} < {self.learned})",
+            teacher >= self.learned and best >= self.student_learned,
+            f"the teacher did not learn copy (id exact match {teacher:.3f} < {self.learned})"
+            if teacher < self.learned
+            else f"no student learned copy (best id token accuracy {best:.3f} < "
+            f"{self.student_learned})",
         )
