@@ -209,3 +209,10 @@ def test_a_teacher_that_is_not_a_run_folder_is_refused_naming_objective_teacher(
     )
     with pytest.raises(RunFolderError, match=r"objective.teacher='.*' is not a run folder"):
         resolve(spec)
+
+
+def test_a_regression_base_distils_outputs_by_squared_distance() -> None:
+    objective = Distill(DistillParams(base={"name": "mse"}, relations="none"))
+    s, t = torch.randn(4, 3, 1), torch.randn(4, 3, 1)
+    b = Batch(torch.zeros(4, 3), torch.zeros(4, 3), torch.ones(4, 3, dtype=torch.bool))
+    assert objective.logit_loss(s, t, b).item() == pytest.approx(((s - t) ** 2).mean().item())

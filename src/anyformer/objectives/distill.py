@@ -340,8 +340,11 @@ class Distill(Objective):
 
     def logit_loss(self, student: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> Any:
         """The logit term over the positions the task counts (``loss_mask``), or every row
-        of a pooled output."""
+        of a pooled output; for a real-valued base (``mse``) the squared distance of the
+        outputs, since a softmax over regression outputs means nothing."""
         s, q = student, teacher
+        if self.params.base.name == "mse":
+            return F.mse_loss(s.float(), q.float())
         if s.dim() > 2 and batch.loss_mask.shape == s.shape[:-1]:
             s, q = s[batch.loss_mask], q[batch.loss_mask]
         return logit_kl(
