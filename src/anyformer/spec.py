@@ -195,6 +195,13 @@ class ModelSpec(_Frozen):
     #: ``None``: ``cross`` (kept unset so that specs written before it hash as they did)
     cross_attention: AttentionRef | None = None
     embed_norm: bool = False
+    #: Linear layers of the blocks replaced by the product of two thinner ones
+    #: (``anyformer factorize``, :mod:`anyformer.model.factorized`): module name
+    #: (``blocks.0.ffn.up``) -> rank
+    factorized: dict[
+        Annotated[str, Field(min_length=1, max_length=200)],
+        Annotated[int, Field(gt=0, le=limits.MAX_D_MODEL * 16)],
+    ] = Field(default_factory=dict, max_length=4096)
 
     @model_serializer(mode="wrap")
     def _drop_unused(self, handler: Any) -> Any:
@@ -207,6 +214,8 @@ class ModelSpec(_Frozen):
                     del data[key]
             if data.get("embed_norm") is False:
                 del data["embed_norm"]
+            if data.get("factorized") == {}:
+                del data["factorized"]
         return data
 
     @model_validator(mode="after")

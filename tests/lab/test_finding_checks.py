@@ -477,6 +477,21 @@ def no_metrics(results: Results) -> None:
     """For checks that read everything from their own measurement of the runs."""
 
 
+def distill(
+    teacher: float, scratch: float, logits: float, minilm: float, tokens: float = 0.9
+) -> Callable[[Results], None]:
+    """``id`` exact match of the teacher and of the three students."""
+    from anyformer.lab.findings.distillation import STUDENTS, _label
+
+    def fill(results: Results) -> None:
+        put(results["teacher"], only(results["teacher"]), {"exact_match": teacher})
+        r = results["students"]
+        for key, value in zip(STUDENTS, (scratch, logits, minilm)):
+            put(r, _label(r, STUDENTS[key]), {"exact_match": value, "token_accuracy": tokens})
+
+    return fill
+
+
 CASES: dict[str, list[Case]] = {
     "quantizable_attention_fewer_outliers": [
         Case(
@@ -542,6 +557,17 @@ CASES: dict[str, list[Case]] = {
         Case("helps at both", NOT, patching((0.12, 0.10), (0.15, 0.12))),
         Case("helps at neither", NOT, patching((0.12, 0.12), (0.12, 0.12))),
         Case("nothing learned at 336", UNDECIDED, patching((0.12, 0.12), (0.20, 0.20))),
+    ],
+    "minilm_beats_logit_distillation": [
+        Case("MiniLM ahead by 0.05", HOLDS, distill(0.95, 0.3, 0.5, 0.55)),
+        Case("MiniLM ahead by only 0.01", NOT, distill(0.95, 0.3, 0.5, 0.51)),
+        Case("logits ahead", NOT, distill(0.95, 0.3, 0.6, 0.5)),
+        Case("teacher learned nothing", UNDECIDED, distill(0.2, 0.1, 0.1, 0.3)),
+        Case(
+            "published 400-step run: no student learned",
+            UNDECIDED,
+            distill(0.744, 0.029, 0.018, 0.008, tokens=0.26),
+        ),  # fmt: skip
     ],
     "mae_high_mask_ratio": [
         Case("75% ahead by 0.02", HOLDS, mae(0.90, 0.91, 0.93)),

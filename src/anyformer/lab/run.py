@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from anyformer import registry
 from anyformer.errors import RunFolderError, SpecError
 from anyformer.lab.report import record_session, write_report
@@ -287,7 +289,7 @@ def resolve(spec: ExperimentSpec) -> ExperimentSpec:
     decided (:func:`~anyformer.spec.packing_refusal`). A task with a ``form`` parameter
     (the sequence tasks) writes its rows for ``model.kind`` (:func:`with_task_form`).
     """
-    spec = with_task_form(spec)
+    spec = with_teacher_model(with_task_form(spec))
     task = build_task(spec)
     model = spec.model.model_dump(mode="json")
     defaults = ModelSpec.model_fields
@@ -504,6 +506,7 @@ def run_experiment(
     check_eval_splits(spec.train, task, spec.task.name)
     model = prepare_model(spec)
     provenance = start_from_parent(spec, model, folder, provenance)
+    provenance = start_teacher(spec, model, folder, task, provenance)
     with run_lock(folder):
         check_checkpoint_spec(folder, spec)
         saved = folder / SPEC_FILE
@@ -553,6 +556,59 @@ def start_from_parent(
             provenance = {**(provenance or {}), **parent.record()}
     apply_freeze(model, spec)
     return provenance
+
+
+def teacher_run(spec: ExperimentSpec) -> str | None:
+    """The run folder an objective distils from (``objective.teacher``, for objectives
+    with ``teacher`` and ``teacher_model`` parameters, e.g. ``distill``), or None."""
+    ref = spec.objective
+    if ref is None or "teacher_model" not in ref.entry.params.model_fields:
+        return None
+    return getattr(ref.config, "teacher", None)
+
+
+def with_teacher_model(spec: ExperimentSpec) -> ExperimentSpec:
+    """``spec`` with ``objective.teacher_model`` read from the teacher run's ``spec.yaml``
+    when unset (a finding's ``@<key>`` placeholder is left for its substitution)."""
+    from anyformer.lab.init_from import read_parent
+
+    teacher = teacher_run(spec)
+    if teacher is None or teacher.startswith("@") or spec.objective.config.teacher_model:  # type: ignore[union-attr]
+        return spec
+    parent = read_parent(teacher, field="objective.teacher")
+    data = spec.to_dict()
+    objective = spec.objective.model_dump(mode="json")  # type: ignore[union-attr]
+    data["objective"] = {**objective, "teacher_model": parent.spec.model.model_dump(mode="json")}
+    return ExperimentSpec.from_dict(data)
+
+
+def start_teacher(
+    spec: ExperimentSpec,
+    model: Transformer,
+    folder: Path,
+    task: Task,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Load the trained weights of the run ``objective.teacher`` names into the frozen
+    teacher the objective's module holds (``objective_module.teacher.model``) when
+    ``folder`` holds no checkpoint yet (a resumed run has them in its own checkpoint).
+    The checkpoint is read verified (:func:`~anyformer.training.checkpoint.read_weights`);
+    returns ``provenance`` with the teacher recorded."""
+    from anyformer.lab.init_from import read_parent
+    from anyformer.objectives.losses import attach_objective
+    from anyformer.training.checkpoint import latest_checkpoint, read_weights
+
+    teacher = teacher_run(spec)
+    if teacher is None or latest_checkpoint(folder / "checkpoint") is not None:
+        return provenance
+    parent = read_parent(teacher, field="objective.teacher")
+    attach_objective(model, build_objective(spec, task))
+    target = model.objective_module.teacher.model.state_dict()  # type: ignore[union-attr]
+    weights = read_weights(parent.checkpoint, target)
+    with torch.no_grad():
+        for name, tensor in target.items():
+            tensor.copy_(weights[name])
+    return {**(provenance or {}), "teacher": parent.record()}
 
 
 def load_run_spec(run_dir: Path | str) -> ExperimentSpec:

@@ -20,6 +20,7 @@ from anyformer.components.base import Cache, Context, PositionScheme, dropout_or
 from anyformer.components.heads.base import build_head
 from anyformer.errors import SpecError
 from anyformer.model.depth import DepthSchedule
+from anyformer.model.factorized import apply_factorized
 from anyformer.model.flops import count_params, forward_flops_per_token
 from anyformer.model.output import ModelOutput
 from anyformer.model.widths import nested_ffns, training_widths, widths_set
@@ -191,6 +192,8 @@ class Transformer(nn.Module):
         self.pooled = capabilities(self.head).pooled if head else False
         self.depth: DepthSchedule = spec.depth.entry.build(spec.depth.config, spec=spec)
         self.reset_parameters()
+        if spec.factorized:
+            apply_factorized(self, spec.factorized)
         if self.head_kind == "lm" and spec.tie_embeddings:
             self.head.weight = self.embed.weight
 

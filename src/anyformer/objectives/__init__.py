@@ -4,6 +4,7 @@ from anyformer.objectives import (  # noqa: F401
     contrastive,
     ctc,
     diffusion,
+    distill,
     extra,
     losses,
     masked_patches,

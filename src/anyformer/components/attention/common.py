@@ -8,7 +8,9 @@ Registers nothing. The q/k/v projection the variants share is in
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import torch
@@ -20,6 +22,29 @@ from anyformer.nn import causal_mask, combine_masks, padding_to_key_mask
 from anyformer.nn.kv_cache import KVBuffer, cached_key_mask
 from anyformer.nn.packing import segment_mask
 from anyformer.registry import Dims
+
+#: What a recording softmax attention passes on each forward: ``q``, ``k``, ``v``
+#: ``[B, H, T, d_head]`` (rotated by the position scheme, key/value heads repeated to the
+#: query heads), the additive score bias ``[B or 1, H or 1, T, T]`` (position bias and
+#: masks; ``None`` when there is none) and whether the causal mask is still to be applied.
+QKVRecorder = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", bool], None
+]
+
+
+@contextlib.contextmanager
+def recording(mixer: Any, record: QKVRecorder) -> Iterator[None]:
+    """Inside the block, ``mixer`` (a softmax attention: one with a ``record`` attribute)
+    passes its q/k/v and score bias to ``record`` on every forward. Refuses a mixer that
+    cannot (attention-free mixers and kernels that never form softmax attention)."""
+    if not hasattr(mixer, "record"):
+        raise ValueError(f"{type(mixer).__name__} does not record q/k/v")
+    mixer.record = record
+    try:
+        yield
+    finally:
+        mixer.record = None
+
 
 # --------------------------------------------------------------------------- impl
 #: The two ways a mixer with an ``impl`` parameter can compute the same function:

@@ -64,8 +64,14 @@ def project_qkv(
 
 
 def linear_flops(*layers: nn.Linear) -> int:
-    """Forward FLOPs per token of the given linear layers (a multiply and an add per weight)."""
-    return sum(2 * layer.in_features * layer.out_features for layer in layers)
+    """Forward FLOPs per token of the given linear layers (a multiply and an add per weight;
+    a low-rank factorized layer, with a ``rank``, has ``rank (in + out)`` weights)."""
+    return sum(
+        2 * layer.rank * (layer.in_features + layer.out_features)
+        if hasattr(layer, "rank")
+        else 2 * layer.in_features * layer.out_features
+        for layer in layers
+    )
 
 
 class QKVHeads(nn.Module):

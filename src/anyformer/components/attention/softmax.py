@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from anyformer.components.attention.common import (
     Impl,
     ImplCheck,
+    QKVRecorder,
     attention_bias,
     cached_bias,
     extend_cache,
@@ -61,6 +62,11 @@ class SoftmaxAttention(QKVHeads):
     Paper: "Attention Is All You Need", Vaswani et al., 2017.
     """
 
+    #: Set by :func:`~anyformer.components.attention.common.recording` to receive this
+    #: layer's ``(q, k, v, bias, is_causal)`` on every forward (knowledge distillation
+    #: reads attention distributions and relations from it); ``None``: nothing recorded.
+    record: QKVRecorder | None = None
+
     def __init__(self, dims: Dims, params: SoftmaxParams) -> None:
         super().__init__(dims, params.kv_heads)
         self.impl = params.impl
@@ -85,6 +91,8 @@ class SoftmaxAttention(QKVHeads):
         if g != h:
             k = k.repeat_interleave(h // g, dim=1)
             v = v.repeat_interleave(h // g, dim=1)
+        if self.record is not None:
+            self.record(q, k, v, full, is_causal)
         drop = self.dropout if self.training else 0.0
         if self.impl == "fast":
             y = F.scaled_dot_product_attention(

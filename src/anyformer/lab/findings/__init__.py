@@ -5,6 +5,7 @@ from anyformer.lab.findings import (  # noqa: F401
     audio,
     code,
     depth,
+    distillation,
     fusion,
     generalization,
     graph_encodings,

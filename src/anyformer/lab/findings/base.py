@@ -28,6 +28,9 @@ class NeedsCheckpoints(RunFolderError):
 
 #: An ``init_from`` value naming another comparison of the same finding: ``@<key>``.
 PARENT = "@"
+#: The fields whose axis values may name a parent comparison: the run a model starts
+#: from, and the run a distillation objective's teacher is loaded from.
+PARENT_KEYS = ("init_from", "objective.teacher")
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Comparison:
     def parents(self) -> list[str]:
         """The keys of the comparisons this one's ``init_from`` values name (``@<key>``)."""
         values = [str(self.base.get("init_from") or "")]
-        values += [v for key, vs in self.axes if key == "init_from" for v in vs]
+        values += [v for key, vs in self.axes if key in PARENT_KEYS for v in vs]
         return list(dict.fromkeys(v[len(PARENT) :] for v in values if v.startswith(PARENT)))
 
 
