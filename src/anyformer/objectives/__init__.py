@@ -5,6 +5,7 @@ from anyformer.objectives import (  # noqa: F401
     ctc,
     diffusion,
     extra,
+    identifiers,
     losses,
     masked_patches,
     masking,
