@@ -257,7 +257,8 @@ class CodeLM(Task):
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """``bits_per_byte`` and ``bits_per_token`` of the logits on the scored targets,
-        ``bytes_per_token``, and the ``unigram`` baseline's ``bits_per_byte``. Outputs
+        ``bytes_per_token``, and the ``unigram`` baseline's ``bits_per_byte`` (targets
+        that are ids above the tokenizer's, an objective's sentinels, are left out). Outputs
         of two channels per token (a tagger trained by ``identifier_tagging``) are scored
         as tags instead: ``tag_accuracy`` and ``tag_f1`` (of the identifier class) over
         the real tokens, beside ``all_identifier``'s (every token tagged)."""
@@ -266,7 +267,8 @@ class CodeLM(Task):
         widths = torch.from_numpy(self.codec.token_bytes())
         bits, base, n_bytes, n_tokens = 0.0, 0.0, 0, 0
         for out, b in zip(outputs, batches):
-            mask = b.loss_mask.bool()
+            # a corrupting objective's reserved ids (sentinels) stand for no text
+            mask = b.loss_mask.bool() & (b.targets < len(widths))
             logp = torch.log_softmax(out.float(), dim=-1)
             picked = logp.gather(-1, b.targets.unsqueeze(-1)).squeeze(-1)
             bits -= float(picked[mask].sum()) / math.log(2)
