@@ -39,3 +39,79 @@ def write_code_library(root: Path, modules: int = 24, per_module: int = 6) -> Pa
         )  # fmt: skip
     )
     return root
+
+
+TEMPLATES = [
+    '''
+    def total_{m}_{f}(items, start={f}):
+        """Add up the items after a start value.
+
+        >>> total_{m}_{f}([1, 2, 3], 0)
+        6
+        """
+        acc = start
+        for x in items:
+            acc = acc + x
+        return acc
+    ''',
+    '''
+    def clip_{m}_{f}(value, low, high):
+        """Clip a value into [low, high]."""
+        if value < low:
+            return low
+        if value > high:
+            return high
+        return value
+    ''',
+    '''
+    def window_{m}_{f}(seq, size={m}):
+        """Every window of a sequence."""
+        out = []
+        for i in range(len(seq) - size + 1):
+            out.append(seq[i:i + size])
+        return out
+    ''',
+    '''
+    def last_{m}_{f}(seq):
+        """The last item or None."""
+        n = len(seq)
+        return seq[n - 1] if n > 0 else seq[0:2]
+    ''',
+]
+
+
+def write_library(root: Path, modules: int = 12, per_module: int = 4) -> Path:
+    """``modules`` modules of ``per_module`` small functions each (a class with a method
+    in every third module) and a test suite ``test/test_x.py``."""
+    for m in range(modules):
+        parts = [
+            textwrap.dedent(TEMPLATES[(m + f) % len(TEMPLATES)].format(m=m, f=f))
+            for f in range(per_module)
+        ]
+        if m % 3 == 0:
+            parts.append(
+                f"\nclass Box{m}:\n    def scale(self, k):\n        w = self.w * k\n"
+                f"        h = self.h * k\n        return w, h\n"
+            )
+        path = root / f"pkg{m % 3}" / f"mod{m}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(parts))
+    (root / "test").mkdir(exist_ok=True)
+    (root / "test" / "test_x.py").write_text(
+        "".join(
+            f'def test_{i}(self):\n    """\n    >>> {i}\n    {i}\n    """\n    a = {i} + 1\n    b = a * 2\n    assert b == {2 * i + 2}\n'
+            for i in range(10)
+        )
+    )
+    return root
+
+
+#: Tasks that read a code library (``root``); the registry tests give them a small one.
+CODE_TASKS = ("defect_detection", "repair", "code_lm")
+
+
+def code_tree(stdlib: Path) -> Path:
+    """A small library (:func:`write_library`) beside the ``stdlib_tree`` fixture's
+    folder, written once per test."""
+    root = stdlib.parent / f"{stdlib.name}_code"
+    return root if root.is_dir() else write_library(root)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from code_library import write_code_library
+from code_library import CODE_TASKS, code_tree, write_code_library
 
 from anyformer import registry
 from anyformer.tasks.base import Batch, Task
@@ -78,6 +78,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("text_files", {"seq_len": 16, "val_fraction": 0.3}),
     ("code_search", {"tokenizer": "bytes", "query_len": 16, "code_len": 32, "val_fraction": 0.25,
                      "min_query_chars": 8}),
+    ("defect_detection", {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3}),
+    ("defect_detection", {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3,
+                          "output": "kind"}),
+    ("repair", {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3, "context": True}),
+    ("code_lm", {"seq_len": 32, "val_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
     ("tones", {}),
@@ -148,6 +153,10 @@ DIGESTS: dict[str, str] = {
     "code_search,code_len=32,min_query_chars=8,query_len=16,tokenizer=bytes,val_fraction=0.25": (
         "e8a8f092441324ce"
     ),
+    "defect_detection,code_len=96,tokenizer=bytes,val_fraction=0.3": "6e9f0c8fd7db12c1",
+    "defect_detection,code_len=96,output=kind,tokenizer=bytes,val_fraction=0.3": "d3568e40fb868203",
+    "repair,code_len=96,context=True,tokenizer=bytes,val_fraction=0.3": "d08638d1031e6712",
+    "code_lm,seq_len=32,val_fraction=0.3": "a31452250fd6b5d3",
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
     "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
     "tones": "8dce57fa3496b788",
@@ -221,6 +230,8 @@ def test_task_data_is_pinned(
         params = {**params, "path": str(stdlib_tree)}
     if name == "code_search":
         params = {**params, "root": str(write_code_library(stdlib_tree.with_name("code-lib")))}
+    if name in CODE_TASKS:
+        params = {**params, "root": str(code_tree(stdlib_tree))}
     if name == "text_corpus" and sys.version_info[:2] != (3, 11):
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from code_library import write_code_library
+from code_library import CODE_TASKS, code_tree, write_code_library
 
 from anyformer import registry
 from anyformer.errors import SpecError
@@ -59,6 +59,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "graph_sbm": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
     "graph_motifs": {"n_train": 16, "n_eval": 8, "gin_steps": 5},
     "graph_file": {"gin_steps": 5},
+    "defect_detection": {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3},
+    "repair": {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3},
+    "code_lm": {"seq_len": 32, "val_fraction": 0.3},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -76,6 +79,8 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("graph_sbm", {**SMALL["graph_sbm"], "mode": "pattern", "ood": "pq"}),
     ("graph_motifs", {**SMALL["graph_motifs"], "target": "in_motif", "features": "constant"}),
     ("graph_file", {"gin_steps": 5, "level": "node", "target": "end"}),
+    ("defect_detection", {**SMALL["defect_detection"], "output": "kind"}),
+    ("repair", {**SMALL["repair"], "context": True, "context_len": 32}),
 ]
 
 
@@ -101,6 +106,8 @@ def run_contract(
         if not library.exists():
             write_code_library(library)
         params = {**params, "root": str(library)}
+    if name in CODE_TASKS:
+        params = {**params, "root": str(code_tree(stdlib))}
     if name == "image_folder":
         assert images is not None
         params = {**params, "path": str(images)}
@@ -159,11 +166,15 @@ def test_the_contract_applies_where_tasks_declare_it(
         "code_search",
         "dtmf",
         "forecast",
+        "defect_detection",
+        "repair",
+        "code_lm",
     } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",
                      "tones", "graph_atlas", "series_classification", "audio_folder",
-                     "graph_sbm", "graph_motifs", "graph_file"}  # fmt: skip
+                     "graph_sbm", "graph_motifs", "graph_file",
+                     "defect_detection"}  # fmt: skip
     for name in registry.components("task"):
         ran = _ran(run_contract(name, SMALL.get(name, {}), stdlib_tree, image_tree, audio_tree,
                                 graph_file))  # fmt: skip

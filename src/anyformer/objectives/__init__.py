@@ -6,6 +6,7 @@ from anyformer.objectives import (  # noqa: F401
     diffusion,
     distill,
     extra,
+    identifiers,
     losses,
     masked_patches,
     masking,

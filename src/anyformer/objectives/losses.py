@@ -52,6 +52,9 @@ class Objective:
     model_io: ClassVar[dict[str, Any] | None] = None
     #: Whether :meth:`corrupt` rewrites batches (then evaluation scores corrupted batches).
     corrupts: ClassVar[bool] = False
+    #: Tasks whose batches carry what it reads (the contract checks it on the first), for
+    #: an objective that reads a task's own extras; ``None``: any task of its head.
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -7,6 +7,8 @@ from anyformer.tasks import (  # noqa: F401
     algorithmic,
     audio,
     audio_folder,
+    code_defects,
+    code_lm,
     code_search,
     forecast,
     graph_atlas,

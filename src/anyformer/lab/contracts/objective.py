@@ -31,9 +31,14 @@ FALLBACK_TASKS = ("copy", "icl_linear_regression")
 
 
 def matching_tasks(entry: Entry) -> list[str]:
-    """Tasks whose default objective is this one; else, for an objective that needs an
+    """The tasks the objective names (``tasks``: e.g. ``masked_identifier`` reads the
+    identifier marks only ``code_lm`` puts in its batches); else tasks whose default
+    objective is this one; else, for an objective that needs an
     embedder (``Objective.embedders``), the first two tasks whose inputs that embedder
     reads; else :data:`FALLBACK_TASKS`."""
+    own = getattr(entry.cls, "tasks", None)  # the tasks whose batches carry what it reads
+    if own:
+        return list(own)[:1]
     named = [e.name for e in registry.entries("task") if e.cls.default_objective == entry.name]
     if named:
         return named[:1]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from anyformer import registry
 from anyformer.lab.contracts import CheckFailure, NotApplicable, contract_check
 from anyformer.registry import Entry
 from anyformer.tasks.base import Batch, Task
@@ -39,6 +40,11 @@ def toy_setup(
     }
     if objective is not None:
         data["objective"] = objective
+    if "kind" not in data["model"]:  # a task that needs a model kind (code_search: encoder)
+        entry = registry.get("task", task_name)
+        kind = entry.cls(entry.make_params(), 0).model_io().get("kind")
+        if kind is not None:
+            data["model"]["kind"] = kind
     spec = resolve(ExperimentSpec.from_dict(data))
     task = build_task(spec)
     return spec, task, prepare_model(spec), build_objective(spec, task)
