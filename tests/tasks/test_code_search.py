@@ -117,7 +117,7 @@ def test_a_short_run_learns_to_retrieve(tmp_path: Path, capsys: pytest.CaptureFi
         "run", "code_quickstart", f"task.root={root}", "task.tokenizer=bytes",
         "task.val_fraction=0.25", "task.code_len=64", "task.query_len=24",
         "task.min_query_chars=8", "model.max_len=64", "model.d_model=32", "model.n_layers=1",
-        "train.steps=40", "train.batch_size=16", "train.eval_every=40", "train.eval_size=64",
+        "train.steps=40", "train.batch_size=16", "train.lr=0.002", "objective.temperature=0.05", "train.eval_every=40", "train.eval_size=64",
         "train.progress=false", "train.threads=1", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
