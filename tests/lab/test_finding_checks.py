@@ -28,6 +28,7 @@ from anyformer import registry
 from anyformer.lab.compare import CompareResult, make_variants
 from anyformer.lab.findings import Verdict
 from anyformer.lab.findings import depth as depth_findings
+from anyformer.lab.findings import fusion as fusion_findings
 from anyformer.lab.findings import generalization as generalization_findings
 from anyformer.lab.findings import quantization as quantization_findings
 from anyformer.lab.findings.base import STATUSES, Finding
@@ -55,6 +56,8 @@ class Case:
     latency: dict[str, float] = field(default_factory=dict)
     #: ``{attention: profile}`` for ``quantization_profile``
     profile: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per seed pair ``{A, B, ot, ot units, average: id accuracy}`` for ``fused_accuracies``
+    fused: list[dict[str, float]] = field(default_factory=list)
 
 
 @functools.cache
@@ -492,7 +495,50 @@ def distill(
     return fill
 
 
+# --------------------------------------------------------------------------- fusion
+def digits_parents(majority: float = 0.11) -> Callable[[Results], None]:
+    """The digits baselines (logistic regression 0.97, ``majority``) of the one variant
+    whose seed pairs are fused."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        put(r, only(r), {"accuracy": 0.9, "baselines.logreg.accuracy": 0.97,
+                         "baselines.majority.accuracy": majority})  # fmt: skip
+
+    return fill
+
+
+def pair(a: float, b: float, ot: float, units: float, average: float) -> dict[str, float]:
+    return {"A": a, "B": b, "ot": ot, "ot units": units, "average": average}
+
+
 CASES: dict[str, list[Case]] = {
+    "ot_fusion_beats_averaging": [
+        Case(
+            "OT ahead by 0.06",
+            HOLDS,
+            digits_parents(),
+            fused=[pair(0.9, 0.94, 0.24, 0.18, 0.18), pair(0.9, 0.94, 0.22, 0.2, 0.16)],
+        ),
+        Case(
+            "OT ahead by only 0.01",
+            NOT,
+            digits_parents(),
+            fused=[pair(0.9, 0.94, 0.20, 0.18, 0.19), pair(0.9, 0.94, 0.21, 0.2, 0.20)],
+        ),
+        Case(
+            "parents did not learn",
+            UNDECIDED,
+            digits_parents(),
+            fused=[pair(0.4, 0.5, 0.3, 0.2, 0.2)],
+        ),
+        Case(
+            "neither fused model above majority + 0.05",
+            UNDECIDED,
+            digits_parents(),
+            fused=[pair(0.9, 0.94, 0.14, 0.12, 0.11)],
+        ),
+    ],
     "quantizable_attention_fewer_outliers": [
         Case(
             "gated removes the outliers",
@@ -932,6 +978,7 @@ def test_check_decides_synthetic_results(
         "quantization_profile",
         lambda result, label: case.profile[label.split("=")[-1]],
     )
+    monkeypatch.setattr(fusion_findings, "fused_accuracies", lambda result, label: case.fused)
     finding: Finding = registry.get("finding", name).cls()
     verdict = finding.check(results)
     assert verdict.status == case.expect, verdict.reason

@@ -27,6 +27,7 @@ import keyword
 import sys
 import textwrap
 import tokenize
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -164,9 +165,12 @@ def extract_files(root: Path, paths: Iterable[str]) -> Iterator[CodeFunction]:
     for path in paths:
         try:
             source = (root / path).read_text(encoding="utf-8")
-            yield from extract_module(source, path)
+            with warnings.catch_warnings():  # old modules' invalid escapes in strings
+                warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+                found = extract_module(source, path)
         except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
             continue
+        yield from found
 
 
 #: Bumped when what :func:`extract_module` records changes (it is part of the cache key).
