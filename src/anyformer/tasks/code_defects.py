@@ -75,11 +75,11 @@ from anyformer.tasks.code_mutations import KINDS, behaviour_changed, mutate
 from anyformer.tasks.code_search import key_of
 from anyformer.tasks.text import module_paths, module_split, stdlib_root
 from anyformer.tasks.tokenizer import (
-    RUN_FILE,
     Codec,
     TokenizerFields,
-    codec_from_json,
+    codec_artifacts,
     load_or_train,
+    read_run_codec,
 )
 
 AIBUGHUNTER = Paper(
@@ -265,17 +265,13 @@ class CodeDefectTask(Task):
         return self._codec
 
     def artifacts(self) -> dict[str, str]:
-        text = self.codec.to_json()
-        return {RUN_FILE: text} if text is not None else {}
+        return codec_artifacts(self.codec)
 
     def restore_artifacts(self, folder: Any) -> bool:
-        path = folder / RUN_FILE
-        if self.params.tokenizer == "bytes" or not path.is_file():
+        codec = read_run_codec(folder, self.params)
+        if codec is None:
             return False
-        try:
-            self._codec = codec_from_json(path.read_text(encoding="utf-8"), self.params)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        self._codec = codec
         return True
 
     @property

@@ -42,11 +42,11 @@ from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
 from anyformer.tasks.code_corpus import library_functions
 from anyformer.tasks.text import module_split
 from anyformer.tasks.tokenizer import (
-    RUN_FILE,
     Codec,
     TokenizerFields,
-    codec_from_json,
+    codec_artifacts,
     load_or_train,
+    read_run_codec,
 )
 
 CODET5 = Paper(
@@ -181,17 +181,13 @@ class CodeLM(Task):
         return self._codec
 
     def artifacts(self) -> dict[str, str]:
-        text = self.codec.to_json()
-        return {RUN_FILE: text} if text is not None else {}
+        return codec_artifacts(self.codec)
 
     def restore_artifacts(self, folder: Any) -> bool:
-        path = folder / RUN_FILE
-        if self.params.tokenizer == "bytes" or not path.is_file():
+        codec = read_run_codec(folder, self.params)
+        if codec is None:
             return False
-        try:
-            self._codec = codec_from_json(path.read_text(encoding="utf-8"), self.params)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        self._codec = codec
         self._rows.clear()
         return True
 

@@ -46,11 +46,11 @@ from pydantic import ConfigDict, Field, model_validator
 from anyformer.registry import Capabilities, Paper, register
 from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
 from anyformer.tasks.tokenizer import (
-    RUN_FILE,
     Codec,
     TokenizerFields,
-    codec_from_json,
+    codec_artifacts,
     load_or_train,
+    read_run_codec,
 )
 
 #: Folder names that mark a module as test-suite code (the ``ood`` split).
@@ -216,20 +216,15 @@ class StdlibLM(Task):
 
     def artifacts(self) -> dict[str, str]:
         """Files a run folder keeps for this task: the trained tokenizer, if any."""
-        text = self.codec.to_json() if self.subword else None
-        return {RUN_FILE: text} if text is not None else {}
+        return codec_artifacts(self.codec) if self.subword else {}
 
     def restore_artifacts(self, folder: Path) -> bool:
         """Use the tokenizer a run folder kept (instead of the cache or training); True
         when the folder held one."""
-        path = Path(folder) / RUN_FILE
-        if not (self.subword and path.is_file()):
+        codec = read_run_codec(folder, self.params)  # type: ignore[arg-type]
+        if codec is None:
             return False
-        try:
-            text = path.read_text(encoding="utf-8")
-            self._codec = codec_from_json(text, self.params)  # type: ignore[arg-type]
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        self._codec = codec
         self._tokens.clear()
         return True
 

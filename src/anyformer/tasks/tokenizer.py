@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -194,6 +195,26 @@ def codec_from_json(text: str, settings: TokenizerFields) -> Codec:
             f"vocab_size={settings.vocab_size} (no {SEP_TOKEN} token, or more ids)"
         )
     return SubwordCodec(tok, settings.tokenizer, settings.vocab_size)
+
+
+def codec_artifacts(codec: Codec) -> dict[str, str]:
+    """The files a run folder keeps for a task's tokenizer: ``tokenizer.json``, or nothing
+    for bytes."""
+    text = codec.to_json()
+    return {RUN_FILE: text} if text is not None else {}
+
+
+def read_run_codec(folder: Path, settings: TokenizerFields) -> Codec | None:
+    """The subword tokenizer a run folder kept (``tokenizer.json``), or None when the
+    settings ask for bytes or the folder holds none; a file that is not a matching
+    tokenizer raises ValueError naming it."""
+    path = Path(folder) / RUN_FILE
+    if settings.tokenizer == "bytes" or not path.is_file():
+        return None
+    try:
+        return codec_from_json(path.read_text(encoding="utf-8"), settings)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def cache_key(corpus_key: str, settings: TokenizerFields) -> str:
