@@ -57,6 +57,7 @@ import hashlib
 import json
 import random
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -77,9 +78,8 @@ from anyformer.tasks.text import module_paths, module_split, stdlib_root
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
+    texts_digest,
 )
 
 AIBUGHUNTER = Paper(
@@ -166,7 +166,7 @@ class CodeDefectParams(TokenizerFields):
     root: str | None = None
 
 
-class CodeDefectTask(Task):
+class CodeDefectTask(TrainedTokenizer, Task):
     """What both tasks share: functions by split, their mutants, the tokenizer."""
 
     disjoint_splits: ClassVar[bool] = True
@@ -253,26 +253,9 @@ class CodeDefectTask(Task):
     def corpus_texts(self) -> list[str]:
         return [t for _, m in self._pairs["train"] for t in (m.original, m.code)]
 
-    @property
-    def codec(self) -> Codec:
-        if self._codec is None:
-            texts = self.corpus_texts()
-            h = hashlib.sha256()
-            for t in texts:
-                h.update(t.encode() + b"\0")
-            key = f"{type(self).__name__}:{len(texts)}:{h.hexdigest()}"
-            self._codec = load_or_train(self.params, key, lambda: iter(texts))
-        return self._codec
-
-    def artifacts(self) -> dict[str, str]:
-        return codec_artifacts(self.codec)
-
-    def restore_artifacts(self, folder: Any) -> bool:
-        codec = read_run_codec(folder, self.params)
-        if codec is None:
-            return False
-        self._codec = codec
-        return True
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        texts = self.corpus_texts()
+        return texts_digest(texts), lambda: iter(texts)
 
     @property
     def vocab(self) -> int:

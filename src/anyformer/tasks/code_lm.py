@@ -25,11 +25,11 @@ Paper: CodeT5 (Wang et al., 2021).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import keyword
 import math
 import tokenize
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
@@ -44,9 +44,8 @@ from anyformer.tasks.text import module_split
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
+    texts_digest,
 )
 
 CODET5 = Paper(
@@ -132,7 +131,7 @@ class CodeLMParams(TokenizerFields):
     params=CodeLMParams,
     caps=Capabilities(),
 )
-class CodeLM(Task):
+class CodeLM(TrainedTokenizer, Task):
     """Functions as documents, identifiers marked; see the module docstring."""
 
     byte_level: ClassVar[bool] = True
@@ -168,28 +167,12 @@ class CodeLM(Task):
             out[split] = [docs[i] for i in order]
         return out
 
-    @property
-    def codec(self) -> Codec:
-        if self._codec is None:
-            train = self.documents["train"]
-            h = hashlib.sha256()
-            for d in train:
-                h.update(d.encode() + b"\0")
-            self._codec = load_or_train(
-                self.params, f"code_lm:{len(train)}:{h.hexdigest()}", lambda: iter(train)
-            )
-        return self._codec
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        train = self.documents["train"]
+        return texts_digest(train), lambda: iter(train)
 
-    def artifacts(self) -> dict[str, str]:
-        return codec_artifacts(self.codec)
-
-    def restore_artifacts(self, folder: Any) -> bool:
-        codec = read_run_codec(folder, self.params)
-        if codec is None:
-            return False
-        self._codec = codec
+    def forget_encodings(self) -> None:
         self._rows.clear()
-        return True
 
     def row(self, split: str, i: int) -> tuple[list[int], list[bool], list[int], list[int]]:
         """Document ``i`` of ``split`` as ``(ids + separator, tag, occurrence, name)``,

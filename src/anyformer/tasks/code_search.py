@@ -32,8 +32,8 @@ Encode and Aggregate for Long Code Search) for ``long_code=split``.
 
 from __future__ import annotations
 
-import hashlib
 import textwrap
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
@@ -48,9 +48,8 @@ from anyformer.tasks.text import module_split
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
+    texts_digest,
 )
 
 SEA = Paper("SEA: Split, Encode and Aggregate for Long Code Search", 2022, "Hu et al.")
@@ -109,7 +108,7 @@ def key_of(f: CodeFunction) -> str:
     params=CodeSearchParams,
     caps=Capabilities(),
 )
-class CodeSearch(Task):
+class CodeSearch(TrainedTokenizer, Task):
     """Docstring-to-code retrieval; see the module docstring."""
 
     splits: ClassVar[tuple[str, ...]] = ("id", "ood")
@@ -155,26 +154,14 @@ class CodeSearch(Task):
         return {s: self._raw_pairs(s, seen_q, seen_k) for s in ("train", "id", "ood")}
 
     # ------------------------------------------------------------ tokens
-    @property
-    def codec(self) -> Codec:
-        if self._codec is None:
-            train = self._pairs["train"]
-            key = f"code_search:{len(train)}:{hash_pairs(train)}"
-            self._codec = load_or_train(
-                self.params, key, lambda: (t for pair in train for t in pair)
-            )
-        return self._codec
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        train = self._pairs["train"]
+        return texts_digest(t for pair in train for t in pair), lambda: (
+            t for pair in train for t in pair
+        )
 
-    def artifacts(self) -> dict[str, str]:
-        return codec_artifacts(self.codec)
-
-    def restore_artifacts(self, folder: Any) -> bool:
-        codec = read_run_codec(folder, self.params)
-        if codec is None:
-            return False
-        self._codec = codec
+    def forget_encodings(self) -> None:
         self._encoded.clear()
-        return True
 
     def blocks(self, code: str) -> tuple[list[list[int]], int]:
         """The key rows of ``code`` and its length in tokens: its first ``code_len``
@@ -285,11 +272,3 @@ class CodeSearch(Task):
             "tfidf": retrieval_metrics(ranks(tfidf_scores(queries, keys))),
             "bm25": retrieval_metrics(ranks(bm25_scores(queries, keys))),
         }
-
-
-def hash_pairs(pairs: list[tuple[str, str]]) -> str:
-    """SHA-256 over the pairs' texts (the tokenizer cache's corpus key)."""
-    h = hashlib.sha256()
-    for q, k in pairs:
-        h.update(q.encode() + b"\0" + k.encode() + b"\1")
-    return h.hexdigest()

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import math
 import sysconfig
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,9 +49,7 @@ from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
 )
 
 #: Folder names that mark a module as test-suite code (the ``ood`` split).
@@ -159,7 +158,7 @@ class StdlibLMParams(TokenizerFields):
     params=StdlibLMParams,
     caps=Capabilities(),
 )
-class StdlibLM(Task):
+class StdlibLM(TrainedTokenizer, Task):
     """Next-byte prediction on Python source; see the module docstring for the splits.
 
     The paper is where the catalogue proposes this corpus (a character-level MatFormer
@@ -200,33 +199,14 @@ class StdlibLM(Task):
     def subword(self) -> bool:
         return self.params.tokenizer != "bytes"
 
-    @property
-    def codec(self) -> Codec:
-        """The run's tokenizer: bytes, or subwords trained on the training split (cached
-        across runs by corpus and settings; a loaded run uses its folder's copy)."""
-        if self._codec is None:
-            train = self.stream("train")[0]
-            key = f"{type(self).__name__}:{hashlib.sha256(train.tobytes()).hexdigest()}"
-            self._codec = load_or_train(
-                self.params,  # type: ignore[arg-type]
-                key,
-                lambda: (d.decode("utf-8", errors="replace") for d in documents(train)),
-            )
-        return self._codec
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        train = self.stream("train")[0]
+        return hashlib.sha256(train.tobytes()).hexdigest(), lambda: (
+            d.decode("utf-8", errors="replace") for d in documents(train)
+        )
 
-    def artifacts(self) -> dict[str, str]:
-        """Files a run folder keeps for this task: the trained tokenizer, if any."""
-        return codec_artifacts(self.codec) if self.subword else {}
-
-    def restore_artifacts(self, folder: Path) -> bool:
-        """Use the tokenizer a run folder kept (instead of the cache or training); True
-        when the folder held one."""
-        codec = read_run_codec(folder, self.params)  # type: ignore[arg-type]
-        if codec is None:
-            return False
-        self._codec = codec
+    def forget_encodings(self) -> None:
         self._tokens.clear()
-        return True
 
     def tokens(self, split: str) -> np.ndarray:
         """The token stream of ``split``: its bytes, or its documents' subword ids, each

@@ -249,3 +249,56 @@ def corpus_digest(parts: Iterable[tuple[str, bytes]]) -> str:
     for name, data in parts:
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+def texts_digest(texts: Iterable[str]) -> str:
+    """A key for a list of texts: their count and a SHA-256 over each text (NUL-ended)."""
+    h = hashlib.sha256()
+    n = 0
+    for t in texts:
+        h.update(t.encode() + b"\0")
+        n += 1
+    return f"{n}:{h.hexdigest()}"
+
+
+class TrainedTokenizer:
+    """What a task with a ``tokenizer`` field shares: the codec trained on (or cached for)
+    its training texts, the run-folder file that keeps it, and reloading that file.
+
+    A task mixes this in, sets ``self._codec = None`` in ``__init__`` and names its
+    training texts in :meth:`tokenizer_corpus`; :meth:`forget_encodings` drops whatever it
+    encoded with an earlier codec.
+    """
+
+    params: TokenizerFields
+    _codec: Codec | None
+
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        """The corpus key (what the cache is keyed by) and the training texts."""
+        raise NotImplementedError
+
+    def forget_encodings(self) -> None:
+        """Drop token ids encoded with a previous codec (none by default)."""
+
+    @property
+    def codec(self) -> Codec:
+        """The run's tokenizer: bytes, or subwords trained on the training split (cached
+        across runs by corpus and settings; a loaded run uses its folder's copy)."""
+        if self._codec is None:
+            key, texts = self.tokenizer_corpus()
+            self._codec = load_or_train(self.params, f"{type(self).__name__}:{key}", texts)
+        return self._codec
+
+    def artifacts(self) -> dict[str, str]:
+        """Files a run folder keeps for this task: the trained tokenizer, if any."""
+        return codec_artifacts(self.codec)
+
+    def restore_artifacts(self, folder: Path) -> bool:
+        """Use the tokenizer a run folder kept (instead of the cache or training); True
+        when the folder held one."""
+        codec = read_run_codec(folder, self.params)
+        if codec is None:
+            return False
+        self._codec = codec
+        self.forget_encodings()
+        return True
