@@ -14,7 +14,14 @@ def _deterministic() -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Caches (trained tokenizers) go to a folder of the test session, not ~/.cache."""
+    """Caches (trained tokenizers, the extracted code corpus) go to a folder of the test
+    session, not ~/.cache; parallel workers (``pytest -n``) share one, as cache writes are
+    atomic and verified."""
     import os
 
-    os.environ["ANYFORMER_CACHE"] = str(tmp_path_factory.mktemp("anyformer-cache"))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder above every worker's own
+    cache = root / "anyformer-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["ANYFORMER_CACHE"] = str(cache)
