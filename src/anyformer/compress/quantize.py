@@ -203,9 +203,12 @@ def quantize_run(
     out: Path | str | None = None,
     group_size: int = 32,
     eval_size: int | None = None,
+    speed_rounds: int = 5,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a run and write the new run folder (see the module docstring); returns
-    the folder and its ``results`` (also in ``quantization.json``)."""
+    the folder and its ``results`` (also in ``quantization.json``). ``speed_rounds``:
+    rounds of :func:`speed_ratio` (fewer where the int8 kernel is slow, e.g. a CPU
+    without VNNI instructions)."""
     from anyformer.training.checkpoint import save_checkpoint
 
     if smooth is not None and not 0.0 <= smooth <= 1.0:
@@ -237,7 +240,7 @@ def quantize_run(
         }
         for split in task.splits
     }
-    speed = speed_ratio(parent, model, task.eval_set(task.splits[0], size))
+    speed = speed_ratio(parent, model, task.eval_set(task.splits[0], size), speed_rounds)
     suffix = scheme + (f"-s{smooth:g}" if smooth is not None else "")
     key = hashlib.sha256(
         json.dumps([spec.hash, scheme, smooth, calibration, group_size]).encode()
