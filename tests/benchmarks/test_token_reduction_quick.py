@@ -22,7 +22,7 @@ def load_script() -> ModuleType:
     return module
 
 
-@pytest.mark.slow  # trains a tiny ViT and evaluates it seven times (about 15 s)
+@pytest.mark.slow  # trains a tiny ViT and evaluates it six times (about 25 s of CPU)
 def test_quick_run_scores_and_times_every_keep_ratio() -> None:
     record = load_script().main(["--quick", "--no-save"])
     v = record["variants"]

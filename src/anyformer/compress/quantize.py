@@ -19,7 +19,10 @@ The int8 product is anyformer's own (``torch._int_mm``), not torchao's: on this 
 ran a 512x256 @ 256x1024 linear at 0.86x fp32's time and a 64x64 @ 64x256 one at 9.5x
 (slower), where ``_int_mm`` with per-token quantization took 0.32x and 1.3x;
 ``Int4WeightOnlyConfig`` needs the ``mslk`` kernels, absent on CPU
-(``benchmarks/int8_inference.py`` measures both paths again).
+(``benchmarks/int8_inference.py`` measures both paths again). That speed needs a CPU with
+int8 dot-product instructions (VNNI): on an AVX2-only one (an AMD EPYC, 2026-12-02)
+``torch._int_mm`` alone took about 20x float32's time at the same shapes, while PyTorch's
+fbgemm dynamic linear (per-tensor 7-bit activations) ran faster than float32.
 """
 
 from __future__ import annotations
