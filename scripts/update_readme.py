@@ -136,6 +136,29 @@ def benchmark_table(folder: Path) -> str:
                 f"{res['max_abs_difference_checked_shapes']:.0e}; load average "
                 f"{onnx['machine']['loadavg'][0]:.1f}) | none | {onnx['date'][:10]} |"
             )
+    i8 = newest(folder, "int8_inference")
+    if i8 and "kernels" in i8:  # records from the digits ViT on
+        sp, c = i8["speed"]["speedup_vs_float"], i8["comparison"]["id"]
+        fb = f", fbgemm's int8 {sp['fbgemm_int8']:.2f}x" if "fbgemm_int8" in sp else ""
+        m = i8["model"]
+        rows.append(
+            f"| int8 (dynamic) vs float32 inference of a trained digits ViT "
+            f"({m['n_layers']}x{m['d_model']}), 1 thread | {sp['anyformer_int8']:.2f}x{fb}; "
+            f"id accuracy {c['parent']:.3f} -> {c['quantized']:.3f}, "
+            f"{i8['size_on_disk']['ratio']:.1f}x smaller on disk; CPU "
+            f"{'+'.join(i8['cpu_flags']) or '?'} | >= 1.8x, drop <= 1% | {i8['date'][:10]} |"
+        )
+    tr = newest(folder, "token_reduction")
+    if tr:
+        for method in ("prune", "merge"):
+            parts = [f"keep {q['keep']:g}: {q['speedup_vs_keep1']:.2f}x, acc {q['id']:.3f}"
+                     for q in tr["variants"].values() if q["method"] == method]  # fmt: skip
+            base = tr["variants"]["keep=1"]["id"]
+            rows.append(
+                f"| token reduction ({method}) vs the full sequence, digits ViT with "
+                f"{tr['tokens']} tokens | {'; '.join(parts)} (keep 1: acc {base:.3f}) | none | "
+                f"{tr['date'][:10]} |"
+            )
     return "\n".join(rows) + "\n"
 
 

@@ -19,7 +19,10 @@ The int8 product is anyformer's own (``torch._int_mm``), not torchao's: on this 
 ran a 512x256 @ 256x1024 linear at 0.86x fp32's time and a 64x64 @ 64x256 one at 9.5x
 (slower), where ``_int_mm`` with per-token quantization took 0.32x and 1.3x;
 ``Int4WeightOnlyConfig`` needs the ``mslk`` kernels, absent on CPU
-(``benchmarks/int8_inference.py`` measures both paths again).
+(``benchmarks/int8_inference.py`` measures both paths again). That speed needs a CPU with
+int8 dot-product instructions (VNNI): on an AVX2-only one (an AMD EPYC, 2026-12-02)
+``torch._int_mm`` alone took about 20x float32's time at the same shapes, while PyTorch's
+fbgemm dynamic linear (per-tensor 7-bit activations) ran faster than float32.
 """
 
 from __future__ import annotations
@@ -203,9 +206,12 @@ def quantize_run(
     out: Path | str | None = None,
     group_size: int = 32,
     eval_size: int | None = None,
+    speed_rounds: int = 5,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a run and write the new run folder (see the module docstring); returns
-    the folder and its ``results`` (also in ``quantization.json``)."""
+    the folder and its ``results`` (also in ``quantization.json``). ``speed_rounds``:
+    rounds of :func:`speed_ratio` (fewer where the int8 kernel is slow, e.g. a CPU
+    without VNNI instructions)."""
     from anyformer.training.checkpoint import save_checkpoint
 
     if smooth is not None and not 0.0 <= smooth <= 1.0:
@@ -237,7 +243,7 @@ def quantize_run(
         }
         for split in task.splits
     }
-    speed = speed_ratio(parent, model, task.eval_set(task.splits[0], size))
+    speed = speed_ratio(parent, model, task.eval_set(task.splits[0], size), speed_rounds)
     suffix = scheme + (f"-s{smooth:g}" if smooth is not None else "")
     key = hashlib.sha256(
         json.dumps([spec.hash, scheme, smooth, calibration, group_size]).encode()
