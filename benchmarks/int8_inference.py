@@ -12,8 +12,9 @@ parent's own evaluation:
 - ``model.safetensors`` of parent and quantized run (size on disk);
 - inference speed: seconds per pass over the first ``--time-batches`` batches of the
   ``id`` evaluation set, the float model, the int8 model, torchao's
-  ``Int8DynamicActivationInt8WeightConfig`` on the same float weights and PyTorch's
-  fbgemm dynamic int8 linear (``quantized::linear_dynamic``: the int8 model's own weights
+  ``Int8DynamicActivationInt8WeightConfig`` on the same float weights, and
+  the same int8 model with its ``fbgemm`` kernel (``quantize --kernel fbgemm``:
+  ``quantized::linear_dynamic`` on the int8 model's own weights
   and scales prepacked, activations quantized per tensor to 7-bit uint8, not per token)
   taking turns (the order rotated every round, a warm-up pass first), at ``--threads``
   threads; ratios from the summed times. The fbgemm twin's accuracy is reported too;
@@ -111,30 +112,15 @@ def untrained_run(spec: Any, root: Path) -> Path:
 
 
 def fbgemm_twin(quantized: nn.Module) -> nn.Module | None:
-    """A copy of the int8 model whose dynamic :class:`Int8Linear` layers run PyTorch's
-    fbgemm ``quantized::linear_dynamic`` on the same int8 weights and scales (activations
-    quantized per tensor, 7-bit), or None where that kernel is missing."""
-    from anyformer.compress.qlinear import Int8Linear
+    """A copy of the int8 model whose dynamic :class:`Int8Linear` layers run the library's
+    ``fbgemm`` kernel (PyTorch's ``quantized::linear_dynamic`` on the same int8 weights
+    and scales, activations quantized per tensor, 7-bit), or None where it is missing."""
+    from anyformer.compress.qmodel import set_kernel
 
     twin = copy.deepcopy(quantized)
     try:
-        for m in twin.modules():
-            if isinstance(m, Int8Linear) and m.input_scale is None and m.smooth is None:
-                zero = torch.zeros(m.out_features, dtype=torch.long)
-                warnings.filterwarnings("ignore", message=".*quantized tensor creation")
-                w = torch._make_per_channel_quantized_tensor(
-                    m.weight_int8, m.weight_scale.double(), zero, 0
-                )
-                packed = torch.ops.quantized.linear_prepack(w, m.bias)
-
-                def forward(x: torch.Tensor, m: Int8Linear = m, packed: Any = packed) -> Any:
-                    y = torch.ops.quantized.linear_dynamic(
-                        x.float().reshape(-1, m.in_features), packed, True
-                    )
-                    return y.view(*x.shape[:-1], m.out_features)
-
-                m.forward = forward  # type: ignore[method-assign]
-    except (RuntimeError, AttributeError):  # no fbgemm in this build of torch
+        set_kernel(twin, "fbgemm", {})
+    except ValueError:  # no fbgemm in this build of torch
         return None
     return twin
 
@@ -251,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"the parent's id {head} is {before:.3f} < "
                                  f"--min-accuracy {args.min_accuracy}: train longer")  # fmt: skip
         start = time.perf_counter()
-        folder, r = quantize_run(run_dir, "int8-dynamic", out=root / "quantized", speed_rounds=1)
+        folder, r = quantize_run(
+            run_dir, "int8-dynamic", out=root / "quantized", speed_rounds=1, kernel="int_mm"
+        )
         quantize_s = time.perf_counter() - start
         trained = json.loads((latest_checkpoint(run_dir / "checkpoint") / "state.json").read_text())
         int8 = load_run(folder).model

@@ -3,6 +3,8 @@ accumulation, int4 packing, activation statistics."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from anyformer.compress.qlinear import (
     Int4WeightLinear,
     Int8Linear,
     dequantize_int4,
+    fbgemm_available,
     int8_matmul,
     quantize_groups_int4,
     quantize_per_channel,
@@ -91,3 +94,45 @@ def test_gaussian_inputs_have_kurtosis_three() -> None:
     rec = InputStats()
     rec.add(torch.randn(200_000, 1, generator=torch.Generator().manual_seed(0)))
     assert rec.kurtosis == pytest.approx(3.0, abs=0.05)
+
+
+def _per_tensor_reference(lin: nn.Linear, q: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """fbgemm's dynamic product by hand: activations asymmetric uint8 per tensor over a
+    7-bit range (``reduce_range``), weights the layer's own per-channel int8 values."""
+    x = x.reshape(-1, q.in_features)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 127
+    zero = min(max(round(-lo / scale), 0), 127)
+    xq = torch.clamp(torch.round(x / scale) + zero, 0, 127)
+    return ((xq - zero) * scale) @ q.dequantized().t() + lin.bias.detach()
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="no fbgemm kernel in this PyTorch build")
+def test_fbgemm_kernel_runs_the_same_int8_weights_with_per_tensor_activations() -> None:
+    """The fbgemm kernel equals the hand-computed per-tensor product (float rounding only),
+    stays within int8's bound of float32, and follows new weights after a reload."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        lin = nn.Linear(128, 96)
+        x = torch.randn(4, 16, 128)
+        q = Int8Linear.from_linear(lin)
+        q.kernel = "fbgemm"
+        y = q(x)
+        ref = _per_tensor_reference(lin, q, x).view(4, 16, 96)
+        assert float((y - ref).abs().max()) <= 1e-3 * float(ref.abs().max())
+        assert _rel(y, lin(x).detach()) <= 2e-2
+    twin = copy.deepcopy(q)  # packed weights copy with the layer
+    assert torch.equal(twin(x), y)
+    other = Int8Linear.from_linear(nn.Linear(128, 96))
+    other.kernel = "fbgemm"
+    other(x)  # packs its own weights
+    other.load_state_dict(q.state_dict())
+    assert torch.equal(other(x), y)  # repacked from the loaded weights
+
+
+def test_a_kernel_the_layer_cannot_run_is_refused() -> None:
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="kernel 'cuda' is not one of int_mm, fbgemm"):
+        Int8Linear.from_linear(lin).kernel = "cuda"
+    with pytest.raises(ValueError, match="not int8-static"):
+        Int8Linear.from_linear(lin, input_scale=0.1).kernel = "fbgemm"

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 import anyformer
 from anyformer.cli import main
+from anyformer.compress.qlinear import fbgemm_available
 from anyformer.compress.quantize import (
     calibration_batches,
     forward,
@@ -77,7 +78,12 @@ def test_quantize_writes_a_reloadable_int8_run(
     loaded = load_run(folder)
     spec, model, task, _, _ = load_float_run(run_dir)
     batches = calibration_batches(task, spec, 2)
-    quantize_model(model, batches, "int8-dynamic")
+    kernel = results["kernel"]  # auto: measured on the calibration batches
+    assert kernel["requested"] == "auto" and kernel["kernel"] in ("int_mm", "fbgemm")
+    if kernel["seconds"]:  # both kernels timed: the faster one kept
+        assert kernel["kernel"] == min(kernel["seconds"], key=kernel["seconds"].get)
+    assert "int8 kernel" in (folder / "report.md").read_text()
+    quantize_model(model, batches, "int8-dynamic", kernel=kernel["kernel"])
     with torch.no_grad():
         assert torch.equal(forward(loaded.model, batches[0]), forward(model, batches[0]))
     # ~4x smaller linear weights (int8 + a float32 scale per output channel)
@@ -116,6 +122,26 @@ def test_a_component_without_an_int8_path_is_refused(
     err = capsys.readouterr().err
     assert named in err and "int8 path" in err
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # nothing written
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "fbgemm"])
+def test_a_forced_kernel_is_recorded_and_reloaded(
+    run_dir: Path, tmp_path: Path, kernel: str
+) -> None:
+    if kernel == "fbgemm" and not fbgemm_available():
+        pytest.skip("no fbgemm kernel in this PyTorch build")
+    folder, r = quantize_run(run_dir, "int8-dynamic", calibration=1, out=tmp_path, kernel=kernel)
+    assert r["kernel"] == {"kernel": kernel, "requested": kernel, "seconds": None}
+    layers = load_run(folder).model.blocks[0].mixer.qkv
+    assert layers.kernel == kernel
+
+
+def test_fbgemm_is_refused_for_a_static_scheme(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["quantize", str(run_dir), "--scheme", "int8-static", "--kernel", "fbgemm"])
+    assert code == 2
+    assert "--kernel fbgemm" in capsys.readouterr().err
 
 
 def test_a_quantized_run_is_not_quantized_again(run_dir: Path, tmp_path: Path) -> None:

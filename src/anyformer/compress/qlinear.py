@@ -11,6 +11,13 @@ batches). The int8 product ``x_q w_q^T`` runs in int32 (``torch._int_mm``), resc
 ``s_x s_w``; where that kernel is missing the operands are dequantized and multiplied in
 float (same values up to float rounding).
 
+Two kernels run the dynamic int8 product (``Int8Linear.kernel``, chosen by measurement
+in ``anyformer quantize --kernel auto``): ``int_mm`` is the scheme above; ``fbgemm`` hands
+the same int8 weights and scales, prepacked, to PyTorch's ``quantized::linear_dynamic``,
+which quantizes the activations per tensor (asymmetric uint8 over a 7-bit range) instead
+of per token. On CPUs without int8 dot-product instructions (VNNI) ``torch._int_mm`` is
+far slower than float while fbgemm stays faster (``benchmarks/int8_inference.py``).
+
 An optional per-input-channel factor ``smooth`` (``1 / s`` of SmoothQuant, Xiao et al.,
 2023, when it could not be folded into a preceding norm) multiplies the input before it is
 quantized. Every tensor is a buffer of the module, so ``model.safetensors`` holds int8 /
@@ -25,6 +32,27 @@ from torch import nn
 
 QMAX8 = 127
 QMAX4 = 7
+#: kernels of the dynamic int8 product (see the module docstring)
+KERNELS = ("int_mm", "fbgemm")
+
+
+def fbgemm_available() -> bool:
+    """Whether this build of PyTorch has the fbgemm / x86 dynamic int8 linear."""
+    engines = set(torch.backends.quantized.supported_engines)
+    return bool(engines & {"fbgemm", "x86"}) and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def prepack_fbgemm(
+    weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> object:
+    """The fbgemm packed form of per-channel int8 weights (values and scales unchanged)."""
+    import warnings
+
+    zero = torch.zeros(weight_int8.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-channel quantized-tensor constructor
+        w = torch._make_per_channel_quantized_tensor(weight_int8, weight_scale.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(w, bias)
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +167,28 @@ class Int8Linear(QuantLinear):
         )
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("input_scale", torch.ones(()) if static else None)
+        self._kernel = "int_mm"
+        self._packed: object | None = None
+
+    @property
+    def kernel(self) -> str:
+        """``int_mm`` or ``fbgemm`` (dynamic activations only); see the module docstring."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        if name not in KERNELS:
+            raise ValueError(f"kernel {name!r} is not one of {', '.join(KERNELS)}")
+        if name == "fbgemm" and self.input_scale is not None:
+            raise ValueError("the fbgemm kernel quantizes activations dynamically: not int8-static")
+        if name == "fbgemm" and not fbgemm_available():
+            raise ValueError("this PyTorch build has no fbgemm int8 kernel")
+        self._kernel = name
+        self._packed = None
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        self._packed = None  # new weights: pack again
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
     def from_linear(
@@ -173,6 +223,11 @@ class Int8Linear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = self._input(x)
+        if self._kernel == "fbgemm":
+            if self._packed is None:
+                self._packed = prepack_fbgemm(self.weight_int8, self.weight_scale, self.bias)
+            y = torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, True)
+            return y.view(*shape[:-1], self.out_features)
         if self.input_scale is None:
             xq, sx = quantize_per_token(x)
         else:
@@ -243,11 +298,14 @@ class Int4WeightLinear(QuantLinear):
 
 
 __all__ = [
+    "KERNELS",
     "Int4WeightLinear",
     "Int8Linear",
     "QuantLinear",
     "dequantize_int4",
+    "fbgemm_available",
     "int8_matmul",
+    "prepack_fbgemm",
     "quantize_groups_int4",
     "quantize_per_channel",
     "quantize_per_token",

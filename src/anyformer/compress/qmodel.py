@@ -3,13 +3,19 @@ rebuilding a quantized model's layers from the record kept with its checkpoint."
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from anyformer.compress.qlinear import Int4WeightLinear, Int8Linear, QuantLinear
+from anyformer.compress.qlinear import (
+    Int4WeightLinear,
+    Int8Linear,
+    QuantLinear,
+    fbgemm_available,
+)
 from anyformer.errors import RunFolderError, UserError
 from anyformer.registry import entry_of
 
@@ -127,8 +133,22 @@ def quantize_linears(
             "bias": module.bias is not None,
             "smooth": factor is not None,
             "group_size": group_size,
+            "kernel": getattr(new, "kernel", None),
         }
     return records
+
+
+def set_kernel(model: nn.Module, kernel: str, records: dict[str, dict[str, Any]]) -> int:
+    """Run every dynamic :class:`Int8Linear` of ``model`` with ``kernel`` and note it in its
+    ``records`` entry; returns how many layers it set."""
+    n = 0
+    for name, m in model.named_modules():
+        if isinstance(m, Int8Linear) and m.input_scale is None:
+            m.kernel = kernel
+            if name in records:
+                records[name]["kernel"] = kernel
+            n += 1
+    return n
 
 
 def rebuild(model: nn.Module, records: dict[str, dict[str, Any]]) -> None:
@@ -159,6 +179,19 @@ def rebuild(model: nn.Module, records: dict[str, dict[str, Any]]) -> None:
             new = Int8Linear(
                 rec["in"], rec["out"], rec["bias"], rec["smooth"], scheme == "int8-static"
             )
+            kernel = rec.get("kernel") or "int_mm"
+            if kernel == "fbgemm" and not fbgemm_available():
+                warnings.warn(
+                    f"quantized layer '{name}' was measured fastest with the fbgemm kernel, "
+                    "which this PyTorch build lacks: it runs on torch._int_mm (per-token "
+                    "activations) instead",
+                    stacklevel=2,
+                )
+                kernel = "int_mm"
+            try:
+                new.kernel = kernel
+            except ValueError as exc:
+                raise UserError(f"quantized layer '{name}': {exc}") from None
         else:
             raise UserError(f"quantized layer '{name}' has unknown scheme {scheme!r}")
         new.head_groups = getattr(old, "head_groups", None)

@@ -22,7 +22,11 @@ ran a 512x256 @ 256x1024 linear at 0.86x fp32's time and a 64x64 @ 64x256 one at
 (``benchmarks/int8_inference.py`` measures both paths again). That speed needs a CPU with
 int8 dot-product instructions (VNNI): on an AVX2-only one (an AMD EPYC, 2026-12-02)
 ``torch._int_mm`` alone took about 20x float32's time at the same shapes, while PyTorch's
-fbgemm dynamic linear (per-tensor 7-bit activations) ran faster than float32.
+fbgemm dynamic linear (per-tensor 7-bit activations) ran faster than float32. So the
+dynamic scheme's kernel is measured, not assumed: ``--kernel auto`` (the default) times a
+pass over the calibration batches with each kernel this PyTorch has, in turn, and keeps
+the faster (:func:`choose_kernel`; the timings are in ``quantization.json``);
+``--kernel int_mm|fbgemm`` forces one.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from anyformer.compress.qlinear import KERNELS, fbgemm_available
 from anyformer.compress.qmodel import (
     SCHEMES,
     NotQuantizable,
     check_quantizable,
     custom_weights,
     quantize_linears,
+    set_kernel,
     weight_bytes,
 )
 from anyformer.compress.smooth import smooth_model
@@ -69,8 +75,10 @@ def quantize_model(
     scheme: str,
     smooth: float | None = None,
     group_size: int = 32,
+    kernel: str = "int_mm",
 ) -> dict[str, Any]:
-    """Quantize ``model`` (eval mode, float32) in place, calibrated on ``batches``.
+    """Quantize ``model`` (eval mode, float32) in place, calibrated on ``batches``;
+    ``kernel`` (``int8-dynamic``): ``int_mm``, ``fbgemm`` or ``auto`` (:func:`choose_kernel`).
 
     Returns the record: ``scheme``, ``layers`` (each layer's layout, what
     :func:`anyformer.compress.qmodel.rebuild` reads), ``stats_before`` / ``stats_after``
@@ -82,6 +90,7 @@ def quantize_model(
         raise SpecError(f"--scheme {scheme!r} is not a scheme (valid: {', '.join(SCHEMES)})")
     if not batches:
         raise SpecError("--calibration-batches must be at least 1")
+    check_kernel(scheme, kernel)
     check_quantizable(model)
     model.eval()
     before = collect(model, lambda b: forward(model, b), batches)
@@ -112,9 +121,11 @@ def quantize_model(
             f"{str(exc)[:200]}): a component reads its linear layers in a way the int8 "
             f"layers do not support"
         ) from None
+    choice = choose_kernel(model, batches, kernel, layers) if scheme == "int8-dynamic" else None
     after = collect(model, lambda b: forward(model, b), batches)
     return {
         "scheme": scheme,
+        "kernel": choice,
         "group_size": group_size if scheme == "int4-weight" else None,
         "calibration_batches": len(batches),
         "layers": layers,
@@ -123,6 +134,49 @@ def quantize_model(
         "smoothing": smoothing.record() if smoothing is not None else None,
         "kept_float": kept,
     }
+
+
+def check_kernel(scheme: str, kernel: str) -> None:
+    """Refuse a kernel the scheme cannot run, naming the option."""
+    if kernel not in (*KERNELS, "auto"):
+        raise SpecError(f"--kernel {kernel!r} is not a kernel (valid: auto, {', '.join(KERNELS)})")
+    if kernel == "fbgemm" and scheme != "int8-dynamic":
+        raise SpecError(
+            f"--kernel fbgemm quantizes activations dynamically: it runs int8-dynamic only, "
+            f"not {scheme} (use --kernel auto or int_mm)"
+        )
+    if kernel == "fbgemm" and not fbgemm_available():
+        raise SpecError("--kernel fbgemm: this PyTorch build has no fbgemm int8 kernel")
+
+
+@torch.no_grad()
+def choose_kernel(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    kernel: str,
+    layers: dict[str, dict[str, Any]],
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """Set the dynamic int8 layers' kernel: ``kernel`` itself, or for ``auto`` the faster of
+    the available ones over a pass of ``batches`` (a warm-up pass each, then ``rounds``
+    passes each in turn). Returns ``{"kernel", "requested", "seconds"}``."""
+    candidates = [k for k in KERNELS if k != "fbgemm" or fbgemm_available()]
+    if kernel != "auto" or len(candidates) == 1:
+        chosen = candidates[0] if kernel == "auto" else kernel
+        set_kernel(model, chosen, layers)
+        return {"kernel": chosen, "requested": kernel, "seconds": None}
+    seconds = dict.fromkeys(candidates, 0.0)
+    for r in range(rounds + 1):
+        for k in candidates if r % 2 == 0 else candidates[::-1]:
+            set_kernel(model, k, layers)
+            start = time.perf_counter()
+            for b in batches:
+                forward(model, b)
+            if r:  # round 0 warms up (and packs the fbgemm weights)
+                seconds[k] += time.perf_counter() - start
+    chosen = min(candidates, key=lambda k: seconds[k])
+    set_kernel(model, chosen, layers)
+    return {"kernel": chosen, "requested": kernel, "seconds": seconds}
 
 
 # ------------------------------------------------------------------ run folders
@@ -207,6 +261,7 @@ def quantize_run(
     group_size: int = 32,
     eval_size: int | None = None,
     speed_rounds: int = 5,
+    kernel: str = "auto",
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a run and write the new run folder (see the module docstring); returns
     the folder and its ``results`` (also in ``quantization.json``). ``speed_rounds``:
@@ -218,12 +273,13 @@ def quantize_run(
         raise SpecError(f"--smooth {smooth} is not a migration strength (valid: 0 to 1)")
     if calibration < 1:
         raise SpecError(f"--calibration-batches {calibration} must be at least 1")
+    check_kernel(scheme, kernel)
     folder = Path(run_dir)
     spec, model, task, objective, path = load_float_run(folder)
     check_quantizable(model)
     parent = load_float_run(folder)[1]  # the float model, kept for comparison
     batches = calibration_batches(task, spec, calibration)
-    record = quantize_model(model, batches, scheme, smooth, group_size)
+    record = quantize_model(model, batches, scheme, smooth, group_size, kernel)
     size = eval_size or spec.train.eval_size
     m_parent = evaluate(parent, task, objective, size)
     m_child = evaluate(model, task, objective, size)
@@ -246,7 +302,7 @@ def quantize_run(
     speed = speed_ratio(parent, model, task.eval_set(task.splits[0], size), speed_rounds)
     suffix = scheme + (f"-s{smooth:g}" if smooth is not None else "")
     key = hashlib.sha256(
-        json.dumps([spec.hash, scheme, smooth, calibration, group_size]).encode()
+        json.dumps([spec.hash, scheme, smooth, calibration, group_size, kernel]).encode()
     ).hexdigest()[:8]
     target = Path(out) if out is not None else folder.parent
     dest = target / f"{spec.name}-{suffix}-{key}"
@@ -329,6 +385,20 @@ def report_markdown(name: str, r: dict[str, Any]) -> str:
         f"**{sp['ratio']:.2f}x**.",
         "",
     ]
+    k = r.get("kernel")
+    if k:
+        timed = k.get("seconds")
+        lines += [
+            f"int8 kernel: `{k['kernel']}` (asked: `{k['requested']}`"
+            + (
+                "; one calibration pass each: "
+                + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timed.items())
+                if timed
+                else ""
+            )
+            + ").",
+            "",
+        ]
     if r["smoothing"]:
         sm = r["smoothing"]
         lines += [
