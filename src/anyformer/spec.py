@@ -93,6 +93,29 @@ class LayerOverride(_Frozen):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class FactorizedSparsity(_Frozen):
+    """DSFormer's dense x sparse factorization of the layers ``ModelSpec.factorized``
+    names (:mod:`anyformer.model.dense_sparse`): each ``W [out, in]`` becomes a dense
+    ``D [out, rank]`` times ``S [rank, in]`` with at most ``n`` nonzeros in every group
+    of ``m`` consecutive inputs (N:M semi-structured sparsity, e.g. 2:4). ``mask``:
+    ``learned`` recomputes the pattern from ``|S|`` at every forward with a
+    straight-through gradient to all of ``S`` (DSFormer's Straight-Through Factorizer);
+    ``fixed`` keeps the pattern chosen at factorization (a buffer in the checkpoint)."""
+
+    n: int = Field(2, gt=0, le=256)
+    m: int = Field(4, gt=0, le=256)
+    mask: Literal["learned", "fixed"] = "learned"
+
+    @model_validator(mode="after")
+    def _check(self) -> FactorizedSparsity:
+        if self.n > self.m:
+            raise ValueError(
+                f"n={self.n} exceeds m={self.m}: at most n nonzeros in each group of m "
+                f"inputs; valid: 1 <= n <= m (e.g. n: 2, m: 4)"
+            )
+        return self
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """The block slots of one layer after per-layer overrides."""
@@ -202,6 +225,9 @@ class ModelSpec(_Frozen):
         Annotated[str, Field(min_length=1, max_length=200)],
         Annotated[int, Field(gt=0, le=limits.MAX_D_MODEL * 16)],
     ] = Field(default_factory=dict, max_length=4096)
+    #: The factorized layers as dense x N:M-sparse products (DSFormer) instead of SVD
+    #: factors; ``None`` (left out of written specs): low-rank SVD factors
+    factorized_sparsity: FactorizedSparsity | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unused(self, handler: Any) -> Any:
@@ -209,7 +235,7 @@ class ModelSpec(_Frozen):
         # of written specs (those written before them read as they did)
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("encoder", "cross_attention", "edge_dim"):
+            for key in ("encoder", "cross_attention", "edge_dim", "factorized_sparsity"):
                 if data.get(key, 0) is None:
                     del data[key]
             if data.get("embed_norm") is False:
@@ -226,6 +252,11 @@ class ModelSpec(_Frozen):
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 f"use a d_model that is a multiple of n_heads ({hint})"
+            )
+        if self.factorized_sparsity is not None and not self.factorized:
+            raise ValueError(
+                "factorized_sparsity is set but factorized names no layer: it applies to the "
+                "layers model.factorized lists (module name -> rank)"
             )
         for key in self.layers:
             if not 0 <= key < self.n_layers:

@@ -27,6 +27,7 @@ import pytest
 from anyformer import registry
 from anyformer.lab.compare import CompareResult, make_variants
 from anyformer.lab.findings import Verdict
+from anyformer.lab.findings import compression as compression_findings
 from anyformer.lab.findings import depth as depth_findings
 from anyformer.lab.findings import fusion as fusion_findings
 from anyformer.lab.findings import generalization as generalization_findings
@@ -54,6 +55,8 @@ class Case:
     elastic: dict[str, dict[str, float]] = field(default_factory=dict)
     #: ``{variant label: ms}`` for ``forward_latency_ms``
     latency: dict[str, float] = field(default_factory=dict)
+    #: ``{model: {length: ms}}`` for ``forward_ms_by_length``
+    timings: dict[str, dict[int, float]] = field(default_factory=dict)
     #: ``{attention: profile}`` for ``quantization_profile``
     profile: dict[str, dict[str, float]] = field(default_factory=dict)
     #: per seed pair ``{A, B, ot, ot units, average: id accuracy}`` for ``fused_accuracies``
@@ -336,6 +339,32 @@ def tones(accuracy: tuple[float, float], rates: tuple[float, float],
         r.cost = {label: {"tokens_per_s": rate} for label, rate in zip(PATCHOUT, rates)}
 
     return fill
+
+
+# --------------------------------------------------------------------------- Greenformers
+def lrt_linformer(vanilla: float, lrt: float, linformer: float, logreg: float = 0.95,
+                  majority: float = 0.1) -> Callable[[Results], None]:  # fmt: skip
+    """``id`` accuracy on digits of vanilla and LRT (comparison ``lrt``) and Linformer."""
+
+    def fill(results: Results) -> None:
+        base = {"baselines.logreg.accuracy": logreg, "baselines.majority.accuracy": majority}
+        r = results["lrt"]
+        for variant, acc in zip(r.variants, (vanilla, lrt)):
+            put(r, variant.label, {"accuracy": acc, **base})
+        put(results["linformer"], only(results["linformer"]), {"accuracy": linformer, **base})
+
+    return fill
+
+
+LENGTHS = (64, 128, 256, 512, 1024, 2048)
+#: forward ms as measured on one thread at d_model 256: LRT fastest short, Linformer long
+CROSSING = {
+    "vanilla": dict(zip(LENGTHS, (19.0, 35.0, 60.0, 100.0, 250.0, 650.0))),
+    "lrt": dict(zip(LENGTHS, (10.0, 20.0, 35.0, 64.0, 190.0, 560.0))),
+    "linformer": dict(zip(LENGTHS, (19.0, 34.0, 45.0, 72.0, 150.0, 360.0))),
+}
+#: Linformer never pays off (its projections cost more than the attention they save)
+NO_CROSSING = {**CROSSING, "linformer": {n: 1.2 * t for n, t in CROSSING["vanilla"].items()}}
 
 
 # --------------------------------------------------------------------------- graphs (SBM)
@@ -895,6 +924,17 @@ CASES: dict[str, list[Case]] = {
         Case("as accurate, only 1.1x faster", NOT, tones((0.90, 0.90), (1000.0, 1100.0))),
         Case("no patchout did not learn", UNDECIDED, tones((0.40, 0.40), (1000.0, 1800.0))),
     ],
+    "lrt_short_linformer_long": [
+        Case("crossover, both accurate", HOLDS, lrt_linformer(0.9, 0.88, 0.87), timings=CROSSING),
+        Case("Linformer never faster", NOT, lrt_linformer(0.9, 0.88, 0.87), timings=NO_CROSSING),
+        Case("Linformer 0.1 less accurate", NOT, lrt_linformer(0.9, 0.88, 0.8), timings=CROSSING),
+        Case(
+            "vanilla did not learn (0.5 < 0.8)",
+            UNDECIDED,
+            lrt_linformer(0.5, 0.5, 0.5),
+            timings=CROSSING,
+        ),  # fmt: skip
+    ],
     "pooling_mixer_near_attention": [
         Case(
             "95% of attention, fewer FLOPs",
@@ -979,6 +1019,9 @@ def test_check_decides_synthetic_results(
         lambda result, label: case.profile[label.split("=")[-1]],
     )
     monkeypatch.setattr(fusion_findings, "fused_accuracies", lambda result, label: case.fused)
+    monkeypatch.setattr(
+        compression_findings, "forward_ms_by_length", lambda lengths, *a, **k: case.timings
+    )
     finding: Finding = registry.get("finding", name).cls()
     verdict = finding.check(results)
     assert verdict.status == case.expect, verdict.reason

@@ -15,15 +15,19 @@ from torch import nn
 
 from anyformer.lab.elastic import Variant, evaluate_variants
 from anyformer.lab.run import build_objective
+from anyformer.model.factorized import stored_params
+from anyformer.model.flops import count_params
 from anyformer.spec import ExperimentSpec, write_text_atomic
 from anyformer.tasks.base import Task
 
 
 def own_params(model: nn.Module) -> int:
-    """Parameters of ``model`` without an objective's modules (a distillation teacher)."""
-    return sum(
+    """Parameters of ``model`` without an objective's modules (a distillation teacher),
+    the N:M-sparse factor of a dense x sparse layer (DSFormer) at its nonzeros."""
+    own = sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("objective_module.")
     )
+    return own - (count_params(model) - stored_params(model))
 
 
 def compare_with_parent(

@@ -7,7 +7,9 @@ A weight ``W [out, in]`` is replaced by its truncated singular value decompositi
 truncation is the best rank-``r`` approximation in Frobenius norm, and at full rank
 ``min(in, out)`` it equals the original. ``ModelSpec.factorized`` records the rank of
 each replaced layer by module name, so a factorized model is rebuilt from its spec
-(:func:`apply_factorized`) and its weights load from its checkpoint.
+(:func:`apply_factorized`) and its weights load from its checkpoint. With
+``ModelSpec.factorized_sparsity`` the same layers become DSFormer's dense x N:M-sparse
+products instead (:mod:`anyformer.model.dense_sparse`).
 
 Paper: "Greenformers: Improving Computation and Memory Efficiency in Transformer Models
 via Low-Rank Approximation", Cahyawijaya, 2021.
@@ -16,11 +18,13 @@ via Low-Rank Approximation", Cahyawijaya, 2021.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from anyformer.errors import SpecError
+from anyformer.model.dense_sparse import DenseSparseLinear, dense_sparse_linear
 
 #: Attributes of a linear layer other code reads (the fused q/k/v split, the residual
 #: projection's scaled init); a factorized layer keeps them.
@@ -38,6 +42,10 @@ class FactorizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
+
+    def n_weights(self) -> int:
+        """Weights without the bias: ``rank (in + out)``."""
+        return self.rank * (self.in_features + self.out_features)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -115,11 +123,16 @@ def factorizable(model: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-def apply_factorized(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
+def apply_factorized(
+    model: nn.Module, ranks: Mapping[str, int], sparsity: Any = None, iters: int = 0
+) -> nn.Module:
     """Replace each named linear layer of ``model`` by its SVD at the given rank, in place
-    (the structure ``ModelSpec.factorized`` records; a checkpoint then loads the weights).
+    (the structure ``ModelSpec.factorized`` records; a checkpoint then loads the weights),
+    or, with ``sparsity`` (``ModelSpec.factorized_sparsity``: ``n``, ``m``, ``mask``), by
+    its dense x N:M-sparse fit with ``iters`` rounds of alternating least squares.
     Refuses, naming ``model.factorized``, a name that is no linear layer of the blocks or a
-    rank above ``min(in, out)``."""
+    rank above ``min(in, out)``, and, naming ``model.factorized_sparsity.m``, a layer whose
+    inputs are not a multiple of ``m``."""
     layers = factorizable(model)
     for name, rank in ranks.items():
         linear = layers.get(name)
@@ -134,10 +147,36 @@ def apply_factorized(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
                 f"{max_rank(linear)} ({linear.out_features}x{linear.in_features}); "
                 f"valid: 1..{max_rank(linear)}"
             )
+        if sparsity is not None and linear.in_features % sparsity.m:
+            raise SpecError(
+                f"model.factorized_sparsity.m={sparsity.m}: layer '{name}' has "
+                f"{linear.in_features} inputs, not a multiple of m; valid: an m dividing "
+                f"every factorized layer's inputs (e.g. 4)"
+            )
+        if sparsity is None:
+            new: nn.Module = factorize_linear(linear, rank)
+        else:
+            learned = sparsity.mask == "learned"
+            new = dense_sparse_linear(linear, rank, sparsity.n, sparsity.m, learned, iters)
+            for attr in KEPT_ATTRIBUTES:
+                if hasattr(linear, attr):
+                    setattr(new, attr, getattr(linear, attr))
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, factorize_linear(linear, rank))
+        setattr(model.get_submodule(parent_name), child, new)
     return model
+
+
+def stored_params(model: nn.Module) -> int:
+    """Parameters a factorized model stores: every parameter (shared ones once), with
+    the sparse factor of each :class:`DenseSparseLinear` counted at its nonzeros
+    (``rank in n / m``) instead of its dense ``rank in`` (the mask's position bits are
+    not parameters: :func:`~anyformer.model.dense_sparse.mask_bits`)."""
+    seen: dict[int, int] = {id(p): p.numel() for p in model.parameters()}
+    for module in model.modules():
+        if isinstance(module, DenseSparseLinear):
+            s = module.first.weight
+            seen[id(s)] = s.numel() * module.n // module.m
+    return sum(seen.values())
 
 
 __all__ = [
@@ -150,4 +189,5 @@ __all__ = [
     "rank_for_energy",
     "saves_params",
     "singular_values",
+    "stored_params",
 ]

@@ -193,7 +193,7 @@ class Transformer(nn.Module):
         self.depth: DepthSchedule = spec.depth.entry.build(spec.depth.config, spec=spec)
         self.reset_parameters()
         if spec.factorized:
-            apply_factorized(self, spec.factorized)
+            apply_factorized(self, spec.factorized, spec.factorized_sparsity)
         if self.head_kind == "lm" and spec.tie_embeddings:
             self.head.weight = self.embed.weight
 

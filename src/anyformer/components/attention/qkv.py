@@ -65,10 +65,11 @@ def project_qkv(
 
 def linear_flops(*layers: nn.Linear) -> int:
     """Forward FLOPs per token of the given linear layers (a multiply and an add per weight;
-    a low-rank factorized layer, with a ``rank``, has ``rank (in + out)`` weights)."""
+    a factorized layer counts the weights it reports with ``n_weights()``: ``rank (in +
+    out)`` for low-rank SVD factors, the nonzeros for dense x N:M-sparse ones)."""
     return sum(
-        2 * layer.rank * (layer.in_features + layer.out_features)
-        if hasattr(layer, "rank")
+        2 * layer.n_weights()
+        if hasattr(layer, "n_weights")
         else 2 * layer.in_features * layer.out_features
         for layer in layers
     )

@@ -4,6 +4,7 @@ from anyformer.lab.findings import (  # noqa: F401
     algorithmic,
     audio,
     code,
+    compression,
     depth,
     distillation,
     fusion,
