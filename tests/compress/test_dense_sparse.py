@@ -250,3 +250,22 @@ def test_factorize_sparsity_then_resume_keeps_the_pattern(tmp_path: Path) -> Non
     before = dict(child.model.named_parameters())
     assert any(not torch.equal(p, before[n]) for n, p in trained.model.named_parameters())
     assert main(["factorize", str(run.dir), "--rank", "8", "--sparsity", "4:2"]) == 2
+
+
+def test_quantize_and_lora_refuse_the_sparse_factor_they_could_not_reach() -> None:
+    """The sparse factor's weight is multiplied by its parent, never through its own
+    forward: quantizing or LoRA-adapting it would be silently ignored, so both refuse,
+    naming the layer (a LoRA target without it still works)."""
+    from anyformer.adapters import apply_adapter
+    from anyformer.compress.qmodel import NotQuantizable, check_quantizable
+    from anyformer.spec import AdapterSpec
+
+    torch.manual_seed(0)
+    model = build_model(SMALL).eval()
+    apply_factorized(model, {"blocks.0.ffn.up": 6}, sparsity(2, 4, "learned"), iters=1)
+    with pytest.raises(NotQuantizable, match=r"'blocks.0.ffn.up.first'.*DSFormer"):
+        check_quantizable(model)
+    with pytest.raises(SpecError, match=r"adapter.target='\*'.*blocks.0.ffn.up.first"):
+        apply_adapter(model, AdapterSpec(kind="lora", target="*"))
+    trained = apply_adapter(model, AdapterSpec(kind="lora", target="blocks.0.ffn.up.second"))
+    assert any("lora_A" in n for n in trained)

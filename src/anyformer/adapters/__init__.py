@@ -74,6 +74,15 @@ def matching_linears(model: nn.Module, target: str) -> list[tuple[str, nn.Linear
     found = [
         (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, target)
     ]
+    bypassed = [
+        (n, m.weight_read_by_parent) for n, m in found if hasattr(m, "weight_read_by_parent")
+    ]
+    if bypassed:
+        name, why = bypassed[0]
+        raise SpecError(
+            f"adapter.target={target!r} matches '{name}': {why}, so a LoRA update on it "
+            f"would never run; choose a target without it (e.g. 're:.*(?<!first)')"
+        )
     if not found:
         names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")

@@ -51,6 +51,10 @@ def refusals(model: nn.Module) -> list[str]:
     """Why each registered component of ``model`` that cannot be quantized is refused."""
     reasons = []
     for path, module in model.named_modules():
+        bypassed = getattr(module, "weight_read_by_parent", None)
+        if bypassed:
+            reasons.append(f"'{path}': {bypassed}, so it has no int8 path")
+            continue
         entry = entry_of(type(module))
         if entry is None or entry.slot not in ("attention", "ffn"):
             continue

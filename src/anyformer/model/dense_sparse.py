@@ -68,6 +68,11 @@ class DenseSparseLinear(nn.Module):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.n, self.m, self.learned = n, m, learned
         self.first = nn.Linear(in_features, rank, bias=False)
+        # this layer multiplies ``first.weight`` (masked) itself, never calling ``first``:
+        # code that replaces or hooks linear layers (quantize, LoRA) must leave it alone
+        self.first.weight_read_by_parent = "the dense x N:M-sparse layer (DSFormer) " + (
+            "multiplies its weight with the sparsity mask itself, without calling it"
+        )
         self.second = nn.Linear(rank, out_features, bias=bias)
         if not learned:
             self.register_buffer("mask", torch.ones(rank, in_features, dtype=torch.bool))
