@@ -63,6 +63,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "defect_detection": {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3},
     "repair": {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3},
     "code_lm": {"seq_len": 32, "val_fraction": 0.3},
+    "completion_with_tests": {"samples": 1, "k": 1, "eval_problems": 1},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -177,6 +178,7 @@ def test_the_contract_applies_where_tasks_declare_it(
         "defect_detection",
         "repair",
         "code_lm",
+        "completion_with_tests",
     } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",

@@ -7,6 +7,7 @@ from anyformer.tasks import (  # noqa: F401
     algorithmic,
     audio,
     audio_folder,
+    code_completion,
     code_defects,
     code_lm,
     code_search,

@@ -303,6 +303,8 @@ class Trainer:
                     seen.append((out, batch))
                 return out
 
+            # a task that decodes (completion_with_tests) may generate with the model's cache
+            predict.model = self.model  # type: ignore[attr-defined]
             return self.task.evaluate(predict, split, self.train.eval_size, self.objective)
         batches = self.train_sample()
         corrupted = getattr(self.objective, "evaluation_batches", None)
