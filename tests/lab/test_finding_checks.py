@@ -479,6 +479,22 @@ def code_search(truncate: float, split: float, pool: float = 400.0) -> Callable[
     return fill
 
 
+def planning(plan: float, sample: float, pass_k: float = 0.3) -> Callable[[Results], None]:
+    """Hidden-test pass of PG-TD and of sampling with filtering at equal calls (id, ood)."""
+
+    def fill(results: Results) -> None:
+        r = results["main"]
+        label = only(r)
+        for split, scale in (("id", 1.0), ("ood", 0.5)):
+            put(r, label, {"plan_pass": plan * scale, "filter_pass": sample * scale,
+                           "plan_test_rate": plan * scale, "filter_test_rate": sample * scale,
+                           "plan_calls": 150.0, "filter_calls": 160.0, "pass@1": pass_k / 3,
+                           "pass@5": pass_k, "baselines.return_none.pass@1": 0.0,
+                           "baselines.most_common_body.pass@1": 0.02}, split)  # fmt: skip
+
+    return fill
+
+
 ATLAS = ("attention=graph_attention", "attention=mpnn_vn")
 
 
@@ -609,6 +625,12 @@ CASES: dict[str, list[Case]] = {
                 "gated": qprofile(10.0, 5.0, 0.0001),
             },  # fmt: skip
         ),
+    ],
+    "test_guided_planning_beats_sampling": [
+        Case("planning ahead by 0.09", HOLDS, planning(0.50, 0.41)),
+        Case("planning ahead by only 0.03", NOT, planning(0.50, 0.47)),
+        Case("sampling ahead", NOT, planning(0.30, 0.40)),
+        Case("nothing ever passes", UNDECIDED, planning(0.0, 0.0, pass_k=0.0)),
     ],
     "split_encode_aggregate_long_code": [
         Case("split ahead by 0.05", HOLDS, code_search(0.20, 0.25)),
