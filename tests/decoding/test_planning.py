@@ -83,3 +83,30 @@ def test_drive_batches_problems_in_lockstep() -> None:
     # identical problems advance together: every sandbox round holds all five
     assert run_rounds and all(n == 5 for n in run_rounds)
     assert max(lm_rounds) == 5
+
+
+def test_planning_spends_its_budget_on_a_deep_decision() -> None:
+    """The right token is the second choice 9 tokens deep and every other program earns
+    the same partial reward; retracing cached prefixes costs no calls, so the search goes
+    on until it spends its budget or finds the program."""
+    depth, max_new = 9, 11
+
+    def lm(requests: list[tuple[int, Prefix]]) -> list[torch.Tensor]:
+        out = []
+        for _, prefix in requests:
+            if len(prefix) >= max_new - 1:
+                p = torch.tensor([0.97, 0.01, 0.01, 0.01])
+            else:
+                p = torch.tensor([0.01, 0.7, 0.25, 0.04])
+            out.append(p.log())
+        return out
+
+    target = (*([1] * depth), 2, EOS)
+
+    def rewards(requests: list[tuple[int, Prefix]]) -> list[float]:
+        return [1.0 if p == target else 0.5 for _, p in requests]
+
+    (res,) = drive([pg_td(EOS, max_new, budget=60)], lm, rewards)
+    assert res.best != target and res.calls == 60  # spent, not stopped early
+    (res,) = drive([pg_td(EOS, max_new, budget=300)], lm, rewards)
+    assert res.best == target and res.calls <= 300

@@ -112,12 +112,18 @@ class _Node:
     priors: dict[int, float] = field(default_factory=dict)
 
 
+#: Iterations cost no model call when they retrace cached prefixes or reselect a program
+#: already run (which still raises the exploration bonus of its siblings), so the search
+#: runs until its budget of calls is spent; this only stops one that never spends it.
+MAX_ITERATIONS_PER_CALL = 64
+
+
 def pg_td(eos: int, max_new: int, budget: int, width: int = 3, c_puct: float = 4.0) -> Search:
     """PG-TD on one problem (see the module docstring): ``width`` children per node,
     exploration constant ``c_puct``, greedy rollouts, at most ``budget`` model calls."""
     memo = _Memo(budget)
     root = _Node(())
-    for _ in range(max(1, 4 * budget)):  # iterations (a fully explored tree stops too)
+    for _ in range(MAX_ITERATIONS_PER_CALL * max(1, budget)):
         node, path = root, [root]
         while node.children is not None and not _done(node.prefix, eos, max_new):
             parent = node
