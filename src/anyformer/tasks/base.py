@@ -195,6 +195,9 @@ class Task:
         With ``loss_fn`` the metrics also hold ``loss``, averaged over counted positions.
         An objective that corrupts its inputs (an MLM, a denoiser) passed as ``loss_fn``
         is scored on the evaluation set as it corrupts it (its ``evaluation_batches``).
+        The Trainer's ``predict`` also carries the model as ``predict.model``, for a task
+        that decodes with the model's cache (``completion_with_tests``); other callers'
+        ``predict`` may lack it, and such a task then decodes through ``predict``.
         """
         batches = self.eval_set(split, size)
         corrupted = getattr(loss_fn, "evaluation_batches", None)
