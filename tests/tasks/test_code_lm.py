@@ -85,6 +85,28 @@ def test_splits_by_module_and_bits_per_byte(tmp_path: Path) -> None:
     assert out["baselines"]["unigram"]["bits_per_byte"] < 8.0
 
 
+def test_every_tokenizer_scores_the_same_bytes_with_max_chars(tmp_path: Path) -> None:
+    """A row starts with the separator, so every token of the function is a target: with
+    ``max_chars`` and a ``seq_len`` that holds it, bits per byte of any tokenizer divide
+    by the same bytes (the cut functions' UTF-8 bytes plus one separator each)."""
+    root = write_library(tmp_path)
+    scored = {}
+    for kind in ("bytes", "bpe", "unigram"):
+        task = build(root, tokenizer=kind, vocab_size=300, max_chars=40, seq_len=64)
+        docs = task.documents["id"]
+        assert all(len(d) <= 40 for d in docs) and any(len(d) == 40 for d in docs)
+        (batch,) = task.make_eval_set("id", len(docs))
+        sep = task.codec.separator
+        assert bool((batch.inputs[:, 0] == sep).all())
+        vocab = task.model_io()["vocab_size"]
+        out = task.score([torch.zeros(*batch.targets.shape, vocab)], [batch])
+        scored[kind] = round(out["tokens"] * out["bytes_per_token"])
+        assert scored[kind] == sum(len(d.encode()) + 1 for d in docs)
+        if kind != "bytes":
+            assert out["bytes_per_token"] > 1.0
+    assert len(set(scored.values())) == 1
+
+
 def test_identifier_tagging_loss_and_tag_scores(tmp_path: Path) -> None:
     task = build(write_library(tmp_path))
     batch = task.train_batch(0, 4)

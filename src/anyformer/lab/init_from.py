@@ -17,7 +17,9 @@ checked against its SHA-256 digest, safetensors or the DCP safe reader, no pickl
 finite values). The two models must have the same backbone: :func:`backbone_changes`
 compares every model field but the head's (``head``, ``n_outputs``, ``pool``,
 ``tie_embeddings``) and those that change no weight (``dropout``, ``init_std``), and a
-difference is refused naming each field with both values.
+difference is refused naming each field with both values. An encoder child of an
+encoder–decoder parent starts from the parent's encoder (:meth:`Parent.source`: the
+backbone compared with the parent's ``encoder_spec()``, weights read from ``encoder.*``).
 
 ``freeze`` and ``linear_probe`` (:func:`apply_freeze`) set ``requires_grad=False`` on the
 parameters they name before the optimizer is made, so the optimizer holds only the
@@ -57,6 +59,17 @@ class Parent:
     folder: Path
     spec: ExperimentSpec
     checkpoint: Path
+
+    def source(self, child: ModelSpec) -> tuple[ModelSpec, str]:
+        """The part of the parent's model that a ``child`` model starts from, and the
+        prefix of its names in the parent's checkpoint: the whole model (``""``), or, for
+        an encoder child of an encoder–decoder parent, the parent's encoder (its
+        :meth:`~anyformer.spec.ModelSpec.encoder_spec`, names under ``"encoder."``): a
+        T5-style pretrained encoder fine-tuned alone on a classification task."""
+        model = self.spec.model
+        if model.kind == "encoder_decoder" and child.kind == "encoder":
+            return model.encoder_spec(), "encoder."
+        return model, ""
 
     @property
     def step(self) -> int:
@@ -143,7 +156,7 @@ def check_init_from(spec: ExperimentSpec) -> Parent | None:
                 else "start from the run it was adapted from"
             )
         )
-    changes = backbone_changes(parent.spec.model, spec.model)
+    changes = backbone_changes(parent.source(spec.model)[0], spec.model)
     if changes:
         raise SpecError(
             f"init_from='{spec.init_from}': the parent run's backbone differs from this "
@@ -172,10 +185,11 @@ def init_backbone(model: nn.Module, parent: Parent) -> list[str]:
     from anyformer.training.checkpoint import read_weights
 
     target = backbone_state(model)
-    weights = read_weights(parent.checkpoint, target)
+    prefix = parent.source(model.spec)[1] if hasattr(model, "spec") else ""
+    weights = read_weights(parent.checkpoint, {prefix + k: t for k, t in target.items()})
     with torch.no_grad():
         for name, tensor in target.items():
-            tensor.copy_(weights[name])
+            tensor.copy_(weights[prefix + name])
     log.info("initialised %d backbone tensors from %s", len(target), parent.checkpoint)
     return sorted(target)
 

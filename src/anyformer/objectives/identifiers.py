@@ -1,5 +1,5 @@
-"""CodeT5's identifier-aware pretraining objectives: ``identifier_tagging`` and
-``masked_identifier``.
+"""CodeT5's identifier-aware pretraining objectives: ``identifier_tagging``,
+``masked_identifier`` and their mixture with span corruption, ``identifier_aware``.
 
 "CodeT5: Identifier-aware Unified Pre-trained Encoder-Decoder Models for Code
 Understanding and Generation" (Wang et al., 2021) adds two objectives to T5's span
@@ -12,7 +12,10 @@ corruption that use what the developer named:
   one), and the decoder writes ``sentinel_0 name_0 sentinel_1 name_1 ... sentinel_K``
   (names in order of first use; the last sentinel ends the target).
 
-Both read the identifier marks a code task puts in its batches (``code_lm``:
+``identifier_aware`` is the paper's pretraining: each batch one of span corruption,
+identifier tagging and masked identifier prediction, drawn with equal probability.
+
+All read the identifier marks a code task puts in its batches (``code_lm``:
 ``extras["identifier"]``, ``extras["identifier_occurrence"]``,
 ``extras["identifier_name"]``, per input token); a batch without them is refused.
 With a subword tokenizer a token that overlaps an identifier is part of it (a token
@@ -21,14 +24,15 @@ With a subword tokenizer a token that overlaps an identifier is part of it (a to
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from anyformer.errors import SpecError
-from anyformer.objectives.losses import Objective
-from anyformer.objectives.spans import pad_rows
+from anyformer.objectives.losses import OBJECTIVE_MODULE, Forward, Objective
+from anyformer.objectives.spans import SpanCorruption, SpanParams, pad_rows
 from anyformer.objectives.tokens import (
     TokenObjective,
     masked_cross_entropy,
@@ -36,6 +40,7 @@ from anyformer.objectives.tokens import (
     real_positions,
 )
 from anyformer.registry import Capabilities, NoParams, Paper, register
+from anyformer.spec import ModelSpec
 from anyformer.tasks.base import Batch
 
 CODET5 = Paper(
@@ -198,6 +203,147 @@ class MaskedIdentifier(TokenObjective):
         for key in (TAG, OCCURRENCE, NAME):  # they marked the uncorrupted row
             out.extras.pop(key, None)
         return out
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return masked_cross_entropy(outputs, batch.targets, batch.loss_mask)
+
+
+# --------------------------------------------------------------------------- the mixture
+#: The objectives ``identifier_aware`` alternates, by name: T5's masked span prediction,
+#: identifier tagging and masked identifier prediction.
+IDENTIFIER_AWARE_TASKS = ("span", "tagging", "identifier")
+#: The batch extra saying which of them a corrupted batch is for (its index, per row).
+CHOSEN = "identifier_aware_task"
+
+
+class IdentifierAwareParams(BaseModel):
+    """Parameters of ``identifier_aware``.
+
+    - ``tasks``: the objectives it alternates, each batch one of them drawn uniformly:
+      ``span`` (T5 span corruption), ``tagging`` (identifier tagging from the encoder's
+      output) and ``identifier`` (masked identifier prediction); ``[span]`` alone is
+      ``span_corruption``.
+    - ``noise_density``, ``mean_span_length``: of the span corruption.
+    - ``sentinels``, ``first_sentinel``: the sentinel ids, shared by span corruption and
+      masked identifier prediction (as CodeT5 shares T5's sentinels).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tasks: tuple[Literal["span", "tagging", "identifier"], ...] = Field(
+        IDENTIFIER_AWARE_TASKS, min_length=1
+    )
+    noise_density: float = Field(0.15, gt=0.0, lt=1.0)
+    mean_span_length: float = Field(3.0, ge=1.0)
+    sentinels: int = Field(11, ge=2, le=10_000)
+    first_sentinel: int | None = Field(None, ge=0)
+
+
+@register(
+    "objective",
+    "identifier_aware",
+    paper=CODET5,
+    summary="CodeT5 identifier-aware denoising: each batch one of span corruption, "
+    "identifier tagging (encoder, own 2-way head) or masked identifier prediction, drawn "
+    "uniformly (encoder_decoder)",
+    params=IdentifierAwareParams,
+    caps=Capabilities(),
+)
+class IdentifierAware(TokenObjective):
+    """CodeT5's identifier-aware denoising pretraining (Section 3.2 of the paper): the
+    encoder–decoder trains on span corruption, identifier tagging and masked identifier
+    prediction, one of them per batch drawn with equal probability from the batch's
+    corruption generator (so a resumed run draws the same).
+
+    - ``span`` and ``identifier`` batches are :class:`~anyformer.objectives.spans.
+      SpanCorruption`'s and :class:`MaskedIdentifier`'s, scored by the decoder's
+      cross-entropy on the target (:meth:`loss`);
+    - a ``tagging`` batch is the plain row as the encoder's source; the loss is the
+      cross-entropy of a linear 2-way head over the encoder's output (the objective's own
+      module, ``model.objective_module``: trained and checkpointed with the model, never
+      copied by ``init_from``) against ``extras["identifier"]``, over the real tokens.
+
+    Evaluation scores span corruption only (:meth:`evaluation_batches`), so its ``loss``
+    is the held-out span-corruption loss, comparable with a ``span_corruption`` run's.
+    """
+
+    params: IdentifierAwareParams
+    heads = ("lm",)
+    kinds = ("encoder_decoder",)
+    corrupts = True
+    tasks: ClassVar[tuple[str, ...]] = ("code_lm",)
+
+    def __init__(self, params: IdentifierAwareParams) -> None:
+        super().__init__(params)
+        p = params
+        self.span = SpanCorruption(
+            SpanParams(noise_density=p.noise_density, mean_span_length=p.mean_span_length,
+                       sentinels=p.sentinels, first_sentinel=p.first_sentinel)
+        )  # fmt: skip
+        self.identifier = MaskedIdentifier(
+            MaskedIdentifierParams(sentinels=p.sentinels, first_sentinel=p.first_sentinel)
+        )
+
+    @property
+    def reserved_ids(self) -> int:  # type: ignore[override]
+        return self.params.sentinels
+
+    def explicit_ids(self) -> dict[str, int]:
+        return self.span.explicit_ids()
+
+    def for_model(self, model: ModelSpec) -> Objective:
+        super().for_model(model)
+        self.span.for_model(model)
+        self.identifier.for_model(model)
+        return self
+
+    def module(self, model: nn.Module) -> nn.Module | None:
+        if "tagging" not in self.params.tasks:
+            return None
+        return nn.Linear(model.spec.d_model, 2)
+
+    def choose(self, generator: torch.Generator) -> str:
+        """The objective of one batch: uniform over ``tasks`` (no draw for one task)."""
+        tasks = self.params.tasks
+        if len(tasks) == 1:
+            return tasks[0]
+        return tasks[int(torch.randint(len(tasks), (1,), generator=generator))]
+
+    def corrupt(self, batch: Batch, generator: torch.Generator) -> Batch:
+        chosen = self.choose(generator)
+        if chosen == "span":
+            out = self.span.corrupt(batch, generator)
+        elif chosen == "identifier":
+            out = self.identifier.corrupt(batch, generator)
+        else:
+            _need(batch, (TAG,), "identifier_aware")
+            real = real_positions(batch)
+            out = plain_batch(
+                batch,
+                loss_mask=real,
+                extras={"source": batch.inputs, "source_mask": real},
+            )
+        index = IDENTIFIER_AWARE_TASKS.index(chosen)
+        out.extras[CHOSEN] = torch.full((out.inputs.shape[0],), index, dtype=torch.long)
+        return out
+
+    def evaluation_batches(self, batches: list[Batch], split: str) -> list[Batch]:
+        return self.span.evaluation_batches(batches, split)
+
+    def training_loss(
+        self, model: nn.Module, batch: Batch, step: int, forward: Forward
+    ) -> torch.Tensor:
+        chosen = batch.extras.get(CHOSEN)
+        if chosen is None or IDENTIFIER_AWARE_TASKS[int(chosen[0])] != "tagging":
+            return super().training_loss(model, batch, step, forward)
+        tagger = getattr(model, OBJECTIVE_MODULE, None)
+        if tagger is None:
+            raise RuntimeError(
+                "identifier_aware's tagging head is not attached to the model "
+                "(objectives.losses.attach_objective(model, objective))"
+            )
+        source, mask = batch.extras["source"], batch.extras["source_mask"].bool()
+        logits = tagger(model.encode(source, mask))
+        return masked_cross_entropy(logits, batch.extras[TAG].long(), mask)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return masked_cross_entropy(outputs, batch.targets, batch.loss_mask)

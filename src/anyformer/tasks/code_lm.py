@@ -3,9 +3,10 @@
 Documents are the functions of :mod:`anyformer.tasks.code_corpus` (each one's whole
 source, docstring included), split by module with ``stdlib_lm``'s rule
 (:func:`~anyformer.tasks.text.module_split`: ``ood`` = the test suites), distinct
-sources only. A row is one function: ``inputs`` its first ``seq_len`` tokens,
-``targets`` the next token at each (the separator after the last), padded at the end
-(``padding_mask``). Any tokenizer of :mod:`anyformer.tasks.tokenizer`; the headline is
+sources only. A row is one function after the separator: ``inputs`` the separator and
+the function's first ``seq_len - 1`` tokens, ``targets`` the next token at each (the
+separator after the last), padded at the end (``padding_mask``); every token of the
+function is a target, whatever the tokenizer. Any tokenizer of :mod:`anyformer.tasks.tokenizer`; the headline is
 ``bits_per_byte`` (the summed cross-entropy over the scored targets in bits, over the
 bytes those targets stand for), comparable across tokenizers, beside a ``unigram``
 baseline (each token's add-one frequency in the training rows).
@@ -112,6 +113,11 @@ class CodeLMParams(TokenizerFields):
     - ``seq_len``: tokens of a row (a function's first ``seq_len`` tokens).
     - ``val_fraction``: share of library modules held out as ``id``.
     - ``root``: a library folder instead of this interpreter's standard library.
+    - ``max_chars``: each function cut to its first ``max_chars`` characters before it is
+      tokenized (``None``: whole). With ``seq_len`` large enough to hold them under every
+      tokenizer, every tokenizer scores the same text, so their ``bits_per_byte`` compare
+      over the same bytes (``seq_len`` alone cuts a row at a number of *tokens*, which
+      covers more text under a subword tokenizer).
     - ``tokenizer`` (default ``bytes``), ``vocab_size``, ``min_frequency``.
     """
 
@@ -120,6 +126,7 @@ class CodeLMParams(TokenizerFields):
     seq_len: int = Field(128, ge=4)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     root: str | None = None
+    max_chars: int | None = Field(None, ge=1)
 
 
 @register(
@@ -148,15 +155,15 @@ class CodeLM(TrainedTokenizer, Task):
 
     @cached_property
     def documents(self) -> dict[str, list[str]]:
-        """Each split's function sources in a fixed shuffled order; a source that also
-        occurs in an earlier split (train, id, ood) is left out."""
+        """Each split's function sources (cut to ``max_chars``) in a fixed shuffled order;
+        a source that also occurs in an earlier split (train, id, ood) is left out."""
         p = self.params
         by_split: dict[str, list[str]] = {"train": [], "id": [], "ood": []}
         seen: set[str] = set()
         for f in library_functions(p.root):
             split = module_split(f.path, p.val_fraction, 0.0)
             if split in by_split:
-                by_split[split].append(f.source)
+                by_split[split].append(f.source[: p.max_chars])
         out = {}
         for split in ("train", "id", "ood"):
             docs = [d for d in dict.fromkeys(by_split[split]) if d not in seen]
@@ -175,14 +182,16 @@ class CodeLM(TrainedTokenizer, Task):
         self._rows.clear()
 
     def row(self, split: str, i: int) -> tuple[list[int], list[bool], list[int], list[int]]:
-        """Document ``i`` of ``split`` as ``(ids + separator, tag, occurrence, name)``,
-        cut to ``seq_len + 1`` tokens (cached)."""
+        """Document ``i`` of ``split`` as ``(separator + ids + separator, tag,
+        occurrence, name)``, cut to ``seq_len + 1`` tokens (cached). The leading separator
+        makes the function's first token a target too, so bits per byte cover all of its
+        bytes under any tokenizer (not all but the first token's)."""
         if (split, i) not in self._rows:
             ids, tag, occ, name = token_identifiers(self.codec, self.documents[split][i])
-            n = self.params.seq_len + 1
+            n, sep = self.params.seq_len + 1, self.codec.separator
             self._rows[(split, i)] = (
-                [*ids, self.codec.separator][:n], [*tag, False][:n], [*occ, 0][:n],
-                [*name, 0][:n],
+                [sep, *ids, sep][:n], [False, *tag, False][:n], [0, *occ, 0][:n],
+                [0, *name, 0][:n],
             )  # fmt: skip
         return self._rows[(split, i)]
 
