@@ -5,6 +5,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.anyformer-installed
 PYTEST_FLAGS ?=
+# test workers (pytest-xdist): one per core, at most 4 (each test runs one torch thread)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: install demo test test-all bench docs lint format clean
 
@@ -21,10 +24,10 @@ demo: install
 	$(BIN)/anyformer run
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_FLAGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_FLAGS)
 
 test-all: install
-	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_FLAGS)
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
