@@ -303,6 +303,21 @@ def classification_metrics(
     return out
 
 
+def bow_logreg() -> Any:
+    """An unfitted scikit-learn pipeline: counts of a code's words, numbers and
+    punctuation marks (unigrams and bigrams, case kept, at most 20,000), then logistic
+    regression; the bag-of-words baseline of the code classification tasks."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        CountVectorizer(token_pattern=r"[A-Za-z_]\w*|\d+|[^\sA-Za-z0-9_]",
+                        ngram_range=(1, 2), lowercase=False, max_features=20000),
+        LogisticRegression(max_iter=300),
+    )  # fmt: skip
+
+
 class DefectDetectionParams(CodeDefectParams):
     """Parameters of ``defect_detection`` (and :class:`CodeDefectParams`).
 
@@ -397,17 +412,9 @@ class DefectDetection(CodeDefectTask):
         pipeline: counts of words, numbers and punctuation marks, unigrams and bigrams,
         then logistic regression), fitted on the training examples."""
         if self._baselines is None:
-            from sklearn.feature_extraction.text import CountVectorizer
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import make_pipeline
-
             train = self.examples["train"]
             y = np.array([self.label(e) for e in train])
-            model = make_pipeline(
-                CountVectorizer(token_pattern=r"[A-Za-z_]\w*|\d+|[^\sA-Za-z0-9_]",
-                                ngram_range=(1, 2), lowercase=False, max_features=20000),
-                LogisticRegression(max_iter=300),
-            )  # fmt: skip
+            model = bow_logreg()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.fit([e.code for e in train], y)
