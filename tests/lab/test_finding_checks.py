@@ -515,6 +515,21 @@ def planning(plan: float, sample: float, pass_k: float = 0.3) -> Callable[[Resul
     return fill
 
 
+def prompt_tuning(fine: float, prompt: float, scratch: float = 0.4, majority: float = 0.35) -> Callable[[Results], None]:  # fmt: skip
+    """``id`` accuracy of fine-tuning, prompt tuning and training from scratch with few
+    labels, beside the majority class and bag-of-words logistic regression."""
+
+    def fill(results: Results) -> None:
+        base = {"baselines.majority.accuracy": majority, "baselines.bow_logreg.accuracy": 0.7}
+        for key, acc in (("finetune", fine), ("prompt", prompt), ("scratch", scratch)):
+            r = results[key]
+            put(r, only(r), {"accuracy": acc, "macro_f1": acc / 2, **base})
+            put(r, only(r), {"accuracy": acc - 0.1}, "ood")
+        put(results["pretrain"], only(results["pretrain"]), {"loss": 2.0})
+
+    return fill
+
+
 ATLAS = ("attention=graph_attention", "attention=mpnn_vn")
 
 
@@ -691,6 +706,13 @@ CASES: dict[str, list[Case]] = {
         Case("75% ahead by only 0.005", NOT, mae(0.90, 0.92, 0.925)),
         Case("25% ahead", NOT, mae(0.90, 0.94, 0.92)),
         Case("no fine-tuned model learned", UNDECIDED, mae(0.5, 0.5, 0.6)),
+    ],
+    "prompt_tuning_few_labels": [
+        Case("prompt keeps 95% of the gain", HOLDS, prompt_tuning(0.55, 0.54)),
+        Case("prompt ahead of fine-tuning", HOLDS, prompt_tuning(0.50, 0.56)),
+        Case("prompt keeps half of the gain", NOT, prompt_tuning(0.55, 0.45)),
+        Case("prompt at 0.9 x accuracy but 70% of the gain", NOT, prompt_tuning(0.65, 0.585)),
+        Case("fine-tuning at the majority class", UNDECIDED, prompt_tuning(0.37, 0.37)),
     ],
     "mp3_pretraining_beats_scratch": [
         Case("fine-tuned ahead by 0.03", HOLDS, mp3(0.93, 0.90)),

@@ -107,6 +107,17 @@ def test_init_from_loads_exactly_the_backbone(parent: Path, tmp_path: Path) -> N
     assert not torch.equal(loaded["head.weight"], before["head.weight"])
 
 
+def test_a_prompt_starts_from_the_parents_embeddings(parent: Path, tmp_path: Path) -> None:
+    # prompt tuning's "sampled vocabulary" initialisation draws rows of the embedding
+    # table; after init_from they must be the pretrained rows, not a fresh table's
+    spec = child(parent, "adapter.kind=prompt", "adapter.n_tokens=4")
+    model = prepare_model(spec)
+    start_from_parent(spec, model, tmp_path / "child")
+    table = trained(parent)["embed.weight"]
+    for row in model.prompt.tokens.detach():
+        assert any(torch.equal(row, t) for t in table), "prompt row is not a parent embedding"
+
+
 def test_objective_modules_are_never_loaded(tmp_path: Path) -> None:
     spec = resolve(parent_spec())
     model = prepare_model(spec)

@@ -115,3 +115,34 @@ def code_tree(stdlib: Path) -> Path:
     folder, written once per test."""
     root = stdlib.parent / f"{stdlib.name}_code"
     return root if root.is_dir() else write_library(root)
+
+
+#: Tasks that classify functions by name (``method_name``); they get :func:`names_tree`.
+NAME_TASKS = ("method_name",)
+_METHODS = [
+    "    def __init__(self, value{i}):\n        self.value{i} = value{i}\n        self.count = {i}\n",
+    "    def get_{w}(self):\n        return self._{w}{i}\n",
+    "    def set_{w}(self, value):\n        self._{w}{i} = value\n",
+    "    def is_{w}(self):\n        return self._{w}{i} is not None and self.get_{w}() > {i}\n",
+]
+
+
+def write_names_library(root: Path, modules: int = 12) -> Path:
+    """``modules`` modules, each a class with ``__init__``, ``get_*``, ``set_*`` and
+    ``is_*`` methods (and an ``is_*`` that calls itself), and a test suite of the same
+    kinds of classes: the ``method_name`` tests' library."""
+    words = ["size", "name", "mode", "path", "level", "owner"]
+    for m in range(modules + 2):
+        body = "".join(t.format(i=m, w=words[m % len(words)]) for t in _METHODS)
+        body += f"    def is_ready(self, n):\n        return n <= 0 or self.is_ready(n - {m + 1})\n"
+        folder = root / ("test" if m >= modules else f"pkg{m % 3}")
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"test_{m}.py" if m >= modules else f"mod{m}.py"
+        (folder / name).write_text(f"class Thing{m}:\n{body}")
+    return root
+
+
+def names_tree(stdlib: Path) -> Path:
+    """:func:`write_names_library` beside the ``stdlib_tree`` fixture's folder."""
+    root = stdlib.parent / f"{stdlib.name}_names"
+    return root if root.is_dir() else write_names_library(root)

@@ -183,3 +183,23 @@ def test_a_short_run_detects_defects_above_majority(tmp_path: Path) -> None:
     (folder,) = list((tmp_path / "runs").iterdir())
     held_out = _last(folder, "id")
     assert held_out["accuracy"] > held_out["baselines"]["majority"]["accuracy"] + 0.1
+
+
+def test_repair_keeps_only_mutants_changed_inside_the_window(tmp_path: Path) -> None:
+    # a short window cuts many functions before their mutation; such a mutant, cut, is
+    # its original, and copying it would score as a repair
+    task = build("repair", write_library(tmp_path), code_len=40)
+    assert isinstance(task, Repair)
+    cut = [(f, m) for f, m in task._pairs["id"]
+           if task.codec.encode(m.code)[:40] == task.codec.encode(m.original)[:40]]  # fmt: skip
+    assert cut  # the library has such functions, so the filter is exercised
+    batches = task.make_eval_set("id", 1000)
+    assert sum(b.targets.shape[0] for b in batches) == len(task._pairs["id"]) - len(cut)
+    out = task.score([torch.zeros(*b.targets.shape, 256) for b in batches], batches)
+    assert out["baselines"]["copy"]["exact_match"] == 0.0
+    for step in range(3):
+        b = task.train_batch(step, 16)
+        for r in range(b.targets.shape[0]):
+            source = b.extras["source"][r][b.extras["source_mask"][r]].tolist()[:-1]
+            n = int(b.loss_mask[r].sum())
+            assert source != b.targets[r, : n - 1].tolist()

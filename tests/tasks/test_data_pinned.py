@@ -156,7 +156,7 @@ DIGESTS: dict[str, str] = {
     ),
     "defect_detection,code_len=96,tokenizer=bytes,val_fraction=0.3": "6e9f0c8fd7db12c1",
     "defect_detection,code_len=96,output=kind,tokenizer=bytes,val_fraction=0.3": "d3568e40fb868203",
-    "repair,code_len=96,context=True,tokenizer=bytes,val_fraction=0.3": "d08638d1031e6712",
+    "repair,code_len=96,context=True,tokenizer=bytes,val_fraction=0.3": "f1382b298f43c1b6",
     "code_lm,seq_len=32,val_fraction=0.3": "782ba166f4de487d",
     "completion_with_tests": "328da600114f7f20",
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",

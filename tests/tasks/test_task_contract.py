@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from code_library import CODE_TASKS, code_tree, write_code_library
+from code_library import CODE_TASKS, NAME_TASKS, code_tree, names_tree, write_code_library
 
 from anyformer import registry
 from anyformer.errors import SpecError
@@ -64,6 +64,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "repair": {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3},
     "code_lm": {"seq_len": 32, "val_fraction": 0.3},
     "completion_with_tests": {"samples": 1, "k": 1, "eval_problems": 1},
+    "method_name": {"code_len": 64, "val_fraction": 0.3, "n_classes": 3},
 }  # fmt: skip
 #: Further modes whose data or baselines differ from the defaults.
 MODES: list[tuple[str, dict[str, Any]]] = [
@@ -110,6 +111,8 @@ def run_contract(
         params = {**params, "root": str(library)}
     if name in CODE_TASKS:
         params = {**params, "root": str(code_tree(stdlib))}
+    if name in NAME_TASKS:
+        params = {**params, "root": str(names_tree(stdlib))}
     if name == "image_folder":
         assert images is not None
         params = {**params, "path": str(images)}

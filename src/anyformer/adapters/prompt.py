@@ -7,7 +7,8 @@ padding mask gains ``n`` real positions in front; before the readout (final norm
 head) the ``n`` positions are dropped again, so the outputs have the shape and the
 positions of the model's without prompts and pooled heads pool over the real inputs
 only. ``P`` starts as the embeddings of random vocabulary tokens when the embedder has
-an embedding table (the paper's "sampled vocabulary" initialisation), else
+an embedding table (the paper's "sampled vocabulary" initialisation; after a parent's
+backbone is loaded, its pretrained table: :func:`init_prompt`), else
 ``N(0, init_std)``. Packed rows, caches, prefix LMs and encoder–decoders are refused.
 """
 
@@ -30,6 +31,22 @@ class Prompt(nn.Module):
         self.tokens = nn.Parameter(torch.zeros(n_tokens, d_model))
 
 
+@torch.no_grad()
+def init_prompt(model: Any) -> None:
+    """Set ``model.prompt`` to the embeddings of ``n_tokens`` vocabulary ids drawn with a
+    fixed generator from the model's embedding table as it is now (called again after a
+    parent's backbone is loaded, so the prompt starts from the pretrained embeddings),
+    else to ``N(0, init_std)``."""
+    prompt = model.prompt
+    table = getattr(model.embed, "weight", None)
+    if isinstance(table, torch.Tensor) and table.dim() == 2:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, table.shape[0], (prompt.tokens.shape[0],), generator=g)
+        prompt.tokens.copy_(table.detach()[ids.to(table.device)])
+    else:
+        nn.init.normal_(prompt.tokens, 0.0, model.spec.init_std)
+
+
 def add_prompt(model: Any, n_tokens: int) -> Prompt:
     """Attach a :class:`Prompt` as ``model.prompt`` and the hooks that use it."""
     spec = model.spec
@@ -38,15 +55,8 @@ def add_prompt(model: Any, n_tokens: int) -> Prompt:
             f"adapter.kind=prompt: model.kind={spec.kind} is not supported (decoder, encoder)"
         )
     prompt = Prompt(n_tokens, spec.d_model).to(next(model.parameters()).device)
-    table = getattr(model.embed, "weight", None)
-    with torch.no_grad():
-        if isinstance(table, torch.Tensor) and table.dim() == 2:
-            g = torch.Generator().manual_seed(0)
-            ids = torch.randint(0, table.shape[0], (n_tokens,), generator=g)
-            prompt.tokens.copy_(table.detach()[ids.to(table.device)])
-        else:
-            nn.init.normal_(prompt.tokens, 0.0, spec.init_std)
     model.prompt = prompt
+    init_prompt(model)
     n = n_tokens
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -180,7 +180,7 @@ def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def init_backbone(model: nn.Module, parent: Parent) -> list[str]:
     """Copy the parent's backbone weights into ``model`` in place; returns the names
-    copied. Reads the parent's latest checkpoint with
+    copied. A prompt-tuned model's prompt is drawn again from the loaded embedding table. Reads the parent's latest checkpoint with
     :func:`~anyformer.training.checkpoint.read_weights` (verified, no pickle)."""
     from anyformer.training.checkpoint import read_weights
 
@@ -190,6 +190,10 @@ def init_backbone(model: nn.Module, parent: Parent) -> list[str]:
     with torch.no_grad():
         for name, tensor in target.items():
             tensor.copy_(weights[prefix + name])
+    if isinstance(getattr(model, "prompt", None), nn.Module):
+        from anyformer.adapters.prompt import init_prompt
+
+        init_prompt(model)  # sampled from the loaded (pretrained) embeddings
     log.info("initialised %d backbone tensors from %s", len(target), parent.checkpoint)
     return sorted(target)
 

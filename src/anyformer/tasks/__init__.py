@@ -10,6 +10,7 @@ from anyformer.tasks import (  # noqa: F401
     code_completion,
     code_defects,
     code_lm,
+    code_names,
     code_search,
     forecast,
     graph_atlas,

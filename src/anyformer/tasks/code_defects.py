@@ -37,7 +37,9 @@ stand-in for MultiMend's context augmentation (which retrieves relevant lines by
 embedding them; here the context is fixed): the enclosing class's name and the
 signatures of the module's
 other top-level functions, the whole lines that fit in ``context_len`` tokens, then
-the separator. Metrics are teacher-forced:
+the separator. Only pairs whose mutation lies within the first ``code_len`` tokens
+are used (:attr:`Repair.usable`): a mutant cut before its change is its original, and
+copying it would count as a repair. Metrics are teacher-forced:
 ``exact_match`` (every target token is the argmax; under teacher forcing this is exactly
 the case where greedy decoding reproduces the original), ``token_accuracy``, and
 ``edit_distance``, the normalized token Levenshtein distance of the teacher-forced
@@ -301,6 +303,21 @@ def classification_metrics(
     return out
 
 
+def bow_logreg() -> Any:
+    """An unfitted scikit-learn pipeline: counts of a code's words, numbers and
+    punctuation marks (unigrams and bigrams, case kept, at most 20,000), then logistic
+    regression; the bag-of-words baseline of the code classification tasks."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        CountVectorizer(token_pattern=r"[A-Za-z_]\w*|\d+|[^\sA-Za-z0-9_]",
+                        ngram_range=(1, 2), lowercase=False, max_features=20000),
+        LogisticRegression(max_iter=300),
+    )  # fmt: skip
+
+
 class DefectDetectionParams(CodeDefectParams):
     """Parameters of ``defect_detection`` (and :class:`CodeDefectParams`).
 
@@ -395,17 +412,9 @@ class DefectDetection(CodeDefectTask):
         pipeline: counts of words, numbers and punctuation marks, unigrams and bigrams,
         then logistic regression), fitted on the training examples."""
         if self._baselines is None:
-            from sklearn.feature_extraction.text import CountVectorizer
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import make_pipeline
-
             train = self.examples["train"]
             y = np.array([self.label(e) for e in train])
-            model = make_pipeline(
-                CountVectorizer(token_pattern=r"[A-Za-z_]\w*|\d+|[^\sA-Za-z0-9_]",
-                                ngram_range=(1, 2), lowercase=False, max_features=20000),
-                LogisticRegression(max_iter=300),
-            )  # fmt: skip
+            model = bow_logreg()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.fit([e.code for e in train], y)
@@ -552,6 +561,26 @@ class Repair(CodeDefectTask):
         """The original's tokens, cut to ``code_len`` (the separator follows them)."""
         return self.codec.encode(m.original)[: self.params.code_len]
 
+    @cached_property
+    def usable(self) -> dict[str, list[int]]:
+        """Each split's pairs (indices into its pairs) whose mutation falls inside the
+        window: the mutant's first ``code_len`` tokens differ from the original's. A
+        pair changed only past the cut would ask the model to copy its input, and copying
+        would score an exact match; those pairs are left out (the tokenizer is still
+        trained on every training pair)."""
+        cut = self.params.code_len
+        out = {}
+        for split, pairs in self._pairs.items():
+            out[split] = [
+                i for i, (_, m) in enumerate(pairs)
+                if self.codec.encode(m.code)[:cut] != self.codec.encode(m.original)[:cut]
+            ]  # fmt: skip
+            if not out[split]:
+                raise ValueError(
+                    f"split '{split}' has no mutant changed within code_len={cut} tokens"
+                )
+        return out
+
     def _batch(self, split: str, index: list[int]) -> Batch:
         """``extras['source']`` = the source ids; decoder ``inputs`` = ``sep original``,
         ``targets`` = ``original sep`` (the separator is BOS and EOS), every real target
@@ -568,17 +597,17 @@ class Repair(CodeDefectTask):
                              "split": torch.tensor(SPLIT_IDS[split])})  # fmt: skip
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        n = len(self._pairs["train"])
+        usable = self.usable["train"]
         rng = rng_for(self.seed, SPLIT_IDS["train"], step)
-        pick = rng.choice(n, size=min(batch_size, n), replace=False)
-        return self._batch("train", [int(i) for i in pick])
+        pick = rng.choice(len(usable), size=min(batch_size, len(usable)), replace=False)
+        return self._batch("train", [usable[int(i)] for i in pick])
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
         if size < 1:
             raise ValueError(f"eval size={size} must be >= 1")
-        n = min(size, len(self._pairs[split]))
-        return [self._batch(split, list(range(i, min(i + EVAL_ROWS, n))))
-                for i in range(0, n, EVAL_ROWS)]  # fmt: skip
+        usable = self.usable[split][:size]
+        return [self._batch(split, usable[i : i + EVAL_ROWS])
+                for i in range(0, len(usable), EVAL_ROWS)]  # fmt: skip
 
     def score(self, outputs: list[torch.Tensor], batches: list[Batch]) -> dict[str, Any]:
         """Teacher-forced ``exact_match`` (all of an example's target tokens are the
