@@ -31,6 +31,18 @@ def _params() -> list[Any]:
     ]
 
 
+_STDLIB = "reads every function of the standard library (extracted, tokenized, mutated)"
+#: tasks whose default data takes minutes to build, and what it is: the same checks run
+#: in tests/tasks on small parameters
+HEAVY_DEFAULTS = {
+    **dict.fromkeys(
+        ("code_lm", "code_search", "defect_detection", "repair", "method_name"), _STDLIB
+    ),
+    "graph_sbm": "generates 500 SBM graphs with Laplacian encodings",
+    "graph_motifs": "generates 400 motif graphs with Laplacian encodings",
+}
+
+
 def _task_not_checkable(name: str, check: str) -> str | None:
     """Why task ``name`` cannot go through ``check`` with its default parameters, or None:
     a task that reads a user's data has required parameters (its tests run it on a
@@ -40,6 +52,11 @@ def _task_not_checkable(name: str, check: str) -> str | None:
     required = [f for f, info in entry.params.model_fields.items() if info.is_required()]
     if required:
         return f"task '{name}' needs {', '.join(required)} (tests/tasks run it on a fixture)"
+    if name in HEAVY_DEFAULTS:
+        return (
+            f"task '{name}' {HEAVY_DEFAULTS[name]} by default; "
+            f"tests/tasks/test_task_contract.py runs every data check on a small one"
+        )
     if check != "scores":
         return None
     io = entry.build(entry.make_params(), 0).model_io()

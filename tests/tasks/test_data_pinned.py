@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from code_library import CODE_TASKS, code_tree, write_code_library
+from code_library import CODE_TASKS, NAME_TASKS, code_tree, names_tree, write_code_library
 
 from anyformer import registry
 from anyformer.tasks.base import Batch, Task
@@ -84,6 +84,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("repair", {"tokenizer": "bytes", "code_len": 96, "val_fraction": 0.3, "context": True}),
     ("code_lm", {"seq_len": 32, "val_fraction": 0.3}),
     ("completion_with_tests", {}),
+    ("method_name", {"code_len": 64, "val_fraction": 0.3, "n_classes": 3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3}),
     ("text_corpus", {"seq_len": 16, "ood_fraction": 0.3, "source": True}),
     ("tones", {}),
@@ -159,6 +160,7 @@ DIGESTS: dict[str, str] = {
     "repair,code_len=96,context=True,tokenizer=bytes,val_fraction=0.3": "f1382b298f43c1b6",
     "code_lm,seq_len=32,val_fraction=0.3": "782ba166f4de487d",
     "completion_with_tests": "328da600114f7f20",
+    "method_name,code_len=64,n_classes=3,val_fraction=0.3": "5bc784822d896b26",
     "text_corpus,ood_fraction=0.3,seq_len=16": "bcc287167dee369f",
     "text_corpus,ood_fraction=0.3,seq_len=16,source=True": "15105b1ba9516c88",
     "tones": "8dce57fa3496b788",
@@ -234,6 +236,8 @@ def test_task_data_is_pinned(
         params = {**params, "root": str(write_code_library(stdlib_tree.with_name("code-lib")))}
     if name in CODE_TASKS:
         params = {**params, "root": str(code_tree(stdlib_tree))}
+    if name in NAME_TASKS:
+        params = {**params, "root": str(names_tree(stdlib_tree))}
     if name == "text_corpus" and sys.version_info[:2] != (3, 11):
         pytest.skip("the help topics (pydoc_data.topics) are pinned for Python 3.11")
     if name == "image_folder":

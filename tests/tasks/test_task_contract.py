@@ -182,6 +182,7 @@ def test_the_contract_applies_where_tasks_declare_it(
         "repair",
         "code_lm",
         "completion_with_tests",
+        "method_name",
     } | examples
     with_majority = {"parity", "listops", "dyck", "graph_search", "two_hop", "kg_reasoning",
                      "mqar", "digits", "mnist1d", "shapes", "table", "image_folder",

@@ -32,9 +32,8 @@ PG-TD (Zhang et al., 2023).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
@@ -56,9 +55,8 @@ from anyformer.tasks.code_synth import (
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
+    texts_digest,
 )
 
 PG_TD = Paper("Planning with Large Language Models for Code Generation", 2023, "Zhang et al.")
@@ -127,7 +125,7 @@ def _can_generate(model: Any) -> bool:
     params=CompletionParams,
     caps=Capabilities(),
 )
-class CompletionWithTests(Task):
+class CompletionWithTests(TrainedTokenizer, Task):
     """Signature + docstring -> body, evaluated by running it; see the module docstring."""
 
     byte_level: ClassVar[bool] = True
@@ -184,28 +182,9 @@ class CompletionWithTests(Task):
         rng = rng_for(DATA_SEED, SPLIT_IDS["train"], 10**6)
         return [self._draw("train", rng) for _ in range(REFERENCE_PROBLEMS)]
 
-    @property
-    def codec(self) -> Codec:
-        if self._codec is None and self.params.tokenizer == "bytes":
-            self._codec = Codec()
-        if self._codec is None:
-            texts = [p.source() for p in self.reference]
-            h = hashlib.sha256()
-            for t in texts:
-                h.update(t.encode() + b"\0")
-            key = f"completion:{self.params.source}:{len(texts)}:{h.hexdigest()}"
-            self._codec = load_or_train(self.params, key, lambda: iter(texts))
-        return self._codec
-
-    def artifacts(self) -> dict[str, str]:
-        return codec_artifacts(self.codec)
-
-    def restore_artifacts(self, folder: Any) -> bool:
-        codec = read_run_codec(folder, self.params)
-        if codec is None:
-            return False
-        self._codec = codec
-        return True
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        texts = [p.source() for p in self.reference]
+        return f"{self.params.source}:{texts_digest(texts)}", lambda: iter(texts)
 
     def problems(self, split: str, size: int) -> list[Problem]:
         """The first ``size`` problems of an evaluation split (distinct prompts)."""

@@ -33,10 +33,10 @@ scripts); that part is not built.
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -53,9 +53,8 @@ from anyformer.tasks.text import module_split
 from anyformer.tasks.tokenizer import (
     Codec,
     TokenizerFields,
-    codec_artifacts,
-    load_or_train,
-    read_run_codec,
+    TrainedTokenizer,
+    texts_digest,
 )
 
 ZECOLER = Paper("Zero-Shot Code Representation Learning via Prompt Tuning", 2022, "Cui et al.")
@@ -155,7 +154,7 @@ class MethodNameParams(TokenizerFields):
     params=MethodNameParams,
     caps=Capabilities(),
 )
-class MethodName(Task):
+class MethodName(TrainedTokenizer, Task):
     """Method-name prediction in cloze form; see the module docstring."""
 
     disjoint_splits: ClassVar[bool] = True
@@ -226,26 +225,9 @@ class MethodName(Task):
         return out
 
     # ------------------------------------------------------------ tokens
-    @property
-    def codec(self) -> Codec:
-        if self._codec is None:
-            texts = [e.code for e in self.examples["train"]]
-            h = hashlib.sha256()
-            for t in texts:
-                h.update(t.encode() + b"\0")
-            key = f"method_name:{len(texts)}:{h.hexdigest()}"
-            self._codec = load_or_train(self.params, key, lambda: iter(texts))
-        return self._codec
-
-    def artifacts(self) -> dict[str, str]:
-        return codec_artifacts(self.codec)
-
-    def restore_artifacts(self, folder: Any) -> bool:
-        codec = read_run_codec(folder, self.params)
-        if codec is None:
-            return False
-        self._codec = codec
-        return True
+    def tokenizer_corpus(self) -> tuple[str, Callable[[], Iterable[str]]]:
+        texts = [e.code for e in self.examples["train"]]
+        return texts_digest(texts), lambda: iter(texts)
 
     def model_io(self) -> dict[str, Any]:
         vocab = self.params.vocab_size if self.params.tokenizer != "bytes" else 256

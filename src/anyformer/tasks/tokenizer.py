@@ -284,6 +284,8 @@ class TrainedTokenizer:
     def codec(self) -> Codec:
         """The run's tokenizer: bytes, or subwords trained on the training split (cached
         across runs by corpus and settings; a loaded run uses its folder's copy)."""
+        if self._codec is None and self.params.tokenizer == "bytes":
+            self._codec = Codec()  # nothing to train: the corpus is not even read
         if self._codec is None:
             key, texts = self.tokenizer_corpus()
             self._codec = load_or_train(self.params, f"{type(self).__name__}:{key}", texts)
