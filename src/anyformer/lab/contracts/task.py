@@ -24,17 +24,20 @@ EVAL = 8
 
 
 def toy_setup(
-    task_name: str, objective: str | None = None, model: dict[str, Any] | None = None
+    task_name: str,
+    objective: str | None = None,
+    model: dict[str, Any] | None = None,
+    task_params: dict[str, Any] | None = None,
 ) -> tuple[Any, Task, Any, Any]:
     """``(spec, task, model, objective)`` of a resolved toy experiment on ``task_name``
-    (1 block, d_model 16, and the fields in ``model``), the objective the task's default
-    unless named."""
+    (with ``task_params``; 1 block, d_model 16, and the fields in ``model``), the
+    objective the task's default unless named."""
     from anyformer.lab.run import build_objective, build_task, prepare_model, resolve
     from anyformer.spec import ExperimentSpec
 
     data: dict[str, Any] = {
         "name": "contract-check",
-        "task": task_name,
+        "task": {"name": task_name, **(task_params or {})},
         "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, **(model or {})},
         "train": {"progress": False, "device": "cpu"},
     }
@@ -42,7 +45,7 @@ def toy_setup(
         data["objective"] = objective
     if "kind" not in data["model"]:  # a task that needs a model kind (code_search: encoder)
         entry = registry.get("task", task_name)
-        kind = entry.cls(entry.make_params(), 0).model_io().get("kind")
+        kind = entry.cls(entry.make_params(task_params or {}), 0).model_io().get("kind")
         if kind is not None:
             data["model"]["kind"] = kind
     spec = resolve(ExperimentSpec.from_dict(data))
