@@ -72,6 +72,13 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *stream])))
 
 
+def train_rows(seed: int, step: int, batch_size: int, n: int) -> list[int]:
+    """The rows of training step ``step`` of a task with ``n`` training examples:
+    ``min(batch_size, n)`` distinct indices drawn from ``(seed, train, step)`` alone."""
+    rng = rng_for(seed, SPLIT_IDS["train"], step)
+    return [int(i) for i in rng.choice(n, size=min(batch_size, n), replace=False)]
+
+
 def eval_set_by_size(
     seed: int,
     split: str,

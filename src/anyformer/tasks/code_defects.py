@@ -70,7 +70,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for, train_rows
 from anyformer.tasks.cache import cache_dir, read_verified, write_verified
 from anyformer.tasks.cache import key_of as cache_key
 from anyformer.tasks.code_corpus import CodeFunction, corpus_key, library_functions
@@ -393,10 +393,9 @@ class DefectDetection(CodeDefectTask):
                              "split": torch.tensor(SPLIT_IDS[split])})  # fmt: skip
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        n = len(self.examples["train"])
-        rng = rng_for(self.seed, SPLIT_IDS["train"], step)
-        pick = rng.choice(n, size=min(batch_size, n), replace=False)
-        return self._batch("train", [int(i) for i in pick])
+        return self._batch(
+            "train", train_rows(self.seed, step, batch_size, len(self.examples["train"]))
+        )
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
         if size < 1:

@@ -39,7 +39,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for, train_rows
 from anyformer.tasks.code_corpus import library_functions
 from anyformer.tasks.text import module_split
 from anyformer.tasks.tokenizer import (
@@ -223,10 +223,9 @@ class CodeLM(TrainedTokenizer, Task):
         return Batch(inputs, targets, real, padding_mask=real.clone(), extras=extras)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        n = len(self.documents["train"])
-        rng = rng_for(self.seed, SPLIT_IDS["train"], step)
-        pick = rng.choice(n, size=min(batch_size, n), replace=False)
-        return self._batch("train", [int(i) for i in pick])
+        return self._batch(
+            "train", train_rows(self.seed, step, batch_size, len(self.documents["train"]))
+        )
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
         if size < 1:

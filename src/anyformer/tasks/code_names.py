@@ -46,7 +46,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from anyformer.registry import Capabilities, Paper, register
-from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for
+from anyformer.tasks.base import SPLIT_IDS, Batch, Task, rng_for, train_rows
 from anyformer.tasks.code_corpus import CodeFunction, library_functions
 from anyformer.tasks.code_defects import bow_logreg, normalized, pad
 from anyformer.tasks.text import module_split
@@ -247,10 +247,9 @@ class MethodName(TrainedTokenizer, Task):
                              "split": torch.tensor(SPLIT_IDS[split])})  # fmt: skip
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        n = len(self.examples["train"])
-        rng = rng_for(self.seed, SPLIT_IDS["train"], step)
-        pick = rng.choice(n, size=min(batch_size, n), replace=False)
-        return self._batch("train", [int(i) for i in pick])
+        return self._batch(
+            "train", train_rows(self.seed, step, batch_size, len(self.examples["train"]))
+        )
 
     def make_eval_set(self, split: str, size: int) -> list[Batch]:
         if size < 1:
